@@ -1,0 +1,230 @@
+"""``autofuse`` command line: each command is a thin call into the Python API.
+
+Heavy libraries (torch, optuna, mlflow) are imported inside the commands, so ``autofuse --help``
+starts fast.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from autofuse.errors import AutofuseError
+
+
+class _Group(click.Group):
+    """Turns user errors into one clear line and a non-zero exit, without a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except AutofuseError as e:
+            click.secho(f"error: {e}", fg="red", err=True)
+            sys.exit(e.exit_code)
+        except KeyboardInterrupt:
+            click.secho("interrupted", fg="yellow", err=True)
+            sys.exit(130)
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.DEBUG if verbose > 1 else logging.INFO if verbose == 1 else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        import optuna
+
+        optuna.logging.set_verbosity(level if verbose else logging.WARNING)
+    except ImportError:  # pragma: no cover
+        pass
+
+
+@click.group(cls=_Group)
+@click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
+@click.version_option(package_name="autofuse")
+def main(verbose: int) -> None:
+    """autofuse: search fusion architectures for multimodal datasets."""
+    _setup_logging(verbose)
+
+
+# ---- search ------------------------------------------------------------------------------------
+
+_workdir = click.option("--workdir", type=click.Path(file_okay=False), default=None,
+                        help="Root of trials/ and reports/ (default: $AUTOFUSE_HOME or the cwd).")
+
+
+def _print_result(res) -> None:
+    s = res.summary
+    click.echo(f"study {res.study_name}: {s['trials']['completed']} completed, "
+               f"{s['trials']['pruned']} pruned, {s['trials']['failed']} failed "
+               f"in {s['wall_time_s']:.0f} s")
+    if s.get("best_trial") is None:
+        click.echo("no trial completed; nothing exported")
+        return
+    spec = s["spec"]
+    f = spec["fusion"]
+    encs = ", ".join(f"{m}={e['name']}/{e['mode']}" for m, e in spec["encoders"].items())
+    click.echo(f"best trial {s['best_trial']}: {f['family']}.{f['method']} at {f['point']} [{encs}]")
+    click.echo(f"  val:  {_fmt(s['val_metrics'])}")
+    click.echo(f"  test: {_fmt(s['test_metrics'])}")
+    click.echo(f"results: {res.study_dir / 'summary.json'}")
+    click.echo(f"best architecture: {res.best_dir / 'architecture.json'}")
+    click.echo(f"best weights: {res.best_dir / 'model.safetensors'}")
+
+
+def _fmt(m: dict | None) -> str:
+    return ", ".join(f"{k}={v:.4f}" for k, v in (m or {}).items() if isinstance(v, (int, float)))
+
+
+@main.command()
+@click.argument("dataset", type=click.Path())
+@click.option("--study", required=True, help="Study name; running again resumes it.")
+@click.option("--trials", type=int, default=None, help="Total finished trials wanted.")
+@click.option("--storage", default=None, help="SQLAlchemy URL (default sqlite:///trials/autofuse.db).")
+@click.option("--space", default=None, help="Search-space YAML file or bundled name (default: default).")
+@click.option("--sampler", type=click.Choice(["tpe", "random", "gp", "qmc"]), default=None)
+@click.option("--pruner", type=click.Choice(["median", "hyperband", "successive_halving", "none"]),
+              default=None)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--baselines/--no-baselines", default=None, help="Enqueue hand-designed baselines first.")
+@click.option("--trial-timeout", type=float, default=None, help="Seconds per trial.")
+@click.option("--device", default=None, help="cuda, cuda:N or cpu (default: CUDA when available).")
+@click.option("--force", is_flag=True, help="Resume even if the dataset or space changed.")
+@click.option("--no-progress", is_flag=True)
+@_workdir
+def search(dataset, study, trials, storage, space, sampler, pruner, seed, baselines, trial_timeout,
+           device, force, no_progress, workdir) -> None:
+    """Search fusion architectures for DATASET (a folder with dataset.yaml)."""
+    from autofuse.study import search as run_search
+
+    res = run_search(dataset, study=study, trials=trials, storage=storage, space=space,
+                     workdir=workdir, sampler=sampler, pruner=pruner, seed=seed, baselines=baselines,
+                     trial_timeout=trial_timeout, force=force, progress=not no_progress,
+                     device=device)
+    _print_result(res)
+
+
+@main.command()
+@click.option("--trials", type=int, default=16, show_default=True)
+@click.option("--study", default="demo", show_default=True)
+@click.option("--space", default="fast", show_default=True)
+@_workdir
+def demo(trials, study, space, workdir) -> None:
+    """Generate a small synthetic dataset (image + text + tabular) and search it."""
+    from autofuse.data.builders import build_demo
+    from autofuse.paths import Paths
+    from autofuse.study import search as run_search
+
+    paths = Paths.resolve(workdir)
+    folder = build_demo(paths.trials / "demo_data")
+    click.echo(f"demo dataset: {folder}")
+    res = run_search(folder, study=study, trials=trials, space=space, workdir=workdir)
+    _print_result(res)
+
+
+# ---- data ----------------------------------------------------------------------------------------
+
+@main.group()
+def data() -> None:
+    """Validate datasets and build the AV-MNIST-style dataset."""
+
+
+@data.command("validate")
+@click.argument("dataset", type=click.Path())
+def data_validate(dataset) -> None:
+    """Check DATASET and print every problem plus a summary."""
+    from autofuse.data import validate_dataset
+
+    report = validate_dataset(dataset)
+    for p in report.problems:
+        click.echo(f"problem: {p.where}: {p.message}")
+    if report.summary:
+        click.echo(json.dumps(report.summary, indent=2, default=str))
+    if report.problems:
+        click.secho(f"error: {len(report.problems)} problem(s) in {dataset}", fg="red", err=True)
+        sys.exit(1)
+    click.echo(f"ok: {dataset} is a valid dataset")
+
+
+@data.command("avmnist")
+@click.option("--mnist", "mnist_dir", required=True, type=click.Path(), help="Folder with MNIST idx .gz files.")
+@click.option("--fsdd", "fsdd_dir", required=True, type=click.Path(), help="FSDD folder (recordings/).")
+@click.option("--out", "out_dir", required=True, type=click.Path(), help="Output dataset folder.")
+@click.option("--per-class", type=int, default=None, help="Samples per digit (default: all).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--pca-components", type=int, default=25, show_default=True,
+              help="Image degradation: PCA components kept.")
+def data_avmnist(mnist_dir, fsdd_dir, out_dir, per_class, seed, pca_components) -> None:
+    """Build an AV-MNIST-style dataset (not comparable with the original AV-MNIST)."""
+    from autofuse.data.builders import build_avmnist
+
+    out = build_avmnist(Path(mnist_dir), Path(fsdd_dir), Path(out_dir), n_per_class=per_class,
+                        seed=seed, pca_components=pca_components)
+    click.echo(f"wrote {out}")
+
+
+# ---- registries and spaces -------------------------------------------------------------------------
+
+@main.command()
+def fusions() -> None:
+    """List the registered fusion methods."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from autofuse.fusion import FUSIONS
+
+    t = Table("method", "family", "points", "hyperparameters", "notes")
+    for e in FUSIONS:
+        notes = e.meta["description"]
+        if e.meta.get("max_modalities"):
+            notes += f" (max {e.meta['max_modalities']} modalities)"
+        t.add_row(e.name, e.meta["family"], ", ".join(e.meta["points"]),
+                  _space_str(e.meta["space"]), notes)
+    Console().print(t)
+
+
+@main.command()
+def encoders() -> None:
+    """List the registered encoders."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from autofuse.encoders import list_encoders
+
+    t = Table("encoder", "modality", "modes", "hyperparameters", "notes")
+    for e in list_encoders():
+        t.add_row(e.name, e.meta["modality"], ", ".join(e.meta["modes"]), _space_str(e.meta["space"]),
+                  e.meta.get("description", ""))
+    Console().print(t)
+
+
+def _space_str(space: dict) -> str:
+    parts = []
+    for k, v in space.items():
+        if isinstance(v, dict):
+            parts.append(f"{k}: {v.get('low')}..{v.get('high')}{' log' if v.get('log') else ''}")
+        else:
+            parts.append(f"{k}: {v}")
+    return "; ".join(parts)
+
+
+@main.group()
+def space() -> None:
+    """Inspect search spaces."""
+
+
+@space.command("show")
+@click.argument("file", default="default")
+def space_show(file) -> None:
+    """Print the resolved search space of FILE (a YAML path or bundled name)."""
+    import yaml
+
+    from autofuse.space import describe, load_space
+
+    click.echo(yaml.safe_dump(describe(load_space(file)), sort_keys=False))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

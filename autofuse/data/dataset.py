@@ -1,0 +1,287 @@
+"""The validated, in-memory view of a dataset folder (or a DataFrame).
+
+Example::
+
+    ds = Dataset.load("datasets/avmnist")          # raises DatasetError listing every problem
+    train = ds.indices("train")
+    paths = ds.file_paths("digit_image")            # absolute paths, None where missing
+    y = ds.y[train]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pydantic import ValidationError
+
+from autofuse.data.infer import infer_config
+from autofuse.data.schema import FILE_MODALITY_TYPES, SPLIT_NAMES, DatasetConfig
+from autofuse.data.validate import (
+    CheckedData,
+    DatasetError,
+    check_content,
+    config_problems,
+    inspect_dataset,
+    summarize,
+)
+
+logger = logging.getLogger(__name__)
+
+_file_digests: dict[tuple[str, int, int], str] = {}
+
+
+def file_digest(path: Path) -> str:
+    """sha256 hex of a file's bytes, memoised per process by (path, size, mtime_ns)."""
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    digest = _file_digests.get(key)
+    if digest is None:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        digest = _file_digests[key] = h.hexdigest()
+    return digest
+
+
+class Dataset:
+    """A validated multimodal dataset: one row per sample, targets, splits and modalities.
+
+    Build it with :meth:`load` (a folder with ``dataset.yaml``) or :meth:`from_dataframe`.
+    Constructing it runs every check; any problem raises :class:`DatasetError` listing them all.
+
+    Attributes:
+        name: dataset name.
+        root: folder that relative file paths are resolved against.
+        config: the validated :class:`DatasetConfig`.
+        frame: the table with a RangeIndex. Columns used by the config are normalised: string
+            columns hold ``str`` or ``None`` (empty cell), numeric tabular columns are float64,
+            a regression target is float64; unused columns are as read (CSV: strings / NaN).
+        task: ``classification`` | ``regression`` | ``multilabel``.
+        classes: sorted class names (classification / multilabel), None for regression.
+        y: classification int64 ``[N]``; regression float32 ``[N]``; multilabel float32
+            multi-hot ``[N, C]``.
+        split: per-row ``"train"`` | ``"val"`` | ``"test"`` (object array of str).
+        modality_names: modality names in config order.
+    """
+
+    def __init__(
+        self,
+        config: DatasetConfig,
+        frame: pd.DataFrame,
+        root: str | os.PathLike[str],
+        *,
+        table_label: str | None = None,
+        config_label: str = "dataset.yaml",
+    ) -> None:
+        """Check ``frame`` against ``config`` and build the dataset.
+
+        Args:
+            config: validated config.
+            frame: the raw table.
+            root: folder for relative file paths.
+            table_label: how problems name the table (default ``config.table``).
+            config_label: how problems name the config.
+
+        Raises:
+            DatasetError: listing every problem found.
+        """
+        root = Path(os.path.normpath(Path(root).absolute()))
+        checked = check_content(config, frame, root, table_label, config_label)
+        if checked.problems:
+            raise DatasetError(checked.problems, source=str(root))
+        self._init_checked(config, root, checked)
+
+    def _init_checked(self, config: DatasetConfig, root: Path, checked: CheckedData) -> None:
+        assert checked.frame is not None and checked.split is not None and checked.y is not None
+        self.config = config
+        self.name = config.name
+        self.root = root
+        self.frame = checked.frame
+        self.task = config.target.task
+        self.classes = checked.classes
+        self.y = checked.y
+        self.split = checked.split.astype(str).astype(object)
+        self.modality_names = list(config.modalities)
+        self._checked = checked
+        self._fingerprint: str | None = None
+        logger.info(
+            "dataset %s: %d rows (%s), task %s, modalities %s",
+            self.name,
+            len(self),
+            ", ".join(f"{s} {len(self.indices(s))}" for s in SPLIT_NAMES),
+            self.task,
+            ", ".join(f"{n}:{self.modality_type(n)}" for n in self.modality_names),
+        )
+
+    # -- constructors -------------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Dataset:
+        """Load and validate a dataset folder (or its ``dataset.yaml``).
+
+        Args:
+            path: the folder holding ``dataset.yaml`` and the table, or the yaml file itself.
+
+        Raises:
+            DatasetError: listing every problem found (yaml, table, rows, files, splits).
+        """
+        config, root, checked = inspect_dataset(path)
+        if config is None or checked.problems:
+            raise DatasetError(checked.problems, source=str(root))
+        self = cls.__new__(cls)
+        self._init_checked(config, root, checked)
+        return self
+
+    @classmethod
+    def from_dataframe(
+        cls,
+        df: pd.DataFrame,
+        target: str,
+        modalities: dict[str, dict[str, Any]] | None = None,
+        task: str | None = None,
+        split: dict[str, Any] | None = None,
+        root: str | os.PathLike[str] | None = None,
+        name: str = "dataframe",
+        id_column: str | None = None,
+    ) -> Dataset:
+        """Build a dataset from a DataFrame, inferring what is not given.
+
+        Args:
+            df: one row per sample.
+            target: the target column.
+            modalities: yaml-like ``{name: {type, column | columns, categorical}}``; ``type``
+                may be omitted per entry. None infers modalities from every other column
+                (see :mod:`autofuse.data.infer`).
+            task: classification | regression | multilabel; None infers it.
+            split: yaml-like split (``{"column": ...}`` or ``{"val", "test", "seed", "group"}``);
+                None uses a ``split`` column of train/val/test values if present, else a ratio
+                split ``{val: 0.15, test: 0.15, seed: 0}``.
+            root: folder relative file paths are resolved against (default: the working
+                directory).
+            name: dataset name.
+            id_column: id column; None uses a unique column named ``id`` if there is one.
+
+        Raises:
+            DatasetError: listing every problem found.
+        """
+        raw = infer_config(df, target, modalities, task, split, name, id_column)
+        try:
+            config = DatasetConfig.model_validate(raw)
+        except ValidationError as exc:
+            raise DatasetError(config_problems(exc, "config")) from None
+        return cls(
+            config,
+            df,
+            Path.cwd() if root is None else root,
+            table_label="dataframe",
+            config_label="config",
+        )
+
+    # -- accessors ----------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    def __repr__(self) -> str:
+        mods = ", ".join(f"{n}={self.modality_type(n)}" for n in self.modality_names)
+        return f"Dataset({self.name!r}, rows={len(self)}, task={self.task}, {mods})"
+
+    def indices(self, split: str) -> np.ndarray:
+        """int64 row indices of one split (``train``, ``val`` or ``test``)."""
+        if split not in SPLIT_NAMES:
+            raise ValueError(f"unknown split {split!r}; expected one of {SPLIT_NAMES}")
+        return np.flatnonzero(self.split == split).astype(np.int64)
+
+    def _modality(self, name: str, *types: str) -> list[str]:
+        if name not in self.config.modalities:
+            raise KeyError(f"unknown modality {name!r}; this dataset has {self.modality_names}")
+        mod = self.config.modalities[name]
+        if types and mod.type not in types:
+            raise TypeError(f"modality {name!r} is {mod.type}, not {' or '.join(types)}")
+        return mod.cols
+
+    def modality_type(self, name: str) -> str:
+        """``image`` | ``audio`` | ``text`` | ``tabular`` | ``timeseries``."""
+        self._modality(name)
+        return self.config.modalities[name].type
+
+    def present(self, name: str) -> np.ndarray:
+        """bool ``[N]``: True where the row has the modality (for multi-column modalities: at
+        least one non-empty cell)."""
+        self._modality(name)
+        return self._checked.present[name].copy()
+
+    def file_paths(self, name: str) -> list[Path | None]:
+        """Absolute path per row for an image / audio / timeseries modality, None where missing."""
+        self._modality(name, *FILE_MODALITY_TYPES)
+        return list(self._checked.paths[name])
+
+    def texts(self, name: str) -> list[str | None]:
+        """Per row the text (several columns joined with a newline), None where all empty."""
+        cols = self._modality(name, "text")
+        cells = self.frame[cols].to_numpy(dtype=object)
+        return ["\n".join(c for c in row if c is not None) or None for row in cells]
+
+    def tabular_frame(self, name: str) -> pd.DataFrame:
+        """A copy of a tabular modality's columns: numeric float64 (NaN missing), categorical
+        ``str`` (None missing). Nothing is imputed or scaled."""
+        cols = self._modality(name, "tabular")
+        return self.frame[cols].copy()
+
+    def tabular_columns(self, name: str) -> tuple[list[str], list[str]]:
+        """``(numeric, categorical)`` column names of a tabular modality, in config order."""
+        self._modality(name, "tabular")
+        numeric, categorical = self._checked.tabular[name]
+        return list(numeric), list(categorical)
+
+    # -- identity and summary -----------------------------------------------------------------
+
+    def referenced_files(self) -> list[Path]:
+        """Every distinct per-sample file, in modality then row order."""
+        files: dict[Path, None] = {}
+        for name in self.modality_names:
+            if self.modality_type(name) in FILE_MODALITY_TYPES:
+                files.update((p, None) for p in self._checked.paths[name] if p is not None)
+        return list(files)
+
+    def fingerprint(self) -> str:
+        """sha256 hex over the normalised config, the table content and every referenced file.
+
+        File digests are memoised per process by (path, size, mtime_ns); the result is cached on
+        the instance. Moving the dataset folder does not change it; editing one byte of any
+        referenced file does.
+        """
+        if self._fingerprint is not None:
+            return self._fingerprint
+        h = hashlib.sha256()
+        h.update(json.dumps(self.config.normalised(), sort_keys=True).encode())
+        h.update(json.dumps([str(c) for c in self.frame.columns]).encode())
+        h.update(pd.util.hash_pandas_object(self.frame, index=False).to_numpy().tobytes())
+        for path in self.referenced_files():
+            rel = path.relative_to(self.root).as_posix()
+            h.update(f"{rel}\0{file_digest(path)}\n".encode())
+        self._fingerprint = h.hexdigest()
+        return self._fingerprint
+
+    def info(self) -> dict[str, Any]:
+        """JSON-able summary.
+
+        Keys: ``name``, ``task``, ``target``, ``rows``, ``splits`` (rows per split),
+        ``classes`` (None for regression), ``class_counts`` (classification / multilabel),
+        ``modalities`` ({name: type}), ``missing_rate`` ({name: fraction of rows without it}),
+        ``fingerprint``.
+        """
+        summary = summarize(self.config, self._checked)
+        summary["fingerprint"] = self.fingerprint()
+        return summary
+
+
+__all__ = ["Dataset", "file_digest"]

@@ -1,0 +1,179 @@
+"""Pydantic models for ``dataset.yaml`` (see DESIGN.md, "Dataset format").
+
+Every model forbids unknown keys, so a typo such as ``colum:`` is reported with the key's name
+instead of being silently ignored.
+
+Example::
+
+    name: avmnist
+    table: samples.csv
+    id_column: id
+    target: {column: label, task: classification}
+    split: {column: split}               # or {val: 0.15, test: 0.15, seed: 0, group: subject}
+    modalities:
+      digit_image: {type: image, column: image_path}
+      meta:        {type: tabular, columns: [age, dept], categorical: [dept]}
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
+
+ModalityType = Literal["image", "audio", "text", "tabular", "timeseries"]
+Task = Literal["classification", "regression", "multilabel"]
+
+#: Modality types whose cells hold a path to a per-sample file.
+FILE_MODALITY_TYPES: tuple[str, ...] = ("image", "audio", "timeseries")
+#: Modality types that may span several columns.
+MULTI_COLUMN_TYPES: tuple[str, ...] = ("text", "tabular")
+#: Values allowed in a split column.
+SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
+#: Table formats, by file extension.
+TABLE_EXTENSIONS: tuple[str, ...] = (".csv", ".parquet", ".jsonl")
+
+_MODALITY_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TargetConfig(_Strict):
+    """What to predict.
+
+    Attributes:
+        column: table column holding the target.
+        task: ``classification`` (one label per row), ``regression`` (a number) or
+            ``multilabel`` (several labels per row, joined by ``separator``).
+        separator: label separator of multilabel targets.
+    """
+
+    column: str = Field(min_length=1)
+    task: Task = "classification"
+    separator: str = Field(default="|", min_length=1)
+
+
+class ColumnSplit(_Strict):
+    """Split given per row by a column whose values are ``train``, ``val`` or ``test``."""
+
+    column: str = Field(min_length=1)
+
+
+class RatioSplit(_Strict):
+    """Random split by ratios, deterministic for a given ``seed``.
+
+    Classification targets are stratified by class unless ``group`` is given; with ``group``
+    all rows sharing a value of that column land in the same split.
+    """
+
+    val: float = Field(default=0.15, gt=0.0, lt=1.0)
+    test: float = Field(default=0.15, gt=0.0, lt=1.0)
+    seed: int = 0
+    group: str | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _leaves_training_rows(self) -> RatioSplit:
+        if self.val + self.test >= 1.0:
+            raise ValueError(f"val + test must be below 1 (got {self.val} + {self.test})")
+        return self
+
+
+def _split_kind(value: Any) -> str:
+    if isinstance(value, dict):
+        return "column" if "column" in value else "ratio"
+    if isinstance(value, ColumnSplit):
+        return "column"
+    return "ratio"
+
+
+SplitConfig = Annotated[
+    Union[Annotated[ColumnSplit, Tag("column")], Annotated[RatioSplit, Tag("ratio")]],
+    Discriminator(_split_kind),
+]
+
+
+class ModalityConfig(_Strict):
+    """One input modality.
+
+    Attributes:
+        type: image | audio | text | tabular | timeseries.
+        column: the single column holding the modality (file path for image / audio /
+            timeseries, the string for text, a value for tabular).
+        columns: several columns (text and tabular only).
+        categorical: tabular columns to treat as categories (the others are numeric).
+    """
+
+    type: ModalityType
+    column: str | None = Field(default=None, min_length=1)
+    columns: list[str] | None = Field(default=None, min_length=1)
+    categorical: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check_columns(self) -> ModalityConfig:
+        if (self.column is None) == (self.columns is None):
+            raise ValueError("give exactly one of 'column' or 'columns'")
+        if self.columns is not None:
+            if self.type not in MULTI_COLUMN_TYPES:
+                raise ValueError(
+                    f"a {self.type} modality takes one 'column' (a file path), not 'columns'"
+                )
+            duplicated = sorted({c for c in self.columns if self.columns.count(c) > 1})
+            if duplicated:
+                raise ValueError(f"columns listed twice: {duplicated}")
+        if self.categorical:
+            if self.type != "tabular":
+                raise ValueError("'categorical' is only allowed for tabular modalities")
+            unknown = [c for c in self.categorical if c not in self.cols]
+            if unknown:
+                raise ValueError(f"categorical columns {unknown} are not among the columns")
+        return self
+
+    @property
+    def cols(self) -> list[str]:
+        """The modality's columns, whether given as ``column`` or ``columns``."""
+        return [self.column] if self.column is not None else list(self.columns or [])
+
+
+class DatasetConfig(_Strict):
+    """The whole ``dataset.yaml``.
+
+    Attributes:
+        name: dataset name.
+        table: the table file (``.csv``, ``.parquet`` or ``.jsonl``), relative to the folder.
+        id_column: optional column of unique sample ids.
+        target: what to predict.
+        split: a :class:`ColumnSplit` or a :class:`RatioSplit` (default: ratio 0.15 / 0.15).
+        modalities: input modalities by name, in order.
+    """
+
+    name: str = Field(min_length=1)
+    table: str = Field(min_length=1)
+    id_column: str | None = Field(default=None, min_length=1)
+    target: TargetConfig
+    split: SplitConfig = Field(default_factory=RatioSplit)
+    modalities: dict[str, ModalityConfig] = Field(min_length=1)
+
+    @field_validator("modalities")
+    @classmethod
+    def _check_names(cls, value: dict[str, ModalityConfig]) -> dict[str, ModalityConfig]:
+        bad = [name for name in value if not _MODALITY_NAME.match(name)]
+        if bad:
+            raise ValueError(
+                f"modality names must be identifiers (letters, digits, '_'); got {bad}"
+            )
+        return value
+
+    def normalised(self) -> dict[str, Any]:
+        """The config as a JSON-able dict with every default filled in (used for fingerprints)."""
+        return self.model_dump(mode="json")

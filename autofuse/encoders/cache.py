@@ -1,0 +1,297 @@
+"""On-disk feature cache for frozen encoders.
+
+A frozen encoder's outputs never change, so they are computed once for all rows of a dataset and
+stored under ``root/<key>/`` (normally ``trials/cache/``)::
+
+    features.safetensors   pooled (float32), tokens / level.<i> (float16), present, token_mask
+    meta.json              what the key was made of, feature shape, row count, timing
+
+The key is the sha256 of the dataset fingerprint, the modality, the encoder name, its resolved
+params, the identity of its weights (a local weights file's sha256) and the fitted preprocessing
+state. Every trial and every later study with the same key reuses the entry. Entries are written
+into a temporary folder and renamed into place, so two worker processes computing the same key
+never leave a half-written entry (the second rename loses and its copy is discarded).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from autofuse.encoders.base import EncoderSpec, create_encoder, get_encoder_entry
+from autofuse.errors import ConfigError
+from autofuse.types import FeatureShape, ModalityFeatures
+
+if TYPE_CHECKING:
+    from autofuse.encoders.preprocess import PreparedModality
+
+logger = logging.getLogger(__name__)
+
+#: Bump when the stored layout or the meaning of cached features changes.
+CACHE_VERSION = 1
+
+
+def stable_hash(obj: Any) -> str:
+    """sha256 hex of a JSON-able object (keys sorted, so dict order does not matter)."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+_FILE_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes (memoised per path, size and mtime within the process)."""
+    p = Path(path)
+    st = p.stat()
+    memo = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    if memo not in _FILE_HASHES:
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        _FILE_HASHES[memo] = h.hexdigest()
+    return _FILE_HASHES[memo]
+
+
+def atomic_write_dir(final: Path, write: Callable[[Path], None]) -> bool:
+    """Fill a temporary sibling folder with ``write(tmp)``, then rename it to ``final``.
+
+    Returns:
+        True if this call created ``final``; False if another process got there first (its
+        entry is kept and this one discarded).
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        write(tmp)
+        try:
+            os.rename(tmp, final)
+            return True
+        except OSError:
+            if final.exists():  # lost the race: the other writer's entry is complete
+                shutil.rmtree(tmp, ignore_errors=True)
+                return False
+            raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def discard_dir(folder: Path) -> None:
+    """Remove a cache folder safely: rename it aside first, so no reader sees it half-deleted."""
+    trash = folder.parent / f".{folder.name}.trash-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        os.rename(folder, trash)
+    except OSError:
+        return  # already gone (another process discarded it)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+class CachedFeatures:
+    """Precomputed outputs of a frozen encoder for all N rows of a dataset.
+
+    Tokens and levels are held in float16 (as stored); :meth:`batch` returns float32.
+
+    Attributes:
+        pooled: ``[N, D]``; tokens: ``[N, T, D]``; levels: list of ``[N, N_l, D_l]``;
+        present: ``[N]`` bool; token_mask: ``[N, T]`` bool or None.
+        feature_shape: the encoder's :class:`FeatureShape`.
+        key: cache key (folder name under the cache root).
+    """
+
+    def __init__(
+        self,
+        pooled: torch.Tensor,
+        tokens: torch.Tensor,
+        levels: list[torch.Tensor],
+        present: torch.Tensor,
+        token_mask: torch.Tensor | None,
+        feature_shape: FeatureShape,
+        key: str = "",
+    ) -> None:
+        self.pooled = pooled
+        self.tokens = tokens
+        self.levels = levels
+        self.present = present
+        self.token_mask = token_mask
+        self.feature_shape = feature_shape
+        self.key = key
+
+    def __len__(self) -> int:
+        return int(self.pooled.shape[0])
+
+    def batch(self, idx: torch.Tensor) -> ModalityFeatures:
+        """Features of rows ``idx`` (LongTensor ``[B]``) as float32 ModalityFeatures."""
+        idx = torch.as_tensor(idx, dtype=torch.long, device=self.pooled.device)
+        return ModalityFeatures(
+            pooled=self.pooled[idx].float(),
+            tokens=self.tokens[idx].float(),
+            levels=[lv[idx].float() for lv in self.levels],
+            present=self.present[idx],
+            token_mask=None if self.token_mask is None else self.token_mask[idx],
+        )
+
+    def to(self, device: torch.device | str) -> CachedFeatures:
+        """A copy with every stored tensor on ``device`` (e.g. keep the cache on the GPU)."""
+        return CachedFeatures(
+            self.pooled.to(device),
+            self.tokens.to(device),
+            [lv.to(device) for lv in self.levels],
+            self.present.to(device),
+            None if self.token_mask is None else self.token_mask.to(device),
+            self.feature_shape,
+            self.key,
+        )
+
+    # ------------------------------------------------------------------ storage
+    def tensors(self) -> dict[str, torch.Tensor]:
+        out = {"pooled": self.pooled, "tokens": self.tokens, "present": self.present}
+        for i, lv in enumerate(self.levels):
+            out[f"level.{i}"] = lv
+        if self.token_mask is not None:
+            out["token_mask"] = self.token_mask
+        return {k: v.contiguous() for k, v in out.items()}
+
+    @classmethod
+    def load(cls, folder: Path) -> CachedFeatures:
+        """Read an entry written by :class:`FeatureCache`."""
+        meta = json.loads((folder / "meta.json").read_text())
+        t = load_file(str(folder / "features.safetensors"))
+        levels = [t[f"level.{i}"] for i in range(int(meta["n_levels"]))]
+        return cls(t["pooled"], t["tokens"], levels, t["present"], t.get("token_mask"),
+                   FeatureShape.from_dict(meta["feature_shape"]), key=folder.name)
+
+
+class FeatureCache:
+    """Compute-once, reuse-everywhere store of frozen encoders' outputs.
+
+    Args:
+        root: folder of the cache entries (normally ``trials/cache/``).
+        batch_size: rows per forward pass while computing.
+
+    Attributes:
+        hits / misses: counters of this object's :meth:`features` calls.
+    """
+
+    def __init__(self, root: str | Path, batch_size: int = 64) -> None:
+        self.root = Path(root)
+        self.batch_size = batch_size
+        self.hits = 0
+        self.misses = 0
+
+    def key(self, ds: Any, modality: str, spec: EncoderSpec, prepared: PreparedModality,
+            fingerprint: str | None = None) -> tuple[str, dict]:
+        """``(sha256 key, the JSON-able parts it was made of)``."""
+        cls = get_encoder_entry(spec.name).obj
+        parts = {
+            "version": CACHE_VERSION,
+            "dataset": fingerprint or ds.fingerprint(),
+            "modality": modality,
+            "encoder": spec.name,
+            "params": cls.resolve_params(spec.params),
+            "weights": cls.weights_identity(spec),
+            "preprocessing": prepared.state,
+        }
+        return stable_hash(parts), parts
+
+    def features(self, ds: Any, modality: str, spec: EncoderSpec, prepared: PreparedModality,
+                 device: str | torch.device = "cpu") -> CachedFeatures:
+        """The frozen encoder's outputs for every row: read from the cache or computed and stored.
+
+        Args:
+            ds: the :class:`autofuse.data.Dataset` (only its fingerprint is read).
+            modality: modality name.
+            spec: a ``mode="frozen"`` encoder spec.
+            prepared: ``prepare_modality(ds, modality, spec)``.
+            device: where to run the encoder when computing (results are stored on the CPU).
+
+        Raises:
+            ConfigError: ``spec`` is not frozen.
+        """
+        if spec.mode != "frozen":
+            raise ConfigError(f"feature cache holds frozen encoders only, got mode {spec.mode!r}")
+        key, parts = self.key(ds, modality, spec, prepared)
+        folder = self.root / key
+        if (folder / "meta.json").exists():
+            try:
+                cached = CachedFeatures.load(folder)
+            except Exception as e:  # a damaged entry is recomputed, not fatal
+                logger.warning("feature cache entry %s unreadable (%s); recomputing", folder, e)
+                discard_dir(folder)
+            else:
+                self.hits += 1
+                logger.info("feature cache hit: %s / %s -> %s", modality, spec.name, folder)
+                return cached
+        self.misses += 1
+        logger.info("feature cache miss: computing %s / %s for %d rows", modality, spec.name,
+                    len(prepared))
+        t0 = time.perf_counter()
+        feats = compute_features(spec, prepared, device=device, batch_size=self.batch_size)
+        feats.key = key
+        seconds = time.perf_counter() - t0
+        meta = {
+            "key": key,
+            "parts": parts,
+            "feature_shape": feats.feature_shape.to_dict(),
+            "n_rows": len(feats),
+            "n_levels": len(feats.levels),
+            "seconds": round(seconds, 3),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+
+        def write(tmp: Path) -> None:
+            save_file(feats.tensors(), str(tmp / "features.safetensors"))
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
+
+        if atomic_write_dir(folder, write):
+            logger.info("feature cache stored %s (%.1fs)", folder, seconds)
+        return feats
+
+
+@torch.no_grad()
+def compute_features(spec: EncoderSpec, prepared: PreparedModality,
+                     device: str | torch.device = "cpu", batch_size: int = 64) -> CachedFeatures:
+    """Run a frozen encoder over every present row of ``prepared`` (absent rows stay zeros).
+
+    Text rows are processed sorted by length, so batches hold similar lengths (less padding).
+    """
+    encoder = create_encoder(spec, prepared.state).to(device).eval()
+    shape: FeatureShape = encoder.feature_shape
+    n = len(prepared)
+    rows = torch.nonzero(prepared.present, as_tuple=False).flatten()
+    if isinstance(prepared.inputs, list):  # raw text: sort by length
+        lengths = torch.tensor([len(prepared.inputs[i]) for i in rows.tolist()], dtype=torch.long)
+        rows = rows[torch.argsort(lengths, stable=True)]
+    pooled = torch.zeros(n, shape.dim, dtype=torch.float32)
+    tokens = torch.zeros(n, shape.n_tokens, shape.dim, dtype=torch.float16)
+    levels = [torch.zeros(n, nl, dl, dtype=torch.float16) for nl, dl in shape.levels]
+    token_mask: torch.Tensor | None = None
+    for start in range(0, len(rows), batch_size):
+        idx = rows[start:start + batch_size]
+        x, present = prepared.batch(idx)
+        f = encoder(x, present)
+        pooled[idx] = f.pooled.float().cpu()
+        tokens[idx] = f.tokens.cpu().to(torch.float16)
+        for lv, out in zip(levels, f.levels, strict=True):
+            lv[idx] = out.cpu().to(torch.float16)
+        if f.token_mask is not None:
+            if token_mask is None:
+                token_mask = torch.zeros(n, shape.n_tokens, dtype=torch.bool)
+            token_mask[idx] = f.token_mask.cpu()
+    if token_mask is None and getattr(encoder, "has_token_mask", False):
+        token_mask = torch.zeros(n, shape.n_tokens, dtype=torch.bool)
+    return CachedFeatures(pooled, tokens, levels, prepared.present.clone().bool(), token_mask, shape)

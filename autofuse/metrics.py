@@ -1,0 +1,51 @@
+"""Task metrics and the objective each task optimises."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import f1_score, mean_absolute_error, r2_score
+
+#: task -> (objective metric, direction)
+OBJECTIVES = {
+    "classification": ("accuracy", "maximize"),
+    "regression": ("rmse", "minimize"),
+    "multilabel": ("macro_f1", "maximize"),
+}
+
+
+def compute_metrics(task: str, y_true: np.ndarray, outputs: np.ndarray) -> dict[str, float]:
+    """Metrics from raw model outputs.
+
+    Args:
+        task: classification | regression | multilabel.
+        y_true: class indices ``[N]`` / targets ``[N]`` / multi-hot ``[N, C]``.
+        outputs: logits ``[N, C]`` / predictions ``[N]`` (original scale) / logits ``[N, C]``.
+    """
+    if len(y_true) == 0:
+        return {}
+    if task == "classification":
+        pred = outputs.argmax(axis=1)
+        return {
+            "accuracy": float((pred == y_true).mean()),
+            "macro_f1": float(f1_score(y_true, pred, average="macro", zero_division=0)),
+        }
+    if task == "regression":
+        y, p = y_true.astype(np.float64), outputs.reshape(-1).astype(np.float64)
+        return {
+            "rmse": float(np.sqrt(np.mean((y - p) ** 2))),
+            "mae": float(mean_absolute_error(y, p)),
+            "r2": float(r2_score(y, p)) if len(y) > 1 else float("nan"),
+        }
+    pred = (outputs > 0).astype(np.int64)
+    yt = y_true.astype(np.int64)
+    return {
+        "macro_f1": float(f1_score(yt, pred, average="macro", zero_division=0)),
+        "micro_f1": float(f1_score(yt, pred, average="micro", zero_division=0)),
+        "accuracy": float((pred == yt).all(axis=1).mean()),
+    }
+
+
+def is_better(a: float, b: float | None, direction: str) -> bool:
+    if b is None or not np.isfinite(b):
+        return bool(np.isfinite(a))
+    return a > b if direction == "maximize" else a < b

@@ -1,0 +1,337 @@
+"""Search spaces: YAML (validated by pydantic) -> define-by-run suggestions -> ArchitectureSpec.
+
+The space is conditional: first the fusion family, then the method inside it, then the fusion
+point the method accepts, then only that branch's hyperparameters. Every parameter name is
+namespaced (``encoder_decoder.early.hidden``) so a categorical never changes its choices between
+branches, which Optuna's samplers require.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from autofuse.errors import ConfigError
+
+SPACES_DIR = Path(__file__).resolve().parent / "search_spaces"
+
+Scalar = Union[int, float, str, bool]
+
+
+class Range(BaseModel):
+    """A numeric range: integers when ``low`` and ``high`` are both ints (and no float ``step``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    low: float | int
+    high: float | int
+    log: bool = False
+    step: float | int | None = None
+
+    def model_post_init(self, __context: Any) -> None:
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) is greater than high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"log range needs low > 0 (got {self.low})")
+
+    @property
+    def is_int(self) -> bool:
+        return isinstance(self.low, int) and isinstance(self.high, int) and not isinstance(self.step, float)
+
+
+Value = Union[Range, list[Scalar], Scalar]
+
+
+class MethodSpace(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    points: list[str] | None = None
+    params: dict[str, Value] = Field(default_factory=dict)
+
+
+class EncoderChoice(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    modes: list[Literal["frozen", "finetune", "scratch"]] | None = None
+    params: dict[str, Value] = Field(default_factory=dict)
+
+
+class TrainingSpace(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    lr: Value = Range(low=3e-4, high=3e-3, log=True)
+    weight_decay: Value = Range(low=1e-6, high=1e-2, log=True)
+    batch_size: Value = [32, 64]
+    epochs: Value = 8
+    patience: Value = 3
+    modality_dropout: Value = Range(low=0.0, high=0.3)
+    aux_weight: Value = Range(low=0.01, high=1.0, log=True)
+    fused_dim: Value = [64, 128]
+    head_dropout: Value = Range(low=0.0, high=0.3)
+
+
+class SamplerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: Literal["tpe", "random", "gp", "qmc"] = "tpe"
+    multivariate: bool = True
+    group: bool = True
+    n_startup_trials: int = 8
+
+
+class PrunerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: Literal["median", "hyperband", "successive_halving", "none"] = "median"
+    n_startup_trials: int = 4
+    n_warmup_steps: int = 2
+
+
+class SearchSpace(BaseModel):
+    """A search space file (``search_spaces/*.yaml``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = "custom"
+    description: str = ""
+    fusion: dict[str, dict[str, MethodSpace | None]]
+    encoders: dict[Literal["image", "audio", "text", "tabular", "timeseries"], list[EncoderChoice]]
+    training: TrainingSpace = Field(default_factory=TrainingSpace)
+    sampler: SamplerConfig = Field(default_factory=SamplerConfig)
+    pruner: PrunerConfig = Field(default_factory=PrunerConfig)
+    baselines: bool | list[str] = True
+    trials: int = 20
+
+    @field_validator("fusion")
+    @classmethod
+    def _nonempty(cls, v: dict) -> dict:
+        if not v:
+            raise ValueError("at least one fusion family is needed")
+        return v
+
+    # ---- resolution against the registries -------------------------------------------------
+    def methods(self) -> dict[str, dict[str, dict]]:
+        """``{family: {method: {"points": [...], "params": {...}}}}`` merged with registry defaults."""
+        from autofuse.fusion import FUSIONS
+
+        out: dict[str, dict[str, dict]] = {}
+        for family, methods in self.fusion.items():
+            out[family] = {}
+            for method, ms in methods.items():
+                entry = FUSIONS.get(f"{family}.{method}")
+                ms = ms or MethodSpace()
+                points = list(ms.points or entry.meta["points"])
+                params = {**entry.meta["space"], **ms.params}
+                out[family][method] = {"points": points, "params": params,
+                                       "max_modalities": entry.meta.get("max_modalities")}
+        return out
+
+    def encoder_choices(self, modality_type: str) -> list[dict]:
+        """Encoder choices for one modality type, merged with the registry defaults."""
+        from autofuse.encoders import get_encoder_entry
+
+        out = []
+        for ch in self.encoders.get(modality_type, []):
+            entry = get_encoder_entry(ch.name)
+            modes = list(ch.modes or entry.meta["modes"])
+            out.append({"name": ch.name, "modes": modes, "params": {**entry.meta["space"], **ch.params}})
+        return out
+
+
+def _check(space: SearchSpace, source: str) -> None:
+    """Reject unknown names and impossible combinations, naming the key at fault."""
+    from autofuse.encoders import get_encoder_entry
+    from autofuse.fusion import FUSIONS
+
+    for family, methods in space.fusion.items():
+        if not methods:
+            raise ConfigError(f"{source}: fusion.{family}: no methods listed")
+        for method, ms in methods.items():
+            key = f"fusion.{family}.{method}"
+            if f"{family}.{method}" not in FUSIONS:
+                known = ", ".join(sorted(FUSIONS.names()))
+                raise ConfigError(f"{source}: {key}: unknown fusion method (known: {known})")
+            entry = FUSIONS.get(f"{family}.{method}")
+            if ms and ms.points:
+                bad = [p for p in ms.points if p not in entry.meta["points"]]
+                if bad:
+                    raise ConfigError(f"{source}: {key}.points: {bad} not accepted "
+                                      f"(accepts {list(entry.meta['points'])})")
+            if ms:
+                for p in ms.params:
+                    if p not in entry.meta["space"]:
+                        raise ConfigError(f"{source}: {key}.params.{p}: unknown hyperparameter "
+                                          f"(known: {', '.join(entry.meta['space'])})")
+    for mtype, choices in space.encoders.items():
+        for i, ch in enumerate(choices):
+            key = f"encoders.{mtype}[{i}]"
+            try:
+                entry = get_encoder_entry(ch.name)
+            except ConfigError as e:
+                raise ConfigError(f"{source}: {key}.name: {e}") from None
+            if entry.meta["modality"] != mtype:
+                raise ConfigError(f"{source}: {key}.name: {ch.name} encodes {entry.meta['modality']}, "
+                                  f"not {mtype}")
+            if ch.modes:
+                bad = [m for m in ch.modes if m not in entry.meta["modes"]]
+                if bad:
+                    raise ConfigError(f"{source}: {key}.modes: {bad} not supported by {ch.name} "
+                                      f"(supports {list(entry.meta['modes'])})")
+
+
+def load_space(name_or_path: str | Path | None = None) -> SearchSpace:
+    """Load a space by file path or by name of a bundled space (``fast``, ``default``, ...)."""
+    if name_or_path is None:
+        name_or_path = "default"
+    p = Path(name_or_path)
+    if not p.exists():
+        bundled = SPACES_DIR / f"{name_or_path}.yaml"
+        if not bundled.exists():
+            known = ", ".join(sorted(x.stem for x in SPACES_DIR.glob("*.yaml")))
+            raise ConfigError(f"search space {name_or_path!r}: no such file or bundled space (bundled: {known})")
+        p = bundled
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML ({e})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p}: expected a mapping at the top level")
+    try:
+        space = SearchSpace.model_validate(raw)
+    except ValidationError as e:
+        msgs = []
+        for err in e.errors():
+            loc = ".".join(str(x) for x in err["loc"] if not str(x).startswith(("Range", "list[", "function-")))
+            msgs.append(f"{loc}: {err['msg']}")
+        raise ConfigError(f"{p}: " + "; ".join(dict.fromkeys(msgs))) from None
+    _check(space, str(p))
+    return space
+
+
+# ---- define-by-run ----------------------------------------------------------------------------
+
+def suggest_value(trial, name: str, value: Any) -> Any:
+    """Ask Optuna for one value: list -> categorical, Range -> int/float, scalar -> fixed."""
+    if isinstance(value, dict):
+        value = Range.model_validate(value)
+    if isinstance(value, Range):
+        if value.low == value.high:
+            return value.low
+        if value.is_int:
+            return trial.suggest_int(name, int(value.low), int(value.high), log=value.log,
+                                     step=int(value.step or 1))
+        return trial.suggest_float(name, float(value.low), float(value.high), log=value.log,
+                                   step=value.step)
+    if isinstance(value, list):
+        if len(value) == 1:
+            return value[0]
+        return trial.suggest_categorical(name, value)
+    return value
+
+
+def valid_methods(space: SearchSpace, n_modalities: int) -> dict[str, dict[str, dict]]:
+    """Drop methods capped below the dataset's number of modalities (and empty families)."""
+    out = {}
+    for fam, methods in space.methods().items():
+        ok = {m: v for m, v in methods.items()
+              if v["max_modalities"] is None or n_modalities <= v["max_modalities"]}
+        if ok:
+            out[fam] = ok
+    if not out:
+        raise ConfigError(f"no fusion method in the space supports {n_modalities} modalities")
+    return out
+
+
+def suggest_spec(trial, space: SearchSpace, modalities: dict[str, str]):
+    """Sample one ArchitectureSpec (define-by-run) for a dataset's ``{modality: type}``."""
+    from autofuse.encoders import EncoderSpec
+    from autofuse.spec import ArchitectureSpec, FusionSpec, HeadSpec, TrainingSpec
+
+    methods = valid_methods(space, len(modalities))
+    family = suggest_value(trial, "family", list(methods))
+    method = suggest_value(trial, f"{family}.method", list(methods[family]))
+    branch = methods[family][method]
+    ns = f"{family}.{method}"
+    point = suggest_value(trial, f"{ns}.point", branch["points"])
+    fparams = {p: suggest_value(trial, f"{ns}.{p}", v) for p, v in branch["params"].items()}
+
+    encoders = {}
+    for m, mtype in modalities.items():
+        choices = space.encoder_choices(mtype)
+        if not choices:
+            raise ConfigError(f"search space has no encoder for modality {m!r} of type {mtype}")
+        by_name = {c["name"]: c for c in choices}
+        ename = suggest_value(trial, f"enc.{m}.name", list(by_name))
+        ch = by_name[ename]
+        mode = suggest_value(trial, f"enc.{m}.{ename}.mode", ch["modes"])
+        params = {p: suggest_value(trial, f"enc.{m}.{ename}.{p}", v) for p, v in ch["params"].items()}
+        dim = params.pop("dim", 64)
+        encoders[m] = EncoderSpec(name=ename, mode=mode, dim=int(dim), params=params)
+
+    t = space.training
+    training = TrainingSpec(
+        lr=suggest_value(trial, "train.lr", t.lr),
+        weight_decay=suggest_value(trial, "train.weight_decay", t.weight_decay),
+        batch_size=suggest_value(trial, "train.batch_size", t.batch_size),
+        epochs=suggest_value(trial, "train.epochs", t.epochs),
+        patience=suggest_value(trial, "train.patience", t.patience),
+        modality_dropout=suggest_value(trial, "train.modality_dropout", t.modality_dropout),
+        aux_weight=suggest_value(trial, "train.aux_weight", t.aux_weight),
+        seed=trial.number,
+    )
+    head = HeadSpec(fused_dim=suggest_value(trial, "head.fused_dim", t.fused_dim),
+                    dropout=suggest_value(trial, "head.dropout", t.head_dropout))
+    fusion = FusionSpec(family=family, method=method, point=point, params=fparams)
+    return ArchitectureSpec(encoders=encoders, fusion=fusion, head=head, training=training)
+
+
+# ---- baselines ---------------------------------------------------------------------------------
+
+#: Hand-designed baselines enqueued as the first trials: name -> (family, method, point, params).
+BASELINES: dict[str, tuple[str, str, str, dict]] = {
+    "late_fusion": ("encoder_decoder", "decision", "late", {"combine": "mean"}),
+    "early_concat": ("encoder_decoder", "early", "early", {}),
+}
+
+
+def baseline_params(space: SearchSpace, modalities: dict[str, str]) -> list[tuple[str, dict]]:
+    """Fixed Optuna params for each baseline the space can express (unfixed ones are sampled)."""
+    if space.baselines is False:
+        return []
+    wanted = list(BASELINES) if space.baselines is True else list(space.baselines)
+    methods = valid_methods(space, len(modalities))
+    out = []
+    for name in wanted:
+        if name not in BASELINES:
+            raise ConfigError(f"baselines: unknown baseline {name!r} (known: {', '.join(BASELINES)})")
+        family, method, point, extra = BASELINES[name]
+        if method not in methods.get(family, {}):
+            continue
+        ns = f"{family}.{method}"
+        params: dict[str, Any] = {"family": family, f"{family}.method": method, f"{ns}.point": point}
+        params.update({f"{ns}.{k}": v for k, v in extra.items()})
+        # baselines use the first (cheapest) encoder choice of each modality in its first mode
+        for m, mtype in modalities.items():
+            ch = space.encoder_choices(mtype)
+            if ch:
+                params[f"enc.{m}.name"] = ch[0]["name"]
+                params[f"enc.{m}.{ch[0]['name']}.mode"] = ch[0]["modes"][0]
+        out.append((name, params))
+    return out
+
+
+def describe(space: SearchSpace) -> dict:
+    """The resolved space as plain data (for ``autofuse space show`` and the study record)."""
+    def plain(v):
+        return v.model_dump() if isinstance(v, Range) else v
+
+    return {
+        "name": space.name,
+        "fusion": {f: {m: {"points": b["points"], "params": {k: plain(v) for k, v in b["params"].items()},
+                           "max_modalities": b["max_modalities"]}
+                       for m, b in ms.items()} for f, ms in space.methods().items()},
+        "encoders": {t: [{**c, "params": {k: plain(v) for k, v in c["params"].items()}}
+                         for c in space.encoder_choices(t)] for t in space.encoders},
+        "training": {k: plain(v) for k, v in space.training.model_dump().items()},
+        "sampler": space.sampler.model_dump(),
+        "pruner": space.pruner.model_dump(),
+        "baselines": space.baselines,
+        "trials": space.trials,
+    }

@@ -1,0 +1,473 @@
+"""Studies: create or resume, sample candidates, train them, record them, export the best."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import socket
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from autofuse.errors import ConfigError
+from autofuse.metrics import OBJECTIVES, is_better
+from autofuse.paths import Paths, check_study_name
+from autofuse.space import SearchSpace, baseline_params, describe, load_space, suggest_spec
+from autofuse.spec import ArchitectureSpec, save_architecture
+from autofuse.train import TrainData, TrialFault, count_params, evaluate, fit, measure_latency_ms
+
+log = logging.getLogger(__name__)
+
+#: completed trials whose checkpoints are kept (the report re-evaluates the finalists)
+KEEP_TOP_K = 3
+
+
+@dataclass
+class SearchResult:
+    study_name: str
+    study_dir: Path
+    summary: dict
+
+    @property
+    def best_dir(self) -> Path:
+        return self.study_dir / "best"
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class CandidateRunner:
+    """Trains candidates on one dataset, reusing prepared inputs and frozen features across trials."""
+
+    def __init__(self, ds, paths: Paths, device: torch.device) -> None:
+        from autofuse.encoders import FeatureCache
+
+        self.ds = ds
+        self.paths = paths
+        self.device = device
+        self.feature_cache = FeatureCache(paths.cache)
+        self._prepared: dict[tuple, Any] = {}
+        self._features: dict[tuple, Any] = {}
+        self.task = ds.task
+        self.splits = {s: ds.indices(s) for s in ("train", "val", "test")}
+        y = np.asarray(ds.y)
+        self.y_raw = y
+        if self.task == "classification":
+            self.y = torch.as_tensor(y, dtype=torch.long)
+            self.target_stats = (0.0, 1.0)
+        elif self.task == "regression":
+            tr = y[self.splits["train"]].astype(np.float64)
+            mean, std = float(tr.mean()), float(tr.std() or 1.0)
+            self.target_stats = (mean, std)
+            self.y = torch.as_tensor((y - mean) / std, dtype=torch.float32)
+        else:
+            self.y = torch.as_tensor(y, dtype=torch.float32)
+            self.target_stats = (0.0, 1.0)
+
+    def modality_input(self, m: str, espec) -> tuple[Any, dict]:
+        """Prepared inputs (trainable encoder) or cached features (frozen encoder) for modality m."""
+        from autofuse.encoders import prepare_modality
+
+        pkey = (m, espec.name, json.dumps(espec.params, sort_keys=True, default=str))
+        if pkey not in self._prepared:
+            self._prepared[pkey] = prepare_modality(self.ds, m, espec, cache_dir=self.paths.cache / "prep")
+        prepared = self._prepared[pkey]
+        info = {"type": self.ds.modality_type(m), "state": prepared.state}
+        if espec.mode != "frozen":
+            return prepared, info
+        fkey = pkey + ("frozen",)
+        if fkey not in self._features:
+            self._features[fkey] = self.feature_cache.features(self.ds, m, espec, prepared, device=self.device)
+        feats = self._features[fkey]
+        info["feature_shape"] = feats.feature_shape.to_dict()
+        return feats, info
+
+    def dataset_info(self, infos: dict[str, dict]) -> dict:
+        return {
+            "name": self.ds.name,
+            "task": self.task,
+            "classes": self.ds.classes,
+            "target_stats": list(self.target_stats),
+            "fingerprint": self.ds.fingerprint(),
+            "modalities": infos,
+        }
+
+    def run(self, spec: ArchitectureSpec, on_epoch=None, deadline: float | None = None) -> dict:
+        """Build, train and evaluate one candidate. Returns metrics, the model and its data info."""
+        from autofuse.model import build_model
+
+        inputs, infos = {}, {}
+        for m, espec in spec.encoders.items():
+            inputs[m], infos[m] = self.modality_input(m, espec)
+        info = self.dataset_info(infos)
+        torch.manual_seed(spec.training.seed)
+        try:
+            model = build_model(spec, info, skip_frozen=True).to(self.device)
+        except (ConfigError, ValueError, RuntimeError, TypeError) as e:
+            raise TrialFault("invalid", f"architecture cannot be built: {e}") from e
+        data = TrainData(task=self.task, y=self.y, y_raw=self.y_raw, inputs=inputs,
+                         splits=self.splits, target_stats=self.target_stats)
+        t = spec.training
+        res = fit(model, data, lr=t.lr, weight_decay=t.weight_decay, batch_size=t.batch_size,
+                  epochs=t.epochs, patience=t.patience, aux_weight=t.aux_weight, seed=t.seed,
+                  device=self.device, on_epoch=on_epoch, deadline=deadline)
+        test = evaluate(model, data, "test", self.device)
+        return {
+            "val_metrics": res.val_metrics,
+            "test_metrics": test,
+            "history": res.history,
+            "best_epoch": res.best_epoch,
+            "epochs_run": res.epochs_run,
+            "train_time_s": res.train_time_s,
+            "n_params": count_params(model),
+            "latency_ms": measure_latency_ms(model, data, self.device),
+            "model": model,
+            "dataset_info": info,
+        }
+
+
+def make_sampler(space: SearchSpace, name: str | None, seed: int):
+    import optuna
+
+    cfg = space.sampler
+    name = name or cfg.name
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=cfg.multivariate, group=cfg.group,
+                                          n_startup_trials=cfg.n_startup_trials, constant_liar=True)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=cfg.n_startup_trials)
+    if name == "qmc":
+        return optuna.samplers.QMCSampler(seed=seed)
+    raise ConfigError(f"--sampler {name!r}: choose tpe, random, gp or qmc")
+
+
+def make_pruner(space: SearchSpace, name: str | None = None):
+    import optuna
+
+    cfg = space.pruner
+    name = name or cfg.name
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=cfg.n_startup_trials,
+                                           n_warmup_steps=cfg.n_warmup_steps)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1)
+    if name == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner()
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    raise ConfigError(f"--pruner {name!r}: choose median, hyperband, successive_halving or none")
+
+
+def _finished(study) -> int:
+    import optuna
+
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    return len(study.get_trials(deepcopy=False, states=states))
+
+
+def _save_checkpoint(study_dir: Path, number: int, model, spec: ArchitectureSpec, info: dict) -> None:
+    from safetensors.torch import save_file
+
+    from autofuse.model import trainable_state_dict
+
+    ck = study_dir / "checkpoints"
+    ck.mkdir(parents=True, exist_ok=True)
+    save_architecture(ck / f"trial_{number}.json", spec, info)
+    tmp = ck / f"trial_{number}.safetensors.tmp"
+    save_file(trainable_state_dict(model), str(tmp))
+    tmp.replace(ck / f"trial_{number}.safetensors")
+
+
+def _prune_checkpoints(study, study_dir: Path, direction: str) -> None:
+    import optuna
+
+    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    ranked = sorted(done, key=lambda t: t.value, reverse=(direction == "maximize"))
+    keep = {t.number for t in ranked[:KEEP_TOP_K]}
+    for f in (study_dir / "checkpoints").glob("trial_*.*"):
+        n = f.name.split("_", 1)[1].split(".", 1)[0]
+        if n.isdigit() and int(n) not in keep:
+            f.unlink(missing_ok=True)
+
+
+def search(
+    dataset: str | Path | Any,
+    *,
+    study: str,
+    trials: int | None = None,
+    storage: str | None = None,
+    space: str | Path | SearchSpace | None = None,
+    workdir: str | Path | None = None,
+    sampler: str | None = None,
+    pruner: str | None = None,
+    seed: int = 0,
+    baselines: bool | None = None,
+    trial_timeout: float | None = None,
+    force: bool = False,
+    progress: bool = True,
+    device: str | None = None,
+) -> SearchResult:
+    """Run (or resume) a study until it holds ``trials`` finished trials, then export the best.
+
+    Args:
+        dataset: a dataset folder or an :class:`autofuse.data.Dataset`.
+        study: study name (also the output folder ``trials/<study>/``).
+        trials: total number of finished trials wanted (default: the space's ``trials``).
+        storage: SQLAlchemy URL (default SQLite at ``trials/autofuse.db``).
+        space: a search-space file, a bundled space name or a SearchSpace (default ``default``).
+        workdir: root of ``trials/`` and ``reports/`` (default ``AUTOFUSE_HOME`` or the cwd).
+        sampler / pruner: override the space's choice (``random`` to compare against random search).
+        seed: sampler seed.
+        baselines: enqueue the hand-designed baselines first (default: the space's setting).
+        trial_timeout: seconds per trial; a slower trial ends as pruned with reason ``timeout``.
+        force: resume even though the dataset or the search space changed.
+        progress: show a progress display.
+        device: ``cuda``, ``cuda:1`` or ``cpu`` (default CUDA when available).
+    """
+    import optuna
+
+    from autofuse.data import Dataset
+
+    check_study_name(study)
+    paths = Paths.resolve(workdir)
+    ds = dataset if isinstance(dataset, Dataset) else Dataset.load(dataset)  # validates first
+    sp = space if isinstance(space, SearchSpace) else load_space(space)
+    if baselines is not None:
+        sp = sp.model_copy(update={"baselines": baselines})
+    n_total = int(trials if trials is not None else sp.trials)
+    if n_total < 1:
+        raise ConfigError(f"--trials {n_total}: must be at least 1")
+    modalities = {m: ds.modality_type(m) for m in ds.modality_names}
+    for m, t in modalities.items():
+        if not sp.encoder_choices(t):
+            raise ConfigError(f"search space {sp.name!r} has no encoder for modality {m!r} ({t})")
+    metric, direction = OBJECTIVES[ds.task]
+    fingerprint = ds.fingerprint()
+    space_desc = describe(sp)
+
+    url = storage or paths.default_storage
+    from autofuse.storage import make_storage
+
+    stor = make_storage(url)
+    existing = {s.study_name: s for s in optuna.get_all_study_summaries(stor, include_best_trial=False)}
+    dev = torch.device(device) if device else default_device()
+    smp = make_sampler(sp, sampler, seed)
+    prn = make_pruner(sp, pruner)
+    if study in existing:
+        attrs = existing[study].user_attrs
+        if attrs.get("dataset_fingerprint") not in (None, fingerprint) and not force:
+            raise ConfigError(f"study {study!r} was run on a different dataset (fingerprint "
+                              f"{attrs['dataset_fingerprint'][:12]} != {fingerprint[:12]}); "
+                              "use another --study name or --force")
+        if attrs.get("space") not in (None, space_desc) and not force:
+            raise ConfigError(f"study {study!r} was run with a different search space; "
+                              "use another --study name or --force")
+        st = optuna.load_study(study_name=study, storage=stor, sampler=smp, pruner=prn)
+        log.info("resuming study %s (%d finished trials)", study, _finished(st))
+    else:
+        st = optuna.create_study(study_name=study, storage=stor, sampler=smp, pruner=prn,
+                                 direction=direction)
+        st.set_user_attr("dataset_fingerprint", fingerprint)
+        st.set_user_attr("dataset", ds.info())
+        st.set_user_attr("space", space_desc)
+        st.set_user_attr("metric", metric)
+        for name, params in baseline_params(sp, modalities):
+            st.enqueue_trial(params, user_attrs={"baseline": name})
+
+    study_dir = paths.study_dir(study)
+    study_dir.mkdir(parents=True, exist_ok=True)
+    (study_dir / "space.json").write_text(json.dumps(space_desc, indent=2, default=str))
+    if isinstance(space, (str, Path)) and Path(space).exists():
+        shutil.copyfile(space, study_dir / "space.yaml")
+    runner = CandidateRunner(ds, paths, dev)
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+    t_start = time.monotonic()
+
+    def objective(trial: optuna.Trial) -> float:
+        spec = suggest_spec(trial, sp, modalities)
+        trial.set_user_attr("spec", spec.model_dump(mode="json"))
+        trial.set_user_attr("family", spec.fusion.family)
+        trial.set_user_attr("method", spec.fusion.method)
+        trial.set_user_attr("point", spec.fusion.point)
+        trial.set_user_attr("encoders", {m: f"{e.name}/{e.mode}" for m, e in spec.encoders.items()})
+        trial.set_user_attr("device", str(dev))
+        trial.set_user_attr("worker", worker)
+
+        def on_epoch(epoch: int, val: dict) -> None:
+            trial.report(val[metric], epoch)
+            if trial.should_prune():
+                trial.set_user_attr("reason", "pruned")
+                trial.set_user_attr("epochs_run", epoch)
+                raise optuna.TrialPruned(f"pruned at epoch {epoch}")
+
+        deadline = time.monotonic() + trial_timeout if trial_timeout else None
+        try:
+            out = runner.run(spec, on_epoch=on_epoch, deadline=deadline)
+        except TrialFault as f:
+            trial.set_user_attr("reason", f.reason)
+            trial.set_user_attr("error", str(f))
+            log.warning("trial %d ended as pruned (%s): %s", trial.number, f.reason, f)
+            raise optuna.TrialPruned(f.reason) from None
+        except torch.OutOfMemoryError as e:
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+            trial.set_user_attr("reason", "oom")
+            trial.set_user_attr("error", str(e).splitlines()[0])
+            raise optuna.TrialPruned("oom") from None
+        except optuna.TrialPruned:
+            raise
+        except Exception as e:
+            trial.set_user_attr("reason", "error")
+            trial.set_user_attr("error", f"{type(e).__name__}: {e}")
+            log.warning("trial %d failed:\n%s", trial.number, traceback.format_exc())
+            raise
+        value = float(out["val_metrics"][metric])
+        for k in ("val_metrics", "test_metrics", "n_params", "latency_ms", "train_time_s",
+                  "epochs_run", "best_epoch"):
+            trial.set_user_attr(k, out[k])
+        trial.set_user_attr("history", out["history"])
+        try:
+            best = st.best_value
+        except ValueError:
+            best = None
+        done = st.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        ranked = sorted((t.value for t in done), reverse=(direction == "maximize"))
+        if len(ranked) < KEEP_TOP_K or is_better(value, ranked[KEEP_TOP_K - 1], direction) or best is None:
+            _save_checkpoint(study_dir, trial.number, out["model"], spec, out["dataset_info"])
+        return value
+
+    remaining = max(0, n_total - _finished(st))
+    if remaining:
+        _optimize(st, objective, remaining, n_total, metric, progress)
+    _prune_checkpoints(st, study_dir, direction)
+    summary = write_outputs(st, study_dir, ds, runner, metric, direction, time.monotonic() - t_start)
+    return SearchResult(study, study_dir, summary)
+
+
+def _optimize(st, objective, remaining: int, n_total: int, metric: str, progress: bool) -> None:
+    """``study.optimize`` with a rich progress display (trials, current best, elapsed time)."""
+    import optuna
+    from optuna.study import MaxTrialsCallback
+
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    stop = MaxTrialsCallback(n_total, states=states)
+    if not progress:
+        st.optimize(objective, n_trials=remaining, callbacks=[stop], catch=(Exception,))
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), TextColumn("{task.fields[best]}")) as bar:
+        task = bar.add_task(f"study {st.study_name}", total=n_total, completed=_finished(st), best="")
+
+        def update(study, trial) -> None:
+            try:
+                b = study.best_trial
+                best = f"best {metric}={b.value:.4f} (trial {b.number})"
+            except ValueError:
+                best = ""
+            bar.update(task, completed=_finished(study), best=best)
+
+        st.optimize(objective, n_trials=remaining, callbacks=[stop, update], catch=(Exception,))
+
+
+def write_outputs(st, study_dir: Path, ds, runner: CandidateRunner | None, metric: str,
+                  direction: str, wall_time_s: float) -> dict:
+    """Write ``best/architecture.json``, ``best/model.safetensors`` and ``summary.json``."""
+    import optuna
+
+    TS = optuna.trial.TrialState
+    all_trials = st.get_trials(deepcopy=False)
+    counts = {
+        "completed": sum(t.state == TS.COMPLETE for t in all_trials),
+        "pruned": sum(t.state == TS.PRUNED for t in all_trials),
+        "failed": sum(t.state == TS.FAIL for t in all_trials),
+    }
+    pruned_reasons: dict[str, int] = {}
+    for t in all_trials:
+        if t.state == TS.PRUNED:
+            r = t.user_attrs.get("reason", "pruned")
+            pruned_reasons[r] = pruned_reasons.get(r, 0) + 1
+    summary: dict[str, Any] = {
+        "study": st.study_name,
+        "dataset": ds.info(),
+        "metric": metric,
+        "direction": direction,
+        "trials": counts,
+        "pruned_reasons": pruned_reasons,
+        "wall_time_s": round(wall_time_s, 2),
+    }
+    completed = [t for t in all_trials if t.state == TS.COMPLETE]
+    if not completed:
+        summary["best_trial"] = None
+        _write_json(study_dir / "summary.json", summary)
+        return summary
+    best = st.best_trial
+    per_family: dict[str, dict] = {}
+    for t in completed:
+        fam = t.user_attrs.get("family", "?")
+        if fam not in per_family or is_better(t.value, per_family[fam]["value"], direction):
+            per_family[fam] = {"trial": t.number, "value": t.value, "method": t.user_attrs.get("method"),
+                               "point": t.user_attrs.get("point"),
+                               "test_metrics": t.user_attrs.get("test_metrics")}
+    baselines = {t.user_attrs["baseline"]: {"trial": t.number, "value": t.value,
+                                             "test_metrics": t.user_attrs.get("test_metrics")}
+                 for t in completed if "baseline" in t.user_attrs}
+    summary.update({
+        "best_trial": best.number,
+        "best_value": best.value,
+        "spec": best.user_attrs.get("spec"),
+        "val_metrics": best.user_attrs.get("val_metrics"),
+        "test_metrics": best.user_attrs.get("test_metrics"),
+        "n_params": best.user_attrs.get("n_params"),
+        "latency_ms": best.user_attrs.get("latency_ms"),
+        "per_family_best": per_family,
+        "baselines": baselines,
+    })
+    export_best(study_dir, best.number)
+    summary["best_dir"] = str(study_dir / "best")
+    _write_json(study_dir / "summary.json", summary)
+    return summary
+
+
+def export_best(study_dir: Path, number: int) -> Path:
+    """Full model (frozen encoders included) of trial ``number`` into ``<study_dir>/best/``."""
+    from safetensors.torch import load_file, save_file
+
+    from autofuse.model import build_model
+    from autofuse.spec import load_architecture
+
+    ck = study_dir / "checkpoints"
+    arch, weights = ck / f"trial_{number}.json", ck / f"trial_{number}.safetensors"
+    if not arch.exists() or not weights.exists():
+        raise ConfigError(f"no checkpoint for trial {number} under {ck}")
+    spec, info = load_architecture(arch)
+    model = build_model(spec, info)
+    missing, unexpected = model.load_state_dict(load_file(str(weights)), strict=False)
+    frozen = {m for m, e in spec.encoders.items() if e.mode == "frozen"}
+    bad = [k for k in missing if not any(k.startswith(f"encoders.{m}.") for m in frozen)]
+    if bad or unexpected:
+        raise RuntimeError(f"checkpoint of trial {number} does not match its spec: {bad or unexpected}")
+    out = study_dir / "best"
+    out.mkdir(parents=True, exist_ok=True)
+    save_architecture(out / "architecture.json", spec, info)
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    save_file(state, str(out / "model.safetensors.tmp"))
+    (out / "model.safetensors.tmp").replace(out / "model.safetensors")
+    return out
+
+
+def _write_json(path: Path, doc: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc, indent=2, default=str))
+    tmp.replace(path)

@@ -1,0 +1,199 @@
+"""Fit and evaluate one candidate: AdamW, early stopping on the validation metric, per-epoch reports."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from autofuse.metrics import OBJECTIVES, compute_metrics, is_better
+from autofuse.types import ModalityFeatures
+
+log = logging.getLogger(__name__)
+
+
+class TrialFault(Exception):
+    """A candidate that cannot finish: ``reason`` is diverged | oom | timeout | invalid."""
+
+    def __init__(self, reason: str, message: str = "") -> None:
+        super().__init__(message or reason)
+        self.reason = reason
+
+
+@dataclass
+class TrainData:
+    """Everything a candidate trains on, already on tensors.
+
+    Attributes:
+        task: classification | regression | multilabel.
+        y: training targets: class indices ``[N]`` / standardised values ``[N]`` / multi-hot ``[N, C]``.
+        y_raw: targets on the original scale, for metrics.
+        inputs: per modality a PreparedModality (raw inputs for a trainable encoder) or
+            CachedFeatures (frozen encoder outputs from the feature cache); both have ``batch(idx)``.
+        splits: row indices per split.
+        target_stats: ``(mean, std)`` used to standardise a regression target.
+    """
+
+    task: str
+    y: torch.Tensor
+    y_raw: np.ndarray
+    inputs: dict
+    splits: dict[str, np.ndarray]
+    target_stats: tuple[float, float] = (0.0, 1.0)
+
+
+@dataclass
+class FitResult:
+    val_metrics: dict[str, float]
+    best_epoch: int
+    epochs_run: int
+    history: list[dict[str, float]] = field(default_factory=list)
+    train_time_s: float = 0.0
+
+
+def make_batch(data: TrainData, idx: np.ndarray, device: torch.device) -> dict:
+    """Slice every modality at ``idx`` and move it to ``device``."""
+    t = torch.as_tensor(idx, dtype=torch.long)
+    batch = {}
+    for m, src in data.inputs.items():
+        item = src.batch(t)
+        if isinstance(item, ModalityFeatures):
+            batch[m] = item.to(device)
+        else:
+            x, present = item
+            x = {k: v.to(device) for k, v in x.items()} if isinstance(x, dict) else _to(x, device)
+            batch[m] = (x, present.to(device))
+    return batch
+
+
+def _to(x, device):
+    return x.to(device) if torch.is_tensor(x) else x
+
+
+def loss_fn(task: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    if task == "classification":
+        return nn.CrossEntropyLoss()
+    if task == "regression":
+        return lambda out, y: nn.functional.mse_loss(out.squeeze(-1), y)
+    return nn.BCEWithLogitsLoss()
+
+
+@torch.no_grad()
+def predict_outputs(model: nn.Module, data: TrainData, idx: np.ndarray, device: torch.device,
+                    batch_size: int = 256) -> np.ndarray:
+    """Raw outputs for rows ``idx`` (regression de-standardised to the original scale)."""
+    model.eval()
+    outs = []
+    for s in range(0, len(idx), batch_size):
+        out, _ = model(make_batch(data, idx[s:s + batch_size], device))
+        outs.append(out.float().cpu())
+    if not outs:
+        return np.zeros((0, 1), dtype=np.float32)
+    res = torch.cat(outs).numpy()
+    if data.task == "regression":
+        mean, std = data.target_stats
+        res = res * std + mean
+    return res
+
+
+def evaluate(model: nn.Module, data: TrainData, split: str, device: torch.device) -> dict[str, float]:
+    idx = data.splits[split]
+    return compute_metrics(data.task, data.y_raw[idx], predict_outputs(model, data, idx, device))
+
+
+def fit(model: nn.Module, data: TrainData, *, lr: float, weight_decay: float, batch_size: int,
+        epochs: int, patience: int, aux_weight: float, seed: int, device: torch.device,
+        on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+        deadline: float | None = None) -> FitResult:
+    """Train with AdamW and early stopping; keep the best validation epoch's weights in ``model``.
+
+    Args:
+        on_epoch: called after every epoch with ``(epoch, val_metrics)``; may raise (e.g. Optuna's
+            ``TrialPruned``) to stop the candidate.
+        deadline: ``time.monotonic()`` value after which the candidate ends with reason ``timeout``.
+
+    Raises:
+        TrialFault: ``diverged`` on a non-finite loss, ``timeout`` past the deadline.
+    """
+    metric, direction = OBJECTIVES[data.task]
+    g = torch.Generator().manual_seed(seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    criterion = loss_fn(data.task)
+    train_idx = data.splits["train"]
+    y = data.y
+    best_val: float | None = None
+    best_state = copy.deepcopy(model.state_dict())
+    best_epoch, history, stale = 0, [], 0
+    t0 = time.monotonic()
+    epoch = 0
+    for epoch in range(1, epochs + 1):
+        model.train()
+        perm = train_idx[torch.randperm(len(train_idx), generator=g).numpy()]
+        total, n = 0.0, 0
+        for s in range(0, len(perm), batch_size):
+            idx = perm[s:s + batch_size]
+            if len(idx) < 2 and len(perm) > 2:
+                continue  # a batch of one breaks batch statistics; skip the remainder
+            out, aux = model(make_batch(data, idx, device))
+            loss = criterion(out, y[torch.as_tensor(idx)].to(device)) + aux_weight * aux
+            if not torch.isfinite(loss):
+                raise TrialFault("diverged", f"non-finite loss at epoch {epoch}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(params, 5.0)
+            opt.step()
+            total += float(loss) * len(idx)
+            n += len(idx)
+            if deadline is not None and time.monotonic() > deadline:
+                raise TrialFault("timeout", f"trial time limit reached in epoch {epoch}")
+        val = evaluate(model, data, "val", device)
+        val["train_loss"] = total / max(n, 1)
+        history.append({"epoch": epoch, **val})
+        score = val.get(metric, float("nan"))
+        if not math.isfinite(score) and data.task == "regression":
+            raise TrialFault("diverged", f"non-finite validation {metric} at epoch {epoch}")
+        if is_better(score, best_val, direction):
+            best_val, best_epoch, stale = score, epoch, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            stale += 1
+        if on_epoch is not None:
+            on_epoch(epoch, val)
+        if stale >= patience:
+            break
+    model.load_state_dict(best_state)
+    val_metrics = {k: v for k, v in history[best_epoch - 1].items() if k != "epoch"} if history else {}
+    return FitResult(val_metrics=val_metrics, best_epoch=best_epoch, epochs_run=epoch,
+                     history=history, train_time_s=time.monotonic() - t0)
+
+
+@torch.no_grad()
+def measure_latency_ms(model: nn.Module, data: TrainData, device: torch.device, n: int = 32,
+                       repeats: int = 3) -> float:
+    """Median milliseconds per sample for a forward pass on ``n`` validation rows."""
+    idx = data.splits["val"][:n] if len(data.splits["val"]) else data.splits["train"][:n]
+    if len(idx) == 0:
+        return float("nan")
+    model.eval()
+    batch = make_batch(data, idx, device)
+    model(batch)  # warm-up
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        model(batch)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append((time.perf_counter() - t) * 1000 / len(idx))
+    return float(np.median(times))
+
+
+def count_params(model: nn.Module) -> int:
+    return int(sum(p.numel() for p in model.parameters()))

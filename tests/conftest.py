@@ -1,0 +1,40 @@
+"""Shared fixtures: offline hub, the shared datasets, tiny datasets built on the fly."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "datasets"
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def need(condition: bool, reason: str) -> None:
+    """Skip when a resource is missing, except under CI where that is a failure."""
+    if condition:
+        return
+    if IN_CI:
+        pytest.fail(f"required in CI: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def shared_datasets() -> Path:
+    need((SHARED / "mnist").is_dir() and (SHARED / "fsdd" / "recordings").is_dir(),
+         f"shared datasets not found at {SHARED}")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def demo_dataset(tmp_path_factory) -> Path:
+    """A small demo dataset (image + text + tabular), built once per session."""
+    from autofuse.data.builders import build_demo
+
+    return build_demo(tmp_path_factory.mktemp("demo") / "demo_data", n=240, seed=0)
