@@ -31,6 +31,11 @@ class _Group(click.Group):
 
 
 def _setup_logging(verbose: int) -> None:
+    import os
+
+    # the search shows its own progress display; silence the hub's per-file bars
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     level = logging.DEBUG if verbose > 1 else logging.INFO if verbose == 1 else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -170,7 +175,6 @@ def data_avmnist(mnist_dir, fsdd_dir, out_dir, per_class, seed, pca_components) 
 @main.command()
 def fusions() -> None:
     """List the registered fusion methods."""
-    from rich.console import Console
     from rich.table import Table
 
     from autofuse.fusion import FUSIONS
@@ -182,22 +186,28 @@ def fusions() -> None:
             notes += f" (max {e.meta['max_modalities']} modalities)"
         t.add_row(e.name, e.meta["family"], ", ".join(e.meta["points"]),
                   _space_str(e.meta["space"]), notes)
-    Console().print(t)
+    _console().print(t)
 
 
 @main.command()
 def encoders() -> None:
     """List the registered encoders."""
-    from rich.console import Console
     from rich.table import Table
 
-    from autofuse.encoders import list_encoders
+    from autofuse.encoders import get_encoder_entry, list_encoders
 
     t = Table("encoder", "modality", "modes", "hyperparameters", "notes")
-    for e in list_encoders():
+    for e in map(get_encoder_entry, list_encoders()):
         t.add_row(e.name, e.meta["modality"], ", ".join(e.meta["modes"]), _space_str(e.meta["space"]),
                   e.meta.get("description", ""))
-    Console().print(t)
+    _console().print(t)
+
+
+def _console():
+    from rich.console import Console
+
+    # full-width tables when piped (to a file, a pager or a test), terminal width otherwise
+    return Console() if sys.stdout.isatty() else Console(width=240)
 
 
 def _space_str(space: dict) -> str:

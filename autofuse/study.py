@@ -140,8 +140,13 @@ def make_sampler(space: SearchSpace, name: str | None, seed: int):
     cfg = space.sampler
     name = name or cfg.name
     if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=cfg.multivariate, group=cfg.group,
-                                          n_startup_trials=cfg.n_startup_trials, constant_liar=True)
+        import warnings
+
+        with warnings.catch_warnings():  # multivariate/group are flagged experimental by Optuna
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.TPESampler(seed=seed, multivariate=cfg.multivariate,
+                                              group=cfg.group, n_startup_trials=cfg.n_startup_trials,
+                                              constant_liar=True)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "gp":

@@ -150,7 +150,7 @@ def fit(model: nn.Module, data: TrainData, *, lr: float, weight_decay: float, ba
             loss.backward()
             nn.utils.clip_grad_norm_(params, 5.0)
             opt.step()
-            total += float(loss) * len(idx)
+            total += loss.item() * len(idx)
             n += len(idx)
             if deadline is not None and time.monotonic() > deadline:
                 raise TrialFault("timeout", f"trial time limit reached in epoch {epoch}")

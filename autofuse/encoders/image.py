@@ -165,9 +165,15 @@ class TimmEncoder(Encoder):
             self.backbone = timm.create_model(p["model_name"], pretrained=pretrained,
                                               features_only=True, in_chans=self.in_chans, **kwargs)
         except RuntimeError as e:
-            if "not found" in str(e).lower() or "unknown model" in str(e).lower():
+            if "unknown model" in str(e).lower():
                 raise ConfigError(f"timm has no model {p['model_name']!r}") from None
             raise
+        except OSError as e:  # hub unreachable (offline) or no such weights on the hub
+            raise ConfigError(
+                f"cannot fetch pretrained weights for {p['model_name']!r} ({type(e).__name__}: "
+                f"{str(e).splitlines()[0] if str(e) else ''}); pass a local weights file as "
+                f"pretrained=PATH or use pretrained=false"
+            ) from None
         cfg = getattr(self.backbone, "pretrained_cfg", None) or {}
         mean = cfg.get("mean", IMAGENET_MEAN)[: self.in_chans]
         std = cfg.get("std", IMAGENET_STD)[: self.in_chans]

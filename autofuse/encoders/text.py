@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from autofuse.encoders.base import Encoder, EncoderSpec, register_encoder, segment_mean
+from autofuse.errors import ConfigError
 from autofuse.types import FeatureShape, ModalityFeatures
 
 logger = logging.getLogger(__name__)
@@ -35,13 +36,21 @@ def _load_sentence_transformer(model_name: str | None) -> nn.Module:
         path = model_name
     if path not in _ST_MODELS:
         logger.info("loading sentence-transformer %s", path)
-        _ST_MODELS[path] = SentenceTransformer(path, device="cpu")
+        try:
+            _ST_MODELS[path] = SentenceTransformer(path, device="cpu")
+        except OSError as e:  # not a local folder and the hub is unreachable / has no such model
+            raise ConfigError(f"cannot load sentence-transformers model {path!r}: {e}") from None
     return copy.deepcopy(_ST_MODELS[path])  # never share weights between (fine-tuned) encoders
 
 
 def _hf_model(st: nn.Module) -> nn.Module | None:
+    """The Hugging Face model inside the first (Transformer) module, if there is one."""
     first = st[0]
-    return getattr(first, "auto_model", None) or getattr(first, "model", None)
+    for attr in ("auto_model", "model"):
+        m = getattr(first, attr, None)
+        if m is not None:
+            return m
+    return None
 
 
 @register_encoder(
@@ -95,7 +104,8 @@ class SentenceTransformerEncoder(Encoder):
 
     def forward(self, x: list[str], present: torch.Tensor) -> ModalityFeatures:
         present = self._to_device(present)
-        feats = self.st.preprocess(list(x))
+        tokenize = getattr(self.st, "preprocess", None) or self.st.tokenize  # ST < 6: tokenize
+        feats = tokenize(list(x))
         feats = {k: (v.to(self.device) if isinstance(v, torch.Tensor) else v)
                  for k, v in feats.items()}
         ctx = torch.no_grad() if self.frozen else nullcontext()
@@ -159,8 +169,6 @@ class SmallTextEncoder(Encoder):
         dim, depth = spec.dim, int(p["depth"])
         self.arch = p["arch"]
         if self.arch not in ("conv", "gru"):
-            from autofuse.errors import ConfigError
-
             raise ConfigError(f"text.small: arch must be conv or gru, got {self.arch!r}")
         n_words = len(self.state.get("vocab", [])) + 2  # + padding + unknown
         self.embed = nn.Embedding(n_words, dim, padding_idx=0)
