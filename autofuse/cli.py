@@ -138,19 +138,41 @@ def data() -> None:
 
 @data.command("validate")
 @click.argument("dataset", type=click.Path())
-def data_validate(dataset) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def data_validate(dataset, as_json) -> None:
     """Check DATASET and print every problem plus a summary."""
     from autofuse.data import validate_dataset
 
     report = validate_dataset(dataset)
-    for p in report.problems:
-        click.echo(f"problem: {p.where}: {p.message}")
-    if report.summary:
-        click.echo(json.dumps(report.summary, indent=2, default=str))
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2, default=str))
+    else:
+        for line in report.lines():
+            click.echo(f"problem: {line}")
+        if report.summary:
+            _print_dataset_summary(report.summary)
     if report.problems:
         click.secho(f"error: {len(report.problems)} problem(s) in {dataset}", fg="red", err=True)
         sys.exit(1)
-    click.echo(f"ok: {dataset} is a valid dataset")
+    if not as_json:
+        click.echo(f"ok: {dataset} is a valid dataset")
+
+
+def _print_dataset_summary(s: dict) -> None:
+    from rich.table import Table
+
+    splits = ", ".join(f"{k} {v}" for k, v in s.get("splits", {}).items())
+    click.echo(f"dataset {s.get('name')}: {s.get('rows')} rows ({splits}), task {s.get('task')}, "
+               f"target {s.get('target')}")
+    if s.get("classes"):
+        counts = s.get("class_counts") or {}
+        click.echo(f"classes ({len(s['classes'])}): "
+                   + ", ".join(f"{c} ({counts.get(c, '?')})" for c in s["classes"][:30])
+                   + (" ..." if len(s["classes"]) > 30 else ""))
+    t = Table("modality", "type", "missing rate")
+    for m, typ in s.get("modalities", {}).items():
+        t.add_row(m, typ, f"{100 * s.get('missing_rate', {}).get(m, 0):.1f}%")
+    _console().print(t)
 
 
 @data.command("avmnist")
