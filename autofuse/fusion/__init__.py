@@ -1,6 +1,6 @@
 """Fusion methods: a registry of ``nn.Module`` classes, one file per family."""
 
-from autofuse.fusion import encoder_decoder  # noqa: F401  (registers its methods)
+from autofuse.fusion import attention, encoder_decoder, graph  # noqa: F401  (register methods)
 from autofuse.fusion.base import (
     FUSIONS,
     Fusion,

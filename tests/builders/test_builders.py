@@ -150,10 +150,10 @@ def test_demo_label_needs_several_modalities(demo_dir: Path) -> None:
 
     fused = best_accuracy("shape_bit", "text_bit", "tabular_bit")
     assert fused > 0.9
-    assert best_accuracy("shape_bit") < 0.4  # image alone ~ chance (0.25)
-    assert best_accuracy("text_bit") < 0.4  # text alone ~ chance
-    assert best_accuracy("tabular_bit") < 0.6  # tabular alone ~ 0.5
-    assert best_accuracy("shape_bit", "text_bit") < 0.6  # image + text ~ 0.5
+    for one in ("shape_bit", "text_bit", "tabular_bit"):
+        assert best_accuracy(one) < 0.6  # any single modality ~ 0.5
+    for a, b in (("shape_bit", "text_bit"), ("shape_bit", "tabular_bit"), ("text_bit", "tabular_bit")):
+        assert best_accuracy(a, b) < 0.82  # any two ~ 0.75
     assert fused - best_accuracy("tabular_bit") > 0.3
 
 
