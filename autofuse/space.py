@@ -120,7 +120,8 @@ class SearchSpace(BaseModel):
                 points = list(ms.points or entry.meta["points"])
                 params = {**entry.meta["space"], **ms.params}
                 out[family][method] = {"points": points, "params": params,
-                                       "max_modalities": entry.meta.get("max_modalities")}
+                                       "max_modalities": entry.meta.get("max_modalities"),
+                                       "aux_loss": entry.meta.get("aux_loss", False)}
         return out
 
     def encoder_choices(self, modality_type: str) -> list[dict]:
@@ -272,8 +273,12 @@ def suggest_spec(trial, space: SearchSpace, modalities: dict[str, str]):
         batch_size=suggest_value(trial, "train.batch_size", t.batch_size),
         epochs=suggest_value(trial, "train.epochs", t.epochs),
         patience=suggest_value(trial, "train.patience", t.patience),
-        modality_dropout=suggest_value(trial, "train.modality_dropout", t.modality_dropout),
-        aux_weight=suggest_value(trial, "train.aux_weight", t.aux_weight),
+        # robustness to missing modalities only means something with several modalities
+        modality_dropout=(suggest_value(trial, "train.modality_dropout", t.modality_dropout)
+                          if len(modalities) > 1 else 0.0),
+        # the auxiliary-loss weight is a parameter only of methods that have an auxiliary loss
+        aux_weight=(suggest_value(trial, f"{ns}.aux_weight", t.aux_weight)
+                    if branch["aux_loss"] else 0.0),
         seed=trial.number,
     )
     head = HeadSpec(fused_dim=suggest_value(trial, "head.fused_dim", t.fused_dim),
@@ -325,7 +330,7 @@ def describe(space: SearchSpace) -> dict:
     return {
         "name": space.name,
         "fusion": {f: {m: {"points": b["points"], "params": {k: plain(v) for k, v in b["params"].items()},
-                           "max_modalities": b["max_modalities"]}
+                           "max_modalities": b["max_modalities"], "aux_loss": b["aux_loss"]}
                        for m, b in ms.items()} for f, ms in space.methods().items()},
         "encoders": {t: [{**c, "params": {k: plain(v) for k, v in c["params"].items()}}
                          for c in space.encoder_choices(t)] for t in space.encoders},

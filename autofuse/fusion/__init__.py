@@ -1,6 +1,6 @@
 """Fusion methods: a registry of ``nn.Module`` classes, one file per family."""
 
-from autofuse.fusion import attention, encoder_decoder, graph  # noqa: F401  (register methods)
+from autofuse.fusion import attention, constraint, encoder_decoder, generative, graph  # noqa: F401  (register methods)
 from autofuse.fusion.base import (
     FUSIONS,
     Fusion,

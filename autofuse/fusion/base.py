@@ -18,6 +18,7 @@ def register_fusion(
     points: tuple[str, ...],
     space: dict | None = None,
     max_modalities: int | None = None,
+    aux_loss: bool | None = None,
     description: str = "",
 ):
     """Register a fusion ``nn.Module`` class under ``"<family>.<name>"``.
@@ -28,6 +29,8 @@ def register_fusion(
         points: fusion points the method accepts (subset of early/mid/late/hybrid).
         space: default hyperparameter ranges (list = categorical, {low, high[, log, step]} = range).
         max_modalities: a cap for methods whose cost explodes with the number of modalities.
+        aux_loss: whether the method returns a non-zero auxiliary loss (then the search also
+            tunes its weight); default: True for the generative and constraint families.
         description: one line shown by ``autofuse fusions``.
     """
     bad = [p for p in points if p not in FUSION_POINTS]
@@ -40,6 +43,7 @@ def register_fusion(
         points=tuple(points),
         space=dict(space or {}),
         max_modalities=max_modalities,
+        aux_loss=(family in ("generative", "constraint")) if aux_loss is None else aux_loss,
         description=description,
     )
 
