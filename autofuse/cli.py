@@ -114,7 +114,7 @@ def search(dataset, study, trials, storage, space, sampler, pruner, seed, baseli
 @main.command()
 @click.option("--trials", type=int, default=16, show_default=True)
 @click.option("--study", default="demo", show_default=True)
-@click.option("--space", default="fast", show_default=True)
+@click.option("--space", default="demo", show_default=True)
 @_workdir
 def demo(trials, study, space, workdir) -> None:
     """Generate a small synthetic dataset (image + text + tabular) and search it."""

@@ -188,12 +188,19 @@ def load_space(name_or_path: str | Path | None = None) -> SearchSpace:
             known = ", ".join(sorted(x.stem for x in SPACES_DIR.glob("*.yaml")))
             raise ConfigError(f"search space {name_or_path!r}: no such file or bundled space (bundled: {known})")
         p = bundled
-    try:
-        raw = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML ({e})") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{p}: expected a mapping at the top level")
+    raw = _read_yaml(p)
+    seen = {p.resolve()}
+    while "extends" in raw:
+        # `extends: NAME|FILE` takes the base space and replaces its top-level keys with ours
+        base_ref = raw.pop("extends")
+        base = Path(base_ref) if Path(base_ref).is_absolute() else p.parent / str(base_ref)
+        if not base.exists():
+            base = SPACES_DIR / f"{base_ref}.yaml"
+        if not base.exists() or base.resolve() in seen:
+            raise ConfigError(f"{p}: extends: {base_ref!r} is not a space file or bundled space "
+                              "(or extends itself)")
+        seen.add(base.resolve())
+        raw = {**_read_yaml(base), **raw}
     try:
         space = SearchSpace.model_validate(raw)
     except ValidationError as e:
@@ -204,6 +211,16 @@ def load_space(name_or_path: str | Path | None = None) -> SearchSpace:
         raise ConfigError(f"{p}: " + "; ".join(dict.fromkeys(msgs))) from None
     _check(space, str(p))
     return space
+
+
+def _read_yaml(p: Path) -> dict:
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML ({e})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p}: expected a mapping at the top level")
+    return raw
 
 
 # ---- define-by-run ----------------------------------------------------------------------------
@@ -293,6 +310,9 @@ def suggest_spec(trial, space: SearchSpace, modalities: dict[str, str]):
 BASELINES: dict[str, tuple[str, str, str, dict]] = {
     "late_fusion": ("encoder_decoder", "decision", "late", {"combine": "mean"}),
     "early_concat": ("encoder_decoder", "early", "early", {}),
+    "tensor_fusion": ("constraint", "tensor", "late", {}),
+    "low_rank_tensor": ("constraint", "low_rank_tensor", "late", {}),
+    "cross_attention": ("attention", "inter_cross", "late", {}),
 }
 
 

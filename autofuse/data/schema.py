@@ -17,6 +17,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Annotated, Any, Literal, Union
 
@@ -145,6 +146,13 @@ class ModalityConfig(_Strict):
         return [self.column] if self.column is not None else list(self.columns or [])
 
 
+@functools.lru_cache(maxsize=1)
+def _reserved_names() -> frozenset[str]:
+    from torch import nn  # lazy: validating a dataset.yaml should not pay for torch up front
+
+    return frozenset(dir(nn.Module())) | frozenset(dir(nn.ModuleDict()))
+
+
 class DatasetConfig(_Strict):
     """The whole ``dataset.yaml``.
 
@@ -172,6 +180,11 @@ class DatasetConfig(_Strict):
             raise ValueError(
                 f"modality names must be identifiers (letters, digits, '_'); got {bad}"
             )
+        # modality names become keys of nn.ModuleDicts: a name that is already an attribute of
+        # nn.Module (e.g. "type", "training", "forward") cannot be registered there
+        reserved = [name for name in value if name in _reserved_names()]
+        if reserved:
+            raise ValueError(f"modality names {reserved} are reserved; rename them (e.g. {reserved[0]}_)")
         return value
 
     def normalised(self) -> dict[str, Any]:

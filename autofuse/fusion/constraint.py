@@ -166,6 +166,7 @@ def tensor_dims(n_modalities: int, rank_dim: int) -> int:
         "dropout": {"low": 0.0, "high": 0.3},
     },
     max_modalities=6,
+    aux_loss=False,
     description="Tensor Fusion Network: outer product of the modalities' small projections "
                 "(each with a 1 appended), flattened, then an MLP",
 )
@@ -213,6 +214,7 @@ class TensorFusion(Fusion):
         "hidden": [16, 32, 64],
         "dropout": {"low": 0.0, "high": 0.3},
     },
+    aux_loss=False,
     description="Low-rank Multimodal Fusion: modality-specific low-rank factors, elementwise "
                 "product over modalities, weighted sum over the rank",
 )

@@ -389,3 +389,16 @@ def test_error_and_report_survive_serialisation() -> None:
     assert again.problems == err.problems and str(again) == str(err)
     report = validate_dataset(Path(__file__).parent / "broken" / "empty_target")
     assert json.loads(json.dumps(report.to_dict()))["problems"][0]["kind"] == "empty_target"
+
+
+def test_modality_name_clashing_with_module_attributes_is_rejected(tmp_path):
+    import shutil
+
+    from autofuse.data import validate_dataset
+
+    good = Path(__file__).parent / "good"
+    shutil.copytree(good, tmp_path / "d")
+    y = tmp_path / "d" / "dataset.yaml"
+    y.write_text(y.read_text().replace("\n  meta:", "\n  type:"))
+    report = validate_dataset(tmp_path / "d")
+    assert any("modalities" in p.where and "reserved" in p.message for p in report.problems)
