@@ -121,6 +121,7 @@ class CandidateRunner:
                   device=self.device, on_epoch=on_epoch, deadline=deadline)
         test = evaluate(model, data, "test", self.device)
         return {
+            "data": data,
             "val_metrics": res.val_metrics,
             "test_metrics": test,
             "history": res.history,

@@ -197,3 +197,61 @@ def measure_latency_ms(model: nn.Module, data: TrainData, device: torch.device, 
 
 def count_params(model: nn.Module) -> int:
     return int(sum(p.numel() for p in model.parameters()))
+
+
+class _Ablated:
+    """A modality source whose batches are removed (absent) or perturbed with Gaussian noise."""
+
+    def __init__(self, src, how: str, sigma: float = 0.0, seed: int = 0) -> None:
+        self.src, self.how, self.sigma, self.seed = src, how, sigma, seed
+
+    def batch(self, idx: torch.Tensor):
+        item = self.src.batch(idx)
+        if isinstance(item, ModalityFeatures):
+            if self.how == "remove":
+                return ModalityFeatures(
+                    pooled=torch.zeros_like(item.pooled), tokens=torch.zeros_like(item.tokens),
+                    levels=[torch.zeros_like(x) for x in item.levels],
+                    present=torch.zeros_like(item.present), token_mask=item.token_mask)
+            g = torch.Generator().manual_seed(self.seed + int(idx[0]) if len(idx) else self.seed)
+
+            def noisy(x: torch.Tensor) -> torch.Tensor:
+                scale = x.float().std().clamp_min(1e-6) * self.sigma
+                return x + torch.randn(x.shape, generator=g).to(x.dtype) * scale
+
+            return ModalityFeatures(pooled=noisy(item.pooled), tokens=noisy(item.tokens),
+                                    levels=[noisy(x) for x in item.levels], present=item.present,
+                                    token_mask=item.token_mask)
+        x, present = item
+        if self.how == "remove":
+            zeros = {k: torch.zeros_like(v) for k, v in x.items()} if isinstance(x, dict) else (
+                torch.zeros_like(x) if torch.is_tensor(x) else ["" for _ in x])
+            return zeros, torch.zeros_like(present)
+        g = torch.Generator().manual_seed(self.seed + int(idx[0]) if len(idx) else self.seed)
+
+        def noisy_t(v: torch.Tensor) -> torch.Tensor:
+            if not v.is_floating_point() and v.dtype != torch.uint8:
+                return v  # token ids / category indices: noise is not defined on them
+            vf = v.float()
+            out = vf + torch.randn(vf.shape, generator=g) * vf.std().clamp_min(1e-6) * self.sigma
+            return out.clamp(0, 255).to(v.dtype) if v.dtype == torch.uint8 else out.to(v.dtype)
+
+        if isinstance(x, dict):
+            return {k: noisy_t(v) for k, v in x.items()}, present
+        return (noisy_t(x) if torch.is_tensor(x) else x), present
+
+
+def ablate(data: TrainData, modality: str, how: str = "remove", sigma: float = 0.5,
+           seed: int = 0) -> TrainData:
+    """A copy of ``data`` where ``modality`` is removed (every row absent) or gets noise.
+
+    Used to measure robustness: ``how="remove"`` drops the modality at test time (the model must
+    cope through ``present``), ``how="noise"`` adds Gaussian noise of ``sigma`` times the input's
+    standard deviation (uint8 images are clamped; token ids and categories are left unchanged).
+    """
+    if how not in ("remove", "noise"):
+        raise ValueError(f"how must be 'remove' or 'noise', got {how!r}")
+    inputs = dict(data.inputs)
+    inputs[modality] = _Ablated(inputs[modality], how, sigma, seed)
+    return TrainData(task=data.task, y=data.y, y_raw=data.y_raw, inputs=inputs, splits=data.splits,
+                     target_stats=data.target_stats)
