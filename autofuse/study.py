@@ -100,7 +100,8 @@ class CandidateRunner:
             "modalities": infos,
         }
 
-    def run(self, spec: ArchitectureSpec, on_epoch=None, deadline: float | None = None) -> dict:
+    def run(self, spec: ArchitectureSpec, on_epoch=None, deadline: float | None = None,
+            on_checkpoint=None, resume: dict | None = None) -> dict:
         """Build, train and evaluate one candidate. Returns metrics, the model and its data info."""
         from autofuse.model import build_model
 
@@ -118,7 +119,8 @@ class CandidateRunner:
         t = spec.training
         res = fit(model, data, lr=t.lr, weight_decay=t.weight_decay, batch_size=t.batch_size,
                   epochs=t.epochs, patience=t.patience, aux_weight=t.aux_weight, seed=t.seed,
-                  device=self.device, on_epoch=on_epoch, deadline=deadline)
+                  device=self.device, on_epoch=on_epoch, deadline=deadline,
+                  on_checkpoint=on_checkpoint, resume=resume)
         test = evaluate(model, data, "test", self.device)
         return {
             "data": data,
@@ -127,6 +129,8 @@ class CandidateRunner:
             "history": res.history,
             "best_epoch": res.best_epoch,
             "epochs_run": res.epochs_run,
+            "epochs_trained": res.epochs_trained,
+            "resumed_from_epoch": res.resumed_from_epoch,
             "train_time_s": res.train_time_s,
             "n_params": count_params(model),
             "latency_ms": measure_latency_ms(model, data, self.device),
@@ -222,6 +226,10 @@ def search(
     force: bool = False,
     progress: bool = True,
     device: str | None = None,
+    mlflow_uri: str | None = None,
+    heartbeat_interval: int = 30,
+    grace_period: int | None = None,
+    max_retry: int = 2,
 ) -> SearchResult:
     """Run (or resume) a study until it holds ``trials`` finished trials, then export the best.
 
@@ -239,6 +247,12 @@ def search(
         force: resume even though the dataset or the search space changed.
         progress: show a progress display.
         device: ``cuda``, ``cuda:1`` or ``cpu`` (default CUDA when available).
+        mlflow_uri: MLflow tracking URI (default a SQLite store ``trials/mlflow.db``; ``"off"``
+            disables MLflow logging). Unreachable: the search goes on, SQL stays complete, and
+            ``autofuse mlflow sync`` back-fills later.
+        heartbeat_interval / grace_period: Optuna heartbeat (seconds); a trial whose worker
+            stops beating for ``grace_period`` is failed and retried (``max_retry`` times),
+            resuming from its last epoch checkpoint.
     """
     import optuna
 
@@ -263,8 +277,16 @@ def search(
 
     url = storage or paths.default_storage
     from autofuse.storage import make_storage
+    from autofuse.storage.history import HistoryStore
 
-    stor = make_storage(url)
+    history = HistoryStore(url)  # creates or checks autofuse's tables (refuses an old schema)
+    import warnings
+
+    # heartbeat + retry are flagged experimental by Optuna; they are what makes resume work
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    stor = make_storage(
+        url, heartbeat_interval=heartbeat_interval, grace_period=grace_period or 4 * heartbeat_interval,
+        heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry))
     existing = {s.study_name: s for s in optuna.get_all_study_summaries(stor, include_best_trial=False)}
     dev = torch.device(device) if device else default_device()
     smp = make_sampler(sp, sampler, seed)
@@ -289,6 +311,10 @@ def search(
         st.set_user_attr("metric", metric)
         for name, params in baseline_params(sp, modalities):
             st.enqueue_trial(params, user_attrs={"baseline": name})
+    dataset_path = str(ds.root.resolve()) if getattr(ds, "root", None) else None
+    st.set_user_attr("dataset_path", dataset_path)
+    history.upsert_study(study, dataset_fingerprint=fingerprint, dataset_info=ds.info(),
+                         dataset_path=dataset_path, space=space_desc, metric=metric, direction=direction)
 
     study_dir = paths.study_dir(study)
     study_dir.mkdir(parents=True, exist_ok=True)
@@ -298,48 +324,99 @@ def search(
     runner = CandidateRunner(ds, paths, dev)
     worker = f"{socket.gethostname()}:{os.getpid()}"
     t_start = time.monotonic()
+    running_dir = study_dir / "running"
+    tracker = _make_tracker(mlflow_uri, paths, study, space_desc, ds, fingerprint)
+    # a worker killed earlier left RUNNING trials: fail them now (Optuna retries them) and record it
+    optuna.storages.fail_stale_trials(st)
+    reconcile_stale(st, history, tracker)
 
     def objective(trial: optuna.Trial) -> float:
         spec = suggest_spec(trial, sp, modalities)
-        trial.set_user_attr("spec", spec.model_dump(mode="json"))
-        trial.set_user_attr("family", spec.fusion.family)
-        trial.set_user_attr("method", spec.fusion.method)
-        trial.set_user_attr("point", spec.fusion.point)
-        trial.set_user_attr("encoders", {m: f"{e.name}/{e.mode}" for m, e in spec.encoders.items()})
-        trial.set_user_attr("device", str(dev))
-        trial.set_user_attr("worker", worker)
+        frozen = next(t for t in st.get_trials(deepcopy=False) if t.number == trial.number)
+        retry_of = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
+        baseline = trial.user_attrs.get("baseline")
+        encs = {m: f"{e.name}/{e.mode}" for m, e in spec.encoders.items()}
+        attrs = {"spec": spec.model_dump(mode="json"), "family": spec.fusion.family,
+                 "method": spec.fusion.method, "point": spec.fusion.point, "encoders": encs,
+                 "device": str(dev), "worker": worker}
+        for k, v in attrs.items():
+            trial.set_user_attr(k, v)
+        if retry_of is not None:
+            trial.set_user_attr("retry_of", retry_of)
+            reconcile_stale(st, history, tracker)
+        history.record_trial(study, trial.number, status="RUNNING", started_at=_utcnow(),
+                             baseline=baseline, retry_of=retry_of, **attrs)
+        run_id = tracker.start_trial(trial.number, _flat_params(trial.params),
+                                     {"autofuse.family": spec.fusion.family, "autofuse.method": spec.fusion.method,
+                                      "autofuse.point": spec.fusion.point, "autofuse.encoders": json.dumps(encs),
+                                      "autofuse.baseline": baseline or "", "autofuse.worker": worker})
+        if run_id:
+            history.record_trial(study, trial.number, mlflow_run_id=run_id)
+        # a retried trial continues from the last epoch checkpoint of the killed attempt
+        ckpt_path = running_dir / f"trial_{trial.number}.pt"
+        resume = None
+        if retry_of is not None and (running_dir / f"trial_{retry_of}.pt").exists():
+            resume = torch.load(running_dir / f"trial_{retry_of}.pt", map_location="cpu", weights_only=False)
+            log.info("trial %d resumes trial %d from epoch %d", trial.number, retry_of, resume["epoch"])
+            for h in resume["history"]:
+                history.log_epoch(study, trial.number, h["epoch"], {k: v for k, v in h.items() if k != "epoch"})
 
         def on_epoch(epoch: int, val: dict) -> None:
+            history.log_epoch(study, trial.number, epoch, val)
+            tracker.log_epoch(run_id, epoch, {f"val_{k}" if k != "train_loss" else k: v for k, v in val.items()})
             trial.report(val[metric], epoch)
             if trial.should_prune():
                 trial.set_user_attr("reason", "pruned")
                 trial.set_user_attr("epochs_run", epoch)
                 raise optuna.TrialPruned(f"pruned at epoch {epoch}")
 
+        def on_checkpoint(state: dict) -> None:
+            running_dir.mkdir(parents=True, exist_ok=True)
+            tmp = ckpt_path.with_suffix(".tmp")
+            torch.save(state, tmp)
+            tmp.replace(ckpt_path)
+
+        def end(status: str, reason: str | None = None, error: str | None = None, **fields) -> None:
+            history.record_trial(study, trial.number, status=status, reason=reason, error=error,
+                                 finished_at=_utcnow(), **fields)
+            tracker.end_trial(run_id, "FINISHED" if status in ("COMPLETE", "PRUNED") else "FAILED",
+                              metrics={**{f"val_{k}": v for k, v in (fields.get("val_metrics") or {}).items()},
+                                       **{f"test_{k}": v for k, v in (fields.get("test_metrics") or {}).items()}},
+                              tags={"autofuse.status": status, "autofuse.reason": reason or ""},
+                              spec=attrs["spec"])
+            ckpt_path.unlink(missing_ok=True)
+            if retry_of is not None:
+                (running_dir / f"trial_{retry_of}.pt").unlink(missing_ok=True)
+
         deadline = time.monotonic() + trial_timeout if trial_timeout else None
         try:
-            out = runner.run(spec, on_epoch=on_epoch, deadline=deadline)
+            out = runner.run(spec, on_epoch=on_epoch, deadline=deadline, on_checkpoint=on_checkpoint,
+                             resume=resume)
         except TrialFault as f:
             trial.set_user_attr("reason", f.reason)
             trial.set_user_attr("error", str(f))
             log.warning("trial %d ended as pruned (%s): %s", trial.number, f.reason, f)
+            end("PRUNED", f.reason, str(f))
             raise optuna.TrialPruned(f.reason) from None
         except torch.OutOfMemoryError as e:
             if dev.type == "cuda":
                 torch.cuda.empty_cache()
             trial.set_user_attr("reason", "oom")
             trial.set_user_attr("error", str(e).splitlines()[0])
+            end("PRUNED", "oom", str(e).splitlines()[0])
             raise optuna.TrialPruned("oom") from None
-        except optuna.TrialPruned:
+        except optuna.TrialPruned as e:
+            end("PRUNED", "pruned", str(e))
             raise
         except Exception as e:
             trial.set_user_attr("reason", "error")
             trial.set_user_attr("error", f"{type(e).__name__}: {e}")
             log.warning("trial %d failed:\n%s", trial.number, traceback.format_exc())
+            end("FAIL", "error", f"{type(e).__name__}: {e}")
             raise
         value = float(out["val_metrics"][metric])
         for k in ("val_metrics", "test_metrics", "n_params", "latency_ms", "train_time_s",
-                  "epochs_run", "best_epoch"):
+                  "epochs_run", "best_epoch", "epochs_trained", "resumed_from_epoch"):
             trial.set_user_attr(k, out[k])
         trial.set_user_attr("history", out["history"])
         try:
@@ -350,6 +427,12 @@ def search(
         ranked = sorted((t.value for t in done), reverse=(direction == "maximize"))
         if len(ranked) < KEEP_TOP_K or is_better(value, ranked[KEEP_TOP_K - 1], direction) or best is None:
             _save_checkpoint(study_dir, trial.number, out["model"], spec, out["dataset_info"])
+        cache = runner.feature_cache
+        end("COMPLETE", value=value, val_metrics=out["val_metrics"], test_metrics=out["test_metrics"],
+            n_params=out["n_params"], latency_ms=out["latency_ms"], train_time_s=out["train_time_s"],
+            epochs_run=out["epochs_run"], best_epoch=out["best_epoch"],
+            resumed_from_epoch=out["resumed_from_epoch"] or None,
+            cache_hits=getattr(cache, "hits", None), cache_misses=getattr(cache, "misses", None))
         return value
 
     remaining = max(0, n_total - _finished(st))
@@ -357,7 +440,35 @@ def search(
         _optimize(st, objective, remaining, n_total, metric, progress)
     _prune_checkpoints(st, study_dir, direction)
     summary = write_outputs(st, study_dir, ds, runner, metric, direction, time.monotonic() - t_start)
+    tracker.finish_study(summary, study_dir)
     return SearchResult(study, study_dir, summary)
+
+
+def _utcnow():
+    import datetime as dt
+
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+def _flat_params(params: dict) -> dict[str, str]:
+    return {k: str(v) for k, v in params.items()}
+
+
+def reconcile_stale(st, history, tracker) -> list[int]:
+    """Trials Optuna failed as stale (their worker died): record them as FAIL/killed, and mark
+    their MLflow runs KILLED. Returns their numbers."""
+    import optuna
+
+    failed = {t.number for t in st.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))}
+    out = []
+    for rec in history.trials(st.study_name):
+        if rec.status == "RUNNING" and rec.number in failed:
+            history.record_trial(st.study_name, rec.number, status="FAIL", reason="killed",
+                                 error="worker stopped (missed heartbeats); trial retried",
+                                 finished_at=_utcnow())
+            tracker.kill_run(rec.mlflow_run_id)
+            out.append(rec.number)
+    return out
 
 
 def _optimize(st, objective, remaining: int, n_total: int, metric: str, progress: bool) -> None:
@@ -477,3 +588,64 @@ def _write_json(path: Path, doc: dict) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(doc, indent=2, default=str))
     tmp.replace(path)
+
+
+class _Tracker:
+    """The search's view of MLflow: every call is safe when MLflow is off or unreachable."""
+
+    def __init__(self, impl=None, history=None, study: str = "") -> None:
+        self.impl = impl
+        self.history = history
+        self.study = study
+
+    def _ok(self) -> bool:
+        return self.impl is not None and getattr(self.impl, "available", True)
+
+    def start_trial(self, number: int, params: dict, tags: dict) -> str | None:
+        return self.impl.start_trial(number, params, tags) if self._ok() else None
+
+    def log_epoch(self, run_id: str | None, epoch: int, metrics: dict) -> None:
+        if run_id and self._ok():
+            self.impl.log_epoch(run_id, epoch, metrics)
+
+    def end_trial(self, run_id: str | None, status: str, metrics: dict, tags: dict, spec: dict) -> None:
+        if run_id and self._ok():
+            self.impl.end_trial(run_id, status, metrics, tags, spec)
+
+    def kill_run(self, run_id: str | None) -> None:
+        if run_id and self._ok():
+            self.impl.end_trial(run_id, "KILLED", {}, {"autofuse.status": "FAIL", "autofuse.reason": "killed"}, None)
+
+    def finish_study(self, summary: dict, study_dir: Path) -> None:
+        if not self._ok():
+            return
+        best = summary.get("best_trial")
+        metrics = {f"best_val_{k}": v for k, v in (summary.get("val_metrics") or {}).items()}
+        metrics.update({f"best_test_{k}": v for k, v in (summary.get("test_metrics") or {}).items()})
+        if best is not None and (study_dir / "best" / "architecture.json").exists():
+            try:
+                from safetensors.torch import load_file
+
+                from autofuse.model import build_model
+                from autofuse.spec import load_architecture
+
+                spec, info = load_architecture(study_dir / "best" / "architecture.json")
+                model = build_model(spec, info)
+                model.load_state_dict(load_file(str(study_dir / "best" / "model.safetensors")))
+                self.impl.log_best_model(model, study_dir / "best" / "architecture.json", self.study)
+            except Exception as e:  # MLflow trouble must not lose the search's results
+                log.warning("could not log the best model to MLflow: %s", e)
+        self.impl.end_study("FINISHED", metrics)
+
+
+def _make_tracker(uri: str | None, paths: Paths, study: str, space_desc: dict, ds, fingerprint: str) -> _Tracker:
+    if uri == "off":
+        return _Tracker()
+    try:
+        from autofuse.storage.mlflow import MlflowTracker, default_tracking_uri
+    except ImportError:  # pragma: no cover
+        return _Tracker()
+    impl = MlflowTracker(uri or default_tracking_uri(paths.trials), study)
+    impl.start_study({"dataset": ds.name, "fingerprint": fingerprint[:16], "space": space_desc.get("name", "")},
+                     {"autofuse.dataset": ds.name})
+    return _Tracker(impl, study=study)

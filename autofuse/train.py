@@ -56,6 +56,8 @@ class FitResult:
     epochs_run: int
     history: list[dict[str, float]] = field(default_factory=list)
     train_time_s: float = 0.0
+    resumed_from_epoch: int = 0  # > 0 when a checkpoint of an earlier attempt was continued
+    epochs_trained: int = 0  # epochs actually run by this call
 
 
 def make_batch(data: TrainData, idx: np.ndarray, device: torch.device) -> dict:
@@ -111,13 +113,18 @@ def evaluate(model: nn.Module, data: TrainData, split: str, device: torch.device
 def fit(model: nn.Module, data: TrainData, *, lr: float, weight_decay: float, batch_size: int,
         epochs: int, patience: int, aux_weight: float, seed: int, device: torch.device,
         on_epoch: Callable[[int, dict[str, float]], None] | None = None,
-        deadline: float | None = None) -> FitResult:
+        deadline: float | None = None,
+        on_checkpoint: Callable[[dict], None] | None = None,
+        resume: dict | None = None) -> FitResult:
     """Train with AdamW and early stopping; keep the best validation epoch's weights in ``model``.
 
     Args:
         on_epoch: called after every epoch with ``(epoch, val_metrics)``; may raise (e.g. Optuna's
             ``TrialPruned``) to stop the candidate.
         deadline: ``time.monotonic()`` value after which the candidate ends with reason ``timeout``.
+        on_checkpoint: called after every epoch with the full training state (model, optimiser,
+            best weights so far, history, RNG) so a killed trial can continue where it stopped.
+        resume: such a state; training continues from the epoch after it.
 
     Raises:
         TrialFault: ``diverged`` on a non-finite loss, ``timeout`` past the deadline.
@@ -133,8 +140,20 @@ def fit(model: nn.Module, data: TrainData, *, lr: float, weight_decay: float, ba
     best_state = copy.deepcopy(model.state_dict())
     best_epoch, history, stale = 0, [], 0
     t0 = time.monotonic()
-    epoch = 0
-    for epoch in range(1, epochs + 1):
+    start = 1
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        opt.load_state_dict(resume["optimizer"])
+        g.set_state(resume["generator"])
+        best_state, best_val = resume["best_state"], resume["best_val"]
+        best_epoch, history, stale = resume["best_epoch"], list(resume["history"]), resume["stale"]
+        start = resume["epoch"] + 1
+    epoch = start - 1
+    if resume is not None and stale >= patience:
+        start = epochs + 1  # it had already stopped early
+    trained = 0
+    for epoch in range(start, epochs + 1):
+        trained += 1
         model.train()
         perm = train_idx[torch.randperm(len(train_idx), generator=g).numpy()]
         total, n = 0.0, 0
@@ -165,14 +184,21 @@ def fit(model: nn.Module, data: TrainData, *, lr: float, weight_decay: float, ba
             best_state = copy.deepcopy(model.state_dict())
         else:
             stale += 1
+        if on_checkpoint is not None:
+            on_checkpoint({"epoch": epoch, "model": copy.deepcopy(model.state_dict()),
+                           "optimizer": copy.deepcopy(opt.state_dict()), "generator": g.get_state(),
+                           "best_state": best_state, "best_val": best_val, "best_epoch": best_epoch,
+                           "history": history, "stale": stale})
         if on_epoch is not None:
             on_epoch(epoch, val)
         if stale >= patience:
             break
     model.load_state_dict(best_state)
     val_metrics = {k: v for k, v in history[best_epoch - 1].items() if k != "epoch"} if history else {}
-    return FitResult(val_metrics=val_metrics, best_epoch=best_epoch, epochs_run=epoch,
-                     history=history, train_time_s=time.monotonic() - t0)
+    return FitResult(val_metrics=val_metrics, best_epoch=best_epoch, epochs_run=len(history),
+                     history=history, train_time_s=time.monotonic() - t0,
+                     resumed_from_epoch=start - 1 if resume is not None else 0,
+                     epochs_trained=trained)
 
 
 @torch.no_grad()

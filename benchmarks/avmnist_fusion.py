@@ -26,7 +26,7 @@ def main() -> None:
     ap.add_argument("--shared", default=str(REPO.parent / "shared" / "datasets"))
     ap.add_argument("--workdir", default="/tmp/autofuse-avmnist-bench")
     ap.add_argument("--trials", type=int, default=10)
-    ap.add_argument("--space", default="fast")
+    ap.add_argument("--space", default=str(REPO / "benchmarks" / "spaces" / "avmnist_cpu.yaml"))
     ap.add_argument("--per-class", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()

@@ -18,15 +18,20 @@ def engine_kwargs_for(url: str) -> dict:
     return {"pool_pre_ping": True}
 
 
+def ensure_sqlite_dir(url: str) -> None:
+    """Create the folder of a SQLite database file (SQLite creates the file, not its folder)."""
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        from pathlib import Path
+
+        Path(url[len("sqlite:///"):]).expanduser().parent.mkdir(parents=True, exist_ok=True)
+
+
 def make_storage(url: str, **kwargs):
     """An ``optuna.storages.RDBStorage`` for ``url``; a bad URL or unreachable server is a ConfigError."""
     import optuna
     import sqlalchemy.exc
 
-    if url.startswith("sqlite:///"):
-        from pathlib import Path
-
-        Path(url[len("sqlite:///"):]).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    ensure_sqlite_dir(url)
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs_for(url), **kwargs)
     except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError) as e:

@@ -1,0 +1,325 @@
+"""autofuse's own trial history in SQL (tables prefixed ``autofuse_``), beside Optuna's tables.
+
+Optuna's storage holds what the sampler needs; these tables hold the full record of every trial
+(spec, family / method / point, encoders, metrics and per-epoch curve, parameter count, latency,
+timings, device, worker, status and reason, MLflow run id) in a form that leaderboards, reports
+and other tools can query directly. The schema is versioned with Alembic (migrations ship in
+``autofuse/storage/migrations``, version table ``autofuse_alembic_version``). A brand-new
+database is created at the current version; an older one must be upgraded explicitly with
+``autofuse db upgrade``.
+
+Structure after Optuna's ``storages/_rdb``: SQLAlchemy models, one session context manager.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import orm
+
+from autofuse.errors import ConfigError
+from autofuse.storage.sql import engine_kwargs_for, ensure_sqlite_dir
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+VERSION_TABLE = "autofuse_alembic_version"
+
+
+class Base(orm.DeclarativeBase):
+    pass
+
+
+class StudyModel(Base):
+    __tablename__ = "autofuse_studies"
+    id = sa.Column(sa.Integer, primary_key=True)
+    name = sa.Column(sa.String(256), nullable=False, unique=True)
+    dataset_fingerprint = sa.Column(sa.String(64))
+    dataset_info = sa.Column(sa.JSON)
+    dataset_path = sa.Column(sa.Text)
+    space = sa.Column(sa.JSON)
+    metric = sa.Column(sa.String(64))
+    direction = sa.Column(sa.String(16))
+    created_at = sa.Column(sa.DateTime)
+    mlflow_experiment_id = sa.Column(sa.String(64))
+    mlflow_parent_run_id = sa.Column(sa.String(64))
+
+
+class TrialModel(Base):
+    __tablename__ = "autofuse_trials"
+    __table_args__ = (sa.UniqueConstraint("study_id", "number", name="uq_autofuse_trials_study_number"),)
+    id = sa.Column(sa.Integer, primary_key=True)
+    study_id = sa.Column(sa.Integer, sa.ForeignKey("autofuse_studies.id", ondelete="CASCADE"), nullable=False)
+    number = sa.Column(sa.Integer, nullable=False)
+    status = sa.Column(sa.String(16), nullable=False)
+    reason = sa.Column(sa.String(32))
+    error = sa.Column(sa.Text)
+    baseline = sa.Column(sa.String(64))
+    family = sa.Column(sa.String(64))
+    method = sa.Column(sa.String(64))
+    point = sa.Column(sa.String(16))
+    encoders = sa.Column(sa.JSON)
+    spec = sa.Column(sa.JSON)
+    value = sa.Column(sa.Float)
+    val_metrics = sa.Column(sa.JSON)
+    test_metrics = sa.Column(sa.JSON)
+    n_params = sa.Column(sa.BigInteger)
+    latency_ms = sa.Column(sa.Float)
+    train_time_s = sa.Column(sa.Float)
+    epochs_run = sa.Column(sa.Integer)
+    best_epoch = sa.Column(sa.Integer)
+    device = sa.Column(sa.String(64))
+    worker = sa.Column(sa.String(256))
+    started_at = sa.Column(sa.DateTime)
+    finished_at = sa.Column(sa.DateTime)
+    retry_of = sa.Column(sa.Integer)
+    resumed_from_epoch = sa.Column(sa.Integer)
+    mlflow_run_id = sa.Column(sa.String(64))
+    cache_hits = sa.Column(sa.Integer)
+    cache_misses = sa.Column(sa.Integer)
+
+
+class EpochModel(Base):
+    __tablename__ = "autofuse_epochs"
+    __table_args__ = (sa.UniqueConstraint("trial_id", "epoch", name="uq_autofuse_epochs_trial_epoch"),)
+    id = sa.Column(sa.Integer, primary_key=True)
+    trial_id = sa.Column(sa.Integer, sa.ForeignKey("autofuse_trials.id", ondelete="CASCADE"), nullable=False)
+    epoch = sa.Column(sa.Integer, nullable=False)
+    metrics = sa.Column(sa.JSON)
+
+
+@dataclass
+class StudyRecord:
+    name: str
+    dataset_fingerprint: str | None
+    dataset_info: dict | None
+    dataset_path: str | None
+    space: dict | None
+    metric: str | None
+    direction: str | None
+    created_at: dt.datetime | None
+    mlflow_experiment_id: str | None = None
+    mlflow_parent_run_id: str | None = None
+
+
+@dataclass
+class TrialRecord:
+    number: int
+    status: str
+    reason: str | None = None
+    error: str | None = None
+    baseline: str | None = None
+    family: str | None = None
+    method: str | None = None
+    point: str | None = None
+    encoders: dict | None = None
+    spec: dict | None = None
+    value: float | None = None
+    val_metrics: dict | None = None
+    test_metrics: dict | None = None
+    history: list[dict] = field(default_factory=list)
+    n_params: int | None = None
+    latency_ms: float | None = None
+    train_time_s: float | None = None
+    epochs_run: int | None = None
+    best_epoch: int | None = None
+    device: str | None = None
+    worker: str | None = None
+    started_at: dt.datetime | None = None
+    finished_at: dt.datetime | None = None
+    retry_of: int | None = None
+    resumed_from_epoch: int | None = None
+    mlflow_run_id: str | None = None
+    cache_hits: int | None = None
+    cache_misses: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        for k in ("started_at", "finished_at"):
+            d[k] = d[k].isoformat() if d[k] else None
+        return d
+
+
+_TRIAL_FIELDS = [c.name for c in TrialModel.__table__.columns if c.name not in ("id", "study_id")]
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+def _alembic_config(connection):
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.attributes["connection"] = connection
+    return cfg
+
+
+def head_revision() -> str:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    return ScriptDirectory.from_config(cfg).get_current_head()
+
+
+class HistoryStore:
+    """Reads and writes autofuse's trial history on any SQLAlchemy URL.
+
+    Args:
+        url: SQLAlchemy URL (usually the same database as the Optuna storage).
+        create: create the tables on a database that has none yet (at the current version).
+    """
+
+    def __init__(self, url: str, *, create: bool = True) -> None:
+        self.url = url
+        ensure_sqlite_dir(url)
+        try:
+            self.engine = sa.create_engine(url, **engine_kwargs_for(url))
+        except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError) as e:
+            raise ConfigError(f"--storage {url!r}: not a usable SQLAlchemy URL ({e})") from None
+        self._sessions = orm.sessionmaker(bind=self.engine, expire_on_commit=False)
+        self.check(create=create)
+
+    # ---- schema ---------------------------------------------------------------------------------
+    def current_revision(self) -> str | None:
+        from alembic.runtime.migration import MigrationContext
+
+        with self.engine.connect() as conn:
+            return MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE}).get_current_revision()
+
+    def check(self, create: bool = True) -> None:
+        """Create a fresh schema, accept the current one, refuse an old one with a clear message."""
+        try:
+            rev = self.current_revision()
+        except sa.exc.OperationalError as e:
+            first = str(getattr(e, "orig", e)).strip().splitlines()[0]
+            raise ConfigError(f"--storage {self.url!r}: cannot connect ({first})") from None
+        head = head_revision()
+        if rev == head:
+            return
+        if rev is None and create:
+            if sa.inspect(self.engine).has_table("autofuse_trials"):
+                raise ConfigError(f"{self.url}: autofuse tables exist without a schema version; "
+                                  "run `autofuse db upgrade`")
+            self.upgrade()
+            return
+        if rev is None:
+            raise ConfigError(f"{self.url}: no autofuse tables; run `autofuse db upgrade`")
+        raise ConfigError(f"{self.url}: the autofuse tables are at schema version {rev}, this "
+                          f"autofuse needs {head}; run `autofuse db upgrade --storage URL` first")
+
+    def upgrade(self) -> tuple[str | None, str]:
+        """Run the Alembic migrations up to the newest version; returns (before, after)."""
+        from alembic import command
+
+        before = self.current_revision()
+        try:
+            with self.engine.begin() as conn:
+                command.upgrade(_alembic_config(conn), "head")
+        except (sa.exc.IntegrityError, sa.exc.OperationalError, sa.exc.ProgrammingError):
+            # another worker created the schema at the same moment: fine if it is now current
+            if self.current_revision() != head_revision():
+                raise
+        return before, self.current_revision() or ""
+
+    @contextmanager
+    def session(self) -> Iterator[orm.Session]:
+        """One transaction: commit on success, roll back on error (Optuna's ``_create_scoped_session``)."""
+        s = self._sessions()
+        try:
+            yield s
+            s.commit()
+        except Exception:
+            s.rollback()
+            raise
+        finally:
+            s.close()
+
+    # ---- writes ---------------------------------------------------------------------------------
+    def upsert_study(self, name: str, **fields: Any) -> None:
+        with self.session() as s:
+            row = s.scalar(sa.select(StudyModel).where(StudyModel.name == name))
+            if row is None:
+                row = StudyModel(name=name, created_at=_now())
+                s.add(row)
+            for k, v in fields.items():
+                setattr(row, k, v)
+
+    def _study_id(self, s: orm.Session, name: str) -> int:
+        sid = s.scalar(sa.select(StudyModel.id).where(StudyModel.name == name))
+        if sid is None:
+            raise KeyError(f"study {name!r} is not in the autofuse history")
+        return sid
+
+    def _trial(self, s: orm.Session, study: str, number: int) -> TrialModel | None:
+        sid = self._study_id(s, study)
+        return s.scalar(sa.select(TrialModel).where(TrialModel.study_id == sid, TrialModel.number == number))
+
+    def record_trial(self, study: str, number: int, **fields: Any) -> None:
+        """Insert or update one trial's record (only the given fields change)."""
+        bad = set(fields) - set(_TRIAL_FIELDS)
+        if bad:
+            raise ValueError(f"unknown trial fields {sorted(bad)}")
+        with self.session() as s:
+            row = self._trial(s, study, number)
+            if row is None:
+                row = TrialModel(study_id=self._study_id(s, study), number=number,
+                                 status=fields.get("status", "RUNNING"))
+                s.add(row)
+            for k, v in fields.items():
+                setattr(row, k, v)
+
+    def log_epoch(self, study: str, number: int, epoch: int, metrics: dict[str, float]) -> None:
+        with self.session() as s:
+            row = self._trial(s, study, number)
+            if row is None:
+                raise KeyError(f"trial {number} of {study!r} is not recorded")
+            ep = s.scalar(sa.select(EpochModel).where(EpochModel.trial_id == row.id, EpochModel.epoch == epoch))
+            if ep is None:
+                s.add(EpochModel(trial_id=row.id, epoch=epoch, metrics=dict(metrics)))
+            else:
+                ep.metrics = dict(metrics)
+
+    # ---- reads ----------------------------------------------------------------------------------
+    def study(self, name: str) -> StudyRecord | None:
+        with self.session() as s:
+            row = s.scalar(sa.select(StudyModel).where(StudyModel.name == name))
+            return None if row is None else _study_record(row)
+
+    def studies(self) -> list[StudyRecord]:
+        with self.session() as s:
+            return [_study_record(r) for r in s.scalars(sa.select(StudyModel).order_by(StudyModel.id))]
+
+    def trials(self, name: str) -> list[TrialRecord]:
+        """Every recorded trial of a study, by number, with its per-epoch curve."""
+        with self.session() as s:
+            sid = s.scalar(sa.select(StudyModel.id).where(StudyModel.name == name))
+            if sid is None:
+                return []
+            rows = list(s.scalars(sa.select(TrialModel).where(TrialModel.study_id == sid)
+                                  .order_by(TrialModel.number)))
+            epochs: dict[int, list[dict]] = {}
+            q = (sa.select(EpochModel).join(TrialModel, EpochModel.trial_id == TrialModel.id)
+                 .where(TrialModel.study_id == sid).order_by(EpochModel.epoch))
+            for ep in s.scalars(q):
+                epochs.setdefault(ep.trial_id, []).append({"epoch": ep.epoch, **(ep.metrics or {})})
+            return [TrialRecord(**{f: getattr(r, f) for f in _TRIAL_FIELDS}, history=epochs.get(r.id, []))
+                    for r in rows]
+
+
+def _study_record(row: StudyModel) -> StudyRecord:
+    return StudyRecord(name=row.name, dataset_fingerprint=row.dataset_fingerprint,
+                       dataset_info=row.dataset_info, dataset_path=row.dataset_path, space=row.space,
+                       metric=row.metric, direction=row.direction, created_at=row.created_at,
+                       mlflow_experiment_id=row.mlflow_experiment_id,
+                       mlflow_parent_run_id=row.mlflow_parent_run_id)
