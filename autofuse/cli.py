@@ -97,17 +97,21 @@ def _fmt(m: dict | None) -> str:
 @click.option("--trial-timeout", type=float, default=None, help="Seconds per trial.")
 @click.option("--device", default=None, help="cuda, cuda:N or cpu (default: CUDA when available).")
 @click.option("--force", is_flag=True, help="Resume even if the dataset or space changed.")
+@click.option("--mlflow-uri", default=None,
+              help="MLflow tracking URI (default sqlite:///trials/mlflow.db; 'off' to disable).")
+@click.option("--heartbeat", type=int, default=30, show_default=True,
+              help="Seconds between worker heartbeats; a trial silent for 4x this is retried.")
 @click.option("--no-progress", is_flag=True)
 @_workdir
 def search(dataset, study, trials, storage, space, sampler, pruner, seed, baselines, trial_timeout,
-           device, force, no_progress, workdir) -> None:
+           device, force, mlflow_uri, heartbeat, no_progress, workdir) -> None:
     """Search fusion architectures for DATASET (a folder with dataset.yaml)."""
     from autofuse.study import search as run_search
 
     res = run_search(dataset, study=study, trials=trials, storage=storage, space=space,
                      workdir=workdir, sampler=sampler, pruner=pruner, seed=seed, baselines=baselines,
                      trial_timeout=trial_timeout, force=force, progress=not no_progress,
-                     device=device)
+                     device=device, mlflow_uri=mlflow_uri, heartbeat_interval=heartbeat)
     _print_result(res)
 
 
@@ -190,6 +194,92 @@ def data_avmnist(mnist_dir, fsdd_dir, out_dir, per_class, seed, pca_components) 
     out = build_avmnist(Path(mnist_dir), Path(fsdd_dir), Path(out_dir), n_per_class=per_class,
                         seed=seed, pca_components=pca_components)
     click.echo(f"wrote {out}")
+
+
+# ---- history ---------------------------------------------------------------------------------------
+
+_storage = click.option("--storage", default=None, help="SQLAlchemy URL (default sqlite:///trials/autofuse.db).")
+
+
+def _emit(rows: list[dict], fmt: str, columns: list[str] | None = None) -> None:
+    import csv
+
+    columns = columns or (list(rows[0]) if rows else [])
+    if fmt == "json":
+        click.echo(json.dumps(rows, indent=2, default=str))
+    elif fmt == "csv":
+        w = csv.DictWriter(sys.stdout, fieldnames=columns, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    else:
+        from rich.table import Table
+
+        t = Table(*columns)
+        for r in rows:
+            t.add_row(*[_cell(r.get(c)) for c in columns])
+        _console().print(t)
+
+
+def _cell(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.4f}" if abs(v) < 1000 else f"{v:.0f}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
+
+
+@main.command()
+@click.option("--study", required=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+@click.option("--by", type=click.Choice(["family", "method", "point"]), default=None,
+              help="Best trial per family / method / fusion point.")
+@click.option("--top", type=int, default=20, show_default=True)
+@_storage
+@_workdir
+def leaderboard(study, fmt, by, top, storage, workdir) -> None:
+    """Top trials of a study, best first (from the SQL history)."""
+    from autofuse.leaderboard import COLUMNS
+    from autofuse.leaderboard import leaderboard as board
+
+    rows = board(study, storage=storage, workdir=workdir, by=by, top=top)
+    if not rows and fmt == "table":
+        click.echo(f"study {study}: no completed trial yet")
+        return
+    _emit(rows, fmt, COLUMNS)
+
+
+@main.command()
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+@_storage
+@_workdir
+def studies(fmt, storage, workdir) -> None:
+    """List the studies in a storage with their status and trial counts."""
+    from autofuse.leaderboard import studies as list_studies
+
+    rows = list_studies(storage=storage, workdir=workdir)
+    if not rows and fmt == "table":
+        click.echo("no studies")
+        return
+    _emit(rows, fmt)
+
+
+@main.group()
+def db() -> None:
+    """Manage autofuse's SQL tables."""
+
+
+@db.command("upgrade")
+@_storage
+@_workdir
+def db_upgrade(storage, workdir) -> None:
+    """Migrate autofuse's tables to the current schema version (Alembic)."""
+    from autofuse.leaderboard import storage_url
+    from autofuse.storage.history import upgrade_url
+
+    before, after = upgrade_url(storage_url(storage, workdir))
+    click.echo(f"autofuse schema: {before or 'none'} -> {after}")
 
 
 # ---- registries and spaces -------------------------------------------------------------------------

@@ -551,8 +551,12 @@ def write_outputs(st, study_dir: Path, ds, runner: CandidateRunner | None, metri
         "per_family_best": per_family,
         "baselines": baselines,
     })
-    export_best(study_dir, best.number)
-    summary["best_dir"] = str(study_dir / "best")
+    try:
+        export_best(study_dir, best.number)
+        summary["best_dir"] = str(study_dir / "best")
+    except ConfigError as e:  # e.g. a study resumed in another work directory
+        log.warning("best trial %d not exported: %s", best.number, e)
+        summary["best_dir"] = None
     _write_json(study_dir / "summary.json", summary)
     return summary
 

@@ -185,6 +185,134 @@ class Dataset:
             config_label="config",
         )
 
+    @classmethod
+    def for_prediction(
+        cls,
+        data: str | os.PathLike[str] | pd.DataFrame,
+        config: DatasetConfig | dict[str, Any] | None,
+        *,
+        root: str | os.PathLike[str] | None = None,
+        bad_files: str = "error",
+    ) -> Dataset:
+        """Rows to predict on, read with a trained model's dataset config.
+
+        Unlike :meth:`load`, the target column is optional (read when present, its values are not
+        checked), the split is ignored (``split`` is ``""`` in every row) and a modality may be
+        missing in any row, even in every row. Columns, ids and per-sample files are checked as
+        usual and every problem is reported at once.
+
+        Args:
+            data: a dataset folder (its table is the one its ``dataset.yaml`` names, else
+                ``config.table``, else its only table file), a table file, or a DataFrame.
+            config: the training dataset's config (which columns hold which modality); None uses
+                the folder's ``dataset.yaml``.
+            root: for a DataFrame, the folder that relative file paths are resolved against
+                (default: the working directory); absolute paths are used as they are.
+            bad_files: ``"error"``: a missing or unreadable per-sample file is a problem;
+                ``"missing"``: that cell counts as a missing modality and is listed in the
+                ``skipped`` attribute.
+
+        Raises:
+            DatasetError: listing every problem found (a column a modality needs is absent, a
+                duplicate id, a bad file, ...).
+        """
+        from autofuse.data.schema import TABLE_EXTENSIONS, RatioSplit
+        from autofuse.data.validate import (
+            Problem,
+            cell_str,
+            check_file,
+            find_config,
+            read_config,
+            read_table,
+        )
+
+        if bad_files not in ("error", "missing"):
+            raise ValueError(f"bad_files must be 'error' or 'missing', got {bad_files!r}")
+        if isinstance(data, pd.DataFrame):
+            if config is None:
+                raise DatasetError([Problem("config", "a DataFrame needs the model's dataset config",
+                                            "missing_config")])
+            frame, table_label = data, "dataframe"
+            base = Path(root or Path.cwd()).expanduser().absolute()
+            folder = Path(base.anchor)  # paths are made absolute below: any location is allowed
+        else:
+            path = Path(data).expanduser().absolute()
+            if path.is_file() and path.suffix.lower() in TABLE_EXTENSIONS:
+                folder, table = path.parent, path.name
+            else:
+                folder, yaml_path = find_config(path)
+                if not folder.is_dir():
+                    raise DatasetError([Problem(str(folder), "dataset folder not found", "missing_yaml")])
+                own, raw, problems = read_config(yaml_path) if yaml_path.is_file() else (None, None, [])
+                if config is None:
+                    if own is None:
+                        raise DatasetError(problems or [Problem(str(yaml_path), "not found",
+                                                                "missing_yaml")], source=str(folder))
+                    config = own
+                tables = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in TABLE_EXTENSIONS)
+                cfg_table = config.table if isinstance(config, DatasetConfig) else config.get("table")
+                if isinstance(raw, dict) and isinstance(raw.get("table"), str):
+                    table = raw["table"]
+                elif cfg_table and (folder / cfg_table).is_file():
+                    table = cfg_table
+                elif len(tables) == 1:
+                    table = tables[0]
+                else:
+                    found = ", ".join(tables) or "none"
+                    raise DatasetError([Problem(str(folder), "cannot tell which table to read "
+                                                f"(no dataset.yaml; table files: {found})",
+                                                "missing_table")])
+            frame, problems = read_table(folder, table, "dataset.yaml")
+            if frame is None:
+                raise DatasetError(problems, source=str(folder))
+            table_label = table
+        cfg = config if isinstance(config, DatasetConfig) else DatasetConfig.model_validate(config)
+        frame = frame.reset_index(drop=True).copy()
+        frame.columns = [str(c) for c in frame.columns]
+        absent = [Problem(table_label, f"modality '{m}' ({mod.type}) needs column '{c}', which is "
+                          "missing", "missing_modality_column")
+                  for m, mod in cfg.modalities.items() for c in mod.cols if c not in frame.columns]
+        if absent:
+            raise DatasetError(absent, source=str(folder))
+        if isinstance(data, pd.DataFrame):
+            for mod in cfg.modalities.values():
+                if mod.type in FILE_MODALITY_TYPES:
+                    frame[mod.cols[0]] = [None if (s := cell_str(v)) is None else
+                                          str(base / s) if not os.path.isabs(s) else s
+                                          for v in frame[mod.cols[0]].tolist()]
+        update: dict[str, Any] = {"split": RatioSplit()}
+        if cfg.id_column is not None and cfg.id_column not in frame.columns:
+            update["id_column"] = None
+        cfg = cfg.model_copy(update=update)
+        checked = check_content(cfg, frame, folder, table_label, "model config")
+        ignored = {"missing_target_column", "empty_target", "bad_target", "class_without_train",
+                   "empty_split", "empty_modality"}
+        skipped: list[str] = []
+        if bad_files == "missing":
+            ignored |= {"file_not_found", "unreadable_file"}
+            for m, mod in cfg.modalities.items():
+                for i, p in enumerate(checked.paths.get(m, [])):
+                    error = None if p is None else check_file(mod.type, p).error
+                    if error is not None:
+                        skipped.append(f"{table_label} row {i + 1}, modality {m}: {p}: {error}")
+                        checked.paths[m][i] = None
+                        checked.present[m][i] = False
+        problems = [p for p in checked.problems if p.kind not in ignored]
+        if problems:
+            raise DatasetError(problems, source=str(folder))
+        self = cls.__new__(cls)
+        self.config, self.name, self.root = cfg, cfg.name, folder
+        self.frame = checked.frame
+        self.task = cfg.target.task
+        self.classes = checked.classes  # of the target values present here, if any
+        self.y = checked.y  # None when the table has no target column
+        self.split = np.full(len(checked.frame), "", dtype=object)
+        self.modality_names = list(cfg.modalities)
+        self._checked = checked
+        self._fingerprint = None
+        self.skipped = skipped
+        return self
+
     # -- accessors ----------------------------------------------------------------------------
 
     def __len__(self) -> int:

@@ -178,9 +178,10 @@ class HistoryStore:
     Args:
         url: SQLAlchemy URL (usually the same database as the Optuna storage).
         create: create the tables on a database that has none yet (at the current version).
+        check: verify the schema version now (``autofuse db upgrade`` opens without it).
     """
 
-    def __init__(self, url: str, *, create: bool = True) -> None:
+    def __init__(self, url: str, *, create: bool = True, check: bool = True) -> None:
         self.url = url
         ensure_sqlite_dir(url)
         try:
@@ -188,7 +189,8 @@ class HistoryStore:
         except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError) as e:
             raise ConfigError(f"--storage {url!r}: not a usable SQLAlchemy URL ({e})") from None
         self._sessions = orm.sessionmaker(bind=self.engine, expire_on_commit=False)
-        self.check(create=create)
+        if check:
+            self.check(create=create)
 
     # ---- schema ---------------------------------------------------------------------------------
     def current_revision(self) -> str | None:
@@ -323,3 +325,8 @@ def _study_record(row: StudyModel) -> StudyRecord:
                        metric=row.metric, direction=row.direction, created_at=row.created_at,
                        mlflow_experiment_id=row.mlflow_experiment_id,
                        mlflow_parent_run_id=row.mlflow_parent_run_id)
+
+
+def upgrade_url(url: str) -> tuple[str | None, str]:
+    """``autofuse db upgrade``: migrate the autofuse tables at ``url`` to the newest version."""
+    return HistoryStore(url, check=False).upgrade()

@@ -1,0 +1,386 @@
+"""Put an exported model to work: ``autofuse.load(path_or_uri).predict(data)``.
+
+An export folder (``autofuse export``) holds ``architecture.json`` (the spec, the fitted
+preprocessing state of every modality, the label encoding, the training dataset's column layout)
+and ``model.safetensors`` (every weight, frozen encoders included). This module rebuilds the model
+from them and predicts; it imports no search code (no Optuna), so it is what the MLflow pyfunc
+model runs too.
+
+What ``predict`` does with imperfect input (see also ``docs/export-predict.md``):
+
+- a row without a modality (empty cell, or every cell of a multi-column modality empty) is
+  predicted through ``present``, like in training;
+- a column the model needs is absent from the table: :class:`~autofuse.data.DatasetError` naming
+  the modality and the column, before anything is predicted (no silent all-missing fallback);
+- a category never seen in training maps to the "unknown" index (0), an unknown word to the
+  unknown-word id; both are counted in a warning;
+- images of another size or mode are converted to RGB and resized to the encoder's input size
+  (bilinear), audio is resampled and cropped / padded, time series resampled, as in training;
+- a missing or unreadable per-sample file: with ``bad_files="error"`` (default) a DatasetError
+  listing every such row, raised before anything is written; with ``bad_files="missing"`` the
+  cell counts as a missing modality and the rows are reported in a warning (and in
+  ``Predictor.skipped``).
+
+Frozen encoders run for real here (in search their outputs came from the feature cache, stored in
+float16); their token and level outputs are rounded through float16 and they run over the present
+rows in the same batches as the cache, so a prediction matches the search's evaluation bit for
+bit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from autofuse.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+#: ``architecture.json`` key holding the export metadata (study, trial, metrics, sources)
+EXPORT_KEY = "export"
+#: rows per frozen-encoder forward pass (the feature cache's batch size: same batches, same bits)
+FROZEN_BATCH = 64
+
+
+def is_mlflow_uri(s: str | os.PathLike[str]) -> bool:
+    """``models:/NAME/1``, ``runs:/ID/model``, ``mlflow-artifacts:/...`` and other URI schemes."""
+    s = str(s)
+    if "://" in s and not s.startswith("file://"):
+        return True
+    return s.split(":", 1)[0] in ("models", "runs", "mlflow-artifacts") and ":/" in s
+
+
+def find_export_dir(folder: Path) -> Path:
+    """The folder holding ``architecture.json``: ``folder`` itself or one below it (an MLflow
+    pyfunc model keeps the export under ``artifacts/``)."""
+    if (folder / "architecture.json").is_file():
+        return folder
+    hits = sorted(folder.rglob("architecture.json"))
+    if not hits:
+        raise ConfigError(f"{folder}: no architecture.json (not an autofuse export)")
+    return hits[0].parent
+
+
+def load(path_or_uri: str | os.PathLike[str], *, device: str | None = None,
+         tracking_uri: str | None = None) -> Predictor:
+    """Load an exported model for prediction.
+
+    Args:
+        path_or_uri: an export folder (``autofuse export --out DIR``), or an MLflow model URI
+            (``models:/NAME/1``, ``runs:/RUN_ID/model``) of a model logged by
+            :func:`autofuse.mlflow_model.log_pyfunc`.
+        device: ``cpu``, ``cuda``, ``cuda:1`` (default: CUDA when available).
+        tracking_uri: MLflow tracking URI for ``models:/`` / ``runs:/`` URIs (default: MLflow's
+            own, e.g. ``MLFLOW_TRACKING_URI``).
+    """
+    if is_mlflow_uri(path_or_uri):
+        import mlflow
+
+        if tracking_uri:
+            mlflow.set_tracking_uri(tracking_uri)
+        try:
+            local = mlflow.artifacts.download_artifacts(artifact_uri=str(path_or_uri))
+        except Exception as e:  # MlflowException, connection errors, ...
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ConfigError(f"cannot fetch {path_or_uri} from MLflow: {first}") from None
+        return Predictor.from_dir(find_export_dir(Path(local)), device=device)
+    folder = Path(path_or_uri).expanduser()
+    if not folder.is_dir():
+        raise ConfigError(f"{folder}: no such export folder")
+    return Predictor.from_dir(find_export_dir(folder), device=device)
+
+
+def _loadable_spec(spec):
+    """The spec to rebuild the model from files only: timm backbones start from random weights
+    (every weight is then read from ``model.safetensors``), so no hub access is needed."""
+    from autofuse.encoders import get_encoder_entry
+
+    encoders = {}
+    for m, e in spec.encoders.items():
+        if "pretrained" in get_encoder_entry(e.name).obj.defaults:
+            e = e.model_copy(update={"params": {**e.params, "pretrained": False}})
+        encoders[m] = e
+    return spec.model_copy(update={"encoders": encoders})
+
+
+class _Quiet(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "starts from random weights" not in record.getMessage()
+
+
+class Predictor:
+    """An exported model ready to predict (see :func:`load`).
+
+    Attributes:
+        spec: the :class:`~autofuse.spec.ArchitectureSpec`.
+        info: ``dataset_info`` (task, classes, target stats, per-modality preprocessing state,
+            the training dataset's config under ``config``).
+        export: export metadata (study, trial, metrics, weight sources).
+        model: the full :class:`~autofuse.model.MultimodalModel` (eval mode).
+        task / classes: the task and the label encoding (class names, index order).
+        skipped: messages for the cells the last ``predict`` treated as missing
+            (``bad_files="missing"``).
+        warnings: the last ``predict``'s warnings (unseen categories, skipped files).
+    """
+
+    def __init__(self, spec, info: dict, weights: dict[str, torch.Tensor], export: dict | None = None,
+                 device: str | torch.device | None = None) -> None:
+        from autofuse.model import build_model
+
+        self.spec, self.info, self.export = spec, info, export or {}
+        self.task: str = info["task"]
+        self.classes: list[str] | None = info.get("classes")
+        self.device = torch.device(device) if device else torch.device(
+            "cuda" if torch.cuda.is_available() else "cpu")
+        quiet = _Quiet()
+        image_log = logging.getLogger("autofuse.encoders.image")
+        image_log.addFilter(quiet)
+        try:
+            model = build_model(_loadable_spec(spec), info)
+        finally:
+            image_log.removeFilter(quiet)
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+        if missing or unexpected:
+            raise ConfigError(f"model.safetensors does not match architecture.json "
+                              f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+        self.model = model.to(self.device).eval()
+        self.skipped: list[str] = []
+        self.warnings: list[str] = []
+
+    @classmethod
+    def from_dir(cls, folder: str | os.PathLike[str], device: str | None = None) -> Predictor:
+        """Read an export folder (``architecture.json`` + ``model.safetensors``)."""
+        from safetensors.torch import load_file
+
+        from autofuse.spec import load_architecture
+
+        folder = Path(folder)
+        spec, info = load_architecture(folder / "architecture.json")
+        doc = json.loads((folder / "architecture.json").read_text())
+        weights = folder / "model.safetensors"
+        if not weights.is_file():
+            raise ConfigError(f"{folder}: model.safetensors is missing")
+        return cls(spec, info, load_file(str(weights)), doc.get(EXPORT_KEY), device=device)
+
+    # ------------------------------------------------------------------ data
+    @property
+    def dataset_config(self) -> dict | None:
+        """The training dataset's config (which columns hold which modality), if exported."""
+        return self.info.get("config")
+
+    def input_columns(self) -> dict[str, list[str]]:
+        """Columns each modality reads (from the training dataset's config)."""
+        cfg = self.dataset_config
+        if cfg is None:
+            raise ConfigError("this export has no dataset config (re-export with --dataset)")
+        out = {}
+        for m in self.spec.encoders:
+            mod = cfg["modalities"][m]
+            out[m] = [mod["column"]] if mod.get("column") else list(mod["columns"])
+        return out
+
+    def _config_for(self, data: Any) -> dict:
+        """The model's modalities only, tabular categories as in training."""
+        cfg = self.dataset_config
+        if cfg is None:
+            if isinstance(data, pd.DataFrame):
+                raise ConfigError("this export has no dataset config, so a DataFrame cannot be "
+                                  "mapped to modalities; re-export with --dataset, or predict a "
+                                  "dataset folder with a dataset.yaml")
+            from autofuse.data.validate import find_config, read_config
+
+            own, _, problems = read_config(find_config(data)[1])
+            if own is None:
+                from autofuse.data import DatasetError
+
+                raise DatasetError(problems, source=str(data))
+            cfg = own.model_dump(mode="json")
+        cfg = json.loads(json.dumps(cfg))
+        mods = {}
+        for m, mi in self.info["modalities"].items():
+            if m not in cfg["modalities"]:
+                raise ConfigError(f"the dataset has no modality {m!r}, which the model needs "
+                                  f"({mi['type']})")
+            mod = cfg["modalities"][m]
+            if mod["type"] != mi["type"]:
+                raise ConfigError(f"modality {m!r} is {mod['type']} here but {mi['type']} in the model")
+            state = mi["state"]
+            if mi["type"] == "tabular" and state.get("kind") == "tabular":
+                mod["categorical"] = list(state["categorical"])
+            mods[m] = mod
+        cfg["modalities"] = mods
+        return cfg
+
+    def dataset(self, data: Any, *, root: str | os.PathLike[str] | None = None,
+                bad_files: str = "error"):
+        """``data`` as an :class:`~autofuse.data.Dataset` in prediction mode (see
+        :meth:`Dataset.for_prediction`), checked against what the model needs."""
+        from autofuse.data import Dataset
+
+        ds = Dataset.for_prediction(data, self._config_for(data), root=root, bad_files=bad_files)
+        for m, mi in self.info["modalities"].items():
+            state = mi["state"]
+            if mi["type"] == "tabular" and state.get("kind") == "tabular":
+                numeric, _ = ds.tabular_columns(m)
+                wrong = [c for c in state["numeric"] if c not in numeric]
+                if wrong:
+                    raise ConfigError(f"modality {m!r}: column(s) {wrong} hold non-numeric values "
+                                      "but were numeric in training")
+        return ds
+
+    # ------------------------------------------------------------------ inference
+    def _inputs(self, ds) -> dict[str, Any]:
+        from autofuse.encoders import prepare_modality
+        from autofuse.encoders.preprocess import PreprocessError
+
+        inputs = {}
+        for m, espec in self.spec.encoders.items():
+            state = self.info["modalities"][m]["state"]
+            try:
+                prepared = prepare_modality(ds, m, espec, state=state)
+            except PreprocessError as e:
+                raise ConfigError(f"modality {m!r}: {e}") from None
+            self._note_unknown(ds, m, state, prepared)
+            if espec.mode == "frozen":
+                inputs[m] = frozen_features(self.model.encoders[m], prepared)
+            else:
+                inputs[m] = prepared
+        return inputs
+
+    def _note_unknown(self, ds, m: str, state: dict, prepared) -> None:
+        if state.get("kind") != "tabular" or not state["categorical"]:
+            return
+        from autofuse.encoders.preprocess import _category_key
+
+        frame = ds.tabular_frame(m)
+        present = prepared.present.numpy()
+        for c, known in state["categorical"].items():
+            keys = [_category_key(v) for v in frame[c].tolist()]
+            seen = set(known)
+            unseen = sorted({k for k, p in zip(keys, present, strict=True)
+                             if p and k is not None and k not in seen})
+            if unseen:
+                n = sum(k in unseen for k in keys)
+                shown = ", ".join(repr(u) for u in unseen[:5]) + (" ..." if len(unseen) > 5 else "")
+                self.warnings.append(f"modality {m}, column {c}: {n} row(s) with categories unseen "
+                                     f"in training ({shown}) mapped to 'unknown'")
+
+    @torch.no_grad()
+    def predict_outputs(self, ds) -> np.ndarray:
+        """Raw outputs for every row of a prediction-mode dataset: logits ``[N, C]``
+        (classification / multilabel) or values ``[N, 1]`` on the target's scale (regression)."""
+        from autofuse.train import TrainData, predict_outputs
+
+        n = len(ds)
+        idx = np.arange(n, dtype=np.int64)
+        data = TrainData(task=self.task, y=torch.zeros(n), y_raw=np.zeros(n), inputs=self._inputs(ds),
+                         splits={"test": idx}, target_stats=tuple(self.info.get("target_stats", (0.0, 1.0))))
+        return predict_outputs(self.model, data, idx, self.device)
+
+    def predict(self, data: Any, *, root: str | os.PathLike[str] | None = None,
+                bad_files: str = "error") -> pd.DataFrame:
+        """Predict every row of ``data``.
+
+        Args:
+            data: a dataset folder, a table file, or a DataFrame (columns as in the training
+                dataset; the target column is optional, empty cells are missing modalities).
+            root: for a DataFrame, the folder relative file paths are resolved against.
+            bad_files: ``"error"`` or ``"missing"`` (see the module docstring).
+
+        Returns:
+            One row per input row, in input order: the id column first (when the dataset has
+            one), then ``prediction`` (class label / value / labels joined by the target's
+            separator) and, for classification and multilabel, ``proba_<class>`` per class.
+        """
+        self.warnings, self.skipped = [], []
+        ds = self.dataset(data, root=root, bad_files=bad_files)
+        self.skipped = list(getattr(ds, "skipped", []))
+        if self.skipped:
+            self.warnings.append(f"{len(self.skipped)} unreadable file(s) treated as missing: "
+                                 + "; ".join(self.skipped[:10])
+                                 + (" ..." if len(self.skipped) > 10 else ""))
+        outputs = self.predict_outputs(ds)
+        for w in self.warnings:
+            log.warning("%s", w)
+        return self.format(outputs, ds)
+
+    def format(self, outputs: np.ndarray, ds) -> pd.DataFrame:
+        """The prediction table for raw ``outputs`` of ``ds``'s rows."""
+        cols: dict[str, Any] = {}
+        id_col = ds.config.id_column
+        if id_col is not None:
+            cols[id_col] = ds.frame[id_col].tolist()
+        if self.task == "regression":
+            cols["prediction"] = outputs.reshape(-1).astype(np.float64)
+            return pd.DataFrame(cols)
+        classes = list(self.classes or [])
+        logits = torch.from_numpy(np.ascontiguousarray(outputs, dtype=np.float32))
+        if self.task == "classification":
+            proba = torch.softmax(logits, dim=1).numpy()
+            cols["prediction"] = [classes[k] for k in outputs.argmax(axis=1)]
+        else:
+            proba = torch.sigmoid(logits).numpy()
+            sep = (self.dataset_config or {}).get("target", {}).get("separator", "|")
+            cols["prediction"] = [sep.join(c for c, on in zip(classes, row, strict=True) if on)
+                                  for row in outputs > 0]
+        for k, c in enumerate(classes):
+            cols[f"proba_{c}"] = proba[:, k].astype(np.float64)
+        return pd.DataFrame(cols)
+
+
+@torch.no_grad()
+def frozen_features(encoder: torch.nn.Module, prepared, batch_size: int = FROZEN_BATCH):
+    """Run a frozen encoder over the present rows exactly as the feature cache does
+    (:func:`autofuse.encoders.cache.compute_features`: same batches, text sorted by length,
+    tokens and levels stored in float16), so the model sees the features it was trained on."""
+    from autofuse.encoders.cache import CachedFeatures
+
+    encoder = encoder.eval()
+    shape = encoder.feature_shape
+    n = len(prepared)
+    rows = torch.nonzero(prepared.present, as_tuple=False).flatten()
+    if isinstance(prepared.inputs, list):  # raw text: sorted by length
+        lengths = torch.tensor([len(prepared.inputs[i]) for i in rows.tolist()], dtype=torch.long)
+        rows = rows[torch.argsort(lengths, stable=True)]
+    pooled = torch.zeros(n, shape.dim, dtype=torch.float32)
+    tokens = torch.zeros(n, shape.n_tokens, shape.dim, dtype=torch.float16)
+    levels = [torch.zeros(n, nl, dl, dtype=torch.float16) for nl, dl in shape.levels]
+    token_mask = None
+    for start in range(0, len(rows), batch_size):
+        idx = rows[start:start + batch_size]
+        x, present = prepared.batch(idx)
+        f = encoder(x, present)
+        pooled[idx] = f.pooled.float().cpu()
+        tokens[idx] = f.tokens.cpu().to(torch.float16)
+        for lv, out in zip(levels, f.levels, strict=True):
+            lv[idx] = out.cpu().to(torch.float16)
+        if f.token_mask is not None:
+            if token_mask is None:
+                token_mask = torch.zeros(n, shape.n_tokens, dtype=torch.bool)
+            token_mask[idx] = f.token_mask.cpu()
+    if token_mask is None and getattr(encoder, "has_token_mask", False):
+        token_mask = torch.zeros(n, shape.n_tokens, dtype=torch.bool)
+    return CachedFeatures(pooled, tokens, levels, prepared.present.clone().bool(), token_mask, shape)
+
+
+def write_predictions(df: pd.DataFrame, out: str | os.PathLike[str]) -> Path:
+    """Write ``df`` as CSV atomically (a temporary file renamed into place)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        df.to_csv(tmp, index=False)
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+__all__ = ["Predictor", "frozen_features", "load", "write_predictions"]

@@ -1,0 +1,566 @@
+"""Collect what the report shows: a study's trial history -> plain data (no plotting here).
+
+Everything the renderer needs is computed here and kept JSON-able (``ReportData.to_dict``), so
+the numbers in ``report.html`` / ``report.md`` can be checked against the SQL history. The one
+place that reads the history is :func:`load_history`; the robustness of the finalists is measured
+by :func:`evaluate_finalists`, which rebuilds each finalist from its checkpoint and evaluates it
+on the test split with every modality removed and with noise added to it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import math
+import statistics
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from autofuse.errors import ConfigError
+from autofuse.storage.history import StudyRecord, TrialRecord
+
+log = logging.getLogger(__name__)
+
+#: finalists whose robustness is measured (the search keeps checkpoints of the top 3)
+N_FINALISTS = 3
+#: Gaussian noise level (times each input's standard deviation) of the robustness test
+NOISE_SIGMA = 0.5
+#: rows of the leaderboard
+LEADERBOARD_ROWS = 15
+
+
+# ---- the history ------------------------------------------------------------------------------
+
+def load_history(study: str, storage: str) -> tuple[StudyRecord, list[TrialRecord], str]:
+    """The study and its trials, from autofuse's ``autofuse_`` tables, else from Optuna's.
+
+    Returns ``(study, trials, source)`` with ``source`` ``"autofuse history"`` or ``"optuna"``.
+    Both give the same fields (the search writes them to both); Optuna's user attributes are the
+    fallback for databases written before the history tables existed.
+    """
+    try:
+        from autofuse.storage.history import HistoryStore
+
+        hs = HistoryStore(storage, create=False)  # a report never changes the database
+        rec = hs.study(study)
+        trials = hs.trials(study) if rec is not None else []
+        if rec is not None and trials:
+            return _fill_study(rec, storage), trials, "autofuse history"
+    except ConfigError as e:  # no autofuse tables (old database) or an old schema
+        log.info("autofuse history not usable (%s); reading Optuna's trial attributes", e)
+    return _from_optuna(study, storage)
+
+
+def _optuna_study(study: str, storage: str):
+    import optuna
+
+    from autofuse.storage import make_storage
+
+    try:
+        return optuna.load_study(study_name=study, storage=make_storage(storage))
+    except KeyError:
+        raise ConfigError(f"--study {study!r}: no such study in {storage}") from None
+
+
+def _fill_study(rec: StudyRecord, storage: str) -> StudyRecord:
+    """Complete a history study record with what only Optuna's study attributes hold."""
+    if rec.dataset_path and rec.space and rec.metric and rec.direction:
+        return rec
+    try:
+        st = _optuna_study(rec.name, storage)
+    except ConfigError:
+        return rec
+    a = st.user_attrs
+    return StudyRecord(
+        name=rec.name, dataset_fingerprint=rec.dataset_fingerprint or a.get("dataset_fingerprint"),
+        dataset_info=rec.dataset_info or a.get("dataset"), dataset_path=rec.dataset_path or a.get("dataset_path"),
+        space=rec.space or a.get("space"), metric=rec.metric or a.get("metric"),
+        direction=rec.direction or st.direction.name.lower(), created_at=rec.created_at,
+        mlflow_experiment_id=rec.mlflow_experiment_id, mlflow_parent_run_id=rec.mlflow_parent_run_id)
+
+
+def _from_optuna(study: str, storage: str) -> tuple[StudyRecord, list[TrialRecord], str]:
+    st = _optuna_study(study, storage)
+    a = st.user_attrs
+    trials = st.get_trials(deepcopy=False)
+    created = min((t.datetime_start for t in trials if t.datetime_start), default=None)
+    rec = StudyRecord(name=study, dataset_fingerprint=a.get("dataset_fingerprint"),
+                      dataset_info=a.get("dataset"), dataset_path=a.get("dataset_path"),
+                      space=a.get("space"), metric=a.get("metric"),
+                      direction=st.direction.name.lower(), created_at=created)
+    out = []
+    for t in trials:
+        u = t.user_attrs
+        out.append(TrialRecord(
+            number=t.number, status=t.state.name, reason=u.get("reason"), error=u.get("error"),
+            baseline=u.get("baseline"), family=u.get("family"), method=u.get("method"),
+            point=u.get("point"), encoders=u.get("encoders"), spec=u.get("spec"), value=t.value,
+            val_metrics=u.get("val_metrics"), test_metrics=u.get("test_metrics"),
+            history=u.get("history") or [], n_params=u.get("n_params"), latency_ms=u.get("latency_ms"),
+            train_time_s=u.get("train_time_s"), epochs_run=u.get("epochs_run"),
+            best_epoch=u.get("best_epoch"), device=u.get("device"), worker=u.get("worker"),
+            started_at=t.datetime_start, finished_at=t.datetime_complete,
+            cache_hits=u.get("cache_hits"), cache_misses=u.get("cache_misses")))
+    return rec, out, "optuna"
+
+
+# ---- plain data -------------------------------------------------------------------------------
+
+@dataclass
+class Row:
+    """One trial as the report shows it."""
+
+    number: int
+    status: str
+    reason: str | None
+    baseline: str | None
+    family: str | None
+    method: str | None
+    point: str | None
+    encoders: dict[str, str]
+    value: float | None
+    val_metrics: dict[str, float]
+    test_metrics: dict[str, float]
+    n_params: int | None
+    latency_ms: float | None
+    train_time_s: float | None
+    duration_s: float | None
+    epochs_run: int | None
+    worker: str | None
+    device: str | None
+    started_at: str | None
+    finished_at: str | None
+    cache_hits: int | None
+    cache_misses: int | None
+    has_checkpoint: bool = False
+
+    @property
+    def fusion(self) -> str:
+        return f"{self.family}.{self.method}"
+
+
+@dataclass
+class ReportData:
+    study: str
+    source: str
+    generated_at: str
+    metric: str
+    direction: str
+    dataset: dict
+    dataset_path: str | None
+    space_name: str | None
+    budget_trials: int | None
+    wall_time_s: float | None
+    span_s: float | None
+    counts: dict[str, int]
+    pruned_reasons: dict[str, int]
+    failed: list[dict]
+    trials: list[Row]
+    leaderboard: list[int]                     # trial numbers, best first (completed only)
+    best: dict | None                          # best trial: number, spec, metrics, params, latency
+    groups: dict[str, list[dict]]              # family / method / point / encoder -> rows
+    baselines: list[dict]
+    importances: dict[str, float]
+    importances_note: str | None
+    pareto: dict[str, list[int]]               # "n_params" / "latency_ms" -> trial numbers on the front
+    robustness: dict | None
+    robustness_note: str | None
+    cost: dict = field(default_factory=dict)
+
+    def trial(self, number: int) -> Row:
+        return next(r for r in self.trials if r.number == number)
+
+    @property
+    def completed(self) -> list[Row]:
+        return [r for r in self.trials if r.status == "COMPLETE" and _finite(r.value)]
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(asdict(self), default=str))
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def _iso(t: dt.datetime | None) -> str | None:
+    return t.isoformat(timespec="seconds") if t else None
+
+
+def _row(t: TrialRecord, checkpoints: set[int]) -> Row:
+    dur = (t.finished_at - t.started_at).total_seconds() if t.started_at and t.finished_at else None
+    return Row(number=t.number, status=t.status, reason=t.reason, baseline=t.baseline,
+               family=t.family, method=t.method, point=t.point, encoders=dict(t.encoders or {}),
+               value=t.value, val_metrics=_metrics(t.val_metrics), test_metrics=_metrics(t.test_metrics),
+               n_params=t.n_params, latency_ms=t.latency_ms, train_time_s=t.train_time_s,
+               duration_s=dur, epochs_run=t.epochs_run, worker=t.worker, device=t.device,
+               started_at=_iso(t.started_at), finished_at=_iso(t.finished_at),
+               cache_hits=t.cache_hits, cache_misses=t.cache_misses,
+               has_checkpoint=t.number in checkpoints)
+
+
+def _metrics(m: dict | None) -> dict[str, float]:
+    return {k: float(v) for k, v in (m or {}).items() if k != "train_loss" and isinstance(v, (int, float))}
+
+
+def ranked(rows: list[Row], direction: str) -> list[Row]:
+    """Completed trials, best first; ties keep the earlier trial first (as Optuna's best_trial)."""
+    sign = -1.0 if direction == "maximize" else 1.0
+    done = [r for r in rows if r.status == "COMPLETE" and _finite(r.value)]
+    return sorted(done, key=lambda r: (sign * r.value, r.number))
+
+
+def _better(a: float, b: float, direction: str) -> bool:
+    return a > b if direction == "maximize" else a < b
+
+
+def collect(study: str, *, storage: str, study_dir: Path, dataset: str | Path | None = None,
+            workdir: str | Path | None = None, robustness: bool = True,
+            device: str | None = None) -> ReportData:
+    """Everything the report shows, as plain data.
+
+    Args:
+        study: study name.
+        storage: SQLAlchemy URL of the study's database.
+        study_dir: ``trials/<study>/`` (summary.json, checkpoints).
+        dataset: the dataset folder (default: the path the study recorded), for the robustness test.
+        workdir: the work directory (prepared-input and feature caches).
+        robustness: evaluate the finalists (set False for a quick report without it).
+        device: where to evaluate the finalists (default CUDA when available).
+    """
+    rec, records, source = load_history(study, storage)
+    direction = rec.direction or "maximize"
+    from autofuse.metrics import OBJECTIVES
+
+    info = rec.dataset_info or {}
+    metric = rec.metric or OBJECTIVES.get(info.get("task", "classification"), ("accuracy",))[0]
+    ck_dir = study_dir / "checkpoints"
+    checkpoints = {int(p.stem.split("_", 1)[1]) for p in ck_dir.glob("trial_*.safetensors")
+                   if p.stem.split("_", 1)[1].isdigit() and p.with_suffix(".json").exists()}
+    rows = [_row(t, checkpoints) for t in records]
+    summary = _read_json(study_dir / "summary.json")
+
+    counts = {"completed": 0, "pruned": 0, "failed": 0, "running": 0}
+    pruned_reasons: dict[str, int] = {}
+    failed = []
+    for r, t in zip(rows, records):
+        key = {"COMPLETE": "completed", "PRUNED": "pruned", "FAIL": "failed"}.get(r.status, "running")
+        counts[key] += 1
+        if r.status == "PRUNED":
+            reason = r.reason or "pruned"
+            pruned_reasons[reason] = pruned_reasons.get(reason, 0) + 1
+        if r.status == "FAIL":
+            failed.append({"trial": r.number, "reason": r.reason, "error": t.error})
+
+    board = ranked(rows, direction)
+    best = None
+    if board:
+        b = board[0]
+        spec = next(t.spec for t in records if t.number == b.number)
+        best = {"trial": b.number, "spec": spec, "value": b.value, "val_metrics": b.val_metrics,
+                "test_metrics": b.test_metrics, "n_params": b.n_params, "latency_ms": b.latency_ms,
+                "baseline": b.baseline, "fusion": b.fusion, "point": b.point, "encoders": b.encoders}
+
+    starts = [t.started_at for t in records if t.started_at]
+    ends = [t.finished_at for t in records if t.finished_at]
+    span = (max(ends) - min(starts)).total_seconds() if starts and ends else None
+    space = rec.space or {}
+    importances, imp_note = _importances(study, storage, rows)
+    data = ReportData(
+        study=study, source=source,
+        generated_at=dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        metric=metric, direction=direction, dataset=info, dataset_path=rec.dataset_path,
+        space_name=space.get("name"), budget_trials=space.get("trials"),
+        wall_time_s=summary.get("wall_time_s"), span_s=span, counts=counts,
+        pruned_reasons=pruned_reasons, failed=failed, trials=rows,
+        leaderboard=[r.number for r in board], best=best, groups=_groups(rows, board, direction),
+        baselines=_baselines(rows, board, metric, direction), importances=importances,
+        importances_note=imp_note, pareto=_pareto(board, direction), robustness=None,
+        robustness_note=None, cost=_cost(rows))
+    if robustness:
+        path = dataset or rec.dataset_path
+        if board and path is None:
+            data.robustness_note = ("the study did not record its dataset folder; pass --dataset DIR "
+                                    "to evaluate the finalists")
+        elif board:
+            try:
+                data.robustness = evaluate_finalists(
+                    [r for r in board if r.has_checkpoint][:N_FINALISTS], ck_dir, path,
+                    workdir=workdir, metric=metric, direction=direction,
+                    fingerprint=rec.dataset_fingerprint, device=device)
+            except ConfigError as e:
+                data.robustness_note = str(e)
+        else:
+            data.robustness_note = "no trial completed"
+    else:
+        data.robustness_note = "robustness evaluation skipped"
+    return data
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+# ---- comparisons -----------------------------------------------------------------------------
+
+def _groups(rows: list[Row], board: list[Row], direction: str) -> dict[str, list[dict]]:
+    """Per family / method / fusion point / encoder choice: trials, best and spread of the scores."""
+    keys = {
+        "family": lambda r: [r.family],
+        "method": lambda r: [r.fusion],
+        "point": lambda r: [r.point],
+        "encoder": lambda r: [f"{m}: {e}" for m, e in sorted(r.encoders.items())],
+    }
+    out: dict[str, list[dict]] = {}
+    for kind, fn in keys.items():
+        groups: dict[str, dict] = {}
+        for r in rows:
+            if r.family is None:
+                continue
+            for k in fn(r):
+                g = groups.setdefault(str(k), {"name": str(k), "trials": 0, "completed": 0, "pruned": 0,
+                                               "failed": 0, "values": [], "best_trial": None})
+                g["trials"] += 1
+                if r.status == "PRUNED":
+                    g["pruned"] += 1
+                elif r.status == "FAIL":
+                    g["failed"] += 1
+        for r in board:  # best first: the first completed trial seen is the group's best
+            for k in fn(r):
+                g = groups[str(k)]
+                g["completed"] += 1
+                g["values"].append(r.value)
+                if g["best_trial"] is None:
+                    g["best_trial"] = r.number
+                    g["best"] = r.value
+                    g["best_test"] = r.test_metrics
+        rows_out = []
+        for g in groups.values():
+            v = g["values"]
+            g["median"] = statistics.median(v) if v else None
+            g["mean"] = statistics.fmean(v) if v else None
+            g.setdefault("best", None)
+            g.setdefault("best_test", {})
+            rows_out.append(g)
+        sign = -1.0 if direction == "maximize" else 1.0
+        rows_out.sort(key=lambda g: (g["best"] is None, sign * (g["best"] or 0.0), g["name"]))
+        out[kind] = rows_out
+    return out
+
+
+def _baselines(rows: list[Row], board: list[Row], metric: str, direction: str) -> list[dict]:
+    """Each enqueued baseline next to the best design (difference = best - baseline)."""
+    if not board:
+        return []
+    best = board[0]
+    out = []
+    for r in rows:
+        if not r.baseline:
+            continue
+        d: dict[str, Any] = {"baseline": r.baseline, "trial": r.number, "status": r.status,
+                             "reason": r.reason, "fusion": r.fusion, "point": r.point,
+                             "val": None, "test": None, "val_diff": None, "test_diff": None,
+                             "n_params": r.n_params, "latency_ms": r.latency_ms}
+        if r.status == "COMPLETE" and _finite(r.value):
+            d["val"] = r.value
+            d["test"] = r.test_metrics.get(metric)
+            d["val_diff"] = best.value - r.value
+            bt = best.test_metrics.get(metric)
+            d["test_diff"] = bt - d["test"] if _finite(bt) and _finite(d["test"]) else None
+        out.append(d)
+    return out
+
+
+def _pareto(board: list[Row], direction: str) -> dict[str, list[int]]:
+    """Trials on the front of (better metric, lower cost) for cost = parameters and latency."""
+    out = {}
+    for cost in ("n_params", "latency_ms"):
+        pts = [(getattr(r, cost), r.value, r.number) for r in board if _finite(getattr(r, cost))]
+        front = []
+        for c, v, n in pts:
+            dominated = any(
+                (c2 <= c and (v2 >= v if direction == "maximize" else v2 <= v))
+                and (c2 < c or v2 != v) for c2, v2, _ in pts)
+            if not dominated:
+                front.append(n)
+        out[cost] = sorted(front, key=lambda n: next(c for c, _, m in pts if m == n))
+    return out
+
+
+def _importances(study: str, storage: str, rows: list[Row]) -> tuple[dict[str, float], str | None]:
+    """fANOVA importances over the architecture choices and the shared hyperparameters.
+
+    The space is conditional, so the branch parameters exist only in some trials; the importances
+    are computed on what every completed trial has: the fusion method, the fusion point, each
+    modality's encoder, and the parameters common to all of them (learning rate, ...).
+    """
+    import optuna
+    from optuna.distributions import CategoricalDistribution
+
+    try:
+        st = _optuna_study(study, storage)
+    except ConfigError as e:
+        return {}, str(e)
+    by_number = {r.number: r for r in rows}
+    done = [t for t in st.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+            if t.value is not None and math.isfinite(t.value) and t.number in by_number]
+    if len(done) < 3:
+        return {}, f"needs at least 3 completed trials (this study has {len(done)})"
+    derived: dict[str, list] = {"fusion method": [], "fusion point": []}
+    for t in done:
+        r = by_number[t.number]
+        derived["fusion method"].append(r.fusion)
+        derived["fusion point"].append(str(r.point))
+        for m, e in r.encoders.items():
+            derived.setdefault(f"encoder {m}", []).append(e)
+    def architectural(p: str) -> bool:  # shown through the derived choices above
+        return p == "family" or p.endswith((".method", ".point", ".name", ".mode"))
+
+    common = sorted(p for p in set.intersection(*(set(t.distributions) for t in done))
+                    if not architectural(p)
+                    and all(t.distributions[p] == done[0].distributions[p] for t in done))
+    params = {}
+    for p in common:
+        d = done[0].distributions[p]
+        if d.single():  # one possible value: nothing to attribute
+            continue
+        params[p] = (d, [t.params[p] for t in done])
+    for name, values in derived.items():
+        if len(values) == len(done) and len(set(values)) > 1:
+            choices = tuple(sorted(set(values)))
+            params[name] = (CategoricalDistribution(choices), values)
+    if not params:
+        return {}, "no parameter varied across the completed trials"
+    tmp = optuna.create_study(direction=st.direction)
+    for i, t in enumerate(done):
+        tmp.add_trial(optuna.trial.create_trial(
+            params={p: v[i] for p, (_, v) in params.items()},
+            distributions={p: d for p, (d, _) in params.items()}, value=t.value))
+    try:
+        imp = optuna.importance.get_param_importances(
+            tmp, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+    except (ValueError, RuntimeError) as e:
+        return {}, f"could not compute importances ({e})"
+    return {k: float(v) for k, v in imp.items()}, None
+
+
+def _cost(rows: list[Row]) -> dict:
+    """Time per trial, cache use and worker utilisation (busy time / active study time)."""
+    intervals = sorted((dt.datetime.fromisoformat(r.started_at), dt.datetime.fromisoformat(r.finished_at))
+                       for r in rows if r.started_at and r.finished_at)
+    active = 0.0
+    cur_s = cur_e = None
+    for s, e in intervals:  # union of the trials' intervals: the time anything was running
+        if cur_e is None or s > cur_e:
+            if cur_e is not None:
+                active += (cur_e - cur_s).total_seconds()
+            cur_s, cur_e = s, e
+        else:
+            cur_e = max(cur_e, e)
+    if cur_e is not None:
+        active += (cur_e - cur_s).total_seconds()
+    workers: dict[str, dict] = {}
+    for r in rows:
+        w = workers.setdefault(r.worker or "?", {"worker": r.worker or "?", "device": r.device,
+                                                 "trials": 0, "completed": 0, "busy_s": 0.0,
+                                                 "train_s": 0.0})
+        w["trials"] += 1
+        w["completed"] += r.status == "COMPLETE"
+        w["busy_s"] += r.duration_s or 0.0
+        w["train_s"] += r.train_time_s or 0.0
+    for w in workers.values():
+        w["utilisation"] = w["busy_s"] / active if active > 0 else None
+    hits = [r.cache_hits for r in rows if r.cache_hits is not None]
+    misses = [r.cache_misses for r in rows if r.cache_misses is not None]
+    durations = [r.duration_s for r in rows if r.duration_s is not None]
+    return {
+        "active_s": active,
+        "total_trial_s": sum(durations),
+        "mean_trial_s": statistics.fmean(durations) if durations else None,
+        "median_trial_s": statistics.median(durations) if durations else None,
+        "cache_hits": sum(hits) if hits else None,
+        "cache_misses": sum(misses) if misses else None,
+        "workers": sorted(workers.values(), key=lambda w: w["worker"]),
+    }
+
+
+# ---- robustness ------------------------------------------------------------------------------
+
+def relative(clean: float, ablated: float, direction: str) -> float:
+    """MultiBench-style relative robustness: 1 = unchanged, below 1 = worse.
+
+    ``ablated / clean`` for a metric to maximise, ``clean / ablated`` for one to minimise (rmse).
+    """
+    if direction == "maximize":
+        return ablated / clean if clean else float("nan")
+    return clean / ablated if ablated else float("nan")
+
+
+def load_finalist(ck_dir: Path, number: int, runner, device):
+    """Rebuild trial ``number`` from its checkpoint and the data it evaluates on.
+
+    Returns ``(model, TrainData)``; frozen encoders are served from the feature cache exactly as
+    in the search, so the model is the one that was trained and scored.
+    """
+    from safetensors.torch import load_file
+
+    from autofuse.model import build_model
+    from autofuse.spec import load_architecture
+    from autofuse.train import TrainData
+
+    spec, info = load_architecture(ck_dir / f"trial_{number}.json")
+    inputs = {m: runner.modality_input(m, e)[0] for m, e in spec.encoders.items()}
+    model = build_model(spec, info, skip_frozen=True)
+    model.load_state_dict(load_file(str(ck_dir / f"trial_{number}.safetensors")))
+    model.to(device).eval()
+    data = TrainData(task=runner.task, y=runner.y, y_raw=runner.y_raw, inputs=inputs,
+                     splits=runner.splits, target_stats=runner.target_stats)
+    return model, data
+
+
+def evaluate_finalists(finalists: list[Row], ck_dir: Path, dataset: str | Path, *, workdir=None,
+                       metric: str, direction: str, fingerprint: str | None = None,
+                       device: str | None = None, sigma: float = NOISE_SIGMA) -> dict:
+    """Evaluate each finalist's checkpoint on the test split: clean, each modality removed, noised.
+
+    Raises:
+        ConfigError: the dataset folder is missing or is not the one the study searched.
+    """
+    import torch
+
+    from autofuse.data import Dataset
+    from autofuse.paths import Paths
+    from autofuse.study import CandidateRunner, default_device
+    from autofuse.train import ablate, evaluate
+
+    if not finalists:
+        raise ConfigError(f"no finalist checkpoints under {ck_dir}")
+    if not Path(dataset).exists():
+        raise ConfigError(f"dataset folder {dataset} not found; pass --dataset DIR to evaluate the finalists")
+    ds = Dataset.load(dataset)
+    if fingerprint and ds.fingerprint() != fingerprint:
+        raise ConfigError(f"dataset {dataset} differs from the one the study searched "
+                          "(fingerprint mismatch); robustness not evaluated")
+    dev = torch.device(device) if device else default_device()
+    runner = CandidateRunner(ds, Paths.resolve(workdir), dev)
+    out = []
+    for r in finalists:
+        model, data = load_finalist(ck_dir, r.number, runner, dev)
+        clean = evaluate(model, data, "test", dev)
+        conds = []
+        for m in sorted(data.inputs):
+            for how in ("remove", "noise"):
+                met = evaluate(model, ablate(data, m, how, sigma=sigma), "test", dev)
+                conds.append({"modality": m, "how": how, "metrics": met,
+                              "relative": relative(clean[metric], met[metric], direction)})
+        rel = [c["relative"] for c in conds if _finite(c["relative"])]
+        out.append({"trial": r.number, "fusion": r.fusion, "point": r.point, "encoders": r.encoders,
+                    "clean": clean, "recorded_test": r.test_metrics, "conditions": conds,
+                    "mean_relative": statistics.fmean(rel) if rel else None,
+                    "worst_relative": min(rel) if rel else None})
+    return {"metric": metric, "direction": direction, "sigma": sigma, "device": str(dev),
+            "dataset": str(dataset), "modalities": sorted(ds.modality_names), "finalists": out}
