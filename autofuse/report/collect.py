@@ -40,6 +40,10 @@ def load_history(study: str, storage: str) -> tuple[StudyRecord, list[TrialRecor
     Both give the same fields (the search writes them to both); Optuna's user attributes are the
     fallback for databases written before the history tables existed.
     """
+    if storage.startswith("sqlite:///") and storage != "sqlite:///:memory:":
+        db = Path(storage[len("sqlite:///"):]).expanduser()
+        if not db.exists():  # do not create an empty database just to find nothing in it
+            raise ConfigError(f"no study database at {db}; run a search first or pass --storage")
     try:
         from autofuse.storage.history import HistoryStore
 
