@@ -21,6 +21,7 @@ _LAZY = {
     "build_model": "autofuse.model",
     "MultimodalModel": "autofuse.model",
     "search": "autofuse.study",
+    "load": "autofuse.predict",
     "load_space": "autofuse.space",
     "register_fusion": "autofuse.fusion",
     "register_encoder": "autofuse.encoders",

@@ -101,18 +101,46 @@ def _fmt(m: dict | None) -> str:
               help="MLflow tracking URI (default sqlite:///trials/mlflow.db; 'off' to disable).")
 @click.option("--heartbeat", type=int, default=30, show_default=True,
               help="Seconds between worker heartbeats; a trial silent for 4x this is retried.")
+@click.option("--workers", type=int, default=None,
+              help="Worker processes (default: one per visible GPU, else 1).")
+@click.option("--devices", default=None, help="Devices for the workers: cuda:0,cuda:1,... or cpu.")
+@click.option("--amp", is_flag=True, help="Mixed precision (bfloat16) on CUDA.")
+@click.option("--max-faults", type=int, default=5, show_default=True,
+              help="Stop a worker after this many consecutive faulty trials.")
 @click.option("--no-progress", is_flag=True)
 @_workdir
 def search(dataset, study, trials, storage, space, sampler, pruner, seed, baselines, trial_timeout,
-           device, force, mlflow_uri, heartbeat, no_progress, workdir) -> None:
+           device, force, mlflow_uri, heartbeat, workers, devices, amp, max_faults, no_progress,
+           workdir) -> None:
     """Search fusion architectures for DATASET (a folder with dataset.yaml)."""
     from autofuse.study import search as run_search
 
     res = run_search(dataset, study=study, trials=trials, storage=storage, space=space,
                      workdir=workdir, sampler=sampler, pruner=pruner, seed=seed, baselines=baselines,
                      trial_timeout=trial_timeout, force=force, progress=not no_progress,
-                     device=device, mlflow_uri=mlflow_uri, heartbeat_interval=heartbeat)
+                     device=device, mlflow_uri=mlflow_uri, heartbeat_interval=heartbeat,
+                     workers=workers, devices=devices, amp=amp, max_faults=max_faults)
     _print_result(res)
+
+
+@main.command()
+@click.option("--study", required=True)
+@click.option("--storage", required=True, help="The study's SQLAlchemy URL (PostgreSQL / MySQL to scale out).")
+@click.option("--mlflow-uri", default=None, help="MLflow tracking server shared by all workers.")
+@click.option("--device", default=None, help="cuda, cuda:N or cpu (default: CUDA when available).")
+@click.option("--dataset", default=None, type=click.Path(), help="Dataset folder, if not at the study's path.")
+@click.option("--trials", type=int, default=None, help="Total finished trials (default: the study's).")
+@click.option("--seed", type=int, default=None, help="Sampler seed (default: from the process id).")
+@_workdir
+def worker(study, storage, mlflow_uri, device, dataset, trials, seed, workdir) -> None:
+    """Join an existing study as one more worker (from this or any machine)."""
+    from autofuse.workers import run_worker, worker_config_from_study
+
+    cfg = worker_config_from_study(study, storage, workdir=workdir, dataset=dataset, device=device,
+                                   mlflow_uri=mlflow_uri, trials=trials, seed=seed)
+    click.echo(f"worker joins study {study} on {cfg.device} (target {cfg.n_total} finished trials)")
+    run_worker(cfg, progress=sys.stdout.isatty())
+    click.echo("study target reached; worker done")
 
 
 @main.command()
@@ -131,6 +159,24 @@ def demo(trials, study, space, workdir) -> None:
     click.echo(f"demo dataset: {folder}")
     res = run_search(folder, study=study, trials=trials, space=space, workdir=workdir)
     _print_result(res)
+
+
+@main.command()
+@click.option("--study", required=True, help="Study name.")
+@click.option("--storage", default=None, help="SQLAlchemy URL (default sqlite:///trials/autofuse.db).")
+@click.option("--dataset", type=click.Path(), default=None,
+              help="Dataset folder for the robustness test (default: the one the study recorded).")
+@click.option("--device", default=None, help="Where to evaluate the finalists (default: CUDA when available).")
+@click.option("--no-robustness", is_flag=True, help="Skip re-evaluating the finalists.")
+@_workdir
+def report(study, storage, dataset, device, no_robustness, workdir) -> None:
+    """Write the comparison report of a study: reports/<study>/report.html and report.md."""
+    from autofuse.report import write_report
+
+    out = write_report(study, workdir=workdir, storage=storage, dataset=dataset,
+                       robustness=not no_robustness, device=device)
+    click.echo(f"report: {out['html']}")
+    click.echo(f"markdown: {out['markdown']} (figures in {out['figures']})")
 
 
 # ---- data ----------------------------------------------------------------------------------------
@@ -280,6 +326,76 @@ def db_upgrade(storage, workdir) -> None:
 
     before, after = upgrade_url(storage_url(storage, workdir))
     click.echo(f"autofuse schema: {before or 'none'} -> {after}")
+
+
+# ---- export and predict ------------------------------------------------------------------------
+
+@main.command()
+@click.option("--study", required=True, help="Study name.")
+@click.option("--trial", type=int, default=None, help="Trial number (default: the study's best trial).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Export folder (created; an earlier export there is replaced).")
+@click.option("--storage", default=None, help="SQLAlchemy URL (default sqlite:///trials/autofuse.db).")
+@click.option("--dataset", type=click.Path(), default=None,
+              help="Dataset folder (default: the one the study recorded); gives the export its "
+                   "column layout and --retrain its data.")
+@click.option("--retrain", is_flag=True,
+              help="Refit on train + val (the trial's settings, its best epoch count) first.")
+@click.option("--finetune-encoders", is_flag=True,
+              help="With --retrain: fine-tune the frozen encoders that allow it.")
+@click.option("--device", default=None, help="Where to retrain (default: CUDA when available).")
+@click.option("--register", is_flag=True,
+              help="Also log the export as an MLflow pyfunc model registered under the study's name.")
+@click.option("--mlflow-uri", default=None,
+              help="MLflow tracking URI for --register (default sqlite:///trials/mlflow.db).")
+@_workdir
+def export(study, trial, out_dir, storage, dataset, retrain, finetune_encoders, device, register,
+           mlflow_uri, workdir) -> None:
+    """Export a trial (default: the best) as architecture.json + model.safetensors + model_card.md."""
+    from autofuse.export import export_trial
+
+    res = export_trial(study, out_dir, trial=trial, workdir=workdir, storage=storage, dataset=dataset,
+                       retrain=retrain, finetune_encoders=finetune_encoders, device=device)
+    click.echo(f"exported trial {res.trial} of study {res.study}"
+               f"{' (retrained on train + val)' if res.retrained else ''} to {res.out}")
+    click.echo(f"  test: {_fmt(res.metrics.get('test'))}")
+    if register:
+        from autofuse.mlflow_model import log_pyfunc
+        from autofuse.paths import Paths
+        from autofuse.storage.mlflow import default_tracking_uri
+
+        uri = log_pyfunc(res.out, registered_name=study,
+                         tracking_uri=mlflow_uri or default_tracking_uri(Paths.resolve(workdir).trials))
+        click.echo(f"registered: {uri}")
+
+
+@main.command()
+@click.argument("model")
+@click.argument("dataset", type=click.Path())
+@click.option("--out", "out_file", default="predictions.csv", show_default=True,
+              type=click.Path(dir_okay=False), help="CSV to write (atomically).")
+@click.option("--on-bad-file", type=click.Choice(["error", "missing"]), default="error", show_default=True,
+              help="A missing or unreadable per-sample file: fail before writing anything, or "
+                   "predict the row with that modality missing (rows listed in a warning).")
+@click.option("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when available).")
+@click.option("--mlflow-uri", default=None,
+              help="MLflow tracking URI for a models:/ or runs:/ MODEL (default: $MLFLOW_TRACKING_URI, "
+                   "else sqlite:///trials/mlflow.db).")
+@_workdir
+def predict(model, dataset, out_file, on_bad_file, device, mlflow_uri, workdir) -> None:
+    """Predict every row of DATASET with MODEL (an export folder or an MLflow model URI)."""
+    import os
+
+    from autofuse.predict import is_mlflow_uri, load, write_predictions
+
+    if is_mlflow_uri(model) and not (mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI")):
+        from autofuse.paths import Paths
+        from autofuse.storage.mlflow import default_tracking_uri
+
+        mlflow_uri = default_tracking_uri(Paths.resolve(workdir).trials)
+    df = load(model, device=device, tracking_uri=mlflow_uri).predict(dataset, bad_files=on_bad_file)
+    write_predictions(df, out_file)
+    click.echo(f"wrote {len(df)} predictions to {out_file}")
 
 
 # ---- registries and spaces -------------------------------------------------------------------------

@@ -6,9 +6,7 @@ import json
 import logging
 import os
 import shutil
-import socket
 import time
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +17,7 @@ import torch
 from autofuse.errors import ConfigError
 from autofuse.metrics import OBJECTIVES, is_better
 from autofuse.paths import Paths, check_study_name
-from autofuse.space import SearchSpace, baseline_params, describe, load_space, suggest_spec
+from autofuse.space import SearchSpace, baseline_params, describe, load_space
 from autofuse.spec import ArchitectureSpec, save_architecture
 from autofuse.train import TrainData, TrialFault, count_params, evaluate, fit, measure_latency_ms
 
@@ -100,8 +98,13 @@ class CandidateRunner:
             "modalities": infos,
         }
 
+    def release(self) -> None:
+        """Drop the in-memory inputs (after an out-of-memory error); they reload from disk."""
+        self._prepared.clear()
+        self._features.clear()
+
     def run(self, spec: ArchitectureSpec, on_epoch=None, deadline: float | None = None,
-            on_checkpoint=None, resume: dict | None = None) -> dict:
+            on_checkpoint=None, resume: dict | None = None, amp: bool = False) -> dict:
         """Build, train and evaluate one candidate. Returns metrics, the model and its data info."""
         from autofuse.model import build_model
 
@@ -120,9 +123,10 @@ class CandidateRunner:
         res = fit(model, data, lr=t.lr, weight_decay=t.weight_decay, batch_size=t.batch_size,
                   epochs=t.epochs, patience=t.patience, aux_weight=t.aux_weight, seed=t.seed,
                   device=self.device, on_epoch=on_epoch, deadline=deadline,
-                  on_checkpoint=on_checkpoint, resume=resume)
+                  on_checkpoint=on_checkpoint, resume=resume, amp=amp)
         test = evaluate(model, data, "test", self.device)
         return {
+            "spec": spec,
             "data": data,
             "val_metrics": res.val_metrics,
             "test_metrics": test,
@@ -230,6 +234,11 @@ def search(
     heartbeat_interval: int = 30,
     grace_period: int | None = None,
     max_retry: int = 2,
+    workers: int | None = None,
+    devices: str | None = None,
+    max_faults: int = 5,
+    amp: bool = False,
+    report: bool = True,
 ) -> SearchResult:
     """Run (or resume) a study until it holds ``trials`` finished trials, then export the best.
 
@@ -241,22 +250,35 @@ def search(
         space: a search-space file, a bundled space name or a SearchSpace (default ``default``).
         workdir: root of ``trials/`` and ``reports/`` (default ``AUTOFUSE_HOME`` or the cwd).
         sampler / pruner: override the space's choice (``random`` to compare against random search).
-        seed: sampler seed.
+        seed: sampler seed (worker ``k`` uses ``seed + k``).
         baselines: enqueue the hand-designed baselines first (default: the space's setting).
         trial_timeout: seconds per trial; a slower trial ends as pruned with reason ``timeout``.
         force: resume even though the dataset or the search space changed.
         progress: show a progress display.
-        device: ``cuda``, ``cuda:1`` or ``cpu`` (default CUDA when available).
+        device: ``cuda``, ``cuda:1`` or ``cpu`` for a single in-process worker.
         mlflow_uri: MLflow tracking URI (default a SQLite store ``trials/mlflow.db``; ``"off"``
             disables MLflow logging). Unreachable: the search goes on, SQL stays complete, and
             ``autofuse mlflow sync`` back-fills later.
         heartbeat_interval / grace_period: Optuna heartbeat (seconds); a trial whose worker
             stops beating for ``grace_period`` is failed and retried (``max_retry`` times),
             resuming from its last epoch checkpoint.
+        workers: number of worker processes (default: one per visible GPU, else 1 in-process).
+        devices: comma-separated devices for the workers (``cuda:0,cuda:1`` or ``cpu``).
+        max_faults: a worker stops after this many consecutive faulty trials.
+        amp: mixed precision (bfloat16 autocast) on CUDA.
+        report: write the comparison report at the end (when the report module is available).
     """
     import optuna
 
     from autofuse.data import Dataset
+    from autofuse.workers import (
+        WorkerConfig,
+        check_storage_for_workers,
+        open_storage,
+        plan_devices,
+        run_worker,
+        run_workers,
+    )
 
     check_study_name(study)
     paths = Paths.resolve(workdir)
@@ -274,23 +296,25 @@ def search(
     metric, direction = OBJECTIVES[ds.task]
     fingerprint = ds.fingerprint()
     space_desc = describe(sp)
-
     url = storage or paths.default_storage
-    from autofuse.storage import make_storage
+    if device and (workers or 0) <= 1 and not devices:
+        devs = [device]
+    else:
+        devs = plan_devices(workers, devices)
+    check_storage_for_workers(url, len(devs))
+    make_sampler(sp, sampler, seed)  # reject a bad --sampler / --pruner before anything is written
+    make_pruner(sp, pruner)
+
     from autofuse.storage.history import HistoryStore
 
     history = HistoryStore(url)  # creates or checks autofuse's tables (refuses an old schema)
-    import warnings
-
-    # heartbeat + retry are flagged experimental by Optuna; they are what makes resume work
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    stor = make_storage(
-        url, heartbeat_interval=heartbeat_interval, grace_period=grace_period or 4 * heartbeat_interval,
-        heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry))
+    base = WorkerConfig(study=study, storage=url, dataset=str(getattr(ds, "root", "")), space=sp.model_dump(mode="json"),
+                        workdir=str(paths.root), n_total=n_total, sampler=sampler, pruner=pruner, seed=seed,
+                        trial_timeout=trial_timeout, device=devs[0], mlflow_uri=mlflow_uri,
+                        heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+                        max_retry=max_retry, max_faults=max_faults, amp=amp)
+    stor = open_storage(base)
     existing = {s.study_name: s for s in optuna.get_all_study_summaries(stor, include_best_trial=False)}
-    dev = torch.device(device) if device else default_device()
-    smp = make_sampler(sp, sampler, seed)
-    prn = make_pruner(sp, pruner)
     if study in existing:
         attrs = existing[study].user_attrs
         if attrs.get("dataset_fingerprint") not in (None, fingerprint) and not force:
@@ -300,11 +324,10 @@ def search(
         if attrs.get("space") not in (None, space_desc) and not force:
             raise ConfigError(f"study {study!r} was run with a different search space; "
                               "use another --study name or --force")
-        st = optuna.load_study(study_name=study, storage=stor, sampler=smp, pruner=prn)
+        st = optuna.load_study(study_name=study, storage=stor)
         log.info("resuming study %s (%d finished trials)", study, _finished(st))
     else:
-        st = optuna.create_study(study_name=study, storage=stor, sampler=smp, pruner=prn,
-                                 direction=direction)
+        st = optuna.create_study(study_name=study, storage=stor, direction=direction)
         st.set_user_attr("dataset_fingerprint", fingerprint)
         st.set_user_attr("dataset", ds.info())
         st.set_user_attr("space", space_desc)
@@ -312,146 +335,67 @@ def search(
         for name, params in baseline_params(sp, modalities):
             st.enqueue_trial(params, user_attrs={"baseline": name})
     dataset_path = str(ds.root.resolve()) if getattr(ds, "root", None) else None
+    # what `autofuse worker` needs to join this study from another process or machine
     st.set_user_attr("dataset_path", dataset_path)
+    st.set_user_attr("space_config", sp.model_dump(mode="json"))
+    st.set_user_attr("search_options", {
+        "n_total": n_total, "sampler": sampler, "pruner": pruner, "trial_timeout": trial_timeout,
+        "mlflow_uri": mlflow_uri, "heartbeat_interval": heartbeat_interval, "max_retry": max_retry,
+        "amp": amp})
     history.upsert_study(study, dataset_fingerprint=fingerprint, dataset_info=ds.info(),
                          dataset_path=dataset_path, space=space_desc, metric=metric, direction=direction)
-
     study_dir = paths.study_dir(study)
     study_dir.mkdir(parents=True, exist_ok=True)
     (study_dir / "space.json").write_text(json.dumps(space_desc, indent=2, default=str))
     if isinstance(space, (str, Path)) and Path(space).exists():
         shutil.copyfile(space, study_dir / "space.yaml")
-    runner = CandidateRunner(ds, paths, dev)
-    worker = f"{socket.gethostname()}:{os.getpid()}"
+    tracker = _make_tracker(mlflow_uri, paths, study, ds)
+    if tracker.impl is not None:
+        ids = (getattr(tracker.impl, "experiment_id", None), getattr(tracker.impl, "parent_run_id", None))
+        history.upsert_study(study, mlflow_experiment_id=ids[0], mlflow_parent_run_id=ids[1])
+
     t_start = time.monotonic()
-    running_dir = study_dir / "running"
-    tracker = _make_tracker(mlflow_uri, paths, study, space_desc, ds, fingerprint)
-    # a worker killed earlier left RUNNING trials: fail them now (Optuna retries them) and record it
-    optuna.storages.fail_stale_trials(st)
-    reconcile_stale(st, history, tracker)
-
-    def objective(trial: optuna.Trial) -> float:
-        spec = suggest_spec(trial, sp, modalities)
-        frozen = next(t for t in st.get_trials(deepcopy=False) if t.number == trial.number)
-        retry_of = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
-        baseline = trial.user_attrs.get("baseline")
-        encs = {m: f"{e.name}/{e.mode}" for m, e in spec.encoders.items()}
-        attrs = {"spec": spec.model_dump(mode="json"), "family": spec.fusion.family,
-                 "method": spec.fusion.method, "point": spec.fusion.point, "encoders": encs,
-                 "device": str(dev), "worker": worker}
-        for k, v in attrs.items():
-            trial.set_user_attr(k, v)
-        if retry_of is not None:
-            trial.set_user_attr("retry_of", retry_of)
-            reconcile_stale(st, history, tracker)
-        history.record_trial(study, trial.number, status="RUNNING", started_at=_utcnow(),
-                             baseline=baseline, retry_of=retry_of, **attrs)
-        run_id = tracker.start_trial(trial.number, _flat_params(trial.params),
-                                     {"autofuse.family": spec.fusion.family, "autofuse.method": spec.fusion.method,
-                                      "autofuse.point": spec.fusion.point, "autofuse.encoders": json.dumps(encs),
-                                      "autofuse.baseline": baseline or "", "autofuse.worker": worker})
-        if run_id:
-            history.record_trial(study, trial.number, mlflow_run_id=run_id)
-        # a retried trial continues from the last epoch checkpoint of the killed attempt
-        ckpt_path = running_dir / f"trial_{trial.number}.pt"
-        resume = None
-        if retry_of is not None and (running_dir / f"trial_{retry_of}.pt").exists():
-            resume = torch.load(running_dir / f"trial_{retry_of}.pt", map_location="cpu", weights_only=False)
-            log.info("trial %d resumes trial %d from epoch %d", trial.number, retry_of, resume["epoch"])
-            for h in resume["history"]:
-                history.log_epoch(study, trial.number, h["epoch"], {k: v for k, v in h.items() if k != "epoch"})
-
-        def on_epoch(epoch: int, val: dict) -> None:
-            history.log_epoch(study, trial.number, epoch, val)
-            tracker.log_epoch(run_id, epoch, {f"val_{k}" if k != "train_loss" else k: v for k, v in val.items()})
-            trial.report(val[metric], epoch)
-            if trial.should_prune():
-                trial.set_user_attr("reason", "pruned")
-                trial.set_user_attr("epochs_run", epoch)
-                raise optuna.TrialPruned(f"pruned at epoch {epoch}")
-
-        def on_checkpoint(state: dict) -> None:
-            running_dir.mkdir(parents=True, exist_ok=True)
-            tmp = ckpt_path.with_suffix(".tmp")
-            torch.save(state, tmp)
-            tmp.replace(ckpt_path)
-
-        def end(status: str, reason: str | None = None, error: str | None = None, **fields) -> None:
-            history.record_trial(study, trial.number, status=status, reason=reason, error=error,
-                                 finished_at=_utcnow(), **fields)
-            tracker.end_trial(run_id, "FINISHED" if status in ("COMPLETE", "PRUNED") else "FAILED",
-                              metrics={**{f"val_{k}": v for k, v in (fields.get("val_metrics") or {}).items()},
-                                       **{f"test_{k}": v for k, v in (fields.get("test_metrics") or {}).items()}},
-                              tags={"autofuse.status": status, "autofuse.reason": reason or ""},
-                              spec=attrs["spec"])
-            ckpt_path.unlink(missing_ok=True)
-            if retry_of is not None:
-                (running_dir / f"trial_{retry_of}.pt").unlink(missing_ok=True)
-
-        deadline = time.monotonic() + trial_timeout if trial_timeout else None
-        try:
-            out = runner.run(spec, on_epoch=on_epoch, deadline=deadline, on_checkpoint=on_checkpoint,
-                             resume=resume)
-        except TrialFault as f:
-            trial.set_user_attr("reason", f.reason)
-            trial.set_user_attr("error", str(f))
-            log.warning("trial %d ended as pruned (%s): %s", trial.number, f.reason, f)
-            end("PRUNED", f.reason, str(f))
-            raise optuna.TrialPruned(f.reason) from None
-        except torch.OutOfMemoryError as e:
-            if dev.type == "cuda":
-                torch.cuda.empty_cache()
-            trial.set_user_attr("reason", "oom")
-            trial.set_user_attr("error", str(e).splitlines()[0])
-            end("PRUNED", "oom", str(e).splitlines()[0])
-            raise optuna.TrialPruned("oom") from None
-        except optuna.TrialPruned as e:
-            end("PRUNED", "pruned", str(e))
-            raise
-        except Exception as e:
-            trial.set_user_attr("reason", "error")
-            trial.set_user_attr("error", f"{type(e).__name__}: {e}")
-            log.warning("trial %d failed:\n%s", trial.number, traceback.format_exc())
-            end("FAIL", "error", f"{type(e).__name__}: {e}")
-            raise
-        value = float(out["val_metrics"][metric])
-        for k in ("val_metrics", "test_metrics", "n_params", "latency_ms", "train_time_s",
-                  "epochs_run", "best_epoch", "epochs_trained", "resumed_from_epoch"):
-            trial.set_user_attr(k, out[k])
-        trial.set_user_attr("history", out["history"])
-        try:
-            best = st.best_value
-        except ValueError:
-            best = None
-        done = st.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-        ranked = sorted((t.value for t in done), reverse=(direction == "maximize"))
-        if len(ranked) < KEEP_TOP_K or is_better(value, ranked[KEEP_TOP_K - 1], direction) or best is None:
-            _save_checkpoint(study_dir, trial.number, out["model"], spec, out["dataset_info"])
-        cache = runner.feature_cache
-        end("COMPLETE", value=value, val_metrics=out["val_metrics"], test_metrics=out["test_metrics"],
-            n_params=out["n_params"], latency_ms=out["latency_ms"], train_time_s=out["train_time_s"],
-            epochs_run=out["epochs_run"], best_epoch=out["best_epoch"],
-            resumed_from_epoch=out["resumed_from_epoch"] or None,
-            cache_hits=getattr(cache, "hits", None), cache_misses=getattr(cache, "misses", None))
-        return value
-
-    remaining = max(0, n_total - _finished(st))
-    if remaining:
-        _optimize(st, objective, remaining, n_total, metric, progress)
+    if len(devs) == 1:
+        run_worker(base, ds=ds, progress=progress)
+    else:
+        threads = max(1, (os.cpu_count() or 1) // len(devs)) if devs[0] == "cpu" else None
+        cfgs = [WorkerConfig(**{**base.__dict__, "device": d, "rank": r, "threads": threads})
+                for r, d in enumerate(devs)]
+        run_workers(cfgs, progress, metric)
     _prune_checkpoints(st, study_dir, direction)
-    summary = write_outputs(st, study_dir, ds, runner, metric, direction, time.monotonic() - t_start)
+    summary = write_outputs(st, study_dir, ds, None, metric, direction, time.monotonic() - t_start)
     tracker.finish_study(summary, study_dir)
+    if report:
+        _write_report(study, paths, url, summary)
     return SearchResult(study, study_dir, summary)
+
+
+def _write_report(study: str, paths: Paths, url: str, summary: dict) -> None:
+    try:
+        from autofuse.report import write_report
+    except ImportError:
+        return
+    try:
+        out = write_report(study, workdir=str(paths.root), storage=url)
+        summary["report"] = {k: str(v) for k, v in (out or {}).items()}
+    except Exception as e:  # a report problem must not lose a finished search
+        log.warning("report not written: %s", e)
+
+
+def save_checkpoint_if_top(st, study_dir: Path, number: int, value: float, direction: str, out: dict) -> None:
+    """Keep the weights of a completed trial that is among the top ``KEEP_TOP_K`` so far."""
+    import optuna
+
+    done = st.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    ranked = sorted((t.value for t in done), reverse=(direction == "maximize"))
+    if len(ranked) < KEEP_TOP_K or is_better(value, ranked[KEEP_TOP_K - 1], direction):
+        _save_checkpoint(study_dir, number, out["model"], out["spec"], out["dataset_info"])
 
 
 def _utcnow():
     import datetime as dt
 
     return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
-
-
-def _flat_params(params: dict) -> dict[str, str]:
-    return {k: str(v) for k, v in params.items()}
 
 
 def reconcile_stale(st, history, tracker) -> list[int]:
@@ -469,33 +413,6 @@ def reconcile_stale(st, history, tracker) -> list[int]:
             tracker.kill_run(rec.mlflow_run_id)
             out.append(rec.number)
     return out
-
-
-def _optimize(st, objective, remaining: int, n_total: int, metric: str, progress: bool) -> None:
-    """``study.optimize`` with a rich progress display (trials, current best, elapsed time)."""
-    import optuna
-    from optuna.study import MaxTrialsCallback
-
-    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    stop = MaxTrialsCallback(n_total, states=states)
-    if not progress:
-        st.optimize(objective, n_trials=remaining, callbacks=[stop], catch=(Exception,))
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), TextColumn("{task.fields[best]}")) as bar:
-        task = bar.add_task(f"study {st.study_name}", total=n_total, completed=_finished(st), best="")
-
-        def update(study, trial) -> None:
-            try:
-                b = study.best_trial
-                best = f"best {metric}={b.value:.4f} (trial {b.number})"
-            except ValueError:
-                best = ""
-            bar.update(task, completed=_finished(study), best=best)
-
-        st.optimize(objective, n_trials=remaining, callbacks=[stop, update], catch=(Exception,))
 
 
 def write_outputs(st, study_dir: Path, ds, runner: CandidateRunner | None, metric: str,
@@ -642,7 +559,7 @@ class _Tracker:
         self.impl.end_study("FINISHED", metrics)
 
 
-def _make_tracker(uri: str | None, paths: Paths, study: str, space_desc: dict, ds, fingerprint: str) -> _Tracker:
+def _make_tracker(uri: str | None, paths: Paths, study: str, ds) -> _Tracker:
     if uri == "off":
         return _Tracker()
     try:
@@ -650,6 +567,6 @@ def _make_tracker(uri: str | None, paths: Paths, study: str, space_desc: dict, d
     except ImportError:  # pragma: no cover
         return _Tracker()
     impl = MlflowTracker(uri or default_tracking_uri(paths.trials), study)
-    impl.start_study({"dataset": ds.name, "fingerprint": fingerprint[:16], "space": space_desc.get("name", "")},
+    impl.start_study({"dataset": ds.name, "fingerprint": ds.fingerprint()[:16]},
                      {"autofuse.dataset": ds.name})
     return _Tracker(impl, study=study)

@@ -115,7 +115,7 @@ def fit(model: nn.Module, data: TrainData, *, lr: float, weight_decay: float, ba
         on_epoch: Callable[[int, dict[str, float]], None] | None = None,
         deadline: float | None = None,
         on_checkpoint: Callable[[dict], None] | None = None,
-        resume: dict | None = None) -> FitResult:
+        resume: dict | None = None, amp: bool = False) -> FitResult:
     """Train with AdamW and early stopping; keep the best validation epoch's weights in ``model``.
 
     Args:
@@ -125,6 +125,7 @@ def fit(model: nn.Module, data: TrainData, *, lr: float, weight_decay: float, ba
         on_checkpoint: called after every epoch with the full training state (model, optimiser,
             best weights so far, history, RNG) so a killed trial can continue where it stopped.
         resume: such a state; training continues from the epoch after it.
+        amp: bfloat16 autocast for the forward pass on CUDA (ignored on CPU).
 
     Raises:
         TrialFault: ``diverged`` on a non-finite loss, ``timeout`` past the deadline.
@@ -161,8 +162,9 @@ def fit(model: nn.Module, data: TrainData, *, lr: float, weight_decay: float, ba
             idx = perm[s:s + batch_size]
             if len(idx) < 2 and len(perm) > 2:
                 continue  # a batch of one breaks batch statistics; skip the remainder
-            out, aux = model(make_batch(data, idx, device))
-            loss = criterion(out, y[torch.as_tensor(idx)].to(device)) + aux_weight * aux
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
+                out, aux = model(make_batch(data, idx, device))
+            loss = criterion(out.float(), y[torch.as_tensor(idx)].to(device)) + aux_weight * aux.float()
             if not torch.isfinite(loss):
                 raise TrialFault("diverged", f"non-finite loss at epoch {epoch}")
             opt.zero_grad(set_to_none=True)

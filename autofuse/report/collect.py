@@ -248,7 +248,7 @@ def collect(study: str, *, storage: str, study_dir: Path, dataset: str | Path | 
     counts = {"completed": 0, "pruned": 0, "failed": 0, "running": 0}
     pruned_reasons: dict[str, int] = {}
     failed = []
-    for r, t in zip(rows, records):
+    for r, t in zip(rows, records, strict=True):
         key = {"COMPLETE": "completed", "PRUNED": "pruned", "FAIL": "failed"}.get(r.status, "running")
         counts[key] += 1
         if r.status == "PRUNED":
@@ -439,16 +439,20 @@ def _importances(study: str, storage: str, rows: list[Row]) -> tuple[dict[str, f
             params[name] = (CategoricalDistribution(choices), values)
     if not params:
         return {}, "no parameter varied across the completed trials"
-    tmp = optuna.create_study(direction=st.direction)
-    for i, t in enumerate(done):
-        tmp.add_trial(optuna.trial.create_trial(
-            params={p: v[i] for p, (_, v) in params.items()},
-            distributions={p: d for p, (d, _) in params.items()}, value=t.value))
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "new study created in memory" line
     try:
+        tmp = optuna.create_study(direction=st.direction)
+        for i, t in enumerate(done):
+            tmp.add_trial(optuna.trial.create_trial(
+                params={p: v[i] for p, (_, v) in params.items()},
+                distributions={p: d for p, (d, _) in params.items()}, value=t.value))
         imp = optuna.importance.get_param_importances(
             tmp, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
     except (ValueError, RuntimeError) as e:
         return {}, f"could not compute importances ({e})"
+    finally:
+        optuna.logging.set_verbosity(verbosity)
     return {k: float(v) for k, v in imp.items()}, None
 
 

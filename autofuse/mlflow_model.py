@@ -1,0 +1,192 @@
+"""An exported model as an MLflow pyfunc model, registered in the model registry.
+
+    uri = log_pyfunc("exports/demo", registered_name="demo")     # -> "models:/demo/1"
+    model = mlflow.pyfunc.load_model("models:/demo/1")
+    model.predict(df)                                             # a pandas DataFrame
+
+The export folder (``autofuse export``) travels as the model's artifact ``export`` and this file
+as the model's code (MLflow "models from code": nothing is pickled); :class:`AutofusePyfunc` loads it with :class:`autofuse.predict.Predictor`, so loading and
+predicting import no search code (no Optuna). The environment that loads the model needs autofuse
+installed (its requirements are recorded), or log with ``bundle_code=True`` to ship autofuse's
+source inside the model.
+
+Input: one row per sample with the training dataset's columns (the target column is not needed,
+an id column is optional); file-path columns hold absolute paths, or paths relative to the
+``root`` given as a predict parameter (``model.predict(df, params={"root": "/data/new"})``) or as
+``model_config={"root": ...}`` at load time. Empty cells are missing modalities. Output: the
+prediction table of :meth:`Predictor.predict` (id, ``prediction``, ``proba_<class>``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import mlflow.pyfunc
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+#: artifact key of the export folder inside the pyfunc model
+ARTIFACT = "export"
+#: dependencies that loading and predicting do not need
+_SEARCH_ONLY = ("optuna", "alembic", "sqlalchemy", "psycopg2-binary", "pymysql", "rich", "click")
+
+
+class AutofusePyfunc(mlflow.pyfunc.PythonModel):
+    """pyfunc wrapper of an autofuse export (see the module docstring)."""
+
+    def load_context(self, context) -> None:
+        from autofuse.predict import Predictor, find_export_dir
+
+        cfg = dict(context.model_config or {})
+        self.root = cfg.get("root") or None
+        self.bad_files = cfg.get("bad_files") or "error"
+        folder = find_export_dir(Path(context.artifacts[ARTIFACT]))
+        self.predictor = Predictor.from_dir(folder, device=cfg.get("device") or None)
+
+    def predict(self, context, model_input: pd.DataFrame,
+                params: dict[str, Any] | None = None) -> pd.DataFrame:
+        params = params or {}
+        df = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+        return self.predictor.predict(df, root=params.get("root") or self.root,
+                                      bad_files=params.get("bad_files") or self.bad_files)
+
+
+def _signature_and_example(predictor) -> tuple[Any, Any]:
+    """Input / output schema from the training dataset's columns, and a two-row input example
+    built from the saved preprocessing state (file columns left empty: missing modalities, so the
+    example predicts without any file)."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
+
+    cfg = predictor.dataset_config
+    inputs, example = [], {}
+    if cfg.get("id_column"):
+        inputs.append(ColSpec("string", cfg["id_column"], required=False))
+        example[cfg["id_column"]] = ["example-1", "example-2"]
+    for m, cols in predictor.input_columns().items():
+        mi = predictor.info["modalities"][m]
+        state = mi["state"]
+        for c in cols:
+            if mi["type"] == "tabular" and c in state.get("numeric", []):
+                j = state["numeric"].index(c)
+                inputs.append(ColSpec("double", c))
+                example[c] = [float(state["mean"][j]), float(state["mean"][j] + state["std"][j])]
+                continue
+            inputs.append(ColSpec("string", c))
+            if mi["type"] == "tabular":
+                cats = state.get("categorical", {}).get(c) or ["unknown"]
+                example[c] = [cats[0], cats[-1]]
+            elif mi["type"] == "text":
+                words = state.get("vocab", [])[:6]
+                example[c] = [" ".join(words) or "an example", "another example"]
+            else:  # a file: left empty (the modality is missing in the example rows)
+                example[c] = [None, None]
+    outputs = []
+    if cfg.get("id_column"):
+        outputs.append(ColSpec("string", cfg["id_column"], required=False))
+    outputs.append(ColSpec("double" if predictor.task == "regression" else "string", "prediction"))
+    for c in predictor.classes or []:
+        outputs.append(ColSpec("double", f"proba_{c}"))
+    params = ParamSchema([ParamSpec("root", "string", ""), ParamSpec("bad_files", "string", "error")])
+    sig = ModelSignature(inputs=Schema(inputs), outputs=Schema(outputs), params=params)
+    return sig, pd.DataFrame(example)
+
+
+def _requirements(bundle_code: bool) -> list[str]:
+    from importlib.metadata import PackageNotFoundError, requires, version
+
+    try:
+        reqs = [r for r in requires("autofuse") or [] if "extra ==" not in r]
+        own = [] if bundle_code else [f"autofuse=={version('autofuse')}"]
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return ["torch", "timm", "safetensors", "pandas", "numpy", "pillow", "scipy", "scikit-learn",
+                "pydantic", "pyyaml", "sentence-transformers", "mlflow"]
+    keep = [r for r in reqs if not r.split(";")[0].strip().lower().startswith(_SEARCH_ONLY)]
+    return own + keep
+
+
+def _artifact_location(uri: str, experiment: str) -> str | None:
+    """For a SQLite store: ``<db folder>/mlartifacts/<experiment>`` (as the search's tracker does;
+    MLflow would otherwise write into ``./mlruns`` of the current directory)."""
+    import re
+
+    if not uri.startswith("sqlite:///"):
+        return None
+    db = Path(uri[len("sqlite:///"):].split("?", 1)[0])
+    safe = re.sub(r"[^\w.\-]", "_", experiment) or "study"
+    return (db.parent / "mlartifacts" / safe).resolve().as_uri()
+
+
+def log_pyfunc(export_dir: str | os.PathLike[str], registered_name: str | None = None,
+               run_id: str | None = None, *, tracking_uri: str | None = None,
+               experiment: str | None = None, root: str | None = None,
+               bundle_code: bool = False) -> str:
+    """Log an export folder as an MLflow pyfunc model and register it.
+
+    Args:
+        export_dir: a folder written by ``autofuse export``.
+        registered_name: register the model under this name (a new version each call); None
+            only logs it.
+        run_id: log into this run; default: the active run, else a new run ``export-trial-<n>``
+            in the experiment ``experiment`` (default: the study's name, as the search uses).
+        tracking_uri: MLflow tracking (and registry) URI; default: MLflow's current one.
+        root: default folder for relative file paths in DataFrames given to ``predict``.
+        bundle_code: ship autofuse's source with the model (``code_paths``).
+
+    Returns:
+        ``models:/<registered_name>/<version>`` when registered, else the logged model's URI.
+    """
+    import contextlib
+
+    import mlflow
+
+    from autofuse.predict import Predictor, find_export_dir
+    from autofuse.storage.mlflow import _global_tracking_uri
+
+    folder = find_export_dir(Path(export_dir).expanduser().absolute())
+    predictor = Predictor.from_dir(folder, device="cpu")
+    if predictor.dataset_config is None:
+        from autofuse.errors import ConfigError
+
+        raise ConfigError(f"{folder}: the export has no dataset config, so a DataFrame cannot be "
+                          "mapped to modalities; re-export with --dataset DIR")
+    sig, example = _signature_and_example(predictor)
+    meta = predictor.export
+    code = [str(Path(__file__).resolve().parent)] if bundle_code else None
+    scope = _global_tracking_uri(tracking_uri) if tracking_uri else contextlib.nullcontext()
+    with scope:
+        if run_id is not None:
+            run_ctx = mlflow.start_run(run_id=run_id)
+        elif mlflow.active_run() is not None:
+            run_ctx = contextlib.nullcontext(mlflow.active_run())
+        else:
+            client = mlflow.MlflowClient()
+            name = experiment or meta.get("study") or "autofuse"
+            exp = client.get_experiment_by_name(name)
+            eid = exp.experiment_id if exp is not None else client.create_experiment(
+                name, artifact_location=_artifact_location(mlflow.get_tracking_uri(), name))
+            run_ctx = mlflow.start_run(experiment_id=eid, run_name=f"export-trial-{meta.get('trial')}",
+                                       tags={"autofuse.role": "export",
+                                             "autofuse.study": str(meta.get("study")),
+                                             "autofuse.trial": str(meta.get("trial"))})
+        with run_ctx:
+            info = mlflow.pyfunc.log_model(
+                name="model", python_model=str(Path(__file__).resolve()), artifacts={ARTIFACT: str(folder)},
+                signature=sig, input_example=example, registered_model_name=registered_name,
+                pip_requirements=_requirements(bundle_code), code_paths=code,
+                model_config={"root": root or "", "bad_files": "error"},
+                metadata={"autofuse": {k: meta.get(k) for k in
+                                       ("study", "trial", "family", "method", "point", "retrained")}})
+    if registered_name:
+        return f"models:/{registered_name}/{info.registered_model_version}"
+    return info.model_uri
+
+
+__all__ = ["ARTIFACT", "AutofusePyfunc", "log_pyfunc"]
+
+if __name__ != "autofuse.mlflow_model":  # run by MLflow as the model's code file (models from code)
+    mlflow.models.set_model(AutofusePyfunc())
