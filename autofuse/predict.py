@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -85,12 +86,13 @@ def load(path_or_uri: str | os.PathLike[str], *, device: str | None = None,
 
         if tracking_uri:
             mlflow.set_tracking_uri(tracking_uri)
-        try:
-            local = mlflow.artifacts.download_artifacts(artifact_uri=str(path_or_uri))
-        except Exception as e:  # MlflowException, connection errors, ...
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ConfigError(f"cannot fetch {path_or_uri} from MLflow: {first}") from None
-        return Predictor.from_dir(find_export_dir(Path(local)), device=device)
+        with tempfile.TemporaryDirectory(prefix="autofuse-model-") as tmp:
+            try:
+                local = mlflow.artifacts.download_artifacts(artifact_uri=str(path_or_uri), dst_path=tmp)
+            except Exception as e:  # MlflowException, connection errors, ...
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise ConfigError(f"cannot fetch {path_or_uri} from MLflow: {first}") from None
+            return Predictor.from_dir(find_export_dir(Path(local)), device=device)  # all in memory
     folder = Path(path_or_uri).expanduser()
     if not folder.is_dir():
         raise ConfigError(f"{folder}: no such export folder")

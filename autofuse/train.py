@@ -193,6 +193,8 @@ def fit(model: nn.Module, data: TrainData, *, lr: float, weight_decay: float, ba
                            "history": history, "stale": stale})
         if on_epoch is not None:
             on_epoch(epoch, val)
+        if deadline is not None and time.monotonic() > deadline:
+            raise TrialFault("timeout", f"trial time limit reached after epoch {epoch}")
         if stale >= patience:
             break
     model.load_state_dict(best_state)

@@ -128,7 +128,8 @@ def run_worker(cfg: WorkerConfig, ds=None, progress: bool = False) -> None:
     # a worker killed earlier left RUNNING trials: fail them now (Optuna retries them) and record it
     optuna.storages.fail_stale_trials(st)
     reconcile_stale(st, history, tracker)
-    inject = os.environ.get("AUTOFUSE_INJECT_FAULT", "")  # test hook: "<reason>@<trial number>"
+    # test hook for fault handling: "diverged@3,oom@5,timeout@6,invalid@7" (reason@trial number)
+    inject = set(filter(None, os.environ.get("AUTOFUSE_INJECT_FAULT", "").split(",")))
 
     def objective(trial: optuna.Trial) -> float:
         t_trial = time.monotonic()
@@ -180,11 +181,11 @@ def run_worker(cfg: WorkerConfig, ds=None, progress: bool = False) -> None:
             timed(history.log_epoch, study, trial.number, epoch, val)
             timed(tracker.log_epoch, run_id, epoch,
                   {(f"val_{k}" if k != "train_loss" else k): v for k, v in val.items()})
-            if inject == f"diverged@{trial.number}":
+            if f"diverged@{trial.number}" in inject:
                 raise TrialFault("diverged", "injected non-finite loss")
-            if inject == f"oom@{trial.number}":
+            if f"oom@{trial.number}" in inject:
                 raise torch.OutOfMemoryError("CUDA out of memory (injected)")
-            if inject == f"timeout@{trial.number}":
+            if f"timeout@{trial.number}" in inject:
                 time.sleep((cfg.trial_timeout or 0) + 0.5)
             trial.report(val[metric], epoch)
             if trial.should_prune():
@@ -218,7 +219,7 @@ def run_worker(cfg: WorkerConfig, ds=None, progress: bool = False) -> None:
 
         deadline = time.monotonic() + cfg.trial_timeout if cfg.trial_timeout else None
         try:
-            if inject == f"invalid@{trial.number}":
+            if f"invalid@{trial.number}" in inject:
                 raise TrialFault("invalid", "injected: architecture cannot be built")
             out = runner.run(spec, on_epoch=on_epoch, deadline=deadline, on_checkpoint=on_checkpoint,
                              resume=resume, amp=cfg.amp)

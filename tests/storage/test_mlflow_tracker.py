@@ -87,7 +87,8 @@ def test_study_with_three_trials(backend, tmp_path):
     rids = []
     for n in range(3):
         rid = t.start_trial(n, {"fusion.family": "early", "lr": 0.001 * (n + 1), "hidden": 64},
-                            {"family": "early", "method": "concat", "point": "feature"})
+                            {"autofuse.family": "early", "autofuse.method": "concat",
+                             "autofuse.point": "feature"})
         rids.append(rid)
         for ep in (1, 2, 3):
             t.log_epoch(rid, ep, {"accuracy": 0.5 + 0.1 * ep + 0.01 * n, "macro_f1": 0.4 + 0.1 * ep,
@@ -96,10 +97,9 @@ def test_study_with_three_trials(backend, tmp_path):
         t.end_trial(rid, "KILLED" if killed else "FINISHED",
                     final_metrics({"accuracy": 0.9 + 0.01 * n, "macro_f1": 0.7, "train_loss": 0.3},
                                   {"accuracy": 0.85}, n_params=1234, latency_ms=1.5),
-                    tags={"family": "early", "method": "concat", "point": "feature",
-                          "encoders": {"image": "resnet18/frozen", "text": "minilm/frozen"},
-                          "status": "PRUNED" if killed else "COMPLETE",
-                          "reason": "pruned" if killed else None},
+                    tags={"autofuse.encoders": {"image": "resnet18/frozen", "text": "minilm/frozen"},
+                          "autofuse.status": "FAIL" if killed else "COMPLETE",
+                          "autofuse.reason": "killed" if killed else None},
                     spec={"fusion": {"family": "early", "method": "concat"}, "trial": n})
     t.end_study("FINISHED", {"best_value": 0.92})
 
@@ -123,10 +123,10 @@ def test_study_with_three_trials(backend, tmp_path):
         assert run.info.status == ("KILLED" if n == 1 else "FINISHED")
         assert run.data.params["lr"] == str(0.001 * (n + 1))
         assert run.data.params["fusion.family"] == "early"
-        assert run.data.tags["method"] == "concat"
-        assert run.data.tags["encoder.image"] == "resnet18/frozen"
-        assert json.loads(run.data.tags["encoders"])["text"] == "minilm/frozen"
-        assert ("reason" in run.data.tags) == (n == 1)
+        assert run.data.tags["autofuse.method"] == "concat"
+        assert run.data.tags["autofuse.encoder.image"] == "resnet18/frozen"
+        assert json.loads(run.data.tags["autofuse.encoders"])["text"] == "minilm/frozen"
+        assert ("autofuse.reason" in run.data.tags) == (n == 1)
         # per-epoch history at step = epoch, then the final value at the last step, logged last
         hist = steps(c, rid, "val_accuracy")
         assert hist == [(1, round(0.6 + 0.01 * n, 6)), (2, round(0.7 + 0.01 * n, 6)),
@@ -166,7 +166,7 @@ def test_mark_stale_runs_killed(backend):
     assert b.mark_stale_runs_killed(alive=[1]) == [dead]
     c = client(backend)
     assert c.get_run(dead).info.status == "KILLED"
-    assert c.get_run(dead).data.tags["reason"] == "killed"
+    assert c.get_run(dead).data.tags["autofuse.reason"] == "killed"
     assert c.get_run(alive).info.status == "RUNNING"
     assert c.get_run(own).info.status == "RUNNING"
     assert c.get_run(b.parent_run_id).info.status == "RUNNING"
@@ -284,17 +284,21 @@ def test_sync_back_fills_missing_runs_idempotently(backend, tmp_path):
         record(3, "RUNNING"),                                        # live: not ours to log
         AsRecord(record(4, "FAIL", reason="error", epochs=0, spec=False)),  # TrialRecord-like
         record(5, "COMPLETE", rid=r5),                               # present but left RUNNING
+        record(6, "FAIL", reason="killed", epochs=1),                # its worker died
     ]
-    assert t.sync(records) == 3
+    assert t.sync(records) == 4
     c = client(backend)
     runs = trial_runs(c, study)
-    assert sorted(runs) == [0, 1, 2, 4, 5]
+    assert sorted(runs) == [0, 1, 2, 4, 5, 6]
     assert runs[0].info.run_id == r0 and runs[5].info.run_id == r5
     r1 = runs[1]
     assert r1.data.tags[PARENT_TAG] == t.parent_run_id and r1.info.run_name == "trial-1"
     assert r1.info.status == "FINISHED"
-    assert r1.data.tags["family"] == "late" and r1.data.tags["encoder.image"] == "resnet18/frozen"
-    assert r1.data.tags["status"] == "COMPLETE"
+    tags = r1.data.tags
+    assert tags["autofuse.family"] == "late" and tags["autofuse.point"] == "decision"
+    assert tags["autofuse.encoder.image"] == "resnet18/frozen"
+    assert json.loads(tags["autofuse.encoders"]) == {"image": "resnet18/frozen"}
+    assert tags["autofuse.status"] == "COMPLETE" and "autofuse.reason" not in tags
     assert r1.data.params["lr"] == "0.01"
     hist = steps(c, r1.info.run_id, "val_accuracy")
     assert [s for s, _ in hist] == [1, 2, 3, 3] and (3, 0.8) in hist
@@ -305,15 +309,17 @@ def test_sync_back_fills_missing_runs_idempotently(backend, tmp_path):
     start = datetime.datetime(2026, 11, 27, 10, tzinfo=datetime.timezone.utc).timestamp() * 1000
     assert r1.info.start_time == start and r1.info.end_time == start + 300_000
     assert load_spec(c, r1.info.run_id, tmp_path)["n"] == 1
-    assert runs[2].info.status == "KILLED" and runs[2].data.tags["reason"] == "pruned"
-    assert runs[4].info.status == "FAILED" and runs[4].data.tags["reason"] == "error"
+    assert runs[2].info.status == "FINISHED" and runs[2].data.tags["autofuse.reason"] == "pruned"
+    assert runs[2].data.tags["autofuse.status"] == "PRUNED"
+    assert runs[4].info.status == "FAILED" and runs[4].data.tags["autofuse.reason"] == "error"
+    assert runs[6].info.status == "KILLED" and runs[6].data.tags["autofuse.reason"] == "killed"
     r5_now = c.get_run(r5)
     assert r5_now.info.status == "FINISHED"  # repaired, not duplicated
     assert r5_now.data.metrics["val_accuracy"] == pytest.approx(0.77)
 
     assert t.sync(records) == 0
     assert MlflowTracker(backend, study).sync(records) == 0
-    assert len(trial_runs(c, study)) == 5
+    assert len(trial_runs(c, study)) == 6
 
 
 @pytest.mark.parametrize("backend_kind", ["server", "sqlite"])
