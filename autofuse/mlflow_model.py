@@ -123,7 +123,7 @@ def _artifact_location(uri: str, experiment: str) -> str | None:
 
 def log_pyfunc(export_dir: str | os.PathLike[str], registered_name: str | None = None,
                run_id: str | None = None, *, tracking_uri: str | None = None,
-               experiment: str | None = None, root: str | None = None,
+               experiment: str | None = None, root: str | None = None, device: str | None = None,
                bundle_code: bool = False) -> str:
     """Log an export folder as an MLflow pyfunc model and register it.
 
@@ -135,6 +135,8 @@ def log_pyfunc(export_dir: str | os.PathLike[str], registered_name: str | None =
             in the experiment ``experiment`` (default: the study's name, as the search uses).
         tracking_uri: MLflow tracking (and registry) URI; default: MLflow's current one.
         root: default folder for relative file paths in DataFrames given to ``predict``.
+        device: where the loaded model runs (default: CUDA when available); the model config
+            ``device`` key, which ``mlflow.pyfunc.load_model(uri, model_config=...)`` can override.
         bundle_code: ship autofuse's source with the model (``code_paths``).
 
     Returns:
@@ -178,7 +180,7 @@ def log_pyfunc(export_dir: str | os.PathLike[str], registered_name: str | None =
                 name="model", python_model=str(Path(__file__).resolve()), artifacts={ARTIFACT: str(folder)},
                 signature=sig, input_example=example, registered_model_name=registered_name,
                 pip_requirements=_requirements(bundle_code), code_paths=code,
-                model_config={"root": root or "", "bad_files": "error"},
+                model_config={"root": root or "", "bad_files": "error", "device": device or ""},
                 metadata={"autofuse": {k: meta.get(k) for k in
                                        ("study", "trial", "family", "method", "point", "retrained")}})
     if registered_name:

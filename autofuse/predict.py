@@ -6,7 +6,7 @@ and ``model.safetensors`` (every weight, frozen encoders included). This module 
 from them and predicts; it imports no search code (no Optuna), so it is what the MLflow pyfunc
 model runs too.
 
-What ``predict`` does with imperfect input (see also ``docs/export-predict.md``):
+What ``predict`` does with imperfect input:
 
 - a row without a modality (empty cell, or every cell of a multi-column modality empty) is
   predicted through ``present``, like in training;

@@ -280,12 +280,11 @@ def run_worker(cfg: WorkerConfig, ds=None, progress: bool = False) -> None:
         if trial.state == optuna.trial.TrialState.FAIL or reason in FAULT_REASONS:
             faults["n"] += 1
             faults["last"] = reason or "failed"
-            if faults["n"] >= cfg.max_faults:
-                study.stop()
         else:
             faults["n"] = 0
 
-    _optimize(st, objective, cfg.n_total, metric, progress, extra_callbacks=[count_faults])
+    _optimize(st, objective, cfg.n_total, metric, progress, extra_callbacks=[count_faults],
+              should_stop=lambda: faults["n"] >= cfg.max_faults)
     if faults["n"] >= cfg.max_faults:
         raise WorkerStopped(f"worker {worker} stopped after {faults['n']} consecutive faulty trials "
                             f"(last reason: {faults['last']}); see `autofuse leaderboard --study "
@@ -298,22 +297,35 @@ def _utcnow():
     return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
 
 
-def _optimize(st, objective, n_total: int, metric: str, progress: bool, extra_callbacks=()) -> None:
-    """``study.optimize`` until ``n_total`` finished trials, with an optional progress display."""
-    import optuna
-    from optuna.study import MaxTrialsCallback
+def _optimize(st, objective, n_total: int, metric: str, progress: bool, extra_callbacks=(),
+              should_stop=lambda: False) -> None:
+    """Run trials one ``study.optimize(n_trials=1)`` at a time until the study holds ``n_total``
+    finished trials.
 
-    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    remaining = max(0, n_total - finished_count(st))
-    if not remaining:
-        return
-    callbacks = [MaxTrialsCallback(n_total, states=states), *extra_callbacks]
-    if not progress:
-        st.optimize(objective, n_trials=remaining, callbacks=callbacks, catch=(Exception,))
-        return
-    with StudyProgress(st, n_total, metric) as bar:
-        st.optimize(objective, n_trials=remaining, callbacks=[*callbacks, lambda s, t: bar.update()],
-                    catch=(Exception,))
+    Optuna's ``MaxTrialsCallback`` stops a worker only after its own trial ends, so N workers
+    overshoot by up to N - 1 trials. Here a worker starts a trial only while finished + running
+    trials are below the target; when the rest are running elsewhere it waits, failing stale
+    trials (their worker died) so that their retries get picked up.
+    """
+    import contextlib
+
+    import optuna
+
+    callbacks = list(extra_callbacks)
+    bar_cm = StudyProgress(st, n_total, metric) if progress else contextlib.nullcontext()
+    with bar_cm as bar:
+        while not should_stop():
+            done = finished_count(st)
+            if done >= n_total:
+                break
+            busy = len(st.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
+            if done + busy >= n_total:
+                optuna.storages.fail_stale_trials(st)
+                time.sleep(1.0)
+                continue
+            st.optimize(objective, n_trials=1, callbacks=callbacks, catch=(Exception,))
+            if bar is not None:
+                bar.update()
 
 
 class StudyProgress:

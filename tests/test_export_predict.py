@@ -58,7 +58,7 @@ def study(tmp_path_factory, demo_dataset):
     space = work / "space.yaml"
     space.write_text(SPACE)
     res = search(demo_dataset, study="ex", trials=2, space=str(space), workdir=work, progress=False,
-                 mlflow_uri="off")
+                 mlflow_uri="off", device="cpu")  # CPU throughout: bit-for-bit comparisons
     return work, res
 
 
@@ -124,8 +124,8 @@ def test_round_trip_in_a_fresh_process_gives_the_recorded_test_metric(study, exp
     assert doc["spec"]["encoders"]["image"]["mode"] == "frozen"  # float16 cache path exercised
     best = res.summary["best_trial"]
     out = tmp_path / "pred.csv"
-    r = _fresh(["-m", "autofuse.cli", "predict", str(exported), str(demo_dataset), "--out", str(out)],
-               cwd=tmp_path)
+    r = _fresh(["-m", "autofuse.cli", "predict", str(exported), str(demo_dataset), "--out", str(out),
+                "--device", "cpu"], cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     pred = pd.read_csv(out, dtype={"id": str, "prediction": str})
     rows = pd.read_csv(demo_dataset / "samples.csv", dtype=str)
@@ -169,7 +169,8 @@ def test_predict_without_target_and_with_missing_modalities(exported, demo_datas
     with Image.open(folder / rows.loc[14, "image_path"]) as im:  # another size and mode
         im.convert("L").resize((50, 20)).save(folder / rows.loc[14, "image_path"])
     rows.to_csv(folder / "samples.csv", index=False)
-    r = CliRunner().invoke(main, ["predict", str(exported), str(folder), "--out", str(tmp_path / "p.csv")])
+    r = CliRunner().invoke(main, ["predict", str(exported), str(folder), "--out", str(tmp_path / "p.csv"),
+                                  "--device", "cpu"])
     assert r.exit_code == 0, r.output
     assert "1 row(s) with categories unseen in training ('atlantis')" in caplog.text
     pred = pd.read_csv(tmp_path / "p.csv", dtype={"id": str})
@@ -247,8 +248,7 @@ def test_retrain_refits_on_train_and_val(study, demo_dataset, tmp_path):
     assert meta["retrain"]["epochs"] == trial.user_attrs["best_epoch"]
     assert meta["retrain"]["rows"] == 168 + 36  # train + val of the demo
     assert "retrained on train + val" in (out / "model_card.md").read_text()
-    pred = autofuse.load(out, device="cpu").predict(demo_dataset)
-    assert len(pred) == 240
+    assert len(autofuse.load(out, device="cpu").predict(demo_dataset)) == 240
     # with fine-tuning: the frozen image encoder is trained too (CLI; trial without checkpoint works)
     out2 = tmp_path / "finetuned"
     r = CliRunner().invoke(main, ["export", "--study", "ex", "--trial", str(best), "--out", str(out2),
@@ -258,7 +258,7 @@ def test_retrain_refits_on_train_and_val(study, demo_dataset, tmp_path):
     doc = json.loads((out2 / "architecture.json").read_text())
     assert doc["spec"]["encoders"]["image"]["mode"] == "finetune"
     assert doc["export"]["retrain"]["finetuned_encoders"] == ["image"]
-    assert len(autofuse.load(out2, device="cpu").predict(demo_dataset)) == 240
+    autofuse.load(out2, device="cpu")  # the weights match the fine-tuned architecture
 
 
 def test_retrain_needs_the_dataset(study, tmp_path):
@@ -268,61 +268,70 @@ def test_retrain_needs_the_dataset(study, tmp_path):
 
 
 # ----------------------------------------------------------------------------------- MLflow pyfunc
-def test_pyfunc_from_a_sqlite_registry_without_search_code(exported, demo_dataset, tmp_path):
+@pytest.fixture(scope="module")
+def registry(exported, tmp_path_factory):
+    """The export logged as a pyfunc model and registered as ``ex`` (version 1) in a real local
+    ``mlflow server`` process; a SQLite store when no server can start (a failure under CI)."""
     from autofuse.mlflow_model import log_pyfunc
+    from autofuse.testing.mlflow_server import start_mlflow_server, stop_mlflow_server
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    assert log_pyfunc(exported, registered_name="ex", tracking_uri=uri) == "models:/ex/1"
+    tmp = tmp_path_factory.mktemp("mlflow")
+    proc = None
+    try:
+        uri, proc = start_mlflow_server(tmp / "server", timeout=60)
+    except Exception as e:  # noqa: BLE001 - no server binary / port: fall back to a SQLite store
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"cannot start mlflow server: {e}")
+        uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    try:
+        assert log_pyfunc(exported, registered_name="ex", tracking_uri=uri, device="cpu") == "models:/ex/1"
+        yield uri
+    finally:
+        if proc is not None:
+            stop_mlflow_server(proc)
+
+
+@pytest.fixture(scope="module")
+def expected(exported, demo_dataset) -> pd.DataFrame:
+    return autofuse.load(exported, device="cpu").predict(demo_dataset)
+
+
+def test_pyfunc_from_the_registry_predicts_a_dataframe_without_search_code(registry, expected,
+                                                                          demo_dataset, tmp_path):
     script = textwrap.dedent(f"""
         import json, sys
         import mlflow, pandas as pd
-        mlflow.set_tracking_uri({uri!r})
+        mlflow.set_tracking_uri({registry!r})
         model = mlflow.pyfunc.load_model("models:/ex/1")
         df = pd.read_csv({str(demo_dataset / 'samples.csv')!r}).drop(columns=["label", "split"])
         df["image_path"] = [None if p != p else {str(demo_dataset)!r} + "/" + p for p in df["image_path"]]
-        out = model.predict(df)
+        out = model.predict(df)  # absolute paths
+        rel = model.predict(df.head(20).assign(image_path=pd.read_csv(
+            {str(demo_dataset / 'samples.csv')!r})["image_path"].head(20)),
+            params={{"root": {str(demo_dataset)!r}}})  # relative paths and a root
         search = sorted(m for m in sys.modules if m.split(".")[0] == "optuna"
                         or m in ("autofuse.study", "autofuse.space", "autofuse.export"))
-        print(json.dumps({{"search": search, "pred": out.to_dict(orient="list")}}))
+        print(json.dumps({{"search": search, "pred": out.to_dict(orient="list"),
+                          "rel": rel.to_dict(orient="list")}}))
     """)
     r = _fresh(["-c", script], cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     got = json.loads(r.stdout.strip().splitlines()[-1])
     assert got["search"] == []  # no Optuna, no search code
-    want = autofuse.load(exported, device="cpu").predict(demo_dataset)
-    assert got["pred"]["id"] == list(want["id"]) and got["pred"]["prediction"] == list(want["prediction"])
-    assert np.array_equal(np.array(got["pred"]["proba_0"]), want["proba_0"].to_numpy())
-    # and the CLI predicts from the registry URI too
-    res = CliRunner().invoke(main, ["predict", "models:/ex/1", str(demo_dataset), "--out",
-                                    str(tmp_path / "p.csv"), "--mlflow-uri", uri])
-    assert res.exit_code == 0, res.output
-    assert pd.read_csv(tmp_path / "p.csv", dtype={"id": str})["id"].tolist() == list(want["id"])
+    assert got["pred"]["id"] == list(expected["id"])
+    assert got["pred"]["prediction"] == list(expected["prediction"])
+    for c in ("proba_0", "proba_1", "proba_2", "proba_3"):
+        assert np.array_equal(np.array(got["pred"][c]), expected[c].to_numpy())
+        assert np.array_equal(np.array(got["rel"][c]), expected[c].to_numpy()[:20])
 
 
-def test_pyfunc_from_a_real_mlflow_server(exported, demo_dataset, tmp_path):
-    import mlflow
-
-    from autofuse.mlflow_model import log_pyfunc
-    from autofuse.testing.mlflow_server import start_mlflow_server, stop_mlflow_server
-
-    try:
-        server, proc = start_mlflow_server(tmp_path / "server", timeout=60)
-    except Exception as e:  # noqa: BLE001 - no server here: skip (fail under CI)
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"cannot start mlflow server: {e}")
-        pytest.skip(f"cannot start mlflow server: {e}")
-    try:
-        assert log_pyfunc(exported, registered_name="ex_server", tracking_uri=server) == "models:/ex_server/1"
-        old = mlflow.get_tracking_uri()
-        mlflow.set_tracking_uri(server)
-        try:
-            model = mlflow.pyfunc.load_model("models:/ex_server/1")
-        finally:
-            mlflow.set_tracking_uri(old)
-        df = pd.read_csv(demo_dataset / "samples.csv").head(30)
-        out = model.predict(df, params={"root": str(demo_dataset)})  # relative paths, given a root
-        want = autofuse.load(exported, device="cpu").predict(demo_dataset).head(30)
-        assert list(out["id"]) == list(want["id"])
-        assert np.array_equal(out.filter(like="proba_").to_numpy(), want.filter(like="proba_").to_numpy())
-    finally:
-        stop_mlflow_server(proc)
+def test_cli_predicts_from_a_registry_uri(registry, expected, demo_dataset, tmp_path):
+    out = tmp_path / "p.csv"
+    r = CliRunner().invoke(main, ["predict", "models:/ex/1", str(demo_dataset), "--out", str(out),
+                                  "--mlflow-uri", registry, "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    pred = pd.read_csv(out, dtype={"id": str, "prediction": str})
+    assert pred["id"].tolist() == list(expected["id"])
+    assert np.array_equal(pred["proba_2"].to_numpy(), expected["proba_2"].to_numpy())
+    r = CliRunner().invoke(main, ["predict", "models:/nope/1", str(demo_dataset), "--mlflow-uri", registry])
+    assert r.exit_code != 0 and "cannot fetch models:/nope/1" in r.output and "Traceback" not in r.output

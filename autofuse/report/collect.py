@@ -139,6 +139,7 @@ class Row:
     cache_hits: int | None
     cache_misses: int | None
     has_checkpoint: bool = False
+    last_value: float | None = None  # the value, or a pruned trial's last reported score
 
     @property
     def fusion(self) -> str:
@@ -192,8 +193,11 @@ def _iso(t: dt.datetime | None) -> str | None:
     return t.isoformat(timespec="seconds") if t else None
 
 
-def _row(t: TrialRecord, checkpoints: set[int]) -> Row:
+def _row(t: TrialRecord, checkpoints: set[int], metric: str) -> Row:
     dur = (t.finished_at - t.started_at).total_seconds() if t.started_at and t.finished_at else None
+    last = t.value
+    if not _finite(last) and t.history:
+        last = t.history[-1].get(metric)
     return Row(number=t.number, status=t.status, reason=t.reason, baseline=t.baseline,
                family=t.family, method=t.method, point=t.point, encoders=dict(t.encoders or {}),
                value=t.value, val_metrics=_metrics(t.val_metrics), test_metrics=_metrics(t.test_metrics),
@@ -201,7 +205,7 @@ def _row(t: TrialRecord, checkpoints: set[int]) -> Row:
                duration_s=dur, epochs_run=t.epochs_run, worker=t.worker, device=t.device,
                started_at=_iso(t.started_at), finished_at=_iso(t.finished_at),
                cache_hits=t.cache_hits, cache_misses=t.cache_misses,
-               has_checkpoint=t.number in checkpoints)
+               has_checkpoint=t.number in checkpoints, last_value=last if _finite(last) else None)
 
 
 def _metrics(m: dict | None) -> dict[str, float]:
@@ -242,7 +246,7 @@ def collect(study: str, *, storage: str, study_dir: Path, dataset: str | Path | 
     ck_dir = study_dir / "checkpoints"
     checkpoints = {int(p.stem.split("_", 1)[1]) for p in ck_dir.glob("trial_*.safetensors")
                    if p.stem.split("_", 1)[1].isdigit() and p.with_suffix(".json").exists()}
-    rows = [_row(t, checkpoints) for t in records]
+    rows = [_row(t, checkpoints, metric) for t in records]
     summary = _read_json(study_dir / "summary.json")
 
     counts = {"completed": 0, "pruned": 0, "failed": 0, "running": 0}
@@ -270,12 +274,18 @@ def collect(study: str, *, storage: str, study_dir: Path, dataset: str | Path | 
     ends = [t.finished_at for t in records if t.finished_at]
     span = (max(ends) - min(starts)).total_seconds() if starts and ends else None
     space = rec.space or {}
-    importances, imp_note = _importances(study, storage, rows)
+    try:
+        st = _optuna_study(study, storage)
+    except ConfigError:
+        st = None
+    # the number of trials asked for (the lead records it in the study's search options)
+    budget = ((st.user_attrs.get("search_options") or {}).get("n_total") if st else None) or space.get("trials")
+    importances, imp_note = _importances(st, rows) if st else ({}, "the Optuna study is missing")
     data = ReportData(
         study=study, source=source,
         generated_at=dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         metric=metric, direction=direction, dataset=info, dataset_path=rec.dataset_path,
-        space_name=space.get("name"), budget_trials=space.get("trials"),
+        space_name=space.get("name"), budget_trials=budget,
         wall_time_s=summary.get("wall_time_s"), span_s=span, counts=counts,
         pruned_reasons=pruned_reasons, failed=failed, trials=rows,
         leaderboard=[r.number for r in board], best=best, groups=_groups(rows, board, direction),
@@ -395,7 +405,7 @@ def _pareto(board: list[Row], direction: str) -> dict[str, list[int]]:
     return out
 
 
-def _importances(study: str, storage: str, rows: list[Row]) -> tuple[dict[str, float], str | None]:
+def _importances(st, rows: list[Row]) -> tuple[dict[str, float], str | None]:
     """fANOVA importances over the architecture choices and the shared hyperparameters.
 
     The space is conditional, so the branch parameters exist only in some trials; the importances
@@ -405,10 +415,6 @@ def _importances(study: str, storage: str, rows: list[Row]) -> tuple[dict[str, f
     import optuna
     from optuna.distributions import CategoricalDistribution
 
-    try:
-        st = _optuna_study(study, storage)
-    except ConfigError as e:
-        return {}, str(e)
     by_number = {r.number: r for r in rows}
     done = [t for t in st.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
             if t.value is not None and math.isfinite(t.value) and t.number in by_number]

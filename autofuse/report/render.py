@@ -177,8 +177,8 @@ def fig_architecture(d: ReportData) -> bytes | None:
     for m, y in zip(mods, ys, strict=True):
         e = encs[m]
         box(0.08, y, 0.13, bh, f"{m}\n({mtypes.get(m, '?')})", "#E8F1FA")
-        params = _wrap(", ".join(f"{k}={_num(v)}" for k, v in sorted(e.get("params", {}).items())
-                                 if not isinstance(v, (dict, list))), 34, lines=2)
+        params = _wrap(", ".join(f"{k}={_num(v)}" for k, v in sorted({"dim": e.get("dim"), **e.get("params", {})}.items())
+                                 if v is not None and not isinstance(v, (dict, list))), 34, lines=2)
         box(0.32, y, 0.2, bh, f"{e.get('name')}\n{e.get('mode')}" + (f"\n{params}" if params else ""),
             "#FFF4DC", fs=8)
         arrow(0.145, y, 0.22, y)
@@ -222,20 +222,21 @@ def fig_group(d: ReportData, kind: str, title: str) -> bytes | None:
     ax = fig.add_subplot()
     labels = [g["name"] for g in groups][::-1]
     vals = [g["values"] for g in groups][::-1]
-    ax.boxplot(vals, vert=False, widths=0.55, showfliers=False, patch_artist=True,
-               boxprops={"facecolor": "#E8F1FA", "edgecolor": "#555555"},
-               medianprops={"color": C_MAIN})
+    big = [i for i, v in enumerate(vals, start=1) if len(v) >= 3]  # a box of 1-2 points says nothing
+    if big:
+        ax.boxplot([vals[i - 1] for i in big], positions=big, vert=False, widths=0.55, showfliers=False,
+                   patch_artist=True, boxprops={"facecolor": "#E8F1FA", "edgecolor": "#555555"},
+                   medianprops={"color": C_MAIN})
     rng = np.random.default_rng(0)
     for i, v in enumerate(vals, start=1):
         ax.scatter(v, i + rng.uniform(-0.15, 0.15, len(v)), s=16, color=C_MAIN, alpha=0.7, zorder=3)
     bests = [g["best"] for g in groups][::-1]
-    ax.scatter(bests, range(1, len(bests) + 1), marker="*", s=110, color=C_BEST, zorder=4,
-               label="best of group")
+    ax.scatter(bests, range(1, len(bests) + 1), marker="*", s=110, color=C_BEST, zorder=4)
     ax.set_yticks(range(1, len(labels) + 1), labels, fontsize=8)
+    ax.set_ylim(0.4, len(labels) + 0.6)
     ax.set_xlabel(_metric_label(d))
     ax.set_title(title, fontsize=10)
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
     return _png(fig)
 
 
@@ -270,7 +271,9 @@ def fig_baselines(d: ReportData) -> bytes | None:
 
 def fig_history(d: ReportData) -> bytes | None:
     """Objective value per trial, best so far, pruned trials at their last reported value."""
-    pts = [r for r in d.trials if r.value is not None and math.isfinite(r.value)]
+    from matplotlib.ticker import MaxNLocator
+
+    pts = [r for r in d.trials if r.last_value is not None]
     if not pts:
         return None
     fig = _figure(8, 3.6)
@@ -286,7 +289,7 @@ def fig_history(d: ReportData) -> bytes | None:
         ax.scatter([r.number for r in base], [r.value for r in base], color=C_BASE, marker="s", s=26,
                    label="baseline", zorder=3)
     if pruned:
-        ax.scatter([r.number for r in pruned], [r.value for r in pruned], color=C_PRUNED, marker="x",
+        ax.scatter([r.number for r in pruned], [r.last_value for r in pruned], color=C_PRUNED, marker="x",
                    s=22, label="pruned (last report)", zorder=2)
     xs, ys, best = [], [], None
     for r in sorted(done, key=lambda r: r.number):
@@ -295,7 +298,9 @@ def fig_history(d: ReportData) -> bytes | None:
         xs.append(r.number)
         ys.append(best)
     if xs:
-        ax.step(xs, ys, where="post", color=C_BEST, lw=1.5, label="best so far")
+        ax.step(xs + [max(r.number for r in pts)], ys + ys[-1:], where="post", color=C_BEST, lw=1.5,
+                label="best so far")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("trial")
     ax.set_ylabel(_metric_label(d))
     ax.grid(alpha=0.3)
@@ -342,8 +347,12 @@ def fig_pareto(d: ReportData) -> bytes | None:
             for r in front:
                 ax.annotate(f"#{r.number}", (getattr(r, cost), r.value), fontsize=7,
                             xytext=(4, 4), textcoords="offset points")
-        if cost == "n_params":
+        xs = [getattr(r, cost) for r in pts]
+        if cost == "n_params" and min(xs) > 0 and max(xs) / min(xs) > 20:
+            from matplotlib.ticker import NullFormatter
+
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(label)
         ax.set_ylabel(_metric_label(d))
         ax.grid(alpha=0.3)
@@ -387,6 +396,9 @@ def fig_cost(d: ReportData) -> bytes | None:
     ax.bar([r.number for r in rows], [r.duration_s for r in rows],
            color=[C_BASE if r.baseline and r.status == "COMPLETE" else color.get(r.status, "#000000")
                   for r in rows])
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("trial")
     ax.set_ylabel("wall time (s)")
     ax.set_title("time per trial (blue searched, orange baseline, grey pruned)", fontsize=9)
@@ -488,7 +500,8 @@ def section_best(d: ReportData) -> Section:
         ("Fusion hyperparameters", _params(f.get("params", {})) or "-"),
     ]
     for m, e in spec.get("encoders", {}).items():
-        items.append((f"Encoder {m}", f"{e.get('name')} ({e.get('mode')}) {_params(e.get('params', {}))}"))
+        items.append((f"Encoder {m}", f"{e.get('name')} ({e.get('mode')}), dim={e.get('dim')}"
+                                      + (f", {_params(e['params'])}" if e.get("params") else "")))
     items += [
         ("Head", _params(spec.get("head", {}))),
         ("Training", _params(spec.get("training", {}))),
@@ -566,7 +579,8 @@ def section_comparison(d: ReportData) -> Section:
             sec.blocks.append(P("No trials.", muted=True))
             continue
         _add_fig(sec, f"by_{kind}", fig_group(d, kind, f"validation {d.metric} {title}"),
-                 f"Validation {d.metric} {title}.", "No completed trial.")
+                 f"Validation {d.metric} {title}: one dot per completed trial, the star marks the best, "
+                 "boxes where a group has 3 or more trials.", "No completed trial.")
         rows = [[g["name"], str(g["trials"]), str(g["completed"]), str(g["pruned"]), str(g["failed"]),
                  fmt(g["best"]), fmt(g["median"]), fmt(g["mean"]),
                  fmt(g["best_test"].get(d.metric)), str(g["best_trial"] if g["best_trial"] is not None else "-")]
@@ -732,7 +746,7 @@ dt{font-weight:600;color:#444}
 dd{margin:0}
 table{border-collapse:collapse;margin:10px 0;font-size:12.5px;width:100%}
 th,td{border:1px solid #ddd;padding:4px 7px;text-align:left;vertical-align:top}
-th{background:#f0f3f6;cursor:pointer;white-space:nowrap}
+th{background:#f0f3f6;cursor:pointer}
 td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
 tr.hl td{background:#fff6e0;font-weight:600}
 .scroll{overflow-x:auto}

@@ -40,8 +40,8 @@ def _space():
     fusion = {"encoder_decoder": {k: f["encoder_decoder"][k] for k in ("early", "decision")},
               "constraint": {k: f["constraint"][k] for k in ("tensor", "low_rank_tensor")},
               "graph": {"modality_graph": f["graph"]["modality_graph"]}}
-    training = sp.training.model_copy(update={"epochs": 3, "patience": 3,
-                                              "lr": Range(low=0.003, high=0.01, log=True)})
+    training = sp.training.model_copy(update={"epochs": 6, "patience": 6, "batch_size": [16],
+                                              "lr": Range(low=0.005, high=0.02, log=True)})
     encoders = dict(sp.encoders)
     # the bundled MiniLM, frozen: the finalists' text features come from the feature cache
     encoders["text"] = [EncoderChoice(name="text.sentence_transformer", modes=["frozen"],
@@ -56,15 +56,22 @@ def _space():
 @pytest.fixture(scope="module")
 def study(tmp_path_factory, demo_dataset):
     """A finished 6-trial study and its report: ``(workdir, storage url, report paths)``."""
+    import torch
+
     from autofuse.report import write_report
     from autofuse.study import search
 
-    work = tmp_path_factory.mktemp("report_work")
-    search(demo_dataset, study=STUDY, trials=6, space=_space(), workdir=work, progress=False,
-           device="cpu", mlflow_uri="off", report=False)
-    url = f"sqlite:///{work / 'trials' / 'autofuse.db'}"
-    out = write_report(STUDY, workdir=work, device="cpu")
-    return work, url, out
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # on 2 shared cores, intra-op threads cost several times their gain
+    try:
+        work = tmp_path_factory.mktemp("report_work")
+        search(demo_dataset, study=STUDY, trials=6, space=_space(), workdir=work, progress=False,
+               device="cpu", mlflow_uri="off", report=False)
+        url = f"sqlite:///{work / 'trials' / 'autofuse.db'}"
+        out = write_report(STUDY, workdir=work, device="cpu")
+        yield work, url, out
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _history(url: str) -> list[dict]:
@@ -319,10 +326,12 @@ def test_cli_report(study, tmp_path):
     from autofuse.cli import main
 
     work, url, _ = study
-    res = CliRunner().invoke(main, ["report", "--study", STUDY, "--workdir", str(work), "--storage", url,
+    # another work directory (the study's database passed with --storage): the fixture's report stays
+    res = CliRunner().invoke(main, ["report", "--study", STUDY, "--workdir", str(tmp_path), "--storage", url,
                                     "--no-robustness"])
     assert res.exit_code == 0, res.output
-    assert "report.html" in res.output
+    assert str(tmp_path / "reports" / STUDY / "report.html") in res.output
+    assert (tmp_path / "reports" / STUDY / "figures" / "history.png").is_file()
     res = CliRunner().invoke(main, ["report", "--study", "no_such_study", "--workdir", str(work)])
     assert res.exit_code != 0
     assert "no_such_study" in res.output and "Traceback" not in res.output
