@@ -398,6 +398,24 @@ def predict(model, dataset, out_file, on_bad_file, device, mlflow_uri, workdir) 
     click.echo(f"wrote {len(df)} predictions to {out_file}")
 
 
+@main.group("mlflow")
+def mlflow_group() -> None:
+    """MLflow housekeeping."""
+
+
+@mlflow_group.command("sync")
+@click.option("--study", required=True)
+@click.option("--mlflow-uri", default=None, help="Tracking URI (default sqlite:///trials/mlflow.db).")
+@_storage
+@_workdir
+def mlflow_sync(study, mlflow_uri, storage, workdir) -> None:
+    """Back-fill MLflow runs missing for trials of STUDY (e.g. MLflow was unreachable)."""
+    from autofuse.leaderboard import mlflow_sync as sync
+
+    created = sync(study, mlflow_uri=mlflow_uri, storage=storage, workdir=workdir)
+    click.echo(f"study {study}: {created} MLflow run(s) created")
+
+
 # ---- registries and spaces -------------------------------------------------------------------------
 
 @main.command()

@@ -411,7 +411,8 @@ def write_export(out: str | os.PathLike[str], spec: ArchitectureSpec, info: dict
 
 
 def _fmt_metrics(m: dict | None) -> str:
-    return ", ".join(f"{k} {v:.4f}" for k, v in (m or {}).items() if isinstance(v, (int, float))) or "-"
+    return ", ".join(f"{k} {v:.4f}" for k, v in (m or {}).items()
+                     if isinstance(v, (int, float)) and k != "train_loss") or "-"
 
 
 def model_card(spec: ArchitectureSpec, info: dict, meta: dict) -> str:
@@ -460,7 +461,7 @@ def model_card(spec: ArchitectureSpec, info: dict, meta: dict) -> str:
     lat = meta.get("latency_ms")
     lines += ["", "## Size and speed", "",
               f"- parameters: {meta['n_params']:,} in total (frozen encoders included); "
-              f"{meta.get('n_params_search') or '?'} in the searched model",
+              f"{meta.get('n_params_search') or 0:,} in the searched model (frozen encoders excluded)",
               f"- latency: {lat:.3f} ms per sample (forward pass on {meta.get('device') or '?'}, frozen "
               "encoders' features served from the cache)" if isinstance(lat, (int, float))
               else "- latency: -",

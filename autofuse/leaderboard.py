@@ -80,3 +80,20 @@ def studies(*, storage: str | None = None, workdir: str | None = None) -> list[d
             "started": s.datetime_start.isoformat(timespec="seconds") if s.datetime_start else None,
         })
     return out
+
+
+def mlflow_sync(study: str, *, mlflow_uri: str | None = None, storage: str | None = None,
+                workdir: str | None = None) -> int:
+    """Create the MLflow runs missing for a study's finished trials; returns how many."""
+    from autofuse.storage.history import HistoryStore
+    from autofuse.storage.mlflow import MlflowTracker, default_tracking_uri
+
+    hs = HistoryStore(storage_url(storage, workdir), create=False)
+    if hs.study(study) is None:
+        raise ConfigError(f"no study {study!r} in {hs.url}")
+    uri = mlflow_uri or default_tracking_uri(Paths.resolve(workdir).trials)
+    tracker = MlflowTracker(uri, study)
+    if not tracker.available:
+        raise ConfigError(f"MLflow at {uri} is not reachable")
+    tracker.start_study({}, {})
+    return tracker.sync(hs.trials(study))

@@ -189,17 +189,19 @@ def load_space(name_or_path: str | Path | None = None) -> SearchSpace:
             raise ConfigError(f"search space {name_or_path!r}: no such file or bundled space (bundled: {known})")
         p = bundled
     raw = _read_yaml(p)
-    seen = {p.resolve()}
+    current, seen = p, {p.resolve()}
     while "extends" in raw:
-        # `extends: NAME|FILE` takes the base space and replaces its top-level keys with ours
+        # `extends: NAME|FILE` takes the base space and replaces its top-level keys with ours;
+        # a relative FILE is resolved next to the file that names it
         base_ref = raw.pop("extends")
-        base = Path(base_ref) if Path(base_ref).is_absolute() else p.parent / str(base_ref)
+        base = Path(base_ref) if Path(base_ref).is_absolute() else current.parent / str(base_ref)
         if not base.exists():
             base = SPACES_DIR / f"{base_ref}.yaml"
         if not base.exists() or base.resolve() in seen:
             raise ConfigError(f"{p}: extends: {base_ref!r} is not a space file or bundled space "
                               "(or extends itself)")
         seen.add(base.resolve())
+        current = base
         raw = {**_read_yaml(base), **raw}
     try:
         space = SearchSpace.model_validate(raw)

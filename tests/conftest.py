@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+# tiny models on a 2-core machine: one torch thread per process avoids oversubscription
+# (tests also start worker subprocesses, which inherit OMP_NUM_THREADS)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")

@@ -353,6 +353,7 @@ def fig_pareto(d: ReportData) -> bytes | None:
 
             ax.set_xscale("log")
             ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.margins(0.1)
         ax.set_xlabel(label)
         ax.set_ylabel(_metric_label(d))
         ax.grid(alpha=0.3)
@@ -466,7 +467,7 @@ def section_summary(d: ReportData) -> Section:
     c = d.counts
     reasons = ", ".join(f"{k}: {v}" for k, v in sorted(d.pruned_reasons.items()))
     trials = (f"{c['completed']} completed, {c['pruned']} pruned"
-              + (f" ({reasons})" if reasons else "") + f", {c['failed']} failed"
+              + (f" ({reasons})" if reasons and set(d.pruned_reasons) != {"pruned"} else "") + f", {c['failed']} failed"
               + (f", {c['running']} running" if c.get("running") else ""))
     items = _dataset_lines(d) + [
         ("Objective", f"{d.metric} on the validation split ({d.direction})"),
