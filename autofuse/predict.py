@@ -339,37 +339,10 @@ class Predictor:
 
 @torch.no_grad()
 def frozen_features(encoder: torch.nn.Module, prepared, batch_size: int = FROZEN_BATCH):
-    """Run a frozen encoder over the present rows exactly as the feature cache does
-    (:func:`autofuse.encoders.cache.compute_features`: same batches, text sorted by length,
-    tokens and levels stored in float16), so the model sees the features it was trained on."""
-    from autofuse.encoders.cache import CachedFeatures
+    """Run a frozen encoder over the present rows exactly as the feature cache does."""
+    from autofuse.encoders.cache import encoder_features
 
-    encoder = encoder.eval()
-    shape = encoder.feature_shape
-    n = len(prepared)
-    rows = torch.nonzero(prepared.present, as_tuple=False).flatten()
-    if isinstance(prepared.inputs, list):  # raw text: sorted by length
-        lengths = torch.tensor([len(prepared.inputs[i]) for i in rows.tolist()], dtype=torch.long)
-        rows = rows[torch.argsort(lengths, stable=True)]
-    pooled = torch.zeros(n, shape.dim, dtype=torch.float32)
-    tokens = torch.zeros(n, shape.n_tokens, shape.dim, dtype=torch.float16)
-    levels = [torch.zeros(n, nl, dl, dtype=torch.float16) for nl, dl in shape.levels]
-    token_mask = None
-    for start in range(0, len(rows), batch_size):
-        idx = rows[start:start + batch_size]
-        x, present = prepared.batch(idx)
-        f = encoder(x, present)
-        pooled[idx] = f.pooled.float().cpu()
-        tokens[idx] = f.tokens.cpu().to(torch.float16)
-        for lv, out in zip(levels, f.levels, strict=True):
-            lv[idx] = out.cpu().to(torch.float16)
-        if f.token_mask is not None:
-            if token_mask is None:
-                token_mask = torch.zeros(n, shape.n_tokens, dtype=torch.bool)
-            token_mask[idx] = f.token_mask.cpu()
-    if token_mask is None and getattr(encoder, "has_token_mask", False):
-        token_mask = torch.zeros(n, shape.n_tokens, dtype=torch.bool)
-    return CachedFeatures(pooled, tokens, levels, prepared.present.clone().bool(), token_mask, shape)
+    return encoder_features(encoder, prepared, batch_size)
 
 
 def write_predictions(df: pd.DataFrame, out: str | os.PathLike[str]) -> Path:

@@ -482,7 +482,7 @@ def export_best(study_dir: Path, number: int) -> Path:
     """Full model (frozen encoders included) of trial ``number`` into ``<study_dir>/best/``."""
     from safetensors.torch import load_file, save_file
 
-    from autofuse.model import build_model
+    from autofuse.export import full_model
     from autofuse.spec import load_architecture
 
     ck = study_dir / "checkpoints"
@@ -490,12 +490,7 @@ def export_best(study_dir: Path, number: int) -> Path:
     if not arch.exists() or not weights.exists():
         raise ConfigError(f"no checkpoint for trial {number} under {ck}")
     spec, info = load_architecture(arch)
-    model = build_model(spec, info)
-    missing, unexpected = model.load_state_dict(load_file(str(weights)), strict=False)
-    frozen = {m for m, e in spec.encoders.items() if e.mode == "frozen"}
-    bad = [k for k in missing if not any(k.startswith(f"encoders.{m}.") for m in frozen)]
-    if bad or unexpected:
-        raise RuntimeError(f"checkpoint of trial {number} does not match its spec: {bad or unexpected}")
+    model = full_model(spec, info, load_file(str(weights)), what=f"checkpoint of trial {number}")
     out = study_dir / "best"
     out.mkdir(parents=True, exist_ok=True)
     save_architecture(out / "architecture.json", spec, info)

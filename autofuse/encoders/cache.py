@@ -270,6 +270,16 @@ def compute_features(spec: EncoderSpec, prepared: PreparedModality,
     Text rows are processed sorted by length, so batches hold similar lengths (less padding).
     """
     encoder = create_encoder(spec, prepared.state).to(device).eval()
+    return encoder_features(encoder, prepared, batch_size)
+
+
+@torch.no_grad()
+def encoder_features(encoder: torch.nn.Module, prepared: PreparedModality,
+                     batch_size: int = 64) -> CachedFeatures:
+    """Run a (frozen) encoder instance over every present row; the feature cache and prediction
+    both use this, so a predicted row sees exactly the features its model was trained on
+    (same batches, text sorted by length, tokens and levels rounded through float16)."""
+    encoder = encoder.eval()
     shape: FeatureShape = encoder.feature_shape
     n = len(prepared)
     rows = torch.nonzero(prepared.present, as_tuple=False).flatten()
