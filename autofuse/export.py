@@ -174,35 +174,20 @@ def _pick_trial(st, number: int | None):
 def train_fixed(model, data, training, epochs: int, device: torch.device) -> list[float]:
     """AdamW for exactly ``epochs`` epochs over ``data.splits["train"]`` (the batch loop of
     :func:`autofuse.train.fit` without validation or early stopping). Returns the epoch losses."""
-    from torch import nn
-
-    from autofuse.train import loss_fn, make_batch
+    from autofuse.train import TrialFault, loss_fn, train_epoch
 
     g = torch.Generator().manual_seed(training.seed)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=training.lr, weight_decay=training.weight_decay)
     criterion = loss_fn(data.task)
-    train_idx = data.splits["train"]
     losses = []
     for epoch in range(1, epochs + 1):
-        model.train()
-        perm = train_idx[torch.randperm(len(train_idx), generator=g).numpy()]
-        total, n = 0.0, 0
-        for s in range(0, len(perm), training.batch_size):
-            idx = perm[s:s + training.batch_size]
-            if len(idx) < 2 and len(perm) > 2:
-                continue  # a batch of one breaks batch statistics (as in fit)
-            out, aux = model(make_batch(data, idx, device))
-            loss = criterion(out, data.y[torch.as_tensor(idx)].to(device)) + training.aux_weight * aux
-            if not torch.isfinite(loss):
-                raise RetrainError(f"retraining diverged: non-finite loss at epoch {epoch}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(params, 5.0)
-            opt.step()
-            total += loss.item() * len(idx)
-            n += len(idx)
-        losses.append(total / max(n, 1))
+        try:
+            losses.append(train_epoch(model, data, opt, criterion, params, g,
+                                      batch_size=training.batch_size, aux_weight=training.aux_weight,
+                                      device=device, epoch=epoch))
+        except TrialFault as e:
+            raise RetrainError(f"retraining {e.reason}: {e}") from None
         log.info("retrain epoch %d/%d: loss %.4f", epoch, epochs, losses[-1])
     model.eval()
     return losses

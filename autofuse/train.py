@@ -135,8 +135,6 @@ def fit(model: nn.Module, data: TrainData, *, lr: float, weight_decay: float, ba
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     criterion = loss_fn(data.task)
-    train_idx = data.splits["train"]
-    y = data.y
     best_val: float | None = None
     best_state = copy.deepcopy(model.state_dict())
     best_epoch, history, stale = 0, [], 0
@@ -155,28 +153,11 @@ def fit(model: nn.Module, data: TrainData, *, lr: float, weight_decay: float, ba
     trained = 0
     for epoch in range(start, epochs + 1):
         trained += 1
-        model.train()
-        perm = train_idx[torch.randperm(len(train_idx), generator=g).numpy()]
-        total, n = 0.0, 0
-        for s in range(0, len(perm), batch_size):
-            idx = perm[s:s + batch_size]
-            if len(idx) < 2 and len(perm) > 2:
-                continue  # a batch of one breaks batch statistics; skip the remainder
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
-                out, aux = model(make_batch(data, idx, device))
-            loss = criterion(out.float(), y[torch.as_tensor(idx)].to(device)) + aux_weight * aux.float()
-            if not torch.isfinite(loss):
-                raise TrialFault("diverged", f"non-finite loss at epoch {epoch}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(params, 5.0)
-            opt.step()
-            total += loss.item() * len(idx)
-            n += len(idx)
-            if deadline is not None and time.monotonic() > deadline:
-                raise TrialFault("timeout", f"trial time limit reached in epoch {epoch}")
+        train_loss = train_epoch(model, data, opt, criterion, params, g, batch_size=batch_size,
+                                 aux_weight=aux_weight, device=device, amp=amp, deadline=deadline,
+                                 epoch=epoch)
         val = evaluate(model, data, "val", device)
-        val["train_loss"] = total / max(n, 1)
+        val["train_loss"] = train_loss
         history.append({"epoch": epoch, **val})
         score = val.get(metric, float("nan"))
         if not math.isfinite(score) and data.task == "regression":
@@ -203,6 +184,39 @@ def fit(model: nn.Module, data: TrainData, *, lr: float, weight_decay: float, ba
                      history=history, train_time_s=time.monotonic() - t0,
                      resumed_from_epoch=start - 1 if resume is not None else 0,
                      epochs_trained=trained)
+
+
+def train_epoch(model: nn.Module, data: TrainData, opt: torch.optim.Optimizer, criterion,
+                params: list[torch.Tensor], g: torch.Generator, *, batch_size: int, aux_weight: float,
+                device: torch.device, amp: bool = False, deadline: float | None = None,
+                epoch: int = 0) -> float:
+    """One pass over the training rows in a seeded random order; returns the mean loss.
+
+    Raises:
+        TrialFault: ``diverged`` on a non-finite loss, ``timeout`` past the deadline.
+    """
+    model.train()
+    train_idx = data.splits["train"]
+    perm = train_idx[torch.randperm(len(train_idx), generator=g).numpy()]
+    total, n = 0.0, 0
+    for s in range(0, len(perm), batch_size):
+        idx = perm[s:s + batch_size]
+        if len(idx) < 2 and len(perm) > 2:
+            continue  # a batch of one breaks batch statistics; skip the remainder
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
+            out, aux = model(make_batch(data, idx, device))
+        loss = criterion(out.float(), data.y[torch.as_tensor(idx)].to(device)) + aux_weight * aux.float()
+        if not torch.isfinite(loss):
+            raise TrialFault("diverged", f"non-finite loss at epoch {epoch}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(params, 5.0)
+        opt.step()
+        total += loss.item() * len(idx)
+        n += len(idx)
+        if deadline is not None and time.monotonic() > deadline:
+            raise TrialFault("timeout", f"trial time limit reached in epoch {epoch}")
+    return total / max(n, 1)
 
 
 @torch.no_grad()
