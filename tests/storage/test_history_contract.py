@@ -3,9 +3,7 @@ SQLite, the real PostgreSQL server and the real MariaDB server of this machine k
 
 from __future__ import annotations
 
-import os
 import shutil
-import uuid
 from pathlib import Path
 
 import pytest
@@ -15,45 +13,14 @@ from autofuse.errors import ConfigError
 from autofuse.storage.history import HistoryStore, head_revision, upgrade_url
 
 HERE = Path(__file__).parent
-IN_CI = os.environ.get("CI", "").lower() == "true"
-SERVERS = {
-    "postgresql": "postgresql+psycopg2://postgres@127.0.0.1:5432/test",
-    "mysql": "mysql+pymysql://root@127.0.0.1:3306/test",
-}
-
-
-def _fresh_database(kind: str) -> tuple[str, callable]:
-    """A new, empty database on a real server; returns its URL and a drop function."""
-    admin = sa.create_engine(SERVERS[kind], isolation_level="AUTOCOMMIT")
-    name = f"autofuse_t_{uuid.uuid4().hex[:10]}"
-    try:
-        with admin.connect() as c:
-            c.execute(sa.text(f"CREATE DATABASE {name}"))
-    except sa.exc.OperationalError as e:
-        msg = f"{kind} server not reachable at {SERVERS[kind]}: {str(e.orig).splitlines()[0]}"
-        if IN_CI:
-            pytest.fail(msg)
-        pytest.skip(msg)
-    url = SERVERS[kind].rsplit("/", 1)[0] + f"/{name}"
-
-    def drop() -> None:
-        sa.create_engine(url).dispose()
-        with admin.connect() as c:
-            if kind == "postgresql":
-                c.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            else:
-                c.execute(sa.text(f"DROP DATABASE IF EXISTS {name}"))
-        admin.dispose()
-
-    return url, drop
-
-
 @pytest.fixture(params=["sqlite", "postgresql", "mysql"])
 def url(request, tmp_path):
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'h.db'}"
         return
-    u, drop = _fresh_database(request.param)
+    from tests_storage_db import fresh_database
+
+    u, drop = fresh_database(request.param)
     yield u
     drop()
 

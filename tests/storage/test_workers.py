@@ -9,12 +9,10 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import optuna
 import pytest
-import sqlalchemy as sa
 
 from autofuse.errors import ConfigError
 from autofuse.storage.history import HistoryStore
@@ -23,25 +21,15 @@ from autofuse.study import search
 HERE = Path(__file__).parent
 TINY_ALL = str(HERE.parent / "spaces" / "tiny_all.yaml")
 SLOW = str(HERE.parent / "spaces" / "slow_epochs.yaml")
-IN_CI = os.environ.get("CI", "").lower() == "true"
-PG = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
 
 
 @pytest.fixture
 def pg_url():
-    admin = sa.create_engine(PG, isolation_level="AUTOCOMMIT")
-    name = f"autofuse_w_{uuid.uuid4().hex[:10]}"
-    try:
-        with admin.connect() as c:
-            c.execute(sa.text(f"CREATE DATABASE {name}"))
-    except sa.exc.OperationalError as e:
-        msg = f"PostgreSQL not reachable at {PG}: {str(e.orig).splitlines()[0]}"
-        if IN_CI:
-            pytest.fail(msg)
-        pytest.skip(msg)
-    yield PG.rsplit("/", 1)[0] + f"/{name}"
-    with admin.connect() as c:
-        c.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+    from tests_storage_db import fresh_database
+
+    url, drop = fresh_database("postgresql")
+    yield url
+    drop()
 
 
 def _check_study(url: str, study: str, n: int, mlflow_uri: str) -> None:

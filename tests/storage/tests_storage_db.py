@@ -1,0 +1,40 @@
+"""Fresh, empty databases on the real PostgreSQL / MariaDB servers of this machine kind."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable
+
+import pytest
+import sqlalchemy as sa
+
+SERVERS = {
+    "postgresql": "postgresql+psycopg2://postgres@127.0.0.1:5432/test",
+    "mysql": "mysql+pymysql://root@127.0.0.1:3306/test",
+}
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def fresh_database(kind: str) -> tuple[str, Callable[[], None]]:
+    """Create a uniquely named database; returns its URL and a function that drops it.
+    Skips when the server is unreachable (fails instead under CI=true)."""
+    admin = sa.create_engine(SERVERS[kind], isolation_level="AUTOCOMMIT")
+    name = f"autofuse_t_{uuid.uuid4().hex[:10]}"
+    try:
+        with admin.connect() as c:
+            c.execute(sa.text(f"CREATE DATABASE {name}"))
+    except sa.exc.OperationalError as e:
+        msg = f"{kind} server not reachable at {SERVERS[kind]}: {str(e.orig).splitlines()[0]}"
+        if IN_CI:
+            pytest.fail(msg)
+        pytest.skip(msg)
+    url = SERVERS[kind].rsplit("/", 1)[0] + f"/{name}"
+
+    def drop() -> None:
+        with admin.connect() as c:
+            force = " WITH (FORCE)" if kind == "postgresql" else ""
+            c.execute(sa.text(f"DROP DATABASE IF EXISTS {name}{force}"))
+        admin.dispose()
+
+    return url, drop
