@@ -228,7 +228,7 @@ def _print_dataset_summary(s: dict) -> None:
 @click.option("--out", "out_dir", required=True, type=click.Path(), help="Output dataset folder.")
 @click.option("--per-class", type=int, default=None, help="Samples per digit (default: all).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--pca-components", type=int, default=25, show_default=True,
+@click.option("--pca-components", type=int, default=10, show_default=True,
               help="Image degradation: PCA components kept.")
 def data_avmnist(mnist_dir, fsdd_dir, out_dir, per_class, seed, pca_components) -> None:
     """Build an AV-MNIST-style dataset (not comparable with the original AV-MNIST)."""

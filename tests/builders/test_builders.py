@@ -372,6 +372,10 @@ def test_avmnist_real_split_and_sizes(avmnist_dir: Path) -> None:
     test_speakers = {r["speaker"] for r in rows if r["split"] == "test"}
     assert test_speakers == set(DEFAULT_TEST_SPEAKERS)
     assert not test_speakers & {r["speaker"] for r in rows if r["split"] != "test"}
+    # model selection also sees an unseen speaker: val speakers are not train speakers
+    val_speakers = {r["speaker"] for r in rows if r["split"] == "val"}
+    assert val_speakers == {"jackson"}
+    assert not val_speakers & {r["speaker"] for r in rows if r["split"] == "train"}
     assert Counter(r["split"] for r in rows)["val"] > 0
     # n_per_class=12 over 6 speakers: 2 recordings per (digit, speaker).
     assert set(Counter((r["label"], r["speaker"]) for r in rows).values()) == {2}
@@ -403,7 +407,7 @@ def test_avmnist_real_pairing_and_degradation(avmnist_dir: Path, shared_datasets
             degraded = np.asarray(img, dtype=np.float64).ravel()
         original = images[mnist_set][index].astype(np.float64).ravel()
         assert np.abs(degraded - original).mean() > 5.0, "image is not degraded"
-        assert np.corrcoef(degraded, original)[0, 1] > 0.5, "degraded image lost its original"
+        assert np.corrcoef(degraded, original)[0, 1] > 0.3, "degraded image lost its original"
 
 
 @pytest.mark.needs_shared

@@ -45,6 +45,9 @@ logger = logging.getLogger(__name__)
 #: accent, which the training speaker ``jackson`` shares, so the held-out accent is not unseen;
 #: holding out one of six speakers keeps 5/6 of FSDD (2,500 recordings) for train + val.
 DEFAULT_TEST_SPEAKERS: tuple[str, ...] = ("theo",)
+#: held out for validation, so that model selection also sees an unseen speaker (a random val
+#: fraction of the training speakers would reward audio models that memorise voices)
+DEFAULT_VAL_SPEAKERS: tuple[str, ...] = ("jackson",)
 
 MNIST_FILES: dict[str, tuple[str, str]] = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
@@ -69,8 +72,8 @@ Target: `label` (0-9, classification). Split: `split` column (train / val / test
   {pca_components} principal components of the MNIST training images (as in AV-MNIST, Vielzeuf et
   al. 2018), then clipped and saved as {image_size}x{image_size} grayscale PNG.
 - **Split**: speaker-disjoint. Test = all used recordings of speaker(s) {test_speakers}, paired with
-  MNIST t10k images; train/val = the other speakers, paired with MNIST train images; val is a random
-  {val_fraction:.0%} of those recordings per digit.
+  MNIST t10k images; val = {val_desc}; train = the other speakers; train and val are paired with
+  MNIST train images.
 - Size: {n_rows} samples ({counts}); seed {seed}; n_per_class {n_per_class}.
 
 The original AV-MNIST files are not publicly downloadable any more. This is a new pairing built from
@@ -85,10 +88,11 @@ def build_avmnist(
     out_dir: str | Path,
     n_per_class: int | None = None,
     seed: int = 0,
-    pca_components: int = 25,
+    pca_components: int = 10,
     image_size: int = 28,
     val_fraction: float = 0.1,
     test_speakers: Sequence[str] | None = None,
+    val_speakers: Sequence[str] | None = None,
 ) -> Path:
     """Build the AV-MNIST-style dataset folder.
 
@@ -106,6 +110,9 @@ def build_avmnist(
         val_fraction: fraction of the non-test recordings of each digit that go to ``val``.
         test_speakers: speakers held out for the test split; default
             :data:`DEFAULT_TEST_SPEAKERS` (``["theo"]``).
+        val_speakers: speakers held out for the val split; default
+            :data:`DEFAULT_VAL_SPEAKERS` (``["jackson"]``); ``()`` for a random ``val_fraction``
+            of the training speakers' recordings instead.
 
     Returns:
         The dataset folder (``out_dir``) as a resolved path.
@@ -116,6 +123,10 @@ def build_avmnist(
     """
     mnist_dir, fsdd_dir, out = Path(mnist_dir), Path(fsdd_dir), Path(out_dir)
     speakers_test = sorted(DEFAULT_TEST_SPEAKERS if test_speakers is None else set(test_speakers))
+    speakers_val = sorted(DEFAULT_VAL_SPEAKERS if val_speakers is None else set(val_speakers))
+    if set(speakers_val) & set(speakers_test):
+        raise ConfigError(f"avmnist: speakers {sorted(set(speakers_val) & set(speakers_test))} are "
+                          "both val and test speakers")
     _check_params(n_per_class, pca_components, image_size, val_fraction, speakers_test)
     params = {
         "builder": "avmnist",
@@ -128,6 +139,7 @@ def build_avmnist(
         "image_size": image_size,
         "val_fraction": val_fraction,
         "test_speakers": speakers_test,
+        "val_speakers": speakers_val,
     }
     if is_built(out, params):
         logger.info("avmnist dataset already built in %s; reusing it", out)
@@ -140,11 +152,18 @@ def build_avmnist(
         raise ConfigError(f"avmnist: unknown test speaker(s) {unknown}; FSDD speakers are {known}")
     if len(speakers_test) == len(known):
         raise ConfigError("avmnist: test_speakers holds out every speaker; none left for training")
+    if val_speakers is None:  # the default val speaker may be absent from a custom FSDD folder
+        speakers_val = [s for s in speakers_val if s in known]
+    unknown = [s for s in speakers_val if s not in known]
+    if unknown:
+        raise ConfigError(f"avmnist: unknown val speaker(s) {unknown}; FSDD speakers are {known}")
+    if len(set(speakers_test) | set(speakers_val)) == len(known):
+        raise ConfigError("avmnist: test and val speakers hold out every speaker; none left for training")
     mnist = {name: _read_mnist(mnist_dir, name) for name in MNIST_FILES}
 
     rng = np.random.default_rng(seed)
     chosen = _select_recordings(recordings, n_per_class, rng)
-    rows = _assign_splits(chosen, speakers_test, val_fraction, rng)
+    rows = _assign_splits(chosen, speakers_test, val_fraction, rng, speakers_val)
     _pair_images(rows, {name: labels for name, (_, labels) in mnist.items()}, rng)
 
     logger.info("avmnist: fitting PCA (%d components) on MNIST train images", pca_components)
@@ -164,7 +183,8 @@ def build_avmnist(
             pca_components=pca_components,
             image_size=image_size,
             test_speakers=", ".join(speakers_test),
-            val_fraction=val_fraction,
+            val_desc=(f"all recordings of speaker(s) {', '.join(speakers_val)}" if speakers_val
+                      else f"a random {val_fraction:.0%} of the training speakers' recordings per digit"),
             n_rows=len(rows),
             counts=", ".join(f"{k} {v}" for k, v in counts.items()),
             seed=seed,
@@ -316,19 +336,21 @@ def _assign_splits(
     test_speakers: list[str],
     val_fraction: float,
     rng: np.random.Generator,
+    val_speakers: list[str] | None = None,
 ) -> list[dict]:
-    """Make one row per recording with its split: test by speaker, val a per-digit fraction."""
+    """Make one row per recording with its split: test by speaker; val by speaker, or a
+    per-digit fraction of the training speakers when no val speaker is given."""
     rows = [
         {
             "id": f"{digit}_{speaker}_{index}",
             "label": digit,
             "speaker": speaker,
-            "split": "test" if speaker in test_speakers else "train",
+            "split": "test" if speaker in test_speakers else "val" if speaker in (val_speakers or ()) else "train",
             "_wav": path,
         }
         for digit, speaker, index, path in recordings
     ]
-    for digit in sorted({r["label"] for r in rows}):
+    for digit in sorted({r["label"] for r in rows}) if not val_speakers else ():
         pool = [r for r in rows if r["label"] == digit and r["split"] == "train"]
         n_val = int(round(val_fraction * len(pool)))
         if val_fraction > 0 and n_val == 0 and len(pool) >= 2:
