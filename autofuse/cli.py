@@ -74,6 +74,8 @@ def _print_result(res) -> None:
     click.echo(f"results: {res.study_dir / 'summary.json'}")
     click.echo(f"best architecture: {res.best_dir / 'architecture.json'}")
     click.echo(f"best weights: {res.best_dir / 'model.safetensors'}")
+    if s.get("report", {}).get("html"):
+        click.echo(f"report: {s['report']['html']}")
 
 
 def _fmt(m: dict | None) -> str:

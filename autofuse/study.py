@@ -367,6 +367,7 @@ def search(
     tracker.finish_study(summary, study_dir)
     if report:
         _write_report(study, paths, url, summary)
+        _write_json(study_dir / "summary.json", summary)
     return SearchResult(study, study_dir, summary)
 
 
