@@ -36,11 +36,22 @@ def _setup_logging(verbose: int) -> None:
     # the search shows its own progress display; silence the hub's per-file bars
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "DEBUG" if verbose > 1 else "INFO" if verbose else "WARNING")
     level = logging.DEBUG if verbose > 1 else logging.INFO if verbose == 1 else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    # Optuna logs trial results at INFO through the "optuna" logger; the progress display
-    # replaces them unless -v (set on the logger so the CLI does not import Optuna up front)
-    logging.getLogger("optuna").setLevel(level if verbose else logging.WARNING)
+    _VERBOSITY["level"] = level if verbose else logging.WARNING
+
+
+_VERBOSITY = {"level": logging.WARNING}
+
+
+def _quiet_optuna() -> None:
+    """Optuna logs every trial at INFO; the progress display replaces that unless -v. (Called by
+    the commands that import Optuna anyway: Optuna resets its logger level on import.)"""
+    import optuna
+
+    optuna.logging.set_verbosity(_VERBOSITY["level"])
 
 
 @click.group(cls=_Group)
@@ -114,6 +125,7 @@ def search(dataset, study, trials, storage, space, sampler, pruner, seed, baseli
     """Search fusion architectures for DATASET (a folder with dataset.yaml)."""
     from autofuse.study import search as run_search
 
+    _quiet_optuna()
     res = run_search(dataset, study=study, trials=trials, storage=storage, space=space,
                      workdir=workdir, sampler=sampler, pruner=pruner, seed=seed, baselines=baselines,
                      trial_timeout=trial_timeout, force=force, progress=not no_progress,
@@ -135,6 +147,7 @@ def worker(study, storage, mlflow_uri, device, dataset, trials, seed, workdir) -
     """Join an existing study as one more worker (from this or any machine)."""
     from autofuse.workers import run_worker, worker_config_from_study
 
+    _quiet_optuna()
     cfg = worker_config_from_study(study, storage, workdir=workdir, dataset=dataset, device=device,
                                    mlflow_uri=mlflow_uri, trials=trials, seed=seed)
     click.echo(f"worker joins study {study} on {cfg.device} (target {cfg.n_total} finished trials)")
@@ -153,6 +166,7 @@ def demo(trials, study, space, workdir) -> None:
     from autofuse.paths import Paths
     from autofuse.study import search as run_search
 
+    _quiet_optuna()
     paths = Paths.resolve(workdir)
     folder = build_demo(paths.trials / "demo_data")
     click.echo(f"demo dataset: {folder}")

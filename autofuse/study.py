@@ -549,7 +549,13 @@ class _Tracker:
                 spec, info = load_architecture(study_dir / "best" / "architecture.json")
                 model = build_model(spec, info)
                 model.load_state_dict(load_file(str(study_dir / "best" / "model.safetensors")))
-                self.impl.log_best_model(model, study_dir / "best" / "architecture.json", self.study)
+                # mlflow.pytorch warns that pickled models run code when loaded; this is our own model
+                pt_log = logging.getLogger("mlflow.pytorch")
+                level, pt_log.level = pt_log.level, logging.ERROR
+                try:
+                    self.impl.log_best_model(model, study_dir / "best" / "architecture.json", self.study)
+                finally:
+                    pt_log.setLevel(level)
             except Exception as e:  # MLflow trouble must not lose the search's results
                 log.warning("could not log the best model to MLflow: %s", e)
         self.impl.end_study("FINISHED", metrics)

@@ -397,6 +397,10 @@ def check_storage_for_workers(url: str, n_workers: int) -> None:
 def _worker_entry(cfg_dict: dict) -> None:  # pragma: no cover - runs in a child process
     logging.basicConfig(level=logging.WARNING, format=f"worker {cfg_dict['rank']}: %(levelname)s %(message)s")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    import optuna
+
+    optuna.logging.set_verbosity(logging.WARNING)  # the parent shows the combined progress
     try:
         run_worker(WorkerConfig(**cfg_dict))
     except KeyboardInterrupt:

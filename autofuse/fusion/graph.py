@@ -27,8 +27,12 @@ GRAPH_POINTS = ("early", "mid", "late", "hybrid")
 
 
 def _dense_layers():
+    import warnings
+
     try:
-        from torch_geometric.nn import DenseGATConv, DenseGCNConv
+        with warnings.catch_warnings():  # torch_geometric's import-time torch.jit.script use
+            warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
+            from torch_geometric.nn import DenseGATConv, DenseGCNConv
     except ImportError as e:  # pragma: no cover - torch_geometric is a dependency
         raise ImportError("the graph fusion family needs torch_geometric: pip install torch_geometric") from e
     return DenseGCNConv, DenseGATConv
