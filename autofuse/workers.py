@@ -12,6 +12,7 @@ pinned to its own device; on CPU, N processes with the torch thread count split 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -80,6 +81,32 @@ def open_storage(cfg: WorkerConfig):
         grace_period=cfg.grace_period or 4 * cfg.heartbeat_interval,
         heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
             max_retry=cfg.max_retry))
+
+
+@contextlib.contextmanager
+def interrupt_on_signals():
+    """Ctrl-C and SIGTERM (Slurm / Kubernetes stop a job with it) raise KeyboardInterrupt, so the
+    running trial is queued to resume instead of being left RUNNING; restores the old handlers.
+
+    SIGINT is reset too: a process started in the background of a non-interactive shell inherits
+    SIGINT as ignored."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    old = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
 
 
 def finished_count(study) -> int:
@@ -283,8 +310,9 @@ def run_worker(cfg: WorkerConfig, ds=None, progress: bool = False) -> None:
         else:
             faults["n"] = 0
 
-    _optimize(st, objective, cfg.n_total, metric, progress, extra_callbacks=[count_faults],
-              should_stop=lambda: faults["n"] >= cfg.max_faults)
+    with interrupt_on_signals():
+        _optimize(st, objective, cfg.n_total, metric, progress, extra_callbacks=[count_faults],
+                  should_stop=lambda: faults["n"] >= cfg.max_faults)
     if faults["n"] >= cfg.max_faults:
         raise WorkerStopped(f"worker {worker} stopped after {faults['n']} consecutive faulty trials "
                             f"(last reason: {faults['last']}); see `autofuse leaderboard --study "
@@ -307,8 +335,6 @@ def _optimize(st, objective, n_total: int, metric: str, progress: bool, extra_ca
     trials are below the target; when the rest are running elsewhere it waits, failing stale
     trials (their worker died) so that their retries get picked up.
     """
-    import contextlib
-
     import optuna
 
     callbacks = list(extra_callbacks)
@@ -423,6 +449,8 @@ def run_workers(cfgs: list[WorkerConfig], progress: bool, metric: str) -> None:
         p.start()
     st = optuna.load_study(study_name=cfgs[0].study, storage=open_storage(cfgs[0]))
     n_total = cfgs[0].n_total
+    stack = contextlib.ExitStack()
+    stack.enter_context(interrupt_on_signals())
     try:
         if progress:
             with StudyProgress(st, n_total, metric) as bar:
@@ -434,14 +462,16 @@ def run_workers(cfgs: list[WorkerConfig], progress: bool, metric: str) -> None:
                 p.join()
     except KeyboardInterrupt:
         log.warning("stopping %d workers (their running trials are queued to resume)", len(procs))
-        for p in procs:
+        for p in procs:  # SIGTERM: children may have inherited SIGINT as ignored
             if p.is_alive() and p.pid:
-                os.kill(p.pid, signal.SIGINT)
+                os.kill(p.pid, signal.SIGTERM)
         for p in procs:
             p.join(timeout=60)
             if p.is_alive():
-                p.terminate()
+                p.kill()
         raise
+    finally:
+        stack.close()
     failed = [p for p in procs if p.exitcode not in (0, None)]
     if failed and finished_count(st) < n_total:
         codes = ", ".join(f"{p.name}: exit {p.exitcode}" for p in failed)
