@@ -97,6 +97,9 @@ class SearchSpace(BaseModel):
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
     pruner: PrunerConfig = Field(default_factory=PrunerConfig)
     baselines: bool | list[str] = True
+    #: every family in the space gets at least this many trials (enqueued after the baselines),
+    #: so no family is judged on zero or one sample before the sampler concentrates
+    coverage: int = Field(default=2, ge=0)
     trials: int = 20
 
     @field_validator("fusion")
@@ -344,6 +347,27 @@ def baseline_params(space: SearchSpace, modalities: dict[str, str]) -> list[tupl
     return out
 
 
+def coverage_params(space: SearchSpace, modalities: dict[str, str], existing: list[dict],
+                    budget: int) -> list[dict]:
+    """``{"family": f}`` trials to enqueue so every family reaches ``space.coverage`` trials.
+
+    Args:
+        existing: params of the study's trials so far (any state, enqueued ones included).
+        budget: at most this many are returned (the trials the study still has room for).
+    """
+    counts = {f: 0 for f in valid_methods(space, len(modalities))}
+    for params in existing:
+        if params.get("family") in counts:
+            counts[params["family"]] += 1
+    out: list[dict] = []
+    for _ in range(space.coverage):
+        for fam in counts:  # round-robin so a small budget still spreads over the families
+            if counts[fam] < space.coverage and len(out) < budget:
+                out.append({"family": fam})
+                counts[fam] += 1
+    return out
+
+
 def describe(space: SearchSpace) -> dict:
     """The resolved space as plain data (for ``autofuse space show`` and the study record)."""
     def plain(v):
@@ -360,5 +384,6 @@ def describe(space: SearchSpace) -> dict:
         "sampler": space.sampler.model_dump(),
         "pruner": space.pruner.model_dump(),
         "baselines": space.baselines,
+        "coverage": space.coverage,
         "trials": space.trials,
     }

@@ -334,6 +334,7 @@ def search(
         st.set_user_attr("metric", metric)
         for name, params in baseline_params(sp, modalities):
             st.enqueue_trial(params, user_attrs={"baseline": name})
+    _enqueue_coverage(st, sp, modalities, n_total)
     dataset_path = str(ds.root.resolve()) if getattr(ds, "root", None) else None
     # what `autofuse worker` needs to join this study from another process or machine
     st.set_user_attr("dataset_path", dataset_path)
@@ -369,6 +370,22 @@ def search(
         _write_report(study, paths, url, summary)
         _write_json(study_dir / "summary.json", summary)
     return SearchResult(study, study_dir, summary)
+
+
+def _enqueue_coverage(st, sp: SearchSpace, modalities: dict[str, str], n_total: int) -> None:
+    """Enqueue trials for families with fewer than ``sp.coverage`` trials (new or resumed study)."""
+    import optuna
+
+    from autofuse.space import coverage_params
+
+    trials = st.get_trials(deepcopy=False)
+    existing = []
+    for t in trials:
+        fam = t.params.get("family") or (t.system_attrs.get("fixed_params") or {}).get("family")
+        existing.append({"family": fam})
+    used = sum(t.state != optuna.trial.TrialState.FAIL for t in trials)
+    for params in coverage_params(sp, modalities, existing, max(0, n_total - used)):
+        st.enqueue_trial(params, user_attrs={"coverage": params["family"]})
 
 
 def _write_report(study: str, paths: Paths, url: str, summary: dict) -> None:

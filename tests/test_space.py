@@ -112,3 +112,18 @@ def test_baselines_are_enqueued_params():
     spec = suggest_spec(t, sp, MODS)
     assert (spec.fusion.method, spec.fusion.point) == ("decision", "late")
     assert spec.fusion.params["combine"] == "mean"
+
+
+def test_coverage_enqueues_each_family_up_to_the_minimum():
+    from autofuse.space import coverage_params
+
+    sp = load_space("default")
+    mods = {"a": "image", "b": "audio"}
+    baselines = [p for _, p in baseline_params(sp, mods)]
+    extra = coverage_params(sp, mods, baselines, budget=100)
+    counts = {}
+    for p in baselines + extra:
+        counts[p["family"]] = counts.get(p["family"], 0) + 1
+    assert counts == {f: 2 for f in FAMILIES}
+    assert coverage_params(sp, mods, baselines + extra, budget=100) == []  # idempotent
+    assert len(coverage_params(sp, mods, baselines, budget=2)) == 2  # never beyond the budget
