@@ -24,9 +24,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--trials", type=int, default=12)
+    ap.add_argument("--trials", type=int, default=16)
     ap.add_argument("--workdir", default="/tmp/autofuse-workers-bench")
-    ap.add_argument("--space", default=str(REPO / "tests" / "spaces" / "tiny_all.yaml"))
+    # the demo space: trials of several seconds, so that worker start-up (importing torch,
+    # loading the data: ~10 s per process) does not dominate; tests/spaces/tiny_all.yaml shows
+    # that case
+    ap.add_argument("--space", default=str(REPO / "search_spaces" / "demo.yaml"))
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
