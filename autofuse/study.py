@@ -321,7 +321,7 @@ def search(
             raise ConfigError(f"study {study!r} was run on a different dataset (fingerprint "
                               f"{attrs['dataset_fingerprint'][:12]} != {fingerprint[:12]}); "
                               "use another --study name or --force")
-        if attrs.get("space") not in (None, space_desc) and not force:
+        if attrs.get("space") is not None and not _same_space(attrs["space"], space_desc) and not force:
             raise ConfigError(f"study {study!r} was run with a different search space; "
                               "use another --study name or --force")
         st = optuna.load_study(study_name=study, storage=stor)
@@ -370,6 +370,14 @@ def search(
         _write_report(study, paths, url, summary)
         _write_json(study_dir / "summary.json", summary)
     return SearchResult(study, study_dir, summary)
+
+
+def _same_space(old, new) -> bool:
+    """Whether a stored space description still describes ``new``: every setting recorded then
+    must be the same now; settings a newer autofuse added (absent from ``old``) are ignored."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return all(k in new and _same_space(v, new[k]) for k, v in old.items())
+    return old == new
 
 
 def _enqueue_coverage(st, sp: SearchSpace, modalities: dict[str, str], n_total: int) -> None:

@@ -118,3 +118,18 @@ def test_cli_lists_registries_and_space():
     assert r.returncode == 0 and "image.timm" in r.stdout and "text.sentence_transformer" in r.stdout
     r = _cli("space", "show", "fast", cwd=".")
     assert r.returncode == 0 and "encoder_decoder" in r.stdout
+
+
+def test_resume_refuses_another_space_unless_forced(finished, demo_dataset):
+    work, _ = finished
+    other = str(Path(__file__).parent / "spaces" / "tiny_all.yaml")
+    with pytest.raises(ConfigError, match="different search space"):
+        search(demo_dataset, study="s1", trials=6, space=other, workdir=work, progress=False)
+
+
+def test_same_space_ignores_settings_added_later():
+    from autofuse.study import _same_space
+
+    old = {"name": "x", "fusion": {"a": {"points": ["late"]}}}
+    assert _same_space(old, {**old, "coverage": 2})
+    assert not _same_space(old, {"name": "x", "fusion": {"a": {"points": ["early"]}}})
