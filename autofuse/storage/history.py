@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy import orm
 
 from autofuse.errors import ConfigError
-from autofuse.storage.sql import engine_kwargs_for, ensure_sqlite_dir
+from autofuse.storage.sql import engine_kwargs_for, ensure_sqlite_dir, immediate_transactions
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +188,8 @@ class HistoryStore:
             self.engine = sa.create_engine(url, **engine_kwargs_for(url))
         except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError) as e:
             raise ConfigError(f"--storage {url!r}: not a usable SQLAlchemy URL ({e})") from None
+        if url.startswith("sqlite") and ":memory:" not in url:
+            immediate_transactions(self.engine)  # read-then-insert (study row, trial row) is atomic
         self._sessions = orm.sessionmaker(bind=self.engine, expire_on_commit=False)
         if check:
             self.check(create=create)

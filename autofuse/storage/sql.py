@@ -33,9 +33,34 @@ def make_storage(url: str, **kwargs):
 
     ensure_sqlite_dir(url)
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs_for(url), **kwargs)
+        storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs_for(url), **kwargs)
     except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError) as e:
         raise ConfigError(f"--storage {url!r}: not a usable SQLAlchemy URL ({e})") from None
     except sqlalchemy.exc.OperationalError as e:
         first = str(e.orig if hasattr(e, "orig") else e).strip().splitlines()[0]
         raise ConfigError(f"--storage {url!r}: cannot connect ({first})") from None
+    if url.startswith("sqlite") and ":memory:" not in url:  # one process only: nothing to race
+        immediate_transactions(storage.engine)
+    return storage
+
+
+def immediate_transactions(engine) -> None:
+    """Make every transaction on a SQLite ``engine`` take the write lock at its start.
+
+    Optuna hands an enqueued (WAITING) trial to one worker with ``SELECT ... FOR UPDATE``; SQLite
+    ignores ``FOR UPDATE`` and the pysqlite driver only opens its transaction at the first write,
+    so two processes could both read the trial as WAITING and both run it. ``BEGIN IMMEDIATE``
+    serialises the read-check-write (the busy timeout makes the others wait). This is the
+    SQLAlchemy recipe for pysqlite transactions; no library setting does it.
+    """
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def _no_driver_begin(dbapi_connection, _record) -> None:
+        dbapi_connection.isolation_level = None  # pysqlite: we emit BEGIN ourselves
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(conn) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections opened before the listeners existed are not reused
