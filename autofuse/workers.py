@@ -312,7 +312,7 @@ def run_worker(cfg: WorkerConfig, ds=None, progress: bool = False) -> None:
 
     with interrupt_on_signals():
         _optimize(st, objective, cfg.n_total, metric, progress, extra_callbacks=[count_faults],
-                  should_stop=lambda: faults["n"] >= cfg.max_faults)
+                  should_stop=lambda: faults["n"] >= cfg.max_faults, storage_url=cfg.storage)
     if faults["n"] >= cfg.max_faults:
         raise WorkerStopped(f"worker {worker} stopped after {faults['n']} consecutive faulty trials "
                             f"(last reason: {faults['last']}); see `autofuse leaderboard --study "
@@ -326,32 +326,50 @@ def _utcnow():
 
 
 def _optimize(st, objective, n_total: int, metric: str, progress: bool, extra_callbacks=(),
-              should_stop=lambda: False) -> None:
+              should_stop=lambda: False, storage_url: str | None = None) -> None:
     """Run trials one ``study.optimize(n_trials=1)`` at a time until the study holds ``n_total``
     finished trials.
 
     Optuna's ``MaxTrialsCallback`` stops a worker only after its own trial ends, so N workers
     overshoot by up to N - 1 trials. Here a worker starts a trial only while finished + running
     trials are below the target; when the rest are running elsewhere it waits, failing stale
-    trials (their worker died) so that their retries get picked up.
+    trials (their worker died) so that their retries get picked up. With ``storage_url`` the check
+    and the creation of the trial happen under a cross-process study lock (released as soon as
+    the new trial is RUNNING), so concurrent workers never start one trial too many.
     """
     import optuna
+    from optuna.trial import TrialState
+
+    from autofuse.storage.lock import StudyLock
+
+    lock = StudyLock(storage_url, st.study_name) if storage_url else contextlib.nullcontext()
+
+    def locked_objective(trial):
+        if storage_url:
+            lock.release()  # this trial is RUNNING now, other workers count it
+        return objective(trial)
 
     callbacks = list(extra_callbacks)
     bar_cm = StudyProgress(st, n_total, metric) if progress else contextlib.nullcontext()
-    with bar_cm as bar:
-        while not should_stop():
-            done = finished_count(st)
-            if done >= n_total:
-                break
-            busy = len(st.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
-            if done + busy >= n_total:
-                optuna.storages.fail_stale_trials(st)
+    try:
+        with bar_cm as bar:
+            while not should_stop():
+                with lock:
+                    # one snapshot: with two reads a trial finishing in between counts as neither
+                    states = [t.state for t in st.get_trials(deepcopy=False)]
+                    done = states.count(TrialState.COMPLETE) + states.count(TrialState.PRUNED)
+                    if done >= n_total:
+                        break
+                    if done + states.count(TrialState.RUNNING) < n_total:
+                        st.optimize(locked_objective, n_trials=1, callbacks=callbacks, catch=(Exception,))
+                        if bar is not None:
+                            bar.update()
+                        continue
+                optuna.storages.fail_stale_trials(st)  # the rest are running elsewhere: wait
                 time.sleep(1.0)
-                continue
-            st.optimize(objective, n_trials=1, callbacks=callbacks, catch=(Exception,))
-            if bar is not None:
-                bar.update()
+    finally:
+        if storage_url:
+            lock.close()
 
 
 class StudyProgress:

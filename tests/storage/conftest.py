@@ -33,3 +33,17 @@ def mlflow_server(tmp_path_factory):
         yield uri
     finally:
         stop_mlflow_server(proc)
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "mysql"])
+def url(request, tmp_path):
+    """A fresh, empty database on each backend: a SQLite file, the real PostgreSQL server, the real
+    MariaDB server (the server ones skip when unreachable, fail under CI=true)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'db.sqlite'}"
+        return
+    from tests_storage_db import fresh_database
+
+    u, drop = fresh_database(request.param)
+    yield u
+    drop()

@@ -13,18 +13,6 @@ from autofuse.errors import ConfigError
 from autofuse.storage.history import HistoryStore, head_revision, upgrade_url
 
 HERE = Path(__file__).parent
-@pytest.fixture(params=["sqlite", "postgresql", "mysql"])
-def url(request, tmp_path):
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'h.db'}"
-        return
-    from tests_storage_db import fresh_database
-
-    u, drop = fresh_database(request.param)
-    yield u
-    drop()
-
-
 def test_fresh_database_gets_current_schema(url):
     hs = HistoryStore(url)
     assert hs.current_revision() == head_revision()

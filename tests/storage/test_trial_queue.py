@@ -12,24 +12,11 @@ from __future__ import annotations
 import multiprocessing as mp
 
 import optuna
-import pytest
 
 from autofuse.storage import make_storage
 
 N_PROCS = 4
 N_QUEUED = 48
-
-
-@pytest.fixture(params=["sqlite", "postgresql", "mysql"])
-def url(request, tmp_path):
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'q.db'}"
-        return
-    from tests_storage_db import fresh_database
-
-    u, drop = fresh_database(request.param)
-    yield u
-    drop()
 
 
 def _take(url: str, start, out) -> None:  # runs in a child process
