@@ -25,3 +25,4 @@ test: setup
 
 lint: setup
 	$(BIN)/ruff check autofuse tests benchmarks
+	$(BIN)/ruff format --check autofuse tests benchmarks

@@ -37,7 +37,9 @@ def _setup_logging(verbose: int) -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "DEBUG" if verbose > 1 else "INFO" if verbose else "WARNING")
+    os.environ.setdefault(
+        "MLFLOW_LOGGING_LEVEL", "DEBUG" if verbose > 1 else "INFO" if verbose else "WARNING"
+    )
     level = logging.DEBUG if verbose > 1 else logging.INFO if verbose == 1 else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     _VERBOSITY["level"] = level if verbose else logging.WARNING
@@ -64,22 +66,30 @@ def main(verbose: int) -> None:
 
 # ---- search ------------------------------------------------------------------------------------
 
-_workdir = click.option("--workdir", type=click.Path(file_okay=False), default=None,
-                        help="Root of trials/ and reports/ (default: $AUTOFUSE_HOME or the cwd).")
+_workdir = click.option(
+    "--workdir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Root of trials/ and reports/ (default: $AUTOFUSE_HOME or the cwd).",
+)
 
 
 def _print_result(res) -> None:
     s = res.summary
-    click.echo(f"study {res.study_name}: {s['trials']['completed']} completed, "
-               f"{s['trials']['pruned']} pruned, {s['trials']['failed']} failed "
-               f"in {s['wall_time_s']:.0f} s")
+    click.echo(
+        f"study {res.study_name}: {s['trials']['completed']} completed, "
+        f"{s['trials']['pruned']} pruned, {s['trials']['failed']} failed "
+        f"in {s['wall_time_s']:.0f} s"
+    )
     if s.get("best_trial") is None:
         click.echo("no trial completed; nothing exported")
         return
     spec = s["spec"]
     f = spec["fusion"]
     encs = ", ".join(f"{m}={e['name']}/{e['mode']}" for m, e in spec["encoders"].items())
-    click.echo(f"best trial {s['best_trial']}: {f['family']}.{f['method']} at {f['point']} [{encs}]")
+    click.echo(
+        f"best trial {s['best_trial']}: {f['family']}.{f['method']} at {f['point']} [{encs}]"
+    )
     click.echo(f"  val:  {_fmt(s['val_metrics'])}")
     click.echo(f"  test: {_fmt(s['test_metrics'])}")
     click.echo(f"results: {res.study_dir / 'summary.json'}")
@@ -97,50 +107,118 @@ def _fmt(m: dict | None) -> str:
 @click.argument("dataset", type=click.Path())
 @click.option("--study", required=True, help="Study name; running again resumes it.")
 @click.option("--trials", type=int, default=None, help="Total finished trials wanted.")
-@click.option("--storage", default=None, help="SQLAlchemy URL (default sqlite:///trials/autofuse.db).")
-@click.option("--space", default=None, help="Search-space YAML file or bundled name (default: default).")
+@click.option(
+    "--storage", default=None, help="SQLAlchemy URL (default sqlite:///trials/autofuse.db)."
+)
+@click.option(
+    "--space", default=None, help="Search-space YAML file or bundled name (default: default)."
+)
 @click.option("--sampler", type=click.Choice(["tpe", "random", "gp", "qmc"]), default=None)
-@click.option("--pruner", type=click.Choice(["median", "hyperband", "successive_halving", "none"]),
-              default=None)
+@click.option(
+    "--pruner",
+    type=click.Choice(["median", "hyperband", "successive_halving", "none"]),
+    default=None,
+)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--baselines/--no-baselines", default=None, help="Enqueue hand-designed baselines first.")
+@click.option(
+    "--baselines/--no-baselines", default=None, help="Enqueue hand-designed baselines first."
+)
 @click.option("--trial-timeout", type=float, default=None, help="Seconds per trial.")
 @click.option("--device", default=None, help="cuda, cuda:N or cpu (default: CUDA when available).")
 @click.option("--force", is_flag=True, help="Resume even if the dataset or space changed.")
-@click.option("--mlflow-uri", default=None,
-              help="MLflow tracking URI (default sqlite:///trials/mlflow.db; 'off' to disable).")
-@click.option("--heartbeat", type=int, default=30, show_default=True,
-              help="Seconds between worker heartbeats; a trial silent for 4x this is retried.")
-@click.option("--workers", type=int, default=None,
-              help="Worker processes (default: one per visible GPU, else 1).")
+@click.option(
+    "--mlflow-uri",
+    default=None,
+    help="MLflow tracking URI (default sqlite:///trials/mlflow.db; 'off' to disable).",
+)
+@click.option(
+    "--heartbeat",
+    type=int,
+    default=30,
+    show_default=True,
+    help="Seconds between worker heartbeats; a trial silent for 4x this is retried.",
+)
+@click.option(
+    "--workers",
+    type=int,
+    default=None,
+    help="Worker processes (default: one per visible GPU, else 1).",
+)
 @click.option("--devices", default=None, help="Devices for the workers: cuda:0,cuda:1,... or cpu.")
 @click.option("--amp", is_flag=True, help="Mixed precision (bfloat16) on CUDA.")
-@click.option("--max-faults", type=int, default=5, show_default=True,
-              help="Stop a worker after this many consecutive faulty trials.")
+@click.option(
+    "--max-faults",
+    type=int,
+    default=5,
+    show_default=True,
+    help="Stop a worker after this many consecutive faulty trials.",
+)
 @click.option("--no-progress", is_flag=True)
 @_workdir
-def search(dataset, study, trials, storage, space, sampler, pruner, seed, baselines, trial_timeout,
-           device, force, mlflow_uri, heartbeat, workers, devices, amp, max_faults, no_progress,
-           workdir) -> None:
+def search(
+    dataset,
+    study,
+    trials,
+    storage,
+    space,
+    sampler,
+    pruner,
+    seed,
+    baselines,
+    trial_timeout,
+    device,
+    force,
+    mlflow_uri,
+    heartbeat,
+    workers,
+    devices,
+    amp,
+    max_faults,
+    no_progress,
+    workdir,
+) -> None:
     """Search fusion architectures for DATASET (a folder with dataset.yaml)."""
     from autofuse.study import search as run_search
 
     _quiet_optuna()
-    res = run_search(dataset, study=study, trials=trials, storage=storage, space=space,
-                     workdir=workdir, sampler=sampler, pruner=pruner, seed=seed, baselines=baselines,
-                     trial_timeout=trial_timeout, force=force, progress=not no_progress,
-                     device=device, mlflow_uri=mlflow_uri, heartbeat_interval=heartbeat,
-                     workers=workers, devices=devices, amp=amp, max_faults=max_faults)
+    res = run_search(
+        dataset,
+        study=study,
+        trials=trials,
+        storage=storage,
+        space=space,
+        workdir=workdir,
+        sampler=sampler,
+        pruner=pruner,
+        seed=seed,
+        baselines=baselines,
+        trial_timeout=trial_timeout,
+        force=force,
+        progress=not no_progress,
+        device=device,
+        mlflow_uri=mlflow_uri,
+        heartbeat_interval=heartbeat,
+        workers=workers,
+        devices=devices,
+        amp=amp,
+        max_faults=max_faults,
+    )
     _print_result(res)
 
 
 @main.command()
 @click.option("--study", required=True)
-@click.option("--storage", required=True, help="The study's SQLAlchemy URL (PostgreSQL / MySQL to scale out).")
+@click.option(
+    "--storage", required=True, help="The study's SQLAlchemy URL (PostgreSQL / MySQL to scale out)."
+)
 @click.option("--mlflow-uri", default=None, help="MLflow tracking server shared by all workers.")
 @click.option("--device", default=None, help="cuda, cuda:N or cpu (default: CUDA when available).")
-@click.option("--dataset", default=None, type=click.Path(), help="Dataset folder, if not at the study's path.")
-@click.option("--trials", type=int, default=None, help="Total finished trials (default: the study's).")
+@click.option(
+    "--dataset", default=None, type=click.Path(), help="Dataset folder, if not at the study's path."
+)
+@click.option(
+    "--trials", type=int, default=None, help="Total finished trials (default: the study's)."
+)
 @click.option("--seed", type=int, default=None, help="Sampler seed (default: from the process id).")
 @_workdir
 def worker(study, storage, mlflow_uri, device, dataset, trials, seed, workdir) -> None:
@@ -148,8 +226,16 @@ def worker(study, storage, mlflow_uri, device, dataset, trials, seed, workdir) -
     from autofuse.workers import run_worker, worker_config_from_study
 
     _quiet_optuna()
-    cfg = worker_config_from_study(study, storage, workdir=workdir, dataset=dataset, device=device,
-                                   mlflow_uri=mlflow_uri, trials=trials, seed=seed)
+    cfg = worker_config_from_study(
+        study,
+        storage,
+        workdir=workdir,
+        dataset=dataset,
+        device=device,
+        mlflow_uri=mlflow_uri,
+        trials=trials,
+        seed=seed,
+    )
     click.echo(f"worker joins study {study} on {cfg.device} (target {cfg.n_total} finished trials)")
     run_worker(cfg, progress=sys.stdout.isatty())
     click.echo("study target reached; worker done")
@@ -176,23 +262,38 @@ def demo(trials, study, space, workdir) -> None:
 
 @main.command()
 @click.option("--study", required=True, help="Study name.")
-@click.option("--storage", default=None, help="SQLAlchemy URL (default sqlite:///trials/autofuse.db).")
-@click.option("--dataset", type=click.Path(), default=None,
-              help="Dataset folder for the robustness test (default: the one the study recorded).")
-@click.option("--device", default=None, help="Where to evaluate the finalists (default: CUDA when available).")
+@click.option(
+    "--storage", default=None, help="SQLAlchemy URL (default sqlite:///trials/autofuse.db)."
+)
+@click.option(
+    "--dataset",
+    type=click.Path(),
+    default=None,
+    help="Dataset folder for the robustness test (default: the one the study recorded).",
+)
+@click.option(
+    "--device", default=None, help="Where to evaluate the finalists (default: CUDA when available)."
+)
 @click.option("--no-robustness", is_flag=True, help="Skip re-evaluating the finalists.")
 @_workdir
 def report(study, storage, dataset, device, no_robustness, workdir) -> None:
     """Write the comparison report of a study: reports/<study>/report.html and report.md."""
     from autofuse.report import write_report
 
-    out = write_report(study, workdir=workdir, storage=storage, dataset=dataset,
-                       robustness=not no_robustness, device=device)
+    out = write_report(
+        study,
+        workdir=workdir,
+        storage=storage,
+        dataset=dataset,
+        robustness=not no_robustness,
+        device=device,
+    )
     click.echo(f"report: {out['html']}")
     click.echo(f"markdown: {out['markdown']} (figures in {out['figures']})")
 
 
 # ---- data ----------------------------------------------------------------------------------------
+
 
 @main.group()
 def data() -> None:
@@ -225,13 +326,17 @@ def _print_dataset_summary(s: dict) -> None:
     from rich.table import Table
 
     splits = ", ".join(f"{k} {v}" for k, v in s.get("splits", {}).items())
-    click.echo(f"dataset {s.get('name')}: {s.get('rows')} rows ({splits}), task {s.get('task')}, "
-               f"target {s.get('target')}")
+    click.echo(
+        f"dataset {s.get('name')}: {s.get('rows')} rows ({splits}), task {s.get('task')}, "
+        f"target {s.get('target')}"
+    )
     if s.get("classes"):
         counts = s.get("class_counts") or {}
-        click.echo(f"classes ({len(s['classes'])}): "
-                   + ", ".join(f"{c} ({counts.get(c, '?')})" for c in s["classes"][:30])
-                   + (" ..." if len(s["classes"]) > 30 else ""))
+        click.echo(
+            f"classes ({len(s['classes'])}): "
+            + ", ".join(f"{c} ({counts.get(c, '?')})" for c in s["classes"][:30])
+            + (" ..." if len(s["classes"]) > 30 else "")
+        )
     t = Table("modality", "type", "missing rate")
     for m, typ in s.get("modalities", {}).items():
         t.add_row(m, typ, f"{100 * s.get('missing_rate', {}).get(m, 0):.1f}%")
@@ -239,25 +344,46 @@ def _print_dataset_summary(s: dict) -> None:
 
 
 @data.command("avmnist")
-@click.option("--mnist", "mnist_dir", required=True, type=click.Path(), help="Folder with MNIST idx .gz files.")
-@click.option("--fsdd", "fsdd_dir", required=True, type=click.Path(), help="FSDD folder (recordings/).")
+@click.option(
+    "--mnist",
+    "mnist_dir",
+    required=True,
+    type=click.Path(),
+    help="Folder with MNIST idx .gz files.",
+)
+@click.option(
+    "--fsdd", "fsdd_dir", required=True, type=click.Path(), help="FSDD folder (recordings/)."
+)
 @click.option("--out", "out_dir", required=True, type=click.Path(), help="Output dataset folder.")
 @click.option("--per-class", type=int, default=None, help="Samples per digit (default: all).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--pca-components", type=int, default=10, show_default=True,
-              help="Image degradation: PCA components kept.")
+@click.option(
+    "--pca-components",
+    type=int,
+    default=10,
+    show_default=True,
+    help="Image degradation: PCA components kept.",
+)
 def data_avmnist(mnist_dir, fsdd_dir, out_dir, per_class, seed, pca_components) -> None:
     """Build an AV-MNIST-style dataset (not comparable with the original AV-MNIST)."""
     from autofuse.data.builders import build_avmnist
 
-    out = build_avmnist(Path(mnist_dir), Path(fsdd_dir), Path(out_dir), n_per_class=per_class,
-                        seed=seed, pca_components=pca_components)
+    out = build_avmnist(
+        Path(mnist_dir),
+        Path(fsdd_dir),
+        Path(out_dir),
+        n_per_class=per_class,
+        seed=seed,
+        pca_components=pca_components,
+    )
     click.echo(f"wrote {out}")
 
 
 # ---- history ---------------------------------------------------------------------------------------
 
-_storage = click.option("--storage", default=None, help="SQLAlchemy URL (default sqlite:///trials/autofuse.db).")
+_storage = click.option(
+    "--storage", default=None, help="SQLAlchemy URL (default sqlite:///trials/autofuse.db)."
+)
 
 
 def _emit(rows: list[dict], fmt: str, columns: list[str] | None = None) -> None:
@@ -291,9 +417,19 @@ def _cell(v) -> str:
 
 @main.command()
 @click.option("--study", required=True)
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
-@click.option("--by", type=click.Choice(["family", "method", "point"]), default=None,
-              help="Best trial per family / method / fusion point.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "csv", "json"]),
+    default="table",
+    show_default=True,
+)
+@click.option(
+    "--by",
+    type=click.Choice(["family", "method", "point"]),
+    default=None,
+    help="Best trial per family / method / fusion point.",
+)
 @click.option("--top", type=int, default=20, show_default=True)
 @_storage
 @_workdir
@@ -310,7 +446,13 @@ def leaderboard(study, fmt, by, top, storage, workdir) -> None:
 
 
 @main.command()
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "csv", "json"]),
+    default="table",
+    show_default=True,
+)
 @_storage
 @_workdir
 def studies(fmt, storage, workdir) -> None:
@@ -343,57 +485,122 @@ def db_upgrade(storage, workdir) -> None:
 
 # ---- export and predict ------------------------------------------------------------------------
 
+
 @main.command()
 @click.option("--study", required=True, help="Study name.")
-@click.option("--trial", type=int, default=None, help="Trial number (default: the study's best trial).")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
-              help="Export folder (created; an earlier export there is replaced).")
-@click.option("--storage", default=None, help="SQLAlchemy URL (default sqlite:///trials/autofuse.db).")
-@click.option("--dataset", type=click.Path(), default=None,
-              help="Dataset folder (default: the one the study recorded); gives the export its "
-                   "column layout and --retrain its data.")
-@click.option("--retrain", is_flag=True,
-              help="Refit on train + val (the trial's settings, its best epoch count) first.")
-@click.option("--finetune-encoders", is_flag=True,
-              help="With --retrain: fine-tune the frozen encoders that allow it.")
+@click.option(
+    "--trial", type=int, default=None, help="Trial number (default: the study's best trial)."
+)
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Export folder (created; an earlier export there is replaced).",
+)
+@click.option(
+    "--storage", default=None, help="SQLAlchemy URL (default sqlite:///trials/autofuse.db)."
+)
+@click.option(
+    "--dataset",
+    type=click.Path(),
+    default=None,
+    help="Dataset folder (default: the one the study recorded); gives the export its "
+    "column layout and --retrain its data.",
+)
+@click.option(
+    "--retrain",
+    is_flag=True,
+    help="Refit on train + val (the trial's settings, its best epoch count) first.",
+)
+@click.option(
+    "--finetune-encoders",
+    is_flag=True,
+    help="With --retrain: fine-tune the frozen encoders that allow it.",
+)
 @click.option("--device", default=None, help="Where to retrain (default: CUDA when available).")
-@click.option("--register", is_flag=True,
-              help="Also log the export as an MLflow pyfunc model registered under the study's name.")
-@click.option("--mlflow-uri", default=None,
-              help="MLflow tracking URI for --register (default sqlite:///trials/mlflow.db).")
+@click.option(
+    "--register",
+    is_flag=True,
+    help="Also log the export as an MLflow pyfunc model registered under the study's name.",
+)
+@click.option(
+    "--mlflow-uri",
+    default=None,
+    help="MLflow tracking URI for --register (default sqlite:///trials/mlflow.db).",
+)
 @_workdir
-def export(study, trial, out_dir, storage, dataset, retrain, finetune_encoders, device, register,
-           mlflow_uri, workdir) -> None:
+def export(
+    study,
+    trial,
+    out_dir,
+    storage,
+    dataset,
+    retrain,
+    finetune_encoders,
+    device,
+    register,
+    mlflow_uri,
+    workdir,
+) -> None:
     """Export a trial (default: the best) as architecture.json + model.safetensors + model_card.md."""
     from autofuse.export import export_trial
 
-    res = export_trial(study, out_dir, trial=trial, workdir=workdir, storage=storage, dataset=dataset,
-                       retrain=retrain, finetune_encoders=finetune_encoders, device=device)
-    click.echo(f"exported trial {res.trial} of study {res.study}"
-               f"{' (retrained on train + val)' if res.retrained else ''} to {res.out}")
+    res = export_trial(
+        study,
+        out_dir,
+        trial=trial,
+        workdir=workdir,
+        storage=storage,
+        dataset=dataset,
+        retrain=retrain,
+        finetune_encoders=finetune_encoders,
+        device=device,
+    )
+    click.echo(
+        f"exported trial {res.trial} of study {res.study}"
+        f"{' (retrained on train + val)' if res.retrained else ''} to {res.out}"
+    )
     click.echo(f"  test: {_fmt(res.metrics.get('test'))}")
     if register:
         from autofuse.mlflow_model import log_pyfunc
         from autofuse.paths import Paths
         from autofuse.storage.mlflow import default_tracking_uri
 
-        uri = log_pyfunc(res.out, registered_name=study,
-                         tracking_uri=mlflow_uri or default_tracking_uri(Paths.resolve(workdir).trials))
+        uri = log_pyfunc(
+            res.out,
+            registered_name=study,
+            tracking_uri=mlflow_uri or default_tracking_uri(Paths.resolve(workdir).trials),
+        )
         click.echo(f"registered: {uri}")
 
 
 @main.command()
 @click.argument("model")
 @click.argument("dataset", type=click.Path())
-@click.option("--out", "out_file", default="predictions.csv", show_default=True,
-              type=click.Path(dir_okay=False), help="CSV to write (atomically).")
-@click.option("--on-bad-file", type=click.Choice(["error", "missing"]), default="error", show_default=True,
-              help="A missing or unreadable per-sample file: fail before writing anything, or "
-                   "predict the row with that modality missing (rows listed in a warning).")
+@click.option(
+    "--out",
+    "out_file",
+    default="predictions.csv",
+    show_default=True,
+    type=click.Path(dir_okay=False),
+    help="CSV to write (atomically).",
+)
+@click.option(
+    "--on-bad-file",
+    type=click.Choice(["error", "missing"]),
+    default="error",
+    show_default=True,
+    help="A missing or unreadable per-sample file: fail before writing anything, or "
+    "predict the row with that modality missing (rows listed in a warning).",
+)
 @click.option("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when available).")
-@click.option("--mlflow-uri", default=None,
-              help="MLflow tracking URI for a models:/ or runs:/ MODEL (default: $MLFLOW_TRACKING_URI, "
-                   "else sqlite:///trials/mlflow.db).")
+@click.option(
+    "--mlflow-uri",
+    default=None,
+    help="MLflow tracking URI for a models:/ or runs:/ MODEL (default: $MLFLOW_TRACKING_URI, "
+    "else sqlite:///trials/mlflow.db).",
+)
 @_workdir
 def predict(model, dataset, out_file, on_bad_file, device, mlflow_uri, workdir) -> None:
     """Predict every row of DATASET with MODEL (an export folder or an MLflow model URI)."""
@@ -418,7 +625,9 @@ def mlflow_group() -> None:
 
 @mlflow_group.command("sync")
 @click.option("--study", required=True)
-@click.option("--mlflow-uri", default=None, help="Tracking URI (default sqlite:///trials/mlflow.db).")
+@click.option(
+    "--mlflow-uri", default=None, help="Tracking URI (default sqlite:///trials/mlflow.db)."
+)
 @_storage
 @_workdir
 def mlflow_sync(study, mlflow_uri, storage, workdir) -> None:
@@ -430,6 +639,7 @@ def mlflow_sync(study, mlflow_uri, storage, workdir) -> None:
 
 
 # ---- registries and spaces -------------------------------------------------------------------------
+
 
 @main.command()
 def fusions() -> None:
@@ -443,8 +653,13 @@ def fusions() -> None:
         notes = e.meta["description"]
         if e.meta.get("max_modalities"):
             notes += f" (max {e.meta['max_modalities']} modalities)"
-        t.add_row(e.name, e.meta["family"], ", ".join(e.meta["points"]),
-                  _space_str(e.meta["space"]), notes)
+        t.add_row(
+            e.name,
+            e.meta["family"],
+            ", ".join(e.meta["points"]),
+            _space_str(e.meta["space"]),
+            notes,
+        )
     _console().print(t)
 
 
@@ -457,8 +672,13 @@ def encoders() -> None:
 
     t = Table("encoder", "modality", "modes", "hyperparameters", "notes")
     for e in map(get_encoder_entry, list_encoders()):
-        t.add_row(e.name, e.meta["modality"], ", ".join(e.meta["modes"]), _space_str(e.meta["space"]),
-                  e.meta.get("description", ""))
+        t.add_row(
+            e.name,
+            e.meta["modality"],
+            ", ".join(e.meta["modes"]),
+            _space_str(e.meta["space"]),
+            e.meta.get("description", ""),
+        )
     _console().print(t)
 
 

@@ -60,7 +60,9 @@ class ExportResult:
 
 
 # ---------------------------------------------------------------------------------- helpers
-def full_model(spec: ArchitectureSpec, info: dict, state: dict[str, torch.Tensor], what: str = "weights"):
+def full_model(
+    spec: ArchitectureSpec, info: dict, state: dict[str, torch.Tensor], what: str = "weights"
+):
     """The full model (frozen encoders built for real) with ``state`` loaded; ``state`` may lack
     only the frozen encoders' weights (search checkpoints do not store them)."""
     from autofuse.model import build_model
@@ -114,12 +116,20 @@ def weight_sources(spec: ArchitectureSpec) -> dict[str, dict[str, Any]]:
         else:
             src = "random initialisation"
         trained = e.mode != "frozen"
-        out[m] = {"name": e.name, "mode": e.mode, "dim": e.dim, "initialised_from": src,
-                  "trained": trained, "weights": "model.safetensors"}
+        out[m] = {
+            "name": e.name,
+            "mode": e.mode,
+            "dim": e.dim,
+            "initialised_from": src,
+            "trained": trained,
+            "weights": "model.safetensors",
+        }
     return out
 
 
-def read_dataset_config(folder: str | os.PathLike[str] | None, required: bool = False) -> dict | None:
+def read_dataset_config(
+    folder: str | os.PathLike[str] | None, required: bool = False
+) -> dict | None:
     """The dataset config of ``folder`` as a JSON-able dict (None when unavailable)."""
     from autofuse.data import DatasetError
     from autofuse.data.validate import find_config, read_config
@@ -130,8 +140,11 @@ def read_dataset_config(folder: str | os.PathLike[str] | None, required: bool = 
     if config is None:
         if required:
             raise DatasetError(problems, source=str(folder))
-        log.warning("dataset config of %s unreadable (%s); the export records no column layout",
-                    folder, "; ".join(str(p) for p in problems[:3]))
+        log.warning(
+            "dataset config of %s unreadable (%s); the export records no column layout",
+            folder,
+            "; ".join(str(p) for p in problems[:3]),
+        )
         return None
     return config.model_dump(mode="json")
 
@@ -142,14 +155,18 @@ def _load_study(study: str, paths: Paths, storage: str | None):
     from autofuse.storage import make_storage
 
     url = storage or paths.default_storage
-    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).expanduser().exists():
-        raise ConfigError(f"no study database at {url[len('sqlite:///'):]} (use --workdir or --storage)")
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///") :]).expanduser().exists():
+        raise ConfigError(
+            f"no study database at {url[len('sqlite:///') :]} (use --workdir or --storage)"
+        )
     stor = make_storage(url)
     try:
         return optuna.load_study(study_name=study, storage=stor)
     except KeyError:
         names = sorted(optuna.get_all_study_names(stor))
-        raise ConfigError(f"no study {study!r} in {url} (studies: {', '.join(names) or 'none'})") from None
+        raise ConfigError(
+            f"no study {study!r} in {url} (studies: {', '.join(names) or 'none'})"
+        ) from None
 
 
 def _pick_trial(st, number: int | None):
@@ -164,8 +181,10 @@ def _pick_trial(st, number: int | None):
         if t.number == number:
             if t.state != optuna.trial.TrialState.COMPLETE:
                 reason = t.user_attrs.get("reason")
-                raise ConfigError(f"trial {number} of study {st.study_name!r} is {t.state.name}"
-                                  f"{f' ({reason})' if reason else ''}; only completed trials can be exported")
+                raise ConfigError(
+                    f"trial {number} of study {st.study_name!r} is {t.state.name}"
+                    f"{f' ({reason})' if reason else ''}; only completed trials can be exported"
+                )
             return t
     raise ConfigError(f"study {st.study_name!r} has no trial {number}")
 
@@ -183,9 +202,20 @@ def train_fixed(model, data, training, epochs: int, device: torch.device) -> lis
     losses = []
     for epoch in range(1, epochs + 1):
         try:
-            losses.append(train_epoch(model, data, opt, criterion, params, g,
-                                      batch_size=training.batch_size, aux_weight=training.aux_weight,
-                                      device=device, epoch=epoch))
+            losses.append(
+                train_epoch(
+                    model,
+                    data,
+                    opt,
+                    criterion,
+                    params,
+                    g,
+                    batch_size=training.batch_size,
+                    aux_weight=training.aux_weight,
+                    device=device,
+                    epoch=epoch,
+                )
+            )
         except TrialFault as e:
             raise RetrainError(f"retraining {e.reason}: {e}") from None
         log.info("retrain epoch %d/%d: loss %.4f", epoch, epochs, losses[-1])
@@ -226,11 +256,19 @@ def retrain_trial(ds, spec: ArchitectureSpec, epochs: int, paths: Paths, device:
             inputs[m] = feats
         else:
             inputs[m] = prepared
-    info = {"name": ds.name, "task": ds.task, "classes": ds.classes, "target_stats": list(target_stats),
-            "fingerprint": ds.fingerprint(), "modalities": infos}
+    info = {
+        "name": ds.name,
+        "task": ds.task,
+        "classes": ds.classes,
+        "target_stats": list(target_stats),
+        "fingerprint": ds.fingerprint(),
+        "modalities": infos,
+    }
     torch.manual_seed(spec.training.seed)
     model = build_model(spec, info, skip_frozen=True).to(device)
-    data = TrainData(task=ds.task, y=yt, y_raw=y, inputs=inputs, splits=splits, target_stats=target_stats)
+    data = TrainData(
+        task=ds.task, y=yt, y_raw=y, inputs=inputs, splits=splits, target_stats=target_stats
+    )
     losses = train_fixed(model, data, spec.training, epochs, device)
     test = evaluate(model, data, "test", device) if len(splits["test"]) else {}
     latency = measure_latency_ms(model, data, device)
@@ -286,29 +324,53 @@ def export_trial(
     if folder is not None and not Path(folder).is_dir():
         if retrain:
             raise ConfigError(f"the study's dataset folder {folder} is gone; pass --dataset DIR")
-        log.warning("the study's dataset folder %s is gone: the export records no column layout "
-                    "(pass --dataset DIR to record it)", folder)
+        log.warning(
+            "the study's dataset folder %s is gone: the export records no column layout "
+            "(pass --dataset DIR to record it)",
+            folder,
+        )
         folder = None
     if folder is None and retrain:
         raise ConfigError("--retrain needs the dataset: pass --dataset DIR")
-    metrics = {"val": dict(attrs.get("val_metrics") or {}), "test": dict(attrs.get("test_metrics") or {})}
+    metrics = {
+        "val": dict(attrs.get("val_metrics") or {}),
+        "test": dict(attrs.get("test_metrics") or {}),
+    }
     meta: dict[str, Any] = {
-        "study": study, "trial": t.number, "retrained": retrain, "baseline": attrs.get("baseline"),
-        "metric": st.user_attrs.get("metric"), "direction": st.direction.name.lower(),
-        "value": t.value, "metrics": metrics, "n_params_search": attrs.get("n_params"),
-        "latency_ms": attrs.get("latency_ms"), "best_epoch": attrs.get("best_epoch"),
-        "epochs_run": attrs.get("epochs_run"), "device": attrs.get("device"),
-        "dataset": {**(st.user_attrs.get("dataset") or {}), "path": str(folder) if folder else None},
+        "study": study,
+        "trial": t.number,
+        "retrained": retrain,
+        "baseline": attrs.get("baseline"),
+        "metric": st.user_attrs.get("metric"),
+        "direction": st.direction.name.lower(),
+        "value": t.value,
+        "metrics": metrics,
+        "n_params_search": attrs.get("n_params"),
+        "latency_ms": attrs.get("latency_ms"),
+        "best_epoch": attrs.get("best_epoch"),
+        "epochs_run": attrs.get("epochs_run"),
+        "device": attrs.get("device"),
+        "dataset": {
+            **(st.user_attrs.get("dataset") or {}),
+            "path": str(folder) if folder else None,
+        },
     }
     if not retrain:
         ck = paths.study_dir(study) / "checkpoints"
         arch, weights = ck / f"trial_{t.number}.json", ck / f"trial_{t.number}.safetensors"
         if not arch.is_file() or not weights.is_file():
-            kept = sorted({int(p.stem.split("_", 1)[1]) for p in ck.glob("trial_*.safetensors")
-                           if p.stem.split("_", 1)[1].isdigit()})
-            raise ConfigError(f"trial {t.number} has no checkpoint in {ck} (only the best {KEEP_TOP_K} "
-                              f"completed trials keep one: {kept or 'none'}); add --retrain to refit "
-                              "it on train + val and export that")
+            kept = sorted(
+                {
+                    int(p.stem.split("_", 1)[1])
+                    for p in ck.glob("trial_*.safetensors")
+                    if p.stem.split("_", 1)[1].isdigit()
+                }
+            )
+            raise ConfigError(
+                f"trial {t.number} has no checkpoint in {ck} (only the best {KEEP_TOP_K} "
+                f"completed trials keep one: {kept or 'none'}); add --retrain to refit "
+                "it on train + val and export that"
+            )
         spec, info = load_architecture(arch)
         model = full_model(spec, info, load_file(str(weights)), f"checkpoint of trial {t.number}")
         info["config"] = read_dataset_config(folder)
@@ -320,12 +382,17 @@ def export_trial(
         if finetune_encoders:
             spec, switched = finetune_spec(spec)
             if not switched:
-                log.warning("--finetune-encoders: no frozen encoder of this trial can be fine-tuned")
+                log.warning(
+                    "--finetune-encoders: no frozen encoder of this trial can be fine-tuned"
+                )
         ds = Dataset.load(folder)
         expected = st.user_attrs.get("dataset_fingerprint")
         if expected and ds.fingerprint() != expected:
-            log.warning("the dataset at %s differs from the one study %s ran on; retraining on it",
-                        folder, study)
+            log.warning(
+                "the dataset at %s differs from the one study %s ran on; retraining on it",
+                folder,
+                study,
+            )
         epochs = int(attrs.get("best_epoch") or attrs.get("epochs_run") or spec.training.epochs)
         dev = torch.device(device) if device else default_device()
         log.info("retraining trial %d on train + val for %d epochs on %s", t.number, epochs, dev)
@@ -334,20 +401,29 @@ def export_trial(
         trained, info, test, latency, losses = retrain_trial(ds, spec, epochs, paths, dev)
         model = full_model(spec, info, trainable_state_dict(trained), "retrained weights")
         info["config"] = read_dataset_config(folder, required=True)
-        meta["retrain"] = {"epochs": epochs, "rows": int(len(ds.indices("train")) + len(ds.indices("val"))),
-                           "splits": ["train", "val"], "finetuned_encoders": switched,
-                           "train_loss": losses, "device": str(dev)}
+        meta["retrain"] = {
+            "epochs": epochs,
+            "rows": int(len(ds.indices("train")) + len(ds.indices("val"))),
+            "splits": ["train", "val"],
+            "finetuned_encoders": switched,
+            "train_loss": losses,
+            "device": str(dev),
+        }
         meta["metrics_after_retrain"] = {"test": test}
         meta["latency_ms"] = latency
         meta["device"] = str(dev)
         meta["dataset"]["fingerprint"] = ds.fingerprint()
-    meta.update({
-        "family": spec.fusion.family, "method": spec.fusion.method, "point": spec.fusion.point,
-        "n_params": int(sum(p.numel() for p in model.parameters())),
-        "encoders": weight_sources(spec),
-        "autofuse_version": _version(),
-        "created": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-    })
+    meta.update(
+        {
+            "family": spec.fusion.family,
+            "method": spec.fusion.method,
+            "point": spec.fusion.point,
+            "n_params": int(sum(p.numel() for p in model.parameters())),
+            "encoders": weight_sources(spec),
+            "autofuse_version": _version(),
+            "created": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
+    )
     out = write_export(out, spec, info, model, meta)
     final = meta.get("metrics_after_retrain") or metrics
     return ExportResult(out, study, t.number, retrain, final, meta["n_params"])
@@ -363,21 +439,31 @@ def _version() -> str:
     return __version__
 
 
-def write_export(out: str | os.PathLike[str], spec: ArchitectureSpec, info: dict, model,
-                 meta: dict) -> Path:
+def write_export(
+    out: str | os.PathLike[str], spec: ArchitectureSpec, info: dict, model, meta: dict
+) -> Path:
     """Write the export folder atomically (a temporary sibling renamed into place)."""
     from safetensors.torch import save_file
 
     out = Path(out).expanduser().absolute()
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "architecture.json").exists())):
-        raise ConfigError(f"--out {out}: exists and is not an autofuse export folder; choose another")
+    if out.exists() and (
+        not out.is_dir() or (any(out.iterdir()) and not (out / "architecture.json").exists())
+    ):
+        raise ConfigError(
+            f"--out {out}: exists and is not an autofuse export folder; choose another"
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        doc = {"format": ARCHITECTURE_FORMAT, "version": SPEC_VERSION, "spec": spec.model_dump(mode="json"),
-               "dataset_info": info, EXPORT_KEY: meta}
+        doc = {
+            "format": ARCHITECTURE_FORMAT,
+            "version": SPEC_VERSION,
+            "spec": spec.model_dump(mode="json"),
+            "dataset_info": info,
+            EXPORT_KEY: meta,
+        }
         (tmp / "architecture.json").write_text(json.dumps(doc, indent=2, default=str))
         state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / "model.safetensors"))
@@ -396,65 +482,116 @@ def write_export(out: str | os.PathLike[str], spec: ArchitectureSpec, info: dict
 
 
 def _fmt_metrics(m: dict | None) -> str:
-    return ", ".join(f"{k} {v:.4f}" for k, v in (m or {}).items()
-                     if isinstance(v, (int, float)) and k != "train_loss") or "-"
+    return (
+        ", ".join(
+            f"{k} {v:.4f}"
+            for k, v in (m or {}).items()
+            if isinstance(v, (int, float)) and k != "train_loss"
+        )
+        or "-"
+    )
 
 
 def model_card(spec: ArchitectureSpec, info: dict, meta: dict) -> str:
     """A short Markdown card: dataset, architecture, metrics, size, latency, usage."""
     d = meta.get("dataset") or {}
     cfg = info.get("config") or {}
-    lines = [f"# {meta['study']}: trial {meta['trial']}"
-             + (" (retrained on train + val)" if meta.get("retrained") else ""), "",
-             f"Exported by autofuse {meta.get('autofuse_version')} on {meta.get('created')}"
-             + (f"; hand-designed baseline `{meta['baseline']}`." if meta.get("baseline") else "."), "",
-             "## Dataset", "",
-             f"- name: {info.get('name')}; task: {info.get('task')}"
-             + (f"; target: `{cfg['target']['column']}`" if cfg.get("target") else ""),
-             f"- rows: {d.get('rows', '?')} ({', '.join(f'{k} {v}' for k, v in (d.get('splits') or {}).items())})",
-             f"- fingerprint: `{str(info.get('fingerprint', ''))[:16]}`"
-             + (f"; folder: `{d['path']}`" if d.get("path") else "")]
+    lines = [
+        f"# {meta['study']}: trial {meta['trial']}"
+        + (" (retrained on train + val)" if meta.get("retrained") else ""),
+        "",
+        f"Exported by autofuse {meta.get('autofuse_version')} on {meta.get('created')}"
+        + (f"; hand-designed baseline `{meta['baseline']}`." if meta.get("baseline") else "."),
+        "",
+        "## Dataset",
+        "",
+        f"- name: {info.get('name')}; task: {info.get('task')}"
+        + (f"; target: `{cfg['target']['column']}`" if cfg.get("target") else ""),
+        f"- rows: {d.get('rows', '?')} ({', '.join(f'{k} {v}' for k, v in (d.get('splits') or {}).items())})",
+        f"- fingerprint: `{str(info.get('fingerprint', ''))[:16]}`"
+        + (f"; folder: `{d['path']}`" if d.get("path") else ""),
+    ]
     if info.get("classes") is not None:
         cl = info["classes"]
-        lines.append(f"- classes ({len(cl)}): {', '.join(map(str, cl[:20]))}{' ...' if len(cl) > 20 else ''}")
-    lines += ["", "| modality | type | columns | encoder | mode | weights from |", "|---|---|---|---|---|---|"]
+        lines.append(
+            f"- classes ({len(cl)}): {', '.join(map(str, cl[:20]))}{' ...' if len(cl) > 20 else ''}"
+        )
+    lines += [
+        "",
+        "| modality | type | columns | encoder | mode | weights from |",
+        "|---|---|---|---|---|---|",
+    ]
     for m, e in meta["encoders"].items():
         mod = (cfg.get("modalities") or {}).get(m, {})
         cols = mod.get("column") or ", ".join(mod.get("columns") or []) or "?"
-        lines.append(f"| {m} | {info['modalities'][m]['type']} | {cols} | {e['name']} | {e['mode']} | "
-                     f"{e['initialised_from']} |")
+        lines.append(
+            f"| {m} | {info['modalities'][m]['type']} | {cols} | {e['name']} | {e['mode']} | "
+            f"{e['initialised_from']} |"
+        )
     f = spec.fusion
     tr = spec.training
-    lines += ["", "## Architecture", "",
-              f"- fusion: family **{f.family}**, method **{f.method}**, point **{f.point}**"
-              + (f"; {json.dumps(f.params, default=str)}" if f.params else ""),
-              f"- head: fused_dim {spec.head.fused_dim}, dropout {spec.head.dropout:.3g}",
-              f"- training: lr {tr.lr:.3g}, weight_decay {tr.weight_decay:.3g}, batch_size {tr.batch_size}, "
-              f"epochs {tr.epochs} (best epoch {meta.get('best_epoch')}), modality_dropout "
-              f"{tr.modality_dropout:.3g}, seed {tr.seed}",
-              "", "## Metrics", "",
-              f"Objective: {meta.get('metric')} ({meta.get('direction')}) on the validation split.", "",
-              "| model | split | metrics |", "|---|---|---|",
-              f"| trial {meta['trial']} (search) | val | {_fmt_metrics(meta['metrics'].get('val'))} |",
-              f"| trial {meta['trial']} (search) | test | {_fmt_metrics(meta['metrics'].get('test'))} |"]
+    lines += [
+        "",
+        "## Architecture",
+        "",
+        f"- fusion: family **{f.family}**, method **{f.method}**, point **{f.point}**"
+        + (f"; {json.dumps(f.params, default=str)}" if f.params else ""),
+        f"- head: fused_dim {spec.head.fused_dim}, dropout {spec.head.dropout:.3g}",
+        f"- training: lr {tr.lr:.3g}, weight_decay {tr.weight_decay:.3g}, batch_size {tr.batch_size}, "
+        f"epochs {tr.epochs} (best epoch {meta.get('best_epoch')}), modality_dropout "
+        f"{tr.modality_dropout:.3g}, seed {tr.seed}",
+        "",
+        "## Metrics",
+        "",
+        f"Objective: {meta.get('metric')} ({meta.get('direction')}) on the validation split.",
+        "",
+        "| model | split | metrics |",
+        "|---|---|---|",
+        f"| trial {meta['trial']} (search) | val | {_fmt_metrics(meta['metrics'].get('val'))} |",
+        f"| trial {meta['trial']} (search) | test | {_fmt_metrics(meta['metrics'].get('test'))} |",
+    ]
     if meta.get("retrained"):
         r = meta["retrain"]
-        lines.append(f"| retrained (train + val, {r['epochs']} epochs) | test | "
-                     f"{_fmt_metrics(meta['metrics_after_retrain'].get('test'))} |")
+        lines.append(
+            f"| retrained (train + val, {r['epochs']} epochs) | test | "
+            f"{_fmt_metrics(meta['metrics_after_retrain'].get('test'))} |"
+        )
         if r.get("finetuned_encoders"):
             lines.append(f"\nFine-tuned encoders: {', '.join(r['finetuned_encoders'])}.")
     lat = meta.get("latency_ms")
-    lines += ["", "## Size and speed", "",
-              f"- parameters: {meta['n_params']:,} in total (frozen encoders included); "
-              f"{meta.get('n_params_search') or 0:,} in the searched model (frozen encoders excluded)",
-              f"- latency: {lat:.3f} ms per sample (forward pass on {meta.get('device') or '?'}, frozen "
-              "encoders' features served from the cache)" if isinstance(lat, (int, float))
-              else "- latency: -",
-              "", "## Use", "", "```bash", "autofuse predict THIS_FOLDER DATASET_FOLDER --out predictions.csv",
-              "```", "", "```python", "import autofuse", "model = autofuse.load(\"THIS_FOLDER\")",
-              "predictions = model.predict(\"DATASET_FOLDER\")  # or a pandas DataFrame", "```", ""]
+    lines += [
+        "",
+        "## Size and speed",
+        "",
+        f"- parameters: {meta['n_params']:,} in total (frozen encoders included); "
+        f"{meta.get('n_params_search') or 0:,} in the searched model (frozen encoders excluded)",
+        f"- latency: {lat:.3f} ms per sample (forward pass on {meta.get('device') or '?'}, frozen "
+        "encoders' features served from the cache)"
+        if isinstance(lat, (int, float))
+        else "- latency: -",
+        "",
+        "## Use",
+        "",
+        "```bash",
+        "autofuse predict THIS_FOLDER DATASET_FOLDER --out predictions.csv",
+        "```",
+        "",
+        "```python",
+        "import autofuse",
+        'model = autofuse.load("THIS_FOLDER")',
+        'predictions = model.predict("DATASET_FOLDER")  # or a pandas DataFrame',
+        "```",
+        "",
+    ]
     return "\n".join(lines)
 
 
-__all__ = ["ExportResult", "RetrainError", "export_trial", "full_model", "model_card", "retrain_trial",
-           "train_fixed"]
+__all__ = [
+    "ExportResult",
+    "RetrainError",
+    "export_trial",
+    "full_model",
+    "model_card",
+    "retrain_trial",
+    "train_fixed",
+]

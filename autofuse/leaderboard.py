@@ -7,16 +7,34 @@ from typing import Any
 from autofuse.errors import ConfigError
 from autofuse.paths import Paths
 
-COLUMNS = ["rank", "trial", "family", "method", "point", "encoders", "metric", "value", "test",
-           "params", "latency_ms", "baseline"]
+COLUMNS = [
+    "rank",
+    "trial",
+    "family",
+    "method",
+    "point",
+    "encoders",
+    "metric",
+    "value",
+    "test",
+    "params",
+    "latency_ms",
+    "baseline",
+]
 
 
 def storage_url(storage: str | None, workdir: str | None = None) -> str:
     return storage or Paths.resolve(workdir).default_storage
 
 
-def leaderboard(study: str, *, storage: str | None = None, workdir: str | None = None,
-                by: str | None = None, top: int | None = None) -> list[dict[str, Any]]:
+def leaderboard(
+    study: str,
+    *,
+    storage: str | None = None,
+    workdir: str | None = None,
+    by: str | None = None,
+    top: int | None = None,
+) -> list[dict[str, Any]]:
     """Completed trials ranked by the study's objective (best first).
 
     Args:
@@ -44,13 +62,22 @@ def leaderboard(study: str, *, storage: str | None = None, workdir: str | None =
         done = kept
     rows = []
     for rank, t in enumerate(done[:top] if top else done, start=1):
-        rows.append({
-            "rank": rank, "trial": t.number, "family": t.family, "method": t.method, "point": t.point,
-            "encoders": ", ".join(f"{m}={e}" for m, e in (t.encoders or {}).items()),
-            "metric": rec.metric, "value": t.value,
-            "test": (t.test_metrics or {}).get(rec.metric), "params": t.n_params,
-            "latency_ms": t.latency_ms, "baseline": t.baseline or "",
-        })
+        rows.append(
+            {
+                "rank": rank,
+                "trial": t.number,
+                "family": t.family,
+                "method": t.method,
+                "point": t.point,
+                "encoders": ", ".join(f"{m}={e}" for m, e in (t.encoders or {}).items()),
+                "metric": rec.metric,
+                "value": t.value,
+                "test": (t.test_metrics or {}).get(rec.metric),
+                "params": t.n_params,
+                "latency_ms": t.latency_ms,
+                "baseline": t.baseline or "",
+            }
+        )
     return rows
 
 
@@ -70,20 +97,33 @@ def studies(*, storage: str | None = None, workdir: str | None = None) -> list[d
         for t in trials:
             counts[t.status] = counts.get(t.status, 0) + 1
         status = "running" if counts.get("RUNNING") else "idle"
-        out.append({
-            "study": s.study_name, "status": status, "trials": len(trials),
-            "complete": counts.get("COMPLETE", 0), "pruned": counts.get("PRUNED", 0),
-            "failed": counts.get("FAIL", 0), "running": counts.get("RUNNING", 0),
-            "best": s.best_trial.value if s.best_trial else None,
-            "metric": s.user_attrs.get("metric"),
-            "dataset": (s.user_attrs.get("dataset") or {}).get("name"),
-            "started": s.datetime_start.isoformat(timespec="seconds") if s.datetime_start else None,
-        })
+        out.append(
+            {
+                "study": s.study_name,
+                "status": status,
+                "trials": len(trials),
+                "complete": counts.get("COMPLETE", 0),
+                "pruned": counts.get("PRUNED", 0),
+                "failed": counts.get("FAIL", 0),
+                "running": counts.get("RUNNING", 0),
+                "best": s.best_trial.value if s.best_trial else None,
+                "metric": s.user_attrs.get("metric"),
+                "dataset": (s.user_attrs.get("dataset") or {}).get("name"),
+                "started": s.datetime_start.isoformat(timespec="seconds")
+                if s.datetime_start
+                else None,
+            }
+        )
     return out
 
 
-def mlflow_sync(study: str, *, mlflow_uri: str | None = None, storage: str | None = None,
-                workdir: str | None = None) -> int:
+def mlflow_sync(
+    study: str,
+    *,
+    mlflow_uri: str | None = None,
+    storage: str | None = None,
+    workdir: str | None = None,
+) -> int:
     """Create the MLflow runs missing for a study's finished trials; returns how many."""
     from autofuse.storage.history import HistoryStore
     from autofuse.storage.mlflow import MlflowTracker, default_tracking_uri

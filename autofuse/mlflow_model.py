@@ -47,12 +47,16 @@ class AutofusePyfunc(mlflow.pyfunc.PythonModel):
         folder = find_export_dir(Path(context.artifacts[ARTIFACT]))
         self.predictor = Predictor.from_dir(folder, device=cfg.get("device") or None)
 
-    def predict(self, context, model_input: pd.DataFrame,
-                params: dict[str, Any] | None = None) -> pd.DataFrame:
+    def predict(
+        self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+    ) -> pd.DataFrame:
         params = params or {}
         df = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
-        return self.predictor.predict(df, root=params.get("root") or self.root,
-                                      bad_files=params.get("bad_files") or self.bad_files)
+        return self.predictor.predict(
+            df,
+            root=params.get("root") or self.root,
+            bad_files=params.get("bad_files") or self.bad_files,
+        )
 
 
 def _signature_and_example(predictor) -> tuple[Any, Any]:
@@ -91,7 +95,9 @@ def _signature_and_example(predictor) -> tuple[Any, Any]:
     outputs.append(ColSpec("double" if predictor.task == "regression" else "string", "prediction"))
     for c in predictor.classes or []:
         outputs.append(ColSpec("double", f"proba_{c}"))
-    params = ParamSchema([ParamSpec("root", "string", ""), ParamSpec("bad_files", "string", "error")])
+    params = ParamSchema(
+        [ParamSpec("root", "string", ""), ParamSpec("bad_files", "string", "error")]
+    )
     sig = ModelSignature(inputs=Schema(inputs), outputs=Schema(outputs), params=params)
     return sig, pd.DataFrame(example)
 
@@ -103,8 +109,20 @@ def _requirements(bundle_code: bool) -> list[str]:
         reqs = [r for r in requires("autofuse") or [] if "extra ==" not in r]
         own = [] if bundle_code else [f"autofuse=={version('autofuse')}"]
     except PackageNotFoundError:  # pragma: no cover - running from a source tree
-        return ["torch", "timm", "safetensors", "pandas", "numpy", "pillow", "scipy", "scikit-learn",
-                "pydantic", "pyyaml", "sentence-transformers", "mlflow"]
+        return [
+            "torch",
+            "timm",
+            "safetensors",
+            "pandas",
+            "numpy",
+            "pillow",
+            "scipy",
+            "scikit-learn",
+            "pydantic",
+            "pyyaml",
+            "sentence-transformers",
+            "mlflow",
+        ]
     keep = [r for r in reqs if not r.split(";")[0].strip().lower().startswith(_SEARCH_ONLY)]
     return own + keep
 
@@ -116,15 +134,22 @@ def _artifact_location(uri: str, experiment: str) -> str | None:
 
     if not uri.startswith("sqlite:///"):
         return None
-    db = Path(uri[len("sqlite:///"):].split("?", 1)[0])
+    db = Path(uri[len("sqlite:///") :].split("?", 1)[0])
     safe = re.sub(r"[^\w.\-]", "_", experiment) or "study"
     return (db.parent / "mlartifacts" / safe).resolve().as_uri()
 
 
-def log_pyfunc(export_dir: str | os.PathLike[str], registered_name: str | None = None,
-               run_id: str | None = None, *, tracking_uri: str | None = None,
-               experiment: str | None = None, root: str | None = None, device: str | None = None,
-               bundle_code: bool = False) -> str:
+def log_pyfunc(
+    export_dir: str | os.PathLike[str],
+    registered_name: str | None = None,
+    run_id: str | None = None,
+    *,
+    tracking_uri: str | None = None,
+    experiment: str | None = None,
+    root: str | None = None,
+    device: str | None = None,
+    bundle_code: bool = False,
+) -> str:
     """Log an export folder as an MLflow pyfunc model and register it.
 
     Args:
@@ -154,8 +179,10 @@ def log_pyfunc(export_dir: str | os.PathLike[str], registered_name: str | None =
     if predictor.dataset_config is None:
         from autofuse.errors import ConfigError
 
-        raise ConfigError(f"{folder}: the export has no dataset config, so a DataFrame cannot be "
-                          "mapped to modalities; re-export with --dataset DIR")
+        raise ConfigError(
+            f"{folder}: the export has no dataset config, so a DataFrame cannot be "
+            "mapped to modalities; re-export with --dataset DIR"
+        )
     sig, example = _signature_and_example(predictor)
     meta = predictor.export
     code = [str(Path(__file__).resolve().parent)] if bundle_code else None
@@ -169,20 +196,40 @@ def log_pyfunc(export_dir: str | os.PathLike[str], registered_name: str | None =
             client = mlflow.MlflowClient()
             name = experiment or meta.get("study") or "autofuse"
             exp = client.get_experiment_by_name(name)
-            eid = exp.experiment_id if exp is not None else client.create_experiment(
-                name, artifact_location=_artifact_location(mlflow.get_tracking_uri(), name))
-            run_ctx = mlflow.start_run(experiment_id=eid, run_name=f"export-trial-{meta.get('trial')}",
-                                       tags={"autofuse.role": "export",
-                                             "autofuse.study": str(meta.get("study")),
-                                             "autofuse.trial": str(meta.get("trial"))})
+            eid = (
+                exp.experiment_id
+                if exp is not None
+                else client.create_experiment(
+                    name, artifact_location=_artifact_location(mlflow.get_tracking_uri(), name)
+                )
+            )
+            run_ctx = mlflow.start_run(
+                experiment_id=eid,
+                run_name=f"export-trial-{meta.get('trial')}",
+                tags={
+                    "autofuse.role": "export",
+                    "autofuse.study": str(meta.get("study")),
+                    "autofuse.trial": str(meta.get("trial")),
+                },
+            )
         with run_ctx:
             info = mlflow.pyfunc.log_model(
-                name="model", python_model=str(Path(__file__).resolve()), artifacts={ARTIFACT: str(folder)},
-                signature=sig, input_example=example, registered_model_name=registered_name,
-                pip_requirements=_requirements(bundle_code), code_paths=code,
+                name="model",
+                python_model=str(Path(__file__).resolve()),
+                artifacts={ARTIFACT: str(folder)},
+                signature=sig,
+                input_example=example,
+                registered_model_name=registered_name,
+                pip_requirements=_requirements(bundle_code),
+                code_paths=code,
                 model_config={"root": root or "", "bad_files": "error", "device": device or ""},
-                metadata={"autofuse": {k: meta.get(k) for k in
-                                       ("study", "trial", "family", "method", "point", "retrained")}})
+                metadata={
+                    "autofuse": {
+                        k: meta.get(k)
+                        for k in ("study", "trial", "family", "method", "point", "retrained")
+                    }
+                },
+            )
     if registered_name:
         return f"models:/{registered_name}/{info.registered_model_version}"
     return info.model_uri

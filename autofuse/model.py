@@ -32,8 +32,15 @@ class MultimodalModel(nn.Module):
     the feature cache, so the frozen backbone is not run again every epoch).
     """
 
-    def __init__(self, encoders: dict[str, nn.Module], fusion: nn.Module, fused_dim: int,
-                 n_outputs: int, head_dropout: float = 0.1, modality_dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        encoders: dict[str, nn.Module],
+        fusion: nn.Module,
+        fused_dim: int,
+        n_outputs: int,
+        head_dropout: float = 0.1,
+        modality_dropout: float = 0.0,
+    ) -> None:
         super().__init__()
         self.modalities = list(encoders)
         self.encoders = nn.ModuleDict(encoders)
@@ -72,7 +79,9 @@ def n_outputs_for(dataset_info: dict) -> int:
     return len(dataset_info["classes"])
 
 
-def build_model(spec: ArchitectureSpec, dataset_info: dict, *, skip_frozen: bool = False) -> MultimodalModel:
+def build_model(
+    spec: ArchitectureSpec, dataset_info: dict, *, skip_frozen: bool = False
+) -> MultimodalModel:
     """Rebuild the exact model a spec describes.
 
     Args:
@@ -90,18 +99,26 @@ def build_model(spec: ArchitectureSpec, dataset_info: dict, *, skip_frozen: bool
         if skip_frozen and espec.mode == "frozen":
             shape = dataset_info["modalities"][m].get("feature_shape")
             if shape is None:
-                raise ValueError(f"modality {m}: frozen placeholder needs feature_shape in dataset_info")
+                raise ValueError(
+                    f"modality {m}: frozen placeholder needs feature_shape in dataset_info"
+                )
             from autofuse.types import FeatureShape
 
             encoders[m] = FrozenPlaceholder(FeatureShape.from_dict(shape))
         else:
             encoders[m] = create_frozen_or_trainable(espec, state)
         shapes[m] = encoders[m].feature_shape
-    fusion = create_fusion(spec.fusion.name, shapes, spec.head.fused_dim, spec.fusion.point,
-                           **spec.fusion.params)
-    return MultimodalModel(encoders, fusion, spec.head.fused_dim, n_outputs_for(dataset_info),
-                           head_dropout=spec.head.dropout,
-                           modality_dropout=spec.training.modality_dropout)
+    fusion = create_fusion(
+        spec.fusion.name, shapes, spec.head.fused_dim, spec.fusion.point, **spec.fusion.params
+    )
+    return MultimodalModel(
+        encoders,
+        fusion,
+        spec.head.fused_dim,
+        n_outputs_for(dataset_info),
+        head_dropout=spec.head.dropout,
+        modality_dropout=spec.training.modality_dropout,
+    )
 
 
 def create_frozen_or_trainable(espec, state: dict) -> nn.Module:

@@ -46,5 +46,7 @@ class Paths:
 def check_study_name(name: str) -> str:
     """Study names become folder names: letters, digits, ``_ . -`` only."""
     if not _STUDY_RE.match(name or ""):
-        raise ConfigError(f"--study {name!r}: use letters, digits, '_', '.' or '-' (max 128 characters)")
+        raise ConfigError(
+            f"--study {name!r}: use letters, digits, '_', '.' or '-' (max 128 characters)"
+        )
     return name

@@ -69,8 +69,12 @@ def find_export_dir(folder: Path) -> Path:
     return hits[0].parent
 
 
-def load(path_or_uri: str | os.PathLike[str], *, device: str | None = None,
-         tracking_uri: str | None = None) -> Predictor:
+def load(
+    path_or_uri: str | os.PathLike[str],
+    *,
+    device: str | None = None,
+    tracking_uri: str | None = None,
+) -> Predictor:
     """Load an exported model for prediction.
 
     Args:
@@ -88,7 +92,9 @@ def load(path_or_uri: str | os.PathLike[str], *, device: str | None = None,
             mlflow.set_tracking_uri(tracking_uri)
         with tempfile.TemporaryDirectory(prefix="autofuse-model-") as tmp:
             try:
-                local = mlflow.artifacts.download_artifacts(artifact_uri=str(path_or_uri), dst_path=tmp)
+                local = mlflow.artifacts.download_artifacts(
+                    artifact_uri=str(path_or_uri), dst_path=tmp
+                )
             except Exception as e:  # MlflowException, connection errors, ...
                 first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 raise ConfigError(f"cannot fetch {path_or_uri} from MLflow: {first}") from None
@@ -132,15 +138,24 @@ class Predictor:
         warnings: the last ``predict``'s warnings (unseen categories, skipped files).
     """
 
-    def __init__(self, spec, info: dict, weights: dict[str, torch.Tensor], export: dict | None = None,
-                 device: str | torch.device | None = None) -> None:
+    def __init__(
+        self,
+        spec,
+        info: dict,
+        weights: dict[str, torch.Tensor],
+        export: dict | None = None,
+        device: str | torch.device | None = None,
+    ) -> None:
         from autofuse.model import build_model
 
         self.spec, self.info, self.export = spec, info, export or {}
         self.task: str = info["task"]
         self.classes: list[str] | None = info.get("classes")
-        self.device = torch.device(device) if device else torch.device(
-            "cuda" if torch.cuda.is_available() else "cpu")
+        self.device = (
+            torch.device(device)
+            if device
+            else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        )
         quiet = _Quiet()
         image_log = logging.getLogger("autofuse.encoders.image")
         image_log.addFilter(quiet)
@@ -150,8 +165,10 @@ class Predictor:
             image_log.removeFilter(quiet)
         missing, unexpected = model.load_state_dict(weights, strict=False)
         if missing or unexpected:
-            raise ConfigError(f"model.safetensors does not match architecture.json "
-                              f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+            raise ConfigError(
+                f"model.safetensors does not match architecture.json "
+                f"(missing {missing[:5]}, unexpected {unexpected[:5]})"
+            )
         self.model = model.to(self.device).eval()
         self.skipped: list[str] = []
         self.warnings: list[str] = []
@@ -193,9 +210,11 @@ class Predictor:
         cfg = self.dataset_config
         if cfg is None:
             if isinstance(data, pd.DataFrame):
-                raise ConfigError("this export has no dataset config, so a DataFrame cannot be "
-                                  "mapped to modalities; re-export with --dataset, or predict a "
-                                  "dataset folder with a dataset.yaml")
+                raise ConfigError(
+                    "this export has no dataset config, so a DataFrame cannot be "
+                    "mapped to modalities; re-export with --dataset, or predict a "
+                    "dataset folder with a dataset.yaml"
+                )
             from autofuse.data.validate import find_config, read_config
 
             own, _, problems = read_config(find_config(data)[1])
@@ -208,11 +227,14 @@ class Predictor:
         mods = {}
         for m, mi in self.info["modalities"].items():
             if m not in cfg["modalities"]:
-                raise ConfigError(f"the dataset has no modality {m!r}, which the model needs "
-                                  f"({mi['type']})")
+                raise ConfigError(
+                    f"the dataset has no modality {m!r}, which the model needs ({mi['type']})"
+                )
             mod = cfg["modalities"][m]
             if mod["type"] != mi["type"]:
-                raise ConfigError(f"modality {m!r} is {mod['type']} here but {mi['type']} in the model")
+                raise ConfigError(
+                    f"modality {m!r} is {mod['type']} here but {mi['type']} in the model"
+                )
             state = mi["state"]
             if mi["type"] == "tabular" and state.get("kind") == "tabular":
                 mod["categorical"] = list(state["categorical"])
@@ -220,8 +242,9 @@ class Predictor:
         cfg["modalities"] = mods
         return cfg
 
-    def dataset(self, data: Any, *, root: str | os.PathLike[str] | None = None,
-                bad_files: str = "error"):
+    def dataset(
+        self, data: Any, *, root: str | os.PathLike[str] | None = None, bad_files: str = "error"
+    ):
         """``data`` as an :class:`~autofuse.data.Dataset` in prediction mode (see
         :meth:`Dataset.for_prediction`), checked against what the model needs."""
         from autofuse.data import Dataset
@@ -233,8 +256,10 @@ class Predictor:
                 numeric, _ = ds.tabular_columns(m)
                 wrong = [c for c in state["numeric"] if c not in numeric]
                 if wrong:
-                    raise ConfigError(f"modality {m!r}: column(s) {wrong} hold non-numeric values "
-                                      "but were numeric in training")
+                    raise ConfigError(
+                        f"modality {m!r}: column(s) {wrong} hold non-numeric values "
+                        "but were numeric in training"
+                    )
         return ds
 
     # ------------------------------------------------------------------ inference
@@ -266,13 +291,20 @@ class Predictor:
         for c, known in state["categorical"].items():
             keys = [_category_key(v) for v in frame[c].tolist()]
             seen = set(known)
-            unseen = sorted({k for k, p in zip(keys, present, strict=True)
-                             if p and k is not None and k not in seen})
+            unseen = sorted(
+                {
+                    k
+                    for k, p in zip(keys, present, strict=True)
+                    if p and k is not None and k not in seen
+                }
+            )
             if unseen:
                 n = sum(k in unseen for k in keys)
                 shown = ", ".join(repr(u) for u in unseen[:5]) + (" ..." if len(unseen) > 5 else "")
-                self.warnings.append(f"modality {m}, column {c}: {n} row(s) with categories unseen "
-                                     f"in training ({shown}) mapped to 'unknown'")
+                self.warnings.append(
+                    f"modality {m}, column {c}: {n} row(s) with categories unseen "
+                    f"in training ({shown}) mapped to 'unknown'"
+                )
 
     @torch.no_grad()
     def predict_outputs(self, ds) -> np.ndarray:
@@ -282,12 +314,19 @@ class Predictor:
 
         n = len(ds)
         idx = np.arange(n, dtype=np.int64)
-        data = TrainData(task=self.task, y=torch.zeros(n), y_raw=np.zeros(n), inputs=self._inputs(ds),
-                         splits={"test": idx}, target_stats=tuple(self.info.get("target_stats", (0.0, 1.0))))
+        data = TrainData(
+            task=self.task,
+            y=torch.zeros(n),
+            y_raw=np.zeros(n),
+            inputs=self._inputs(ds),
+            splits={"test": idx},
+            target_stats=tuple(self.info.get("target_stats", (0.0, 1.0))),
+        )
         return predict_outputs(self.model, data, idx, self.device)
 
-    def predict(self, data: Any, *, root: str | os.PathLike[str] | None = None,
-                bad_files: str = "error") -> pd.DataFrame:
+    def predict(
+        self, data: Any, *, root: str | os.PathLike[str] | None = None, bad_files: str = "error"
+    ) -> pd.DataFrame:
         """Predict every row of ``data``.
 
         Args:
@@ -305,9 +344,11 @@ class Predictor:
         ds = self.dataset(data, root=root, bad_files=bad_files)
         self.skipped = list(getattr(ds, "skipped", []))
         if self.skipped:
-            self.warnings.append(f"{len(self.skipped)} unreadable file(s) treated as missing: "
-                                 + "; ".join(self.skipped[:10])
-                                 + (" ..." if len(self.skipped) > 10 else ""))
+            self.warnings.append(
+                f"{len(self.skipped)} unreadable file(s) treated as missing: "
+                + "; ".join(self.skipped[:10])
+                + (" ..." if len(self.skipped) > 10 else "")
+            )
         outputs = self.predict_outputs(ds)
         for w in self.warnings:
             log.warning("%s", w)
@@ -330,8 +371,9 @@ class Predictor:
         else:
             proba = torch.sigmoid(logits).numpy()
             sep = (self.dataset_config or {}).get("target", {}).get("separator", "|")
-            cols["prediction"] = [sep.join(c for c, on in zip(classes, row, strict=True) if on)
-                                  for row in outputs > 0]
+            cols["prediction"] = [
+                sep.join(c for c, on in zip(classes, row, strict=True) if on) for row in outputs > 0
+            ]
         for k, c in enumerate(classes):
             cols[f"proba_{c}"] = proba[:, k].astype(np.float64)
         return pd.DataFrame(cols)

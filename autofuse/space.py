@@ -38,7 +38,11 @@ class Range(BaseModel):
 
     @property
     def is_int(self) -> bool:
-        return isinstance(self.low, int) and isinstance(self.high, int) and not isinstance(self.step, float)
+        return (
+            isinstance(self.low, int)
+            and isinstance(self.high, int)
+            and not isinstance(self.step, float)
+        )
 
 
 Value = Union[Range, list[Scalar], Scalar]
@@ -122,9 +126,12 @@ class SearchSpace(BaseModel):
                 ms = ms or MethodSpace()
                 points = list(ms.points or entry.meta["points"])
                 params = {**entry.meta["space"], **ms.params}
-                out[family][method] = {"points": points, "params": params,
-                                       "max_modalities": entry.meta.get("max_modalities"),
-                                       "aux_loss": entry.meta.get("aux_loss", False)}
+                out[family][method] = {
+                    "points": points,
+                    "params": params,
+                    "max_modalities": entry.meta.get("max_modalities"),
+                    "aux_loss": entry.meta.get("aux_loss", False),
+                }
         return out
 
     def encoder_choices(self, modality_type: str) -> list[dict]:
@@ -135,7 +142,9 @@ class SearchSpace(BaseModel):
         for ch in self.encoders.get(modality_type, []):
             entry = get_encoder_entry(ch.name)
             modes = list(ch.modes or entry.meta["modes"])
-            out.append({"name": ch.name, "modes": modes, "params": {**entry.meta["space"], **ch.params}})
+            out.append(
+                {"name": ch.name, "modes": modes, "params": {**entry.meta["space"], **ch.params}}
+            )
         return out
 
 
@@ -156,13 +165,17 @@ def _check(space: SearchSpace, source: str) -> None:
             if ms and ms.points:
                 bad = [p for p in ms.points if p not in entry.meta["points"]]
                 if bad:
-                    raise ConfigError(f"{source}: {key}.points: {bad} not accepted "
-                                      f"(accepts {list(entry.meta['points'])})")
+                    raise ConfigError(
+                        f"{source}: {key}.points: {bad} not accepted "
+                        f"(accepts {list(entry.meta['points'])})"
+                    )
             if ms:
                 for p in ms.params:
                     if p not in entry.meta["space"]:
-                        raise ConfigError(f"{source}: {key}.params.{p}: unknown hyperparameter "
-                                          f"(known: {', '.join(entry.meta['space'])})")
+                        raise ConfigError(
+                            f"{source}: {key}.params.{p}: unknown hyperparameter "
+                            f"(known: {', '.join(entry.meta['space'])})"
+                        )
     for mtype, choices in space.encoders.items():
         for i, ch in enumerate(choices):
             key = f"encoders.{mtype}[{i}]"
@@ -171,13 +184,16 @@ def _check(space: SearchSpace, source: str) -> None:
             except ConfigError as e:
                 raise ConfigError(f"{source}: {key}.name: {e}") from None
             if entry.meta["modality"] != mtype:
-                raise ConfigError(f"{source}: {key}.name: {ch.name} encodes {entry.meta['modality']}, "
-                                  f"not {mtype}")
+                raise ConfigError(
+                    f"{source}: {key}.name: {ch.name} encodes {entry.meta['modality']}, not {mtype}"
+                )
             if ch.modes:
                 bad = [m for m in ch.modes if m not in entry.meta["modes"]]
                 if bad:
-                    raise ConfigError(f"{source}: {key}.modes: {bad} not supported by {ch.name} "
-                                      f"(supports {list(entry.meta['modes'])})")
+                    raise ConfigError(
+                        f"{source}: {key}.modes: {bad} not supported by {ch.name} "
+                        f"(supports {list(entry.meta['modes'])})"
+                    )
 
 
 def load_space(name_or_path: str | Path | None = None) -> SearchSpace:
@@ -189,7 +205,9 @@ def load_space(name_or_path: str | Path | None = None) -> SearchSpace:
         bundled = SPACES_DIR / f"{name_or_path}.yaml"
         if not bundled.exists():
             known = ", ".join(sorted(x.stem for x in SPACES_DIR.glob("*.yaml")))
-            raise ConfigError(f"search space {name_or_path!r}: no such file or bundled space (bundled: {known})")
+            raise ConfigError(
+                f"search space {name_or_path!r}: no such file or bundled space (bundled: {known})"
+            )
         p = bundled
     raw = _read_yaml(p)
     current, seen = p, {p.resolve()}
@@ -201,8 +219,10 @@ def load_space(name_or_path: str | Path | None = None) -> SearchSpace:
         if not base.exists():
             base = SPACES_DIR / f"{base_ref}.yaml"
         if not base.exists() or base.resolve() in seen:
-            raise ConfigError(f"{p}: extends: {base_ref!r} is not a space file or bundled space "
-                              "(or extends itself)")
+            raise ConfigError(
+                f"{p}: extends: {base_ref!r} is not a space file or bundled space "
+                "(or extends itself)"
+            )
         seen.add(base.resolve())
         current = base
         raw = {**_read_yaml(base), **raw}
@@ -211,7 +231,9 @@ def load_space(name_or_path: str | Path | None = None) -> SearchSpace:
     except ValidationError as e:
         msgs = []
         for err in e.errors():
-            loc = ".".join(str(x) for x in err["loc"] if not str(x).startswith(("Range", "list[", "function-")))
+            loc = ".".join(
+                str(x) for x in err["loc"] if not str(x).startswith(("Range", "list[", "function-"))
+            )
             msgs.append(f"{loc}: {err['msg']}")
         raise ConfigError(f"{p}: " + "; ".join(dict.fromkeys(msgs))) from None
     _check(space, str(p))
@@ -230,6 +252,7 @@ def _read_yaml(p: Path) -> dict:
 
 # ---- define-by-run ----------------------------------------------------------------------------
 
+
 def suggest_value(trial, name: str, value: Any) -> Any:
     """Ask Optuna for one value: list -> categorical, Range -> int/float, scalar -> fixed."""
     if isinstance(value, dict):
@@ -238,10 +261,12 @@ def suggest_value(trial, name: str, value: Any) -> Any:
         if value.low == value.high:
             return value.low
         if value.is_int:
-            return trial.suggest_int(name, int(value.low), int(value.high), log=value.log,
-                                     step=int(value.step or 1))
-        return trial.suggest_float(name, float(value.low), float(value.high), log=value.log,
-                                   step=value.step)
+            return trial.suggest_int(
+                name, int(value.low), int(value.high), log=value.log, step=int(value.step or 1)
+            )
+        return trial.suggest_float(
+            name, float(value.low), float(value.high), log=value.log, step=value.step
+        )
     if isinstance(value, list):
         if len(value) == 1:
             return value[0]
@@ -253,8 +278,11 @@ def valid_methods(space: SearchSpace, n_modalities: int) -> dict[str, dict[str, 
     """Drop methods capped below the dataset's number of modalities (and empty families)."""
     out = {}
     for fam, methods in space.methods().items():
-        ok = {m: v for m, v in methods.items()
-              if v["max_modalities"] is None or n_modalities <= v["max_modalities"]}
+        ok = {
+            m: v
+            for m, v in methods.items()
+            if v["max_modalities"] is None or n_modalities <= v["max_modalities"]
+        }
         if ok:
             out[fam] = ok
     if not out:
@@ -284,7 +312,9 @@ def suggest_spec(trial, space: SearchSpace, modalities: dict[str, str]):
         ename = suggest_value(trial, f"enc.{m}.name", list(by_name))
         ch = by_name[ename]
         mode = suggest_value(trial, f"enc.{m}.{ename}.mode", ch["modes"])
-        params = {p: suggest_value(trial, f"enc.{m}.{ename}.{p}", v) for p, v in ch["params"].items()}
+        params = {
+            p: suggest_value(trial, f"enc.{m}.{ename}.{p}", v) for p, v in ch["params"].items()
+        }
         dim = params.pop("dim", 64)
         encoders[m] = EncoderSpec(name=ename, mode=mode, dim=int(dim), params=params)
 
@@ -296,15 +326,21 @@ def suggest_spec(trial, space: SearchSpace, modalities: dict[str, str]):
         epochs=suggest_value(trial, "train.epochs", t.epochs),
         patience=suggest_value(trial, "train.patience", t.patience),
         # robustness to missing modalities only means something with several modalities
-        modality_dropout=(suggest_value(trial, "train.modality_dropout", t.modality_dropout)
-                          if len(modalities) > 1 else 0.0),
+        modality_dropout=(
+            suggest_value(trial, "train.modality_dropout", t.modality_dropout)
+            if len(modalities) > 1
+            else 0.0
+        ),
         # the auxiliary-loss weight is a parameter only of methods that have an auxiliary loss
-        aux_weight=(suggest_value(trial, f"{ns}.aux_weight", t.aux_weight)
-                    if branch["aux_loss"] else 0.0),
+        aux_weight=(
+            suggest_value(trial, f"{ns}.aux_weight", t.aux_weight) if branch["aux_loss"] else 0.0
+        ),
         seed=trial.number,
     )
-    head = HeadSpec(fused_dim=suggest_value(trial, "head.fused_dim", t.fused_dim),
-                    dropout=suggest_value(trial, "head.dropout", t.head_dropout))
+    head = HeadSpec(
+        fused_dim=suggest_value(trial, "head.fused_dim", t.fused_dim),
+        dropout=suggest_value(trial, "head.dropout", t.head_dropout),
+    )
     fusion = FusionSpec(family=family, method=method, point=point, params=fparams)
     return ArchitectureSpec(encoders=encoders, fusion=fusion, head=head, training=training)
 
@@ -330,12 +366,18 @@ def baseline_params(space: SearchSpace, modalities: dict[str, str]) -> list[tupl
     out = []
     for name in wanted:
         if name not in BASELINES:
-            raise ConfigError(f"baselines: unknown baseline {name!r} (known: {', '.join(BASELINES)})")
+            raise ConfigError(
+                f"baselines: unknown baseline {name!r} (known: {', '.join(BASELINES)})"
+            )
         family, method, point, extra = BASELINES[name]
         if method not in methods.get(family, {}):
             continue
         ns = f"{family}.{method}"
-        params: dict[str, Any] = {"family": family, f"{family}.method": method, f"{ns}.point": point}
+        params: dict[str, Any] = {
+            "family": family,
+            f"{family}.method": method,
+            f"{ns}.point": point,
+        }
         params.update({f"{ns}.{k}": v for k, v in extra.items()})
         # baselines use the first (cheapest) encoder choice of each modality in its first mode
         for m, mtype in modalities.items():
@@ -347,8 +389,9 @@ def baseline_params(space: SearchSpace, modalities: dict[str, str]) -> list[tupl
     return out
 
 
-def coverage_params(space: SearchSpace, modalities: dict[str, str], existing: list[dict],
-                    budget: int) -> list[dict]:
+def coverage_params(
+    space: SearchSpace, modalities: dict[str, str], existing: list[dict], budget: int
+) -> list[dict]:
     """``{"family": f}`` trials to enqueue so every family reaches ``space.coverage`` trials.
 
     Args:
@@ -370,16 +413,31 @@ def coverage_params(space: SearchSpace, modalities: dict[str, str], existing: li
 
 def describe(space: SearchSpace) -> dict:
     """The resolved space as plain data (for ``autofuse space show`` and the study record)."""
+
     def plain(v):
         return v.model_dump() if isinstance(v, Range) else v
 
     return {
         "name": space.name,
-        "fusion": {f: {m: {"points": b["points"], "params": {k: plain(v) for k, v in b["params"].items()},
-                           "max_modalities": b["max_modalities"], "aux_loss": b["aux_loss"]}
-                       for m, b in ms.items()} for f, ms in space.methods().items()},
-        "encoders": {t: [{**c, "params": {k: plain(v) for k, v in c["params"].items()}}
-                         for c in space.encoder_choices(t)] for t in space.encoders},
+        "fusion": {
+            f: {
+                m: {
+                    "points": b["points"],
+                    "params": {k: plain(v) for k, v in b["params"].items()},
+                    "max_modalities": b["max_modalities"],
+                    "aux_loss": b["aux_loss"],
+                }
+                for m, b in ms.items()
+            }
+            for f, ms in space.methods().items()
+        },
+        "encoders": {
+            t: [
+                {**c, "params": {k: plain(v) for k, v in c["params"].items()}}
+                for c in space.encoder_choices(t)
+            ]
+            for t in space.encoders
+        },
         "training": {k: plain(v) for k, v in space.training.model_dump().items()},
         "sampler": space.sampler.model_dump(),
         "pruner": space.pruner.model_dump(),

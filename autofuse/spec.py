@@ -95,5 +95,7 @@ def load_architecture(path: str | Path) -> tuple[ArchitectureSpec, dict]:
     if doc.get("format") != ARCHITECTURE_FORMAT:
         raise ConfigError(f"{path}: not an autofuse architecture file")
     if int(doc.get("version", 0)) > SPEC_VERSION:
-        raise ConfigError(f"{path}: spec version {doc['version']} is newer than this autofuse understands")
+        raise ConfigError(
+            f"{path}: spec version {doc['version']} is newer than this autofuse understands"
+        )
     return ArchitectureSpec.model_validate(doc["spec"]), doc["dataset_info"]

@@ -76,14 +76,18 @@ class CandidateRunner:
 
         pkey = (m, espec.name, json.dumps(espec.params, sort_keys=True, default=str))
         if pkey not in self._prepared:
-            self._prepared[pkey] = prepare_modality(self.ds, m, espec, cache_dir=self.paths.cache / "prep")
+            self._prepared[pkey] = prepare_modality(
+                self.ds, m, espec, cache_dir=self.paths.cache / "prep"
+            )
         prepared = self._prepared[pkey]
         info = {"type": self.ds.modality_type(m), "state": prepared.state}
         if espec.mode != "frozen":
             return prepared, info
         fkey = pkey + ("frozen",)
         if fkey not in self._features:
-            self._features[fkey] = self.feature_cache.features(self.ds, m, espec, prepared, device=self.device)
+            self._features[fkey] = self.feature_cache.features(
+                self.ds, m, espec, prepared, device=self.device
+            )
         feats = self._features[fkey]
         info["feature_shape"] = feats.feature_shape.to_dict()
         return feats, info
@@ -103,8 +107,15 @@ class CandidateRunner:
         self._prepared.clear()
         self._features.clear()
 
-    def run(self, spec: ArchitectureSpec, on_epoch=None, deadline: float | None = None,
-            on_checkpoint=None, resume: dict | None = None, amp: bool = False) -> dict:
+    def run(
+        self,
+        spec: ArchitectureSpec,
+        on_epoch=None,
+        deadline: float | None = None,
+        on_checkpoint=None,
+        resume: dict | None = None,
+        amp: bool = False,
+    ) -> dict:
         """Build, train and evaluate one candidate. Returns metrics, the model and its data info."""
         from autofuse.model import build_model
 
@@ -117,13 +128,32 @@ class CandidateRunner:
             model = build_model(spec, info, skip_frozen=True).to(self.device)
         except (ConfigError, ValueError, RuntimeError, TypeError) as e:
             raise TrialFault("invalid", f"architecture cannot be built: {e}") from e
-        data = TrainData(task=self.task, y=self.y, y_raw=self.y_raw, inputs=inputs,
-                         splits=self.splits, target_stats=self.target_stats)
+        data = TrainData(
+            task=self.task,
+            y=self.y,
+            y_raw=self.y_raw,
+            inputs=inputs,
+            splits=self.splits,
+            target_stats=self.target_stats,
+        )
         t = spec.training
-        res = fit(model, data, lr=t.lr, weight_decay=t.weight_decay, batch_size=t.batch_size,
-                  epochs=t.epochs, patience=t.patience, aux_weight=t.aux_weight, seed=t.seed,
-                  device=self.device, on_epoch=on_epoch, deadline=deadline,
-                  on_checkpoint=on_checkpoint, resume=resume, amp=amp)
+        res = fit(
+            model,
+            data,
+            lr=t.lr,
+            weight_decay=t.weight_decay,
+            batch_size=t.batch_size,
+            epochs=t.epochs,
+            patience=t.patience,
+            aux_weight=t.aux_weight,
+            seed=t.seed,
+            device=self.device,
+            on_epoch=on_epoch,
+            deadline=deadline,
+            on_checkpoint=on_checkpoint,
+            resume=resume,
+            amp=amp,
+        )
         test = evaluate(model, data, "test", self.device)
         return {
             "spec": spec,
@@ -153,9 +183,13 @@ def make_sampler(space: SearchSpace, name: str | None, seed: int):
 
         with warnings.catch_warnings():  # multivariate/group are flagged experimental by Optuna
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.samplers.TPESampler(seed=seed, multivariate=cfg.multivariate,
-                                              group=cfg.group, n_startup_trials=cfg.n_startup_trials,
-                                              constant_liar=True)
+            return optuna.samplers.TPESampler(
+                seed=seed,
+                multivariate=cfg.multivariate,
+                group=cfg.group,
+                n_startup_trials=cfg.n_startup_trials,
+                constant_liar=True,
+            )
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "gp":
@@ -171,8 +205,9 @@ def make_pruner(space: SearchSpace, name: str | None = None):
     cfg = space.pruner
     name = name or cfg.name
     if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=cfg.n_startup_trials,
-                                           n_warmup_steps=cfg.n_warmup_steps)
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=cfg.n_startup_trials, n_warmup_steps=cfg.n_warmup_steps
+        )
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1)
     if name == "successive_halving":
@@ -189,7 +224,9 @@ def _finished(study) -> int:
     return len(study.get_trials(deepcopy=False, states=states))
 
 
-def _save_checkpoint(study_dir: Path, number: int, model, spec: ArchitectureSpec, info: dict) -> None:
+def _save_checkpoint(
+    study_dir: Path, number: int, model, spec: ArchitectureSpec, info: dict
+) -> None:
     from safetensors.torch import save_file
 
     from autofuse.model import trainable_state_dict
@@ -308,22 +345,46 @@ def search(
     from autofuse.storage.history import HistoryStore
 
     history = HistoryStore(url)  # creates or checks autofuse's tables (refuses an old schema)
-    base = WorkerConfig(study=study, storage=url, dataset=str(getattr(ds, "root", "")), space=sp.model_dump(mode="json"),
-                        workdir=str(paths.root), n_total=n_total, sampler=sampler, pruner=pruner, seed=seed,
-                        trial_timeout=trial_timeout, device=devs[0], mlflow_uri=mlflow_uri,
-                        heartbeat_interval=heartbeat_interval, grace_period=grace_period,
-                        max_retry=max_retry, max_faults=max_faults, amp=amp)
+    base = WorkerConfig(
+        study=study,
+        storage=url,
+        dataset=str(getattr(ds, "root", "")),
+        space=sp.model_dump(mode="json"),
+        workdir=str(paths.root),
+        n_total=n_total,
+        sampler=sampler,
+        pruner=pruner,
+        seed=seed,
+        trial_timeout=trial_timeout,
+        device=devs[0],
+        mlflow_uri=mlflow_uri,
+        heartbeat_interval=heartbeat_interval,
+        grace_period=grace_period,
+        max_retry=max_retry,
+        max_faults=max_faults,
+        amp=amp,
+    )
     stor = open_storage(base)
-    existing = {s.study_name: s for s in optuna.get_all_study_summaries(stor, include_best_trial=False)}
+    existing = {
+        s.study_name: s for s in optuna.get_all_study_summaries(stor, include_best_trial=False)
+    }
     if study in existing:
         attrs = existing[study].user_attrs
         if attrs.get("dataset_fingerprint") not in (None, fingerprint) and not force:
-            raise ConfigError(f"study {study!r} was run on a different dataset (fingerprint "
-                              f"{attrs['dataset_fingerprint'][:12]} != {fingerprint[:12]}); "
-                              "use another --study name or --force")
-        if attrs.get("space") is not None and not _same_space(attrs["space"], space_desc) and not force:
-            raise ConfigError(f"study {study!r} was run with a different search space; "
-                              "use another --study name or --force")
+            raise ConfigError(
+                f"study {study!r} was run on a different dataset (fingerprint "
+                f"{attrs['dataset_fingerprint'][:12]} != {fingerprint[:12]}); "
+                "use another --study name or --force"
+            )
+        if (
+            attrs.get("space") is not None
+            and not _same_space(attrs["space"], space_desc)
+            and not force
+        ):
+            raise ConfigError(
+                f"study {study!r} was run with a different search space; "
+                "use another --study name or --force"
+            )
         st = optuna.load_study(study_name=study, storage=stor)
         log.info("resuming study %s (%d finished trials)", study, _finished(st))
     else:
@@ -339,12 +400,28 @@ def search(
     # what `autofuse worker` needs to join this study from another process or machine
     st.set_user_attr("dataset_path", dataset_path)
     st.set_user_attr("space_config", sp.model_dump(mode="json"))
-    st.set_user_attr("search_options", {
-        "n_total": n_total, "sampler": sampler, "pruner": pruner, "trial_timeout": trial_timeout,
-        "mlflow_uri": mlflow_uri, "heartbeat_interval": heartbeat_interval, "max_retry": max_retry,
-        "amp": amp})
-    history.upsert_study(study, dataset_fingerprint=fingerprint, dataset_info=ds.info(),
-                         dataset_path=dataset_path, space=space_desc, metric=metric, direction=direction)
+    st.set_user_attr(
+        "search_options",
+        {
+            "n_total": n_total,
+            "sampler": sampler,
+            "pruner": pruner,
+            "trial_timeout": trial_timeout,
+            "mlflow_uri": mlflow_uri,
+            "heartbeat_interval": heartbeat_interval,
+            "max_retry": max_retry,
+            "amp": amp,
+        },
+    )
+    history.upsert_study(
+        study,
+        dataset_fingerprint=fingerprint,
+        dataset_info=ds.info(),
+        dataset_path=dataset_path,
+        space=space_desc,
+        metric=metric,
+        direction=direction,
+    )
     study_dir = paths.study_dir(study)
     study_dir.mkdir(parents=True, exist_ok=True)
     (study_dir / "space.json").write_text(json.dumps(space_desc, indent=2, default=str))
@@ -352,7 +429,10 @@ def search(
         shutil.copyfile(space, study_dir / "space.yaml")
     tracker = _make_tracker(mlflow_uri, paths, study, ds)
     if tracker.impl is not None:
-        ids = (getattr(tracker.impl, "experiment_id", None), getattr(tracker.impl, "parent_run_id", None))
+        ids = (
+            getattr(tracker.impl, "experiment_id", None),
+            getattr(tracker.impl, "parent_run_id", None),
+        )
         history.upsert_study(study, mlflow_experiment_id=ids[0], mlflow_parent_run_id=ids[1])
 
     t_start = time.monotonic()
@@ -360,8 +440,10 @@ def search(
         run_worker(base, ds=ds, progress=progress)
     else:
         threads = max(1, (os.cpu_count() or 1) // len(devs)) if devs[0] == "cpu" else None
-        cfgs = [WorkerConfig(**{**base.__dict__, "device": d, "rank": r, "threads": threads})
-                for r, d in enumerate(devs)]
+        cfgs = [
+            WorkerConfig(**{**base.__dict__, "device": d, "rank": r, "threads": threads})
+            for r, d in enumerate(devs)
+        ]
         run_workers(cfgs, progress, metric)
     _prune_checkpoints(st, study_dir, direction)
     summary = write_outputs(st, study_dir, ds, None, metric, direction, time.monotonic() - t_start)
@@ -408,7 +490,9 @@ def _write_report(study: str, paths: Paths, url: str, summary: dict) -> None:
         log.warning("report not written: %s", e)
 
 
-def save_checkpoint_if_top(st, study_dir: Path, number: int, value: float, direction: str, out: dict) -> None:
+def save_checkpoint_if_top(
+    st, study_dir: Path, number: int, value: float, direction: str, out: dict
+) -> None:
     """Keep the weights of a completed trial that is among the top ``KEEP_TOP_K`` so far."""
     import optuna
 
@@ -429,20 +513,34 @@ def reconcile_stale(st, history, tracker) -> list[int]:
     their MLflow runs KILLED. Returns their numbers."""
     import optuna
 
-    failed = {t.number for t in st.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))}
+    failed = {
+        t.number for t in st.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))
+    }
     out = []
     for rec in history.trials(st.study_name):
         if rec.status == "RUNNING" and rec.number in failed:
-            history.record_trial(st.study_name, rec.number, status="FAIL", reason="killed",
-                                 error="worker stopped (missed heartbeats); trial retried",
-                                 finished_at=_utcnow())
+            history.record_trial(
+                st.study_name,
+                rec.number,
+                status="FAIL",
+                reason="killed",
+                error="worker stopped (missed heartbeats); trial retried",
+                finished_at=_utcnow(),
+            )
             tracker.kill_run(rec.mlflow_run_id)
             out.append(rec.number)
     return out
 
 
-def write_outputs(st, study_dir: Path, ds, runner: CandidateRunner | None, metric: str,
-                  direction: str, wall_time_s: float) -> dict:
+def write_outputs(
+    st,
+    study_dir: Path,
+    ds,
+    runner: CandidateRunner | None,
+    metric: str,
+    direction: str,
+    wall_time_s: float,
+) -> dict:
     """Write ``best/architecture.json``, ``best/model.safetensors`` and ``summary.json``."""
     import optuna
 
@@ -477,23 +575,35 @@ def write_outputs(st, study_dir: Path, ds, runner: CandidateRunner | None, metri
     for t in completed:
         fam = t.user_attrs.get("family", "?")
         if fam not in per_family or is_better(t.value, per_family[fam]["value"], direction):
-            per_family[fam] = {"trial": t.number, "value": t.value, "method": t.user_attrs.get("method"),
-                               "point": t.user_attrs.get("point"),
-                               "test_metrics": t.user_attrs.get("test_metrics")}
-    baselines = {t.user_attrs["baseline"]: {"trial": t.number, "value": t.value,
-                                             "test_metrics": t.user_attrs.get("test_metrics")}
-                 for t in completed if "baseline" in t.user_attrs}
-    summary.update({
-        "best_trial": best.number,
-        "best_value": best.value,
-        "spec": best.user_attrs.get("spec"),
-        "val_metrics": best.user_attrs.get("val_metrics"),
-        "test_metrics": best.user_attrs.get("test_metrics"),
-        "n_params": best.user_attrs.get("n_params"),
-        "latency_ms": best.user_attrs.get("latency_ms"),
-        "per_family_best": per_family,
-        "baselines": baselines,
-    })
+            per_family[fam] = {
+                "trial": t.number,
+                "value": t.value,
+                "method": t.user_attrs.get("method"),
+                "point": t.user_attrs.get("point"),
+                "test_metrics": t.user_attrs.get("test_metrics"),
+            }
+    baselines = {
+        t.user_attrs["baseline"]: {
+            "trial": t.number,
+            "value": t.value,
+            "test_metrics": t.user_attrs.get("test_metrics"),
+        }
+        for t in completed
+        if "baseline" in t.user_attrs
+    }
+    summary.update(
+        {
+            "best_trial": best.number,
+            "best_value": best.value,
+            "spec": best.user_attrs.get("spec"),
+            "val_metrics": best.user_attrs.get("val_metrics"),
+            "test_metrics": best.user_attrs.get("test_metrics"),
+            "n_params": best.user_attrs.get("n_params"),
+            "latency_ms": best.user_attrs.get("latency_ms"),
+            "per_family_best": per_family,
+            "baselines": baselines,
+        }
+    )
     try:
         export_best(study_dir, best.number)
         summary["best_dir"] = str(study_dir / "best")
@@ -550,20 +660,26 @@ class _Tracker:
         if run_id and self._ok():
             self.impl.log_epoch(run_id, epoch, metrics)
 
-    def end_trial(self, run_id: str | None, status: str, metrics: dict, tags: dict, spec: dict) -> None:
+    def end_trial(
+        self, run_id: str | None, status: str, metrics: dict, tags: dict, spec: dict
+    ) -> None:
         if run_id and self._ok():
             self.impl.end_trial(run_id, status, metrics, tags, spec)
 
     def kill_run(self, run_id: str | None) -> None:
         if run_id and self._ok():
-            self.impl.end_trial(run_id, "KILLED", {}, {"autofuse.status": "FAIL", "autofuse.reason": "killed"}, None)
+            self.impl.end_trial(
+                run_id, "KILLED", {}, {"autofuse.status": "FAIL", "autofuse.reason": "killed"}, None
+            )
 
     def finish_study(self, summary: dict, study_dir: Path) -> None:
         if not self._ok():
             return
         best = summary.get("best_trial")
         metrics = {f"best_val_{k}": v for k, v in (summary.get("val_metrics") or {}).items()}
-        metrics.update({f"best_test_{k}": v for k, v in (summary.get("test_metrics") or {}).items()})
+        metrics.update(
+            {f"best_test_{k}": v for k, v in (summary.get("test_metrics") or {}).items()}
+        )
         if best is not None and (study_dir / "best" / "architecture.json").exists():
             try:
                 from safetensors.torch import load_file
@@ -578,7 +694,9 @@ class _Tracker:
                 pt_log = logging.getLogger("mlflow.pytorch")
                 level, pt_log.level = pt_log.level, logging.ERROR
                 try:
-                    self.impl.log_best_model(model, study_dir / "best" / "architecture.json", self.study)
+                    self.impl.log_best_model(
+                        model, study_dir / "best" / "architecture.json", self.study
+                    )
                 finally:
                     pt_log.setLevel(level)
             except Exception as e:  # MLflow trouble must not lose the search's results
@@ -594,6 +712,7 @@ def _make_tracker(uri: str | None, paths: Paths, study: str, ds) -> _Tracker:
     except ImportError:  # pragma: no cover
         return _Tracker()
     impl = MlflowTracker(uri or default_tracking_uri(paths.trials), study)
-    impl.start_study({"dataset": ds.name, "fingerprint": ds.fingerprint()[:16]},
-                     {"autofuse.dataset": ds.name})
+    impl.start_study(
+        {"dataset": ds.name, "fingerprint": ds.fingerprint()[:16]}, {"autofuse.dataset": ds.name}
+    )
     return _Tracker(impl, study=study)

@@ -88,13 +88,14 @@ def loss_fn(task: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
 
 
 @torch.no_grad()
-def predict_outputs(model: nn.Module, data: TrainData, idx: np.ndarray, device: torch.device,
-                    batch_size: int = 256) -> np.ndarray:
+def predict_outputs(
+    model: nn.Module, data: TrainData, idx: np.ndarray, device: torch.device, batch_size: int = 256
+) -> np.ndarray:
     """Raw outputs for rows ``idx`` (regression de-standardised to the original scale)."""
     model.eval()
     outs = []
     for s in range(0, len(idx), batch_size):
-        out, _ = model(make_batch(data, idx[s:s + batch_size], device))
+        out, _ = model(make_batch(data, idx[s : s + batch_size], device))
         outs.append(out.float().cpu())
     if not outs:
         return np.zeros((0, 1), dtype=np.float32)
@@ -105,17 +106,31 @@ def predict_outputs(model: nn.Module, data: TrainData, idx: np.ndarray, device: 
     return res
 
 
-def evaluate(model: nn.Module, data: TrainData, split: str, device: torch.device) -> dict[str, float]:
+def evaluate(
+    model: nn.Module, data: TrainData, split: str, device: torch.device
+) -> dict[str, float]:
     idx = data.splits[split]
     return compute_metrics(data.task, data.y_raw[idx], predict_outputs(model, data, idx, device))
 
 
-def fit(model: nn.Module, data: TrainData, *, lr: float, weight_decay: float, batch_size: int,
-        epochs: int, patience: int, aux_weight: float, seed: int, device: torch.device,
-        on_epoch: Callable[[int, dict[str, float]], None] | None = None,
-        deadline: float | None = None,
-        on_checkpoint: Callable[[dict], None] | None = None,
-        resume: dict | None = None, amp: bool = False) -> FitResult:
+def fit(
+    model: nn.Module,
+    data: TrainData,
+    *,
+    lr: float,
+    weight_decay: float,
+    batch_size: int,
+    epochs: int,
+    patience: int,
+    aux_weight: float,
+    seed: int,
+    device: torch.device,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    deadline: float | None = None,
+    on_checkpoint: Callable[[dict], None] | None = None,
+    resume: dict | None = None,
+    amp: bool = False,
+) -> FitResult:
     """Train with AdamW and early stopping; keep the best validation epoch's weights in ``model``.
 
     Args:
@@ -153,9 +168,20 @@ def fit(model: nn.Module, data: TrainData, *, lr: float, weight_decay: float, ba
     trained = 0
     for epoch in range(start, epochs + 1):
         trained += 1
-        train_loss = train_epoch(model, data, opt, criterion, params, g, batch_size=batch_size,
-                                 aux_weight=aux_weight, device=device, amp=amp, deadline=deadline,
-                                 epoch=epoch)
+        train_loss = train_epoch(
+            model,
+            data,
+            opt,
+            criterion,
+            params,
+            g,
+            batch_size=batch_size,
+            aux_weight=aux_weight,
+            device=device,
+            amp=amp,
+            deadline=deadline,
+            epoch=epoch,
+        )
         val = evaluate(model, data, "val", device)
         val["train_loss"] = train_loss
         history.append({"epoch": epoch, **val})
@@ -168,10 +194,19 @@ def fit(model: nn.Module, data: TrainData, *, lr: float, weight_decay: float, ba
         else:
             stale += 1
         if on_checkpoint is not None:
-            on_checkpoint({"epoch": epoch, "model": copy.deepcopy(model.state_dict()),
-                           "optimizer": copy.deepcopy(opt.state_dict()), "generator": g.get_state(),
-                           "best_state": best_state, "best_val": best_val, "best_epoch": best_epoch,
-                           "history": history, "stale": stale})
+            on_checkpoint(
+                {
+                    "epoch": epoch,
+                    "model": copy.deepcopy(model.state_dict()),
+                    "optimizer": copy.deepcopy(opt.state_dict()),
+                    "generator": g.get_state(),
+                    "best_state": best_state,
+                    "best_val": best_val,
+                    "best_epoch": best_epoch,
+                    "history": history,
+                    "stale": stale,
+                }
+            )
         if on_epoch is not None:
             on_epoch(epoch, val)
         if deadline is not None and time.monotonic() > deadline:
@@ -179,17 +214,35 @@ def fit(model: nn.Module, data: TrainData, *, lr: float, weight_decay: float, ba
         if stale >= patience:
             break
     model.load_state_dict(best_state)
-    val_metrics = {k: v for k, v in history[best_epoch - 1].items() if k != "epoch"} if history else {}
-    return FitResult(val_metrics=val_metrics, best_epoch=best_epoch, epochs_run=len(history),
-                     history=history, train_time_s=time.monotonic() - t0,
-                     resumed_from_epoch=start - 1 if resume is not None else 0,
-                     epochs_trained=trained)
+    val_metrics = (
+        {k: v for k, v in history[best_epoch - 1].items() if k != "epoch"} if history else {}
+    )
+    return FitResult(
+        val_metrics=val_metrics,
+        best_epoch=best_epoch,
+        epochs_run=len(history),
+        history=history,
+        train_time_s=time.monotonic() - t0,
+        resumed_from_epoch=start - 1 if resume is not None else 0,
+        epochs_trained=trained,
+    )
 
 
-def train_epoch(model: nn.Module, data: TrainData, opt: torch.optim.Optimizer, criterion,
-                params: list[torch.Tensor], g: torch.Generator, *, batch_size: int, aux_weight: float,
-                device: torch.device, amp: bool = False, deadline: float | None = None,
-                epoch: int = 0) -> float:
+def train_epoch(
+    model: nn.Module,
+    data: TrainData,
+    opt: torch.optim.Optimizer,
+    criterion,
+    params: list[torch.Tensor],
+    g: torch.Generator,
+    *,
+    batch_size: int,
+    aux_weight: float,
+    device: torch.device,
+    amp: bool = False,
+    deadline: float | None = None,
+    epoch: int = 0,
+) -> float:
     """One pass over the training rows in a seeded random order; returns the mean loss.
 
     Raises:
@@ -200,12 +253,17 @@ def train_epoch(model: nn.Module, data: TrainData, opt: torch.optim.Optimizer, c
     perm = train_idx[torch.randperm(len(train_idx), generator=g).numpy()]
     total, n = 0.0, 0
     for s in range(0, len(perm), batch_size):
-        idx = perm[s:s + batch_size]
+        idx = perm[s : s + batch_size]
         if len(idx) < 2 and len(perm) > 2:
             continue  # a batch of one breaks batch statistics; skip the remainder
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
+        with torch.autocast(
+            device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"
+        ):
             out, aux = model(make_batch(data, idx, device))
-        loss = criterion(out.float(), data.y[torch.as_tensor(idx)].to(device)) + aux_weight * aux.float()
+        loss = (
+            criterion(out.float(), data.y[torch.as_tensor(idx)].to(device))
+            + aux_weight * aux.float()
+        )
         if not torch.isfinite(loss):
             raise TrialFault("diverged", f"non-finite loss at epoch {epoch}")
         opt.zero_grad(set_to_none=True)
@@ -220,8 +278,9 @@ def train_epoch(model: nn.Module, data: TrainData, opt: torch.optim.Optimizer, c
 
 
 @torch.no_grad()
-def measure_latency_ms(model: nn.Module, data: TrainData, device: torch.device, n: int = 32,
-                       repeats: int = 3) -> float:
+def measure_latency_ms(
+    model: nn.Module, data: TrainData, device: torch.device, n: int = 32, repeats: int = 3
+) -> float:
     """Median milliseconds per sample for a forward pass on ``n`` validation rows."""
     idx = data.splits["val"][:n] if len(data.splits["val"]) else data.splits["train"][:n]
     if len(idx) == 0:
@@ -254,22 +313,32 @@ class _Ablated:
         if isinstance(item, ModalityFeatures):
             if self.how == "remove":
                 return ModalityFeatures(
-                    pooled=torch.zeros_like(item.pooled), tokens=torch.zeros_like(item.tokens),
+                    pooled=torch.zeros_like(item.pooled),
+                    tokens=torch.zeros_like(item.tokens),
                     levels=[torch.zeros_like(x) for x in item.levels],
-                    present=torch.zeros_like(item.present), token_mask=item.token_mask)
+                    present=torch.zeros_like(item.present),
+                    token_mask=item.token_mask,
+                )
             g = torch.Generator().manual_seed(self.seed + int(idx[0]) if len(idx) else self.seed)
 
             def noisy(x: torch.Tensor) -> torch.Tensor:
                 scale = x.float().std().clamp_min(1e-6) * self.sigma
                 return x + torch.randn(x.shape, generator=g).to(x.dtype) * scale
 
-            return ModalityFeatures(pooled=noisy(item.pooled), tokens=noisy(item.tokens),
-                                    levels=[noisy(x) for x in item.levels], present=item.present,
-                                    token_mask=item.token_mask)
+            return ModalityFeatures(
+                pooled=noisy(item.pooled),
+                tokens=noisy(item.tokens),
+                levels=[noisy(x) for x in item.levels],
+                present=item.present,
+                token_mask=item.token_mask,
+            )
         x, present = item
         if self.how == "remove":
-            zeros = {k: torch.zeros_like(v) for k, v in x.items()} if isinstance(x, dict) else (
-                torch.zeros_like(x) if torch.is_tensor(x) else ["" for _ in x])
+            zeros = (
+                {k: torch.zeros_like(v) for k, v in x.items()}
+                if isinstance(x, dict)
+                else (torch.zeros_like(x) if torch.is_tensor(x) else ["" for _ in x])
+            )
             return zeros, torch.zeros_like(present)
         g = torch.Generator().manual_seed(self.seed + int(idx[0]) if len(idx) else self.seed)
 
@@ -285,8 +354,9 @@ class _Ablated:
         return (noisy_t(x) if torch.is_tensor(x) else x), present
 
 
-def ablate(data: TrainData, modality: str, how: str = "remove", sigma: float = 0.5,
-           seed: int = 0) -> TrainData:
+def ablate(
+    data: TrainData, modality: str, how: str = "remove", sigma: float = 0.5, seed: int = 0
+) -> TrainData:
     """A copy of ``data`` where ``modality`` is removed (every row absent) or gets noise.
 
     Used to measure robustness: ``how="remove"`` drops the modality at test time (the model must
@@ -297,5 +367,11 @@ def ablate(data: TrainData, modality: str, how: str = "remove", sigma: float = 0
         raise ValueError(f"how must be 'remove' or 'noise', got {how!r}")
     inputs = dict(data.inputs)
     inputs[modality] = _Ablated(inputs[modality], how, sigma, seed)
-    return TrainData(task=data.task, y=data.y, y_raw=data.y_raw, inputs=inputs, splits=data.splits,
-                     target_stats=data.target_stats)
+    return TrainData(
+        task=data.task,
+        y=data.y,
+        y_raw=data.y_raw,
+        inputs=inputs,
+        splits=data.splits,
+        target_stats=data.target_stats,
+    )

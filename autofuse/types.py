@@ -55,11 +55,17 @@ class FeatureShape:
     levels: tuple[tuple[int, int], ...] = field(default_factory=tuple)
 
     def to_dict(self) -> dict:
-        return {"dim": self.dim, "n_tokens": self.n_tokens, "levels": [list(x) for x in self.levels]}
+        return {
+            "dim": self.dim,
+            "n_tokens": self.n_tokens,
+            "levels": [list(x) for x in self.levels],
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> FeatureShape:
-        return cls(int(d["dim"]), int(d["n_tokens"]), tuple((int(a), int(b)) for a, b in d["levels"]))
+        return cls(
+            int(d["dim"]), int(d["n_tokens"]), tuple((int(a), int(b)) for a, b in d["levels"])
+        )
 
 
 @dataclass

@@ -77,10 +77,13 @@ def open_storage(cfg: WorkerConfig):
     # heartbeat + retry are flagged experimental by Optuna; they are what makes resume work
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     return make_storage(
-        cfg.storage, heartbeat_interval=cfg.heartbeat_interval,
+        cfg.storage,
+        heartbeat_interval=cfg.heartbeat_interval,
         grace_period=cfg.grace_period or 4 * cfg.heartbeat_interval,
         heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-            max_retry=cfg.max_retry))
+            max_retry=cfg.max_retry
+        ),
+    )
 
 
 @contextlib.contextmanager
@@ -140,9 +143,12 @@ def run_worker(cfg: WorkerConfig, ds=None, progress: bool = False) -> None:
     paths = Paths.resolve(cfg.workdir)
     history = HistoryStore(cfg.storage)
     stor = open_storage(cfg)
-    st = optuna.load_study(study_name=cfg.study, storage=stor,
-                           sampler=make_sampler(sp, cfg.sampler, cfg.seed + cfg.rank),
-                           pruner=make_pruner(sp, cfg.pruner))
+    st = optuna.load_study(
+        study_name=cfg.study,
+        storage=stor,
+        sampler=make_sampler(sp, cfg.sampler, cfg.seed + cfg.rank),
+        pruner=make_pruner(sp, cfg.pruner),
+    )
     metric, direction = OBJECTIVES[ds.task]
     modalities = {m: ds.modality_type(m) for m in ds.modality_names}
     dev = torch.device(cfg.device)
@@ -177,20 +183,43 @@ def run_worker(cfg: WorkerConfig, ds=None, progress: bool = False) -> None:
             retry_of = trial.user_attrs.get("retry_of")  # re-enqueued after an interrupt
         baseline = trial.user_attrs.get("baseline")
         encs = {m: f"{e.name}/{e.mode}" for m, e in spec.encoders.items()}
-        attrs = {"spec": spec.model_dump(mode="json"), "family": spec.fusion.family,
-                 "method": spec.fusion.method, "point": spec.fusion.point, "encoders": encs,
-                 "device": str(dev), "worker": worker}
+        attrs = {
+            "spec": spec.model_dump(mode="json"),
+            "family": spec.fusion.family,
+            "method": spec.fusion.method,
+            "point": spec.fusion.point,
+            "encoders": encs,
+            "device": str(dev),
+            "worker": worker,
+        }
         for k, v in attrs.items():
             trial.set_user_attr(k, v)
         if retry_of is not None:
             trial.set_user_attr("retry_of", retry_of)
             timed(reconcile_stale, st, history, tracker)
-        timed(history.record_trial, study, trial.number, status="RUNNING", started_at=_utcnow(),
-              baseline=baseline, retry_of=retry_of, **attrs)
-        run_id = timed(tracker.start_trial, trial.number, {k: str(v) for k, v in trial.params.items()},
-                       {"autofuse.family": spec.fusion.family, "autofuse.method": spec.fusion.method,
-                        "autofuse.point": spec.fusion.point, "autofuse.encoders": json.dumps(encs),
-                        "autofuse.baseline": baseline or "", "autofuse.worker": worker})
+        timed(
+            history.record_trial,
+            study,
+            trial.number,
+            status="RUNNING",
+            started_at=_utcnow(),
+            baseline=baseline,
+            retry_of=retry_of,
+            **attrs,
+        )
+        run_id = timed(
+            tracker.start_trial,
+            trial.number,
+            {k: str(v) for k, v in trial.params.items()},
+            {
+                "autofuse.family": spec.fusion.family,
+                "autofuse.method": spec.fusion.method,
+                "autofuse.point": spec.fusion.point,
+                "autofuse.encoders": json.dumps(encs),
+                "autofuse.baseline": baseline or "",
+                "autofuse.worker": worker,
+            },
+        )
         if run_id:
             timed(history.record_trial, study, trial.number, mlflow_run_id=run_id)
         # a retried trial continues from the last epoch checkpoint of the interrupted attempt
@@ -199,15 +228,26 @@ def run_worker(cfg: WorkerConfig, ds=None, progress: bool = False) -> None:
         old = running_dir / f"trial_{retry_of}.pt" if retry_of is not None else None
         if old is not None and old.exists():
             resume = torch.load(old, map_location="cpu", weights_only=False)
-            log.info("trial %d resumes trial %d from epoch %d", trial.number, retry_of, resume["epoch"])
+            log.info(
+                "trial %d resumes trial %d from epoch %d", trial.number, retry_of, resume["epoch"]
+            )
             for h in resume["history"]:
-                timed(history.log_epoch, study, trial.number, h["epoch"],
-                      {k: v for k, v in h.items() if k != "epoch"})
+                timed(
+                    history.log_epoch,
+                    study,
+                    trial.number,
+                    h["epoch"],
+                    {k: v for k, v in h.items() if k != "epoch"},
+                )
 
         def on_epoch(epoch: int, val: dict) -> None:
             timed(history.log_epoch, study, trial.number, epoch, val)
-            timed(tracker.log_epoch, run_id, epoch,
-                  {(f"val_{k}" if k != "train_loss" else k): v for k, v in val.items()})
+            timed(
+                tracker.log_epoch,
+                run_id,
+                epoch,
+                {(f"val_{k}" if k != "train_loss" else k): v for k, v in val.items()},
+            )
             if f"diverged@{trial.number}" in inject:
                 raise TrialFault("diverged", "injected non-finite loss")
             if f"oom@{trial.number}" in inject:
@@ -226,19 +266,44 @@ def run_worker(cfg: WorkerConfig, ds=None, progress: bool = False) -> None:
             torch.save(state, tmp)
             tmp.replace(ckpt_path)
 
-        def end(status: str, reason: str | None = None, error: str | None = None, *,
-                keep_checkpoint: bool = False, mlflow_status: str | None = None, **fields) -> None:
+        def end(
+            status: str,
+            reason: str | None = None,
+            error: str | None = None,
+            *,
+            keep_checkpoint: bool = False,
+            mlflow_status: str | None = None,
+            **fields,
+        ) -> None:
             trial.set_user_attr("overhead_s", overhead)
             trial.set_user_attr("trial_time_s", time.monotonic() - t_trial)
-            timed(history.record_trial, study, trial.number, status=status, reason=reason, error=error,
-                  finished_at=_utcnow(), **fields)
+            timed(
+                history.record_trial,
+                study,
+                trial.number,
+                status=status,
+                reason=reason,
+                error=error,
+                finished_at=_utcnow(),
+                **fields,
+            )
             val = fields.get("val_metrics") or {}
             test = fields.get("test_metrics") or {}
-            timed(tracker.end_trial, run_id,
-                  mlflow_status or ("FINISHED" if status in ("COMPLETE", "PRUNED") else "FAILED"),
-                  {**{f"val_{k}": v for k, v in val.items()}, **{f"test_{k}": v for k, v in test.items()}},
-                  {"autofuse.status": status, "autofuse.reason": reason or "",
-                   "autofuse.trial": str(trial.number)}, attrs["spec"])
+            timed(
+                tracker.end_trial,
+                run_id,
+                mlflow_status or ("FINISHED" if status in ("COMPLETE", "PRUNED") else "FAILED"),
+                {
+                    **{f"val_{k}": v for k, v in val.items()},
+                    **{f"test_{k}": v for k, v in test.items()},
+                },
+                {
+                    "autofuse.status": status,
+                    "autofuse.reason": reason or "",
+                    "autofuse.trial": str(trial.number),
+                },
+                attrs["spec"],
+            )
             if not keep_checkpoint:
                 ckpt_path.unlink(missing_ok=True)
                 if old is not None:
@@ -248,8 +313,14 @@ def run_worker(cfg: WorkerConfig, ds=None, progress: bool = False) -> None:
         try:
             if f"invalid@{trial.number}" in inject:
                 raise TrialFault("invalid", "injected: architecture cannot be built")
-            out = runner.run(spec, on_epoch=on_epoch, deadline=deadline, on_checkpoint=on_checkpoint,
-                             resume=resume, amp=cfg.amp)
+            out = runner.run(
+                spec,
+                on_epoch=on_epoch,
+                deadline=deadline,
+                on_checkpoint=on_checkpoint,
+                resume=resume,
+                amp=cfg.amp,
+            )
         except TrialFault as f:
             trial.set_user_attr("reason", f.reason)
             trial.set_user_attr("error", str(f))
@@ -274,9 +345,20 @@ def run_worker(cfg: WorkerConfig, ds=None, progress: bool = False) -> None:
             # stopped by the user: the trial fails, and a copy is queued that resumes from its
             # last epoch checkpoint when the study runs again
             trial.set_user_attr("reason", "interrupted")
-            end("FAIL", "interrupted", "stopped by the user", keep_checkpoint=True, mlflow_status="KILLED")
-            st.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number,
-                                                        **({"baseline": baseline} if baseline else {})})
+            end(
+                "FAIL",
+                "interrupted",
+                "stopped by the user",
+                keep_checkpoint=True,
+                mlflow_status="KILLED",
+            )
+            st.enqueue_trial(
+                trial.params,
+                user_attrs={
+                    "retry_of": trial.number,
+                    **({"baseline": baseline} if baseline else {}),
+                },
+            )
             raise
         except Exception as e:
             trial.set_user_attr("reason", "error")
@@ -285,19 +367,37 @@ def run_worker(cfg: WorkerConfig, ds=None, progress: bool = False) -> None:
             end("FAIL", "error", f"{type(e).__name__}: {e}")
             raise
         value = float(out["val_metrics"][metric])
-        for k in ("val_metrics", "test_metrics", "n_params", "latency_ms", "train_time_s",
-                  "epochs_run", "best_epoch", "epochs_trained", "resumed_from_epoch"):
+        for k in (
+            "val_metrics",
+            "test_metrics",
+            "n_params",
+            "latency_ms",
+            "train_time_s",
+            "epochs_run",
+            "best_epoch",
+            "epochs_trained",
+            "resumed_from_epoch",
+        ):
             trial.set_user_attr(k, out[k])
         trial.set_user_attr("history", out["history"])
         if dev.type == "cuda":
             trial.set_user_attr("peak_gpu_mb", torch.cuda.max_memory_allocated(dev) / 2**20)
         timed(save_checkpoint_if_top, st, study_dir, trial.number, value, direction, out)
         cache = runner.feature_cache
-        end("COMPLETE", value=value, val_metrics=out["val_metrics"], test_metrics=out["test_metrics"],
-            n_params=out["n_params"], latency_ms=out["latency_ms"], train_time_s=out["train_time_s"],
-            epochs_run=out["epochs_run"], best_epoch=out["best_epoch"],
+        end(
+            "COMPLETE",
+            value=value,
+            val_metrics=out["val_metrics"],
+            test_metrics=out["test_metrics"],
+            n_params=out["n_params"],
+            latency_ms=out["latency_ms"],
+            train_time_s=out["train_time_s"],
+            epochs_run=out["epochs_run"],
+            best_epoch=out["best_epoch"],
             resumed_from_epoch=out["resumed_from_epoch"] or None,
-            cache_hits=getattr(cache, "hits", None), cache_misses=getattr(cache, "misses", None))
+            cache_hits=getattr(cache, "hits", None),
+            cache_misses=getattr(cache, "misses", None),
+        )
         return value
 
     faults = {"n": 0, "last": ""}
@@ -311,12 +411,22 @@ def run_worker(cfg: WorkerConfig, ds=None, progress: bool = False) -> None:
             faults["n"] = 0
 
     with interrupt_on_signals():
-        _optimize(st, objective, cfg.n_total, metric, progress, extra_callbacks=[count_faults],
-                  should_stop=lambda: faults["n"] >= cfg.max_faults, storage_url=cfg.storage)
+        _optimize(
+            st,
+            objective,
+            cfg.n_total,
+            metric,
+            progress,
+            extra_callbacks=[count_faults],
+            should_stop=lambda: faults["n"] >= cfg.max_faults,
+            storage_url=cfg.storage,
+        )
     if faults["n"] >= cfg.max_faults:
-        raise WorkerStopped(f"worker {worker} stopped after {faults['n']} consecutive faulty trials "
-                            f"(last reason: {faults['last']}); see `autofuse leaderboard --study "
-                            f"{study}` and the trials' reasons")
+        raise WorkerStopped(
+            f"worker {worker} stopped after {faults['n']} consecutive faulty trials "
+            f"(last reason: {faults['last']}); see `autofuse leaderboard --study "
+            f"{study}` and the trials' reasons"
+        )
 
 
 def _utcnow():
@@ -325,8 +435,16 @@ def _utcnow():
     return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
 
 
-def _optimize(st, objective, n_total: int, metric: str, progress: bool, extra_callbacks=(),
-              should_stop=lambda: False, storage_url: str | None = None) -> None:
+def _optimize(
+    st,
+    objective,
+    n_total: int,
+    metric: str,
+    progress: bool,
+    extra_callbacks=(),
+    should_stop=lambda: False,
+    storage_url: str | None = None,
+) -> None:
     """Run trials one ``study.optimize(n_trials=1)`` at a time until the study holds ``n_total``
     finished trials.
 
@@ -361,7 +479,9 @@ def _optimize(st, objective, n_total: int, metric: str, progress: bool, extra_ca
                     if done >= n_total:
                         break
                     if done + states.count(TrialState.RUNNING) < n_total:
-                        st.optimize(locked_objective, n_trials=1, callbacks=callbacks, catch=(Exception,))
+                        st.optimize(
+                            locked_objective, n_trials=1, callbacks=callbacks, catch=(Exception,)
+                        )
                         if bar is not None:
                             bar.update()
                         continue
@@ -385,10 +505,16 @@ class StudyProgress:
         )
 
         self.st, self.metric = st, metric
-        self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TimeElapsedColumn(), TextColumn("{task.fields[best]}"))
-        self.task = self.bar.add_task(f"study {st.study_name}", total=n_total,
-                                      completed=finished_count(st), best="")
+        self.bar = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[best]}"),
+        )
+        self.task = self.bar.add_task(
+            f"study {st.study_name}", total=n_total, completed=finished_count(st), best=""
+        )
 
     def __enter__(self) -> StudyProgress:
         self.bar.__enter__()
@@ -404,10 +530,13 @@ class StudyProgress:
             best = f"best {self.metric}={b.value:.4f} (trial {b.number})"
         except ValueError:
             best = ""
-        self.bar.update(self.task, completed=finished_count(self.st), best=f"{best} {extra}".strip())
+        self.bar.update(
+            self.task, completed=finished_count(self.st), best=f"{best} {extra}".strip()
+        )
 
 
 # ---- several worker processes ------------------------------------------------------------------
+
 
 def plan_devices(workers: int | None, devices: str | None) -> list[str]:
     """One device string per worker: ``--devices cuda:0,cuda:1`` / ``cpu``; default one worker per
@@ -431,15 +560,22 @@ def plan_devices(workers: int | None, devices: str | None) -> list[str]:
 def check_storage_for_workers(url: str, n_workers: int) -> None:
     if n_workers > 1 and url.startswith("sqlite"):
         if n_workers > MAX_SQLITE_WORKERS:
-            raise ConfigError(f"{n_workers} workers on a SQLite file: SQLite is not safe for many "
-                              f"concurrent writers (at most {MAX_SQLITE_WORKERS}); use a PostgreSQL or "
-                              "MySQL --storage URL")
-        log.warning("%d workers share a SQLite file; fine on one machine for a few workers, use "
-                    "PostgreSQL or MySQL for more", n_workers)
+            raise ConfigError(
+                f"{n_workers} workers on a SQLite file: SQLite is not safe for many "
+                f"concurrent writers (at most {MAX_SQLITE_WORKERS}); use a PostgreSQL or "
+                "MySQL --storage URL"
+            )
+        log.warning(
+            "%d workers share a SQLite file; fine on one machine for a few workers, use "
+            "PostgreSQL or MySQL for more",
+            n_workers,
+        )
 
 
 def _worker_entry(cfg_dict: dict) -> None:  # pragma: no cover - runs in a child process
-    logging.basicConfig(level=logging.WARNING, format=f"worker {cfg_dict['rank']}: %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING, format=f"worker {cfg_dict['rank']}: %(levelname)s %(message)s"
+    )
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     import optuna
@@ -461,8 +597,10 @@ def run_workers(cfgs: list[WorkerConfig], progress: bool, metric: str) -> None:
     import optuna
 
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_worker_entry, args=(asdict(c),), name=f"autofuse-worker-{c.rank}")
-             for c in cfgs]
+    procs = [
+        ctx.Process(target=_worker_entry, args=(asdict(c),), name=f"autofuse-worker-{c.rank}")
+        for c in cfgs
+    ]
     for p in procs:
         p.start()
     st = optuna.load_study(study_name=cfgs[0].study, storage=open_storage(cfgs[0]))
@@ -496,30 +634,51 @@ def run_workers(cfgs: list[WorkerConfig], progress: bool, metric: str) -> None:
         raise AutofuseError(f"workers stopped before the study finished ({codes})")
 
 
-def worker_config_from_study(study: str, storage: str, *, workdir: str | None = None,
-                             dataset: str | None = None, device: str | None = None,
-                             mlflow_uri: str | None = None, trials: int | None = None,
-                             seed: int | None = None) -> WorkerConfig:
+def worker_config_from_study(
+    study: str,
+    storage: str,
+    *,
+    workdir: str | None = None,
+    dataset: str | None = None,
+    device: str | None = None,
+    mlflow_uri: str | None = None,
+    trials: int | None = None,
+    seed: int | None = None,
+) -> WorkerConfig:
     """What ``autofuse worker`` needs, read from a study created by ``autofuse search``."""
     import optuna
 
-    summaries = {s.study_name: s for s in optuna.get_all_study_summaries(open_storage(
-        WorkerConfig(study, storage, "", {}, "", 0)), include_best_trial=False)}
+    summaries = {
+        s.study_name: s
+        for s in optuna.get_all_study_summaries(
+            open_storage(WorkerConfig(study, storage, "", {}, "", 0)), include_best_trial=False
+        )
+    }
     if study not in summaries:
         raise ConfigError(f"no study {study!r} in {storage}; create it with `autofuse search`")
     attrs = summaries[study].user_attrs
     opts = attrs.get("search_options") or {}
     ds_path = dataset or attrs.get("dataset_path")
     if not ds_path or not Path(ds_path).exists():
-        raise ConfigError(f"dataset {ds_path!r} of study {study!r} is not readable here; pass --dataset DIR")
+        raise ConfigError(
+            f"dataset {ds_path!r} of study {study!r} is not readable here; pass --dataset DIR"
+        )
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     return WorkerConfig(
-        study=study, storage=storage, dataset=str(ds_path), space=attrs["space_config"],
-        workdir=str(Paths.resolve(workdir).root), n_total=int(trials or opts.get("n_total", 1)),
-        sampler=opts.get("sampler"), pruner=opts.get("pruner"),
+        study=study,
+        storage=storage,
+        dataset=str(ds_path),
+        space=attrs["space_config"],
+        workdir=str(Paths.resolve(workdir).root),
+        n_total=int(trials or opts.get("n_total", 1)),
+        sampler=opts.get("sampler"),
+        pruner=opts.get("pruner"),
         seed=seed if seed is not None else (os.getpid() * 7919) % 2**31,
-        trial_timeout=opts.get("trial_timeout"), device=device,
+        trial_timeout=opts.get("trial_timeout"),
+        device=device,
         mlflow_uri=mlflow_uri or opts.get("mlflow_uri"),
-        heartbeat_interval=int(opts.get("heartbeat_interval", 30)), max_retry=int(opts.get("max_retry", 2)),
-        amp=bool(opts.get("amp", False)))
+        heartbeat_interval=int(opts.get("heartbeat_interval", 30)),
+        max_retry=int(opts.get("max_retry", 2)),
+        amp=bool(opts.get("amp", False)),
+    )

@@ -37,8 +37,13 @@ def main() -> None:
 
     work = Path(args.workdir)
     shared = Path(args.shared)
-    folder = build_avmnist(shared / "mnist", shared / "fsdd", work / "avmnist", n_per_class=args.per_class,
-                           seed=args.seed)
+    folder = build_avmnist(
+        shared / "mnist",
+        shared / "fsdd",
+        work / "avmnist",
+        n_per_class=args.per_class,
+        seed=args.seed,
+    )
     cfg = yaml.safe_load((folder / "dataset.yaml").read_text())
     variants = {}
     for only in ("image", "audio"):
@@ -52,18 +57,34 @@ def main() -> None:
     for label, path in variants.items():
         t = time.monotonic()
         study = "avmnist_" + label.replace(" + ", "_").replace(" ", "_")
-        res = search(path, study=study, trials=args.trials, space=args.space, workdir=work,
-                     seed=args.seed, progress=False)
+        res = search(
+            path,
+            study=study,
+            trials=args.trials,
+            space=args.space,
+            workdir=work,
+            seed=args.seed,
+            progress=False,
+        )
         s = res.summary
-        rows.append((label, s["val_metrics"]["accuracy"], s["test_metrics"]["accuracy"],
-                     s["test_metrics"]["macro_f1"], s["spec"]["fusion"]["method"] if "+" in label else "-",
-                     time.monotonic() - t))
+        rows.append(
+            (
+                label,
+                s["val_metrics"]["accuracy"],
+                s["test_metrics"]["accuracy"],
+                s["test_metrics"]["macro_f1"],
+                s["spec"]["fusion"]["method"] if "+" in label else "-",
+                time.monotonic() - t,
+            )
+        )
     print(f"{'study':<16}{'val acc':>9}{'test acc':>10}{'test F1':>9}  {'fusion':<10}{'wall s':>8}")
     for label, va, ta, tf, meth, wall in rows:
         print(f"{label:<16}{va:>9.4f}{ta:>10.4f}{tf:>9.4f}  {meth:<10}{wall:>8.0f}")
     best_single = max(r[2] for r in rows[:2])
-    print(f"fusion test accuracy {rows[2][2]:.4f} vs better single modality {best_single:.4f}: "
-          f"gain {rows[2][2] - best_single:+.4f}")
+    print(
+        f"fusion test accuracy {rows[2][2]:.4f} vs better single modality {best_single:.4f}: "
+        f"gain {rows[2][2] - best_single:+.4f}"
+    )
 
 
 if __name__ == "__main__":

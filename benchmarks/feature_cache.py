@@ -26,15 +26,33 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 SUBJECTS = {
-    "positive": ["a delightful film", "this great phone", "the friendly staff", "a lovely hotel",
-                 "the superb soundtrack", "an excellent meal"],
-    "negative": ["a dreadful film", "this broken phone", "the rude staff", "a filthy hotel",
-                 "the awful soundtrack", "a cold meal"],
+    "positive": [
+        "a delightful film",
+        "this great phone",
+        "the friendly staff",
+        "a lovely hotel",
+        "the superb soundtrack",
+        "an excellent meal",
+    ],
+    "negative": [
+        "a dreadful film",
+        "this broken phone",
+        "the rude staff",
+        "a filthy hotel",
+        "the awful soundtrack",
+        "a cold meal",
+    ],
     "neutral": ["the film", "this phone", "the staff", "the hotel", "the soundtrack", "the meal"],
 }
 VERBS = ["was reviewed", "came up", "was mentioned", "appeared", "was discussed"]
-TAILS = ["during the long weekend trip", "in our weekly meeting", "by several of my friends",
-         "at the end of a busy day", "in yesterday's newspaper", "after the holidays"]
+TAILS = [
+    "during the long weekend trip",
+    "in our weekly meeting",
+    "by several of my friends",
+    "at the end of a busy day",
+    "in yesterday's newspaper",
+    "after the holidays",
+]
 
 
 def make_frame(rows: int, seed: int = 0):
@@ -46,14 +64,17 @@ def make_frame(rows: int, seed: int = 0):
     data = []
     for i in range(rows):
         label = labels[i % 3]
-        text = (f"{rng.choice(SUBJECTS[label])} {rng.choice(VERBS)} {rng.choice(TAILS)}"
-                + (f", and {rng.choice(SUBJECTS[rng.choice(labels)])} too" if rng.random() < 0.5 else ""))
-        data.append({
-            "review": None if rng.random() < 0.03 else text,
-            "stars": (labels.index(label) + rng.gauss(0, 1.5)) if rng.random() > 0.05 else None,
-            "channel": rng.choice(["web", "shop", "phone"]),
-            "label": label,
-        })
+        text = f"{rng.choice(SUBJECTS[label])} {rng.choice(VERBS)} {rng.choice(TAILS)}" + (
+            f", and {rng.choice(SUBJECTS[rng.choice(labels)])} too" if rng.random() < 0.5 else ""
+        )
+        data.append(
+            {
+                "review": None if rng.random() < 0.03 else text,
+                "stars": (labels.index(label) + rng.gauss(0, 1.5)) if rng.random() > 0.05 else None,
+                "channel": rng.choice(["web", "shop", "phone"]),
+                "label": label,
+            }
+        )
     return pd.DataFrame(data)
 
 
@@ -69,17 +90,26 @@ def run_trial(ds, workdir: Path, spec) -> dict:
     t_inputs = time.perf_counter() - t0
     res = runner.run(spec)
     total = time.perf_counter() - t0
-    return {"total": total, "inputs": t_inputs, "train": total - t_inputs,
-            "hits": runner.feature_cache.hits, "misses": runner.feature_cache.misses,
-            "val": res["val_metrics"]}
+    return {
+        "total": total,
+        "inputs": t_inputs,
+        "train": total - t_inputs,
+        "hits": runner.feature_cache.hits,
+        "misses": runner.feature_cache.misses,
+        "val": res["val_metrics"],
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=2000)
     parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--workdir", type=Path, default=None,
-                        help="where trials/cache goes (default: a temporary folder)")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="where trials/cache goes (default: a temporary folder)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("autofuse.encoders.cache").setLevel(logging.INFO)
@@ -92,15 +122,24 @@ def main() -> None:
 
     torch.set_num_threads(os.cpu_count() or 1)
     ds = Dataset.from_dataframe(
-        make_frame(args.rows), target="label", task="classification",
-        modalities={"review": {"type": "text", "column": "review"},
-                    "meta": {"type": "tabular", "columns": ["stars", "channel"],
-                             "categorical": ["channel"]}},
+        make_frame(args.rows),
+        target="label",
+        task="classification",
+        modalities={
+            "review": {"type": "text", "column": "review"},
+            "meta": {
+                "type": "tabular",
+                "columns": ["stars", "channel"],
+                "categorical": ["channel"],
+            },
+        },
         name="feature_cache_bench",
     )
     spec = ArchitectureSpec(
-        encoders={"review": EncoderSpec(name="text.sentence_transformer", mode="frozen"),
-                  "meta": EncoderSpec(name="tabular.mlp", mode="scratch", dim=32)},
+        encoders={
+            "review": EncoderSpec(name="text.sentence_transformer", mode="frozen"),
+            "meta": EncoderSpec(name="tabular.mlp", mode="scratch", dim=32),
+        },
         fusion=FusionSpec(family="encoder_decoder", method="early", point="late"),
         training=TrainingSpec(epochs=args.epochs, patience=args.epochs, batch_size=64),
     )
@@ -108,13 +147,17 @@ def main() -> None:
         workdir = args.workdir or Path(tmp)
         cold = run_trial(ds, workdir, spec)
         warm = run_trial(ds, workdir, spec)
-    print(f"dataset: {len(ds)} rows (text + tabular), frozen all-MiniLM-L6-v2 + tabular.mlp, "
-          f"late concat fusion, {args.epochs} epochs, device {'cuda' if torch.cuda.is_available() else 'cpu'}, "
-          f"{torch.get_num_threads()} threads")
+    print(
+        f"dataset: {len(ds)} rows (text + tabular), frozen all-MiniLM-L6-v2 + tabular.mlp, "
+        f"late concat fusion, {args.epochs} epochs, device {'cuda' if torch.cuda.is_available() else 'cpu'}, "
+        f"{torch.get_num_threads()} threads"
+    )
     for name, r in (("cold cache", cold), ("warm cache", warm)):
-        print(f"{name}: {r['total']:7.2f} s  (prepare + features {r['inputs']:6.2f} s, "
-              f"train {r['train']:5.2f} s; cache hits {r['hits']}, misses {r['misses']}; "
-              f"val {', '.join(f'{k}={v:.3f}' for k, v in r['val'].items() if k != 'train_loss')})")
+        print(
+            f"{name}: {r['total']:7.2f} s  (prepare + features {r['inputs']:6.2f} s, "
+            f"train {r['train']:5.2f} s; cache hits {r['hits']}, misses {r['misses']}; "
+            f"val {', '.join(f'{k}={v:.3f}' for k, v in r['val'].items() if k != 'train_loss')})"
+        )
     print(f"speed-up: {cold['total'] / warm['total']:.1f}x (cold / warm trial time)")
 
 

@@ -35,8 +35,16 @@ def _measure(name: str, n_mod: int, point: str, batch: int, repeats: int, device
         q.put((name, n_mod, point, None, None, None, f"{type(e).__name__}: {e}"))
         return
     feats = fake_features(shapes, batch=batch)
-    feats = {m: ModalityFeatures(f.pooled.to(device), f.tokens.to(device), [x.to(device) for x in f.levels],
-                                 f.present.to(device), f.token_mask.to(device)) for m, f in feats.items()}
+    feats = {
+        m: ModalityFeatures(
+            f.pooled.to(device),
+            f.tokens.to(device),
+            [x.to(device) for x in f.levels],
+            f.present.to(device),
+            f.token_mask.to(device),
+        )
+        for m, f in feats.items()
+    }
     n_params = sum(p.numel() for p in fusion.parameters())
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if device.startswith("cuda"):
@@ -67,14 +75,18 @@ def main() -> None:
     from autofuse.fusion import FUSIONS
 
     ctx = mp.get_context("fork")
-    print(f"batch {args.batch}, device {args.device}, median of {args.repeats} forward+backward passes")
+    print(
+        f"batch {args.batch}, device {args.device}, median of {args.repeats} forward+backward passes"
+    )
     print(f"{'method':<34}{'point':<8}{'mods':>5}{'params':>11}{'ms/batch':>10}{'peak MB':>9}")
     for entry in FUSIONS:
         point = "late" if "late" in entry.meta["points"] else entry.meta["points"][0]
         for n_mod in (2, 6):
             q = ctx.Queue()
-            p = ctx.Process(target=_measure, args=(entry.name, n_mod, point, args.batch, args.repeats,
-                                                   args.device, q))
+            p = ctx.Process(
+                target=_measure,
+                args=(entry.name, n_mod, point, args.batch, args.repeats, args.device, q),
+            )
             p.start()
             p.join()
             name, n, pt, params, ms, mb, err = q.get()

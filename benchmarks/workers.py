@@ -45,22 +45,44 @@ def main() -> None:
     for n_workers in (1, 2):
         wd = work / f"w{n_workers}"
         t = time.monotonic()
-        search(data, study=f"bench{n_workers}", trials=args.trials, space=args.space, workdir=wd,
-               progress=False, workers=n_workers, devices="cpu", report=False,
-               mlflow_uri=f"sqlite:///{wd / 'trials' / 'mlflow.db'}")
+        search(
+            data,
+            study=f"bench{n_workers}",
+            trials=args.trials,
+            space=args.space,
+            workdir=wd,
+            progress=False,
+            workers=n_workers,
+            devices="cpu",
+            report=False,
+            mlflow_uri=f"sqlite:///{wd / 'trials' / 'mlflow.db'}",
+        )
         wall = time.monotonic() - t
-        st = optuna.load_study(study_name=f"bench{n_workers}", storage=f"sqlite:///{wd / 'trials' / 'autofuse.db'}")
+        st = optuna.load_study(
+            study_name=f"bench{n_workers}", storage=f"sqlite:///{wd / 'trials' / 'autofuse.db'}"
+        )
         done = [x for x in st.trials if "trial_time_s" in x.user_attrs]
-        shares = [x.user_attrs["overhead_s"] / x.user_attrs["trial_time_s"] for x in done
-                  if x.user_attrs.get("trial_time_s")]
-        results[n_workers] = (wall, len(done), statistics.median(shares) if shares else float("nan"),
-                              statistics.median(x.user_attrs["overhead_s"] for x in done))
-    print(f"{'workers':>7}{'trials':>8}{'wall s':>9}{'trials/min':>12}{'overhead/trial':>16}{'overhead share':>16}")
+        shares = [
+            x.user_attrs["overhead_s"] / x.user_attrs["trial_time_s"]
+            for x in done
+            if x.user_attrs.get("trial_time_s")
+        ]
+        results[n_workers] = (
+            wall,
+            len(done),
+            statistics.median(shares) if shares else float("nan"),
+            statistics.median(x.user_attrs["overhead_s"] for x in done),
+        )
+    print(
+        f"{'workers':>7}{'trials':>8}{'wall s':>9}{'trials/min':>12}{'overhead/trial':>16}{'overhead share':>16}"
+    )
     for n, (wall, k, share, ov) in results.items():
         print(f"{n:>7}{k:>8}{wall:>9.1f}{60 * k / wall:>12.2f}{ov:>15.3f}s{100 * share:>15.1f}%")
     r1, r2 = results[1], results[2]
-    print(f"throughput ratio 2 workers / 1 worker: {(r2[1] / r2[0]) / (r1[1] / r1[0]):.2f}x "
-          "(wall time includes each worker's start-up: importing torch and loading the data)")
+    print(
+        f"throughput ratio 2 workers / 1 worker: {(r2[1] / r2[0]) / (r1[1] / r1[0]):.2f}x "
+        "(wall time includes each worker's start-up: importing torch and loading the data)"
+    )
 
 
 if __name__ == "__main__":

@@ -30,8 +30,10 @@ def need(condition: bool, reason: str) -> None:
 
 @pytest.fixture(scope="session")
 def shared_datasets() -> Path:
-    need((SHARED / "mnist").is_dir() and (SHARED / "fsdd" / "recordings").is_dir(),
-         f"shared datasets not found at {SHARED}")
+    need(
+        (SHARED / "mnist").is_dir() and (SHARED / "fsdd" / "recordings").is_dir(),
+        f"shared datasets not found at {SHARED}",
+    )
     return SHARED
 
 

@@ -12,7 +12,9 @@ from click.testing import CliRunner
 from autofuse.cli import main
 
 BROKEN = Path(__file__).parent / "data" / "broken"
-_spec = importlib.util.spec_from_file_location("broken_cases", Path(__file__).parent / "data" / "test_data_broken.py")
+_spec = importlib.util.spec_from_file_location(
+    "broken_cases", Path(__file__).parent / "data" / "test_data_broken.py"
+)
 _mod = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_mod)
 EXPECTED = _mod.EXPECTED
@@ -28,13 +30,27 @@ def test_validate_and_search_refuse_broken_dataset(case, tmp_path):
     runner = CliRunner()
     r = runner.invoke(main, ["data", "validate", str(BROKEN / case)])
     assert r.exit_code != 0, r.output
-    assert not isinstance(r.exception, Exception) or isinstance(r.exception, SystemExit), r.exception
+    assert not isinstance(r.exception, Exception) or isinstance(r.exception, SystemExit), (
+        r.exception
+    )
     assert "Traceback" not in r.output
     assert "problem:" in r.output or "error:" in r.output
 
     work = tmp_path / "work"
-    r = runner.invoke(main, ["search", str(BROKEN / case), "--study", "s", "--trials", "1",
-                             "--workdir", str(work), "--no-progress"])
+    r = runner.invoke(
+        main,
+        [
+            "search",
+            str(BROKEN / case),
+            "--study",
+            "s",
+            "--trials",
+            "1",
+            "--workdir",
+            str(work),
+            "--no-progress",
+        ],
+    )
     assert r.exit_code == 2, r.output
     assert isinstance(r.exception, SystemExit), r.exception  # handled, no traceback
     out = r.output

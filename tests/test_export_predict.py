@@ -57,8 +57,16 @@ def study(tmp_path_factory, demo_dataset):
     work = tmp_path_factory.mktemp("export_work")
     space = work / "space.yaml"
     space.write_text(SPACE)
-    res = search(demo_dataset, study="ex", trials=2, space=str(space), workdir=work, progress=False,
-                 mlflow_uri="off", device="cpu")  # CPU throughout: bit-for-bit comparisons
+    res = search(
+        demo_dataset,
+        study="ex",
+        trials=2,
+        space=str(space),
+        workdir=work,
+        progress=False,
+        mlflow_uri="off",
+        device="cpu",
+    )  # CPU throughout: bit-for-bit comparisons
     return work, res
 
 
@@ -73,8 +81,9 @@ def exported(study, tmp_path_factory):
 
 def _fresh(args: list[str], cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), **(env or {})}
-    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=300, env=env)
+    return subprocess.run(
+        [sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=300, env=env
+    )
 
 
 def _reference_outputs(work: Path, dataset: Path, number: int) -> np.ndarray:
@@ -95,8 +104,14 @@ def _reference_outputs(work: Path, dataset: Path, number: int) -> np.ndarray:
     inputs = {m: runner.modality_input(m, e)[0] for m, e in spec.encoders.items()}
     model = build_model(spec, info, skip_frozen=True)
     model.load_state_dict(load_file(str(ck / f"trial_{number}.safetensors")))
-    data = TrainData(task=runner.task, y=runner.y, y_raw=runner.y_raw, inputs=inputs,
-                     splits=runner.splits, target_stats=runner.target_stats)
+    data = TrainData(
+        task=runner.task,
+        y=runner.y,
+        y_raw=runner.y_raw,
+        inputs=inputs,
+        splits=runner.splits,
+        target_stats=runner.target_stats,
+    )
     return predict_outputs(model, data, np.arange(len(runner.y)), torch.device("cpu"))
 
 
@@ -107,25 +122,46 @@ def _check_export_folder(out: Path) -> dict:
     assert info["config"]["modalities"]["image"]["column"] == "image_path"
     assert info["modalities"]["text"]["state"]["vocab"]  # vocabulary
     tab = info["modalities"]["tabular"]["state"]
-    assert tab["mean"] and tab["std"] and tab["categorical"]["region"]  # standardisation, categories
+    assert (
+        tab["mean"] and tab["std"] and tab["categorical"]["region"]
+    )  # standardisation, categories
     assert set(meta["encoders"]) == {"image", "text", "tabular"}
     assert meta["encoders"]["image"]["initialised_from"].startswith("random initialisation")
     card = (out / "model_card.md").read_text()
-    for needle in ("## Dataset", "## Metrics", "family **encoder_decoder**", "parameters:", "latency:"):
+    for needle in (
+        "## Dataset",
+        "## Metrics",
+        "family **encoder_decoder**",
+        "parameters:",
+        "latency:",
+    ):
         assert needle in card
     return doc
 
 
 # ----------------------------------------------------------------------------------- round trip
-def test_round_trip_in_a_fresh_process_gives_the_recorded_test_metric(study, exported, demo_dataset,
-                                                                      tmp_path):
+def test_round_trip_in_a_fresh_process_gives_the_recorded_test_metric(
+    study, exported, demo_dataset, tmp_path
+):
     work, res = study
     doc = _check_export_folder(exported)
     assert doc["spec"]["encoders"]["image"]["mode"] == "frozen"  # float16 cache path exercised
     best = res.summary["best_trial"]
     out = tmp_path / "pred.csv"
-    r = _fresh(["-m", "autofuse.cli", "predict", str(exported), str(demo_dataset), "--out", str(out),
-                "--device", "cpu"], cwd=tmp_path)
+    r = _fresh(
+        [
+            "-m",
+            "autofuse.cli",
+            "predict",
+            str(exported),
+            str(demo_dataset),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+        ],
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     pred = pd.read_csv(out, dtype={"id": str, "prediction": str})
     rows = pd.read_csv(demo_dataset / "samples.csv", dtype=str)
@@ -137,8 +173,10 @@ def test_round_trip_in_a_fresh_process_gives_the_recorded_test_metric(study, exp
     p = np.array([classes.index(v) for v in pred["prediction"][test]])
     from sklearn.metrics import f1_score
 
-    got = {"accuracy": float((p == y).mean()),
-           "macro_f1": float(f1_score(y, p, average="macro", zero_division=0))}
+    got = {
+        "accuracy": float((p == y).mean()),
+        "macro_f1": float(f1_score(y, p, average="macro", zero_division=0)),
+    }
     assert got == res.summary["test_metrics"]  # summary.json
     url = f"sqlite:///{work / 'trials' / 'autofuse.db'}"
     trial = optuna.load_study(study_name="ex", storage=url).trials[best]
@@ -158,7 +196,9 @@ def _new_data(demo: Path, dest: Path, n: int = 24) -> pd.DataFrame:
     return rows.drop(columns=["label", "split"])
 
 
-def test_predict_without_target_and_with_missing_modalities(exported, demo_dataset, tmp_path, caplog):
+def test_predict_without_target_and_with_missing_modalities(
+    exported, demo_dataset, tmp_path, caplog
+):
     folder = tmp_path / "new"
     rows = _new_data(demo_dataset, folder)
     rows.loc[0:3, "image_path"] = None  # no image
@@ -169,8 +209,18 @@ def test_predict_without_target_and_with_missing_modalities(exported, demo_datas
     with Image.open(folder / rows.loc[14, "image_path"]) as im:  # another size and mode
         im.convert("L").resize((50, 20)).save(folder / rows.loc[14, "image_path"])
     rows.to_csv(folder / "samples.csv", index=False)
-    r = CliRunner().invoke(main, ["predict", str(exported), str(folder), "--out", str(tmp_path / "p.csv"),
-                                  "--device", "cpu"])
+    r = CliRunner().invoke(
+        main,
+        [
+            "predict",
+            str(exported),
+            str(folder),
+            "--out",
+            str(tmp_path / "p.csv"),
+            "--device",
+            "cpu",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "1 row(s) with categories unseen in training ('atlantis')" in caplog.text
     pred = pd.read_csv(tmp_path / "p.csv", dtype={"id": str})
@@ -179,9 +229,13 @@ def test_predict_without_target_and_with_missing_modalities(exported, demo_datas
     assert np.allclose(pred.filter(like="proba_").sum(axis=1), 1.0, atol=1e-5)
     # the same from Python, on a DataFrame with absolute paths
     model = autofuse.load(exported, device="cpu")
-    df = rows.assign(image_path=[None if p is None or p != p else str(folder / p) for p in rows["image_path"]])
+    df = rows.assign(
+        image_path=[None if p is None or p != p else str(folder / p) for p in rows["image_path"]]
+    )
     again = model.predict(df)
-    assert np.array_equal(again.filter(like="proba_").to_numpy(), pred.filter(like="proba_").to_numpy())
+    assert np.array_equal(
+        again.filter(like="proba_").to_numpy(), pred.filter(like="proba_").to_numpy()
+    )
 
 
 def test_bad_input_gives_clear_errors_and_writes_nothing(exported, demo_dataset, tmp_path, caplog):
@@ -204,8 +258,9 @@ def test_bad_input_gives_clear_errors_and_writes_nothing(exported, demo_dataset,
     assert r.exit_code != 0 and "Traceback" not in r.output and not out.exists()
     assert "row 3" in r.output and "row 6" in r.output and bad[0] in r.output
     # ... or predicted with the image marked missing, the rows reported
-    r = runner.invoke(main, ["predict", str(exported), str(folder), "--out", str(out),
-                             "--on-bad-file", "missing"])
+    r = runner.invoke(
+        main, ["predict", str(exported), str(folder), "--out", str(out), "--on-bad-file", "missing"]
+    )
     assert r.exit_code == 0, r.output
     assert "2 unreadable file(s) treated as missing" in caplog.text and "row 3" in caplog.text
     assert len(pd.read_csv(out)) == len(rows)
@@ -217,20 +272,57 @@ def test_bad_input_gives_clear_errors_and_writes_nothing(exported, demo_dataset,
 def test_export_errors(study, tmp_path):
     work, _ = study
     runner = CliRunner()
-    r = runner.invoke(main, ["export", "--study", "nope", "--out", str(tmp_path / "x"), "--workdir", str(work)])
+    r = runner.invoke(
+        main, ["export", "--study", "nope", "--out", str(tmp_path / "x"), "--workdir", str(work)]
+    )
     assert r.exit_code != 0 and "no study 'nope'" in r.output and "ex" in r.output
-    r = runner.invoke(main, ["export", "--study", "ex", "--trial", "99", "--out", str(tmp_path / "x"),
-                             "--workdir", str(work)])
+    r = runner.invoke(
+        main,
+        [
+            "export",
+            "--study",
+            "ex",
+            "--trial",
+            "99",
+            "--out",
+            str(tmp_path / "x"),
+            "--workdir",
+            str(work),
+        ],
+    )
     assert r.exit_code != 0 and "no trial 99" in r.output
-    r = runner.invoke(main, ["export", "--study", "ex", "--finetune-encoders", "--out", str(tmp_path / "x"),
-                             "--workdir", str(work)])
+    r = runner.invoke(
+        main,
+        [
+            "export",
+            "--study",
+            "ex",
+            "--finetune-encoders",
+            "--out",
+            str(tmp_path / "x"),
+            "--workdir",
+            str(work),
+        ],
+    )
     assert r.exit_code != 0 and "--retrain" in r.output
     # a trial whose checkpoint was not kept (only the best few are)
     other = tmp_path / "work"
     shutil.copytree(work / "trials", other / "trials", ignore=shutil.ignore_patterns("cache"))
     (other / "trials" / "ex" / "checkpoints" / "trial_1.safetensors").unlink()
-    r = runner.invoke(main, ["export", "--study", "ex", "--trial", "1", "--out", str(tmp_path / "x"),
-                             "--workdir", str(other)])
+    r = runner.invoke(
+        main,
+        [
+            "export",
+            "--study",
+            "ex",
+            "--trial",
+            "1",
+            "--out",
+            str(tmp_path / "x"),
+            "--workdir",
+            str(other),
+        ],
+    )
     assert r.exit_code != 0 and "no checkpoint" in r.output and "--retrain" in r.output
     assert "Traceback" not in r.output and not (tmp_path / "x").exists()
 
@@ -239,7 +331,9 @@ def test_export_errors(study, tmp_path):
 def test_retrain_refits_on_train_and_val(study, demo_dataset, tmp_path):
     work, res = study
     best = res.summary["best_trial"]
-    trial = optuna.load_study(study_name="ex", storage=f"sqlite:///{work / 'trials' / 'autofuse.db'}").trials[best]
+    trial = optuna.load_study(
+        study_name="ex", storage=f"sqlite:///{work / 'trials' / 'autofuse.db'}"
+    ).trials[best]
     out = tmp_path / "retrained"
     r = export_trial("ex", out, workdir=work, retrain=True, device="cpu")
     assert r.retrained and set(r.metrics["test"]) == {"accuracy", "macro_f1"}
@@ -251,9 +345,26 @@ def test_retrain_refits_on_train_and_val(study, demo_dataset, tmp_path):
     assert len(autofuse.load(out, device="cpu").predict(demo_dataset)) == 240
     # with fine-tuning: the frozen image encoder is trained too (CLI; trial without checkpoint works)
     out2 = tmp_path / "finetuned"
-    r = CliRunner().invoke(main, ["export", "--study", "ex", "--trial", str(best), "--out", str(out2),
-                                  "--workdir", str(work), "--retrain", "--finetune-encoders",
-                                  "--dataset", str(demo_dataset), "--device", "cpu"])
+    r = CliRunner().invoke(
+        main,
+        [
+            "export",
+            "--study",
+            "ex",
+            "--trial",
+            str(best),
+            "--out",
+            str(out2),
+            "--workdir",
+            str(work),
+            "--retrain",
+            "--finetune-encoders",
+            "--dataset",
+            str(demo_dataset),
+            "--device",
+            "cpu",
+        ],
+    )
     assert r.exit_code == 0, r.output
     doc = json.loads((out2 / "architecture.json").read_text())
     assert doc["spec"]["encoders"]["image"]["mode"] == "finetune"
@@ -284,7 +395,10 @@ def registry(exported, tmp_path_factory):
             pytest.fail(f"cannot start mlflow server: {e}")
         uri = f"sqlite:///{tmp / 'mlflow.db'}"
     try:
-        assert log_pyfunc(exported, registered_name="ex", tracking_uri=uri, device="cpu") == "models:/ex/1"
+        assert (
+            log_pyfunc(exported, registered_name="ex", tracking_uri=uri, device="cpu")
+            == "models:/ex/1"
+        )
         yield uri
     finally:
         if proc is not None:
@@ -296,18 +410,19 @@ def expected(exported, demo_dataset) -> pd.DataFrame:
     return autofuse.load(exported, device="cpu").predict(demo_dataset)
 
 
-def test_pyfunc_from_the_registry_predicts_a_dataframe_without_search_code(registry, expected,
-                                                                          demo_dataset, tmp_path):
+def test_pyfunc_from_the_registry_predicts_a_dataframe_without_search_code(
+    registry, expected, demo_dataset, tmp_path
+):
     script = textwrap.dedent(f"""
         import json, sys
         import mlflow, pandas as pd
         mlflow.set_tracking_uri({registry!r})
         model = mlflow.pyfunc.load_model("models:/ex/1")
-        df = pd.read_csv({str(demo_dataset / 'samples.csv')!r}).drop(columns=["label", "split"])
+        df = pd.read_csv({str(demo_dataset / "samples.csv")!r}).drop(columns=["label", "split"])
         df["image_path"] = [None if p != p else {str(demo_dataset)!r} + "/" + p for p in df["image_path"]]
         out = model.predict(df)  # absolute paths
         rel = model.predict(df.head(20).assign(image_path=pd.read_csv(
-            {str(demo_dataset / 'samples.csv')!r})["image_path"].head(20)),
+            {str(demo_dataset / "samples.csv")!r})["image_path"].head(20)),
             params={{"root": {str(demo_dataset)!r}}})  # relative paths and a root
         search = sorted(m for m in sys.modules if m.split(".")[0] == "optuna"
                         or m in ("autofuse.study", "autofuse.space", "autofuse.export"))
@@ -327,11 +442,29 @@ def test_pyfunc_from_the_registry_predicts_a_dataframe_without_search_code(regis
 
 def test_cli_predicts_from_a_registry_uri(registry, expected, demo_dataset, tmp_path):
     out = tmp_path / "p.csv"
-    r = CliRunner().invoke(main, ["predict", "models:/ex/1", str(demo_dataset), "--out", str(out),
-                                  "--mlflow-uri", registry, "--device", "cpu"])
+    r = CliRunner().invoke(
+        main,
+        [
+            "predict",
+            "models:/ex/1",
+            str(demo_dataset),
+            "--out",
+            str(out),
+            "--mlflow-uri",
+            registry,
+            "--device",
+            "cpu",
+        ],
+    )
     assert r.exit_code == 0, r.output
     pred = pd.read_csv(out, dtype={"id": str, "prediction": str})
     assert pred["id"].tolist() == list(expected["id"])
     assert np.array_equal(pred["proba_2"].to_numpy(), expected["proba_2"].to_numpy())
-    r = CliRunner().invoke(main, ["predict", "models:/nope/1", str(demo_dataset), "--mlflow-uri", registry])
-    assert r.exit_code != 0 and "cannot fetch models:/nope/1" in r.output and "Traceback" not in r.output
+    r = CliRunner().invoke(
+        main, ["predict", "models:/nope/1", str(demo_dataset), "--mlflow-uri", registry]
+    )
+    assert (
+        r.exit_code != 0
+        and "cannot fetch models:/nope/1" in r.output
+        and "Traceback" not in r.output
+    )

@@ -34,7 +34,9 @@ def test_fast_space_uses_frozen_encoders_where_they_exist():
 
 def test_extends_replaces_top_level_keys(tmp_path):
     p = tmp_path / "mine.yaml"
-    p.write_text("extends: default\nname: mine\nfusion: {graph: {modality_graph: {params: {conv: [gat]}}}}\n")
+    p.write_text(
+        "extends: default\nname: mine\nfusion: {graph: {modality_graph: {params: {conv: [gat]}}}}\n"
+    )
     d = describe(load_space(p))
     assert d["name"] == "mine" and list(d["fusion"]) == ["graph"]
     assert d["fusion"]["graph"]["modality_graph"]["params"]["conv"] == ["gat"]
@@ -48,18 +50,31 @@ def test_extends_replaces_top_level_keys(tmp_path):
     "body,key",
     [
         ("fusion: {encoder_decoder: {nope: {}}}\nencoders: {}", "fusion.encoder_decoder.nope"),
-        ("fusion: {encoder_decoder: {early: {points: [sideways]}}}\nencoders: {}",
-         "fusion.encoder_decoder.early.points"),
-        ("fusion: {encoder_decoder: {early: {params: {width: [1]}}}}\nencoders: {}",
-         "fusion.encoder_decoder.early.params.width"),
-        ("fusion: {encoder_decoder: {early: {}}}\nencoders: {image: [{name: image.nope}]}",
-         "encoders.image[0].name"),
-        ("fusion: {encoder_decoder: {early: {}}}\nencoders: {image: [{name: tabular.mlp}]}",
-         "encoders.image[0].name"),
-        ("fusion: {encoder_decoder: {early: {}}}\nencoders: {}\ntraining: {lr: {low: 0.1, high: 0.01}}",
-         "training.lr"),
+        (
+            "fusion: {encoder_decoder: {early: {points: [sideways]}}}\nencoders: {}",
+            "fusion.encoder_decoder.early.points",
+        ),
+        (
+            "fusion: {encoder_decoder: {early: {params: {width: [1]}}}}\nencoders: {}",
+            "fusion.encoder_decoder.early.params.width",
+        ),
+        (
+            "fusion: {encoder_decoder: {early: {}}}\nencoders: {image: [{name: image.nope}]}",
+            "encoders.image[0].name",
+        ),
+        (
+            "fusion: {encoder_decoder: {early: {}}}\nencoders: {image: [{name: tabular.mlp}]}",
+            "encoders.image[0].name",
+        ),
+        (
+            "fusion: {encoder_decoder: {early: {}}}\nencoders: {}\ntraining: {lr: {low: 0.1, high: 0.01}}",
+            "training.lr",
+        ),
         ("fusion: {encoder_decoder: {early: {}}}\nencoders: {}\nbogus: 1", "bogus"),
-        ("fusion: {encoder_decoder: {early: {}}}\nencoders: {}\nsampler: {name: annealing}", "sampler.name"),
+        (
+            "fusion: {encoder_decoder: {early: {}}}\nencoders: {}\nsampler: {name: annealing}",
+            "sampler.name",
+        ),
     ],
 )
 def test_bad_space_names_the_key(tmp_path, body, key):
@@ -85,15 +100,25 @@ def test_define_by_run_specs_round_trip():
         again = ArchitectureSpec.model_validate(json.loads(spec.model_dump_json()))
         assert again == spec
         seen_methods.add(spec.fusion.name)
-        assert spec.fusion.point in describe(sp)["fusion"][spec.fusion.family][spec.fusion.method]["points"]
+        assert (
+            spec.fusion.point
+            in describe(sp)["fusion"][spec.fusion.family][spec.fusion.method]["points"]
+        )
         # every parameter name is namespaced by its branch
         for k in trial.params:
             assert k in ("family", "head.fused_dim", "head.dropout") or k.startswith(
-                (f"{spec.fusion.family}.{spec.fusion.method}.", f"{spec.fusion.family}.method", "enc.",
-                 "train."))
+                (
+                    f"{spec.fusion.family}.{spec.fusion.method}.",
+                    f"{spec.fusion.family}.method",
+                    "enc.",
+                    "train.",
+                )
+            )
         # the auxiliary-loss weight is only tuned where there is an auxiliary loss
         has_aux = spec.fusion.family in ("generative", "constraint") and spec.fusion.method not in (
-            "tensor", "low_rank_tensor")
+            "tensor",
+            "low_rank_tensor",
+        )
         assert (f"{spec.fusion.name}.aux_weight" in trial.params) == has_aux
         study.tell(trial, 0.5)
     assert len(seen_methods) >= 12
@@ -102,7 +127,13 @@ def test_define_by_run_specs_round_trip():
 def test_baselines_are_enqueued_params():
     sp = load_space("fast")
     names = [n for n, _ in baseline_params(sp, MODS)]
-    assert names == ["late_fusion", "early_concat", "tensor_fusion", "low_rank_tensor", "cross_attention"]
+    assert names == [
+        "late_fusion",
+        "early_concat",
+        "tensor_fusion",
+        "low_rank_tensor",
+        "cross_attention",
+    ]
     seven = {f"t{i}": "tabular" for i in range(7)}
     assert "tensor_fusion" not in [n for n, _ in baseline_params(sp, seven)]  # capped at 6
     study = optuna.create_study()

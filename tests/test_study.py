@@ -63,7 +63,10 @@ def test_best_architecture_rebuilds_exactly(finished):
 def test_resume_continues_to_the_requested_total(finished, demo_dataset):
     work, _ = finished
     url = f"sqlite:///{work / 'trials' / 'autofuse.db'}"
-    before = {t.number: (t.state, t.value, t.params) for t in optuna.load_study(study_name="s1", storage=url).trials}
+    before = {
+        t.number: (t.state, t.value, t.params)
+        for t in optuna.load_study(study_name="s1", storage=url).trials
+    }
     search(demo_dataset, study="s1", trials=5, space=TINY, workdir=work, progress=False)
     st = optuna.load_study(study_name="s1", storage=url)
     finished_states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
@@ -85,13 +88,27 @@ def test_resume_refuses_another_dataset(finished, demo_dataset, tmp_path):
 
 
 def _cli(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "autofuse.cli", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "autofuse.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_cli_search_on_broken_dataset_fails_cleanly(tmp_path):
-    r = _cli("search", str(BROKEN / "missing_file"), "--study", "x", "--trials", "1", "--workdir",
-             str(tmp_path), cwd=tmp_path)
+    r = _cli(
+        "search",
+        str(BROKEN / "missing_file"),
+        "--study",
+        "x",
+        "--trials",
+        "1",
+        "--workdir",
+        str(tmp_path),
+        cwd=tmp_path,
+    )
     assert r.returncode != 0
     assert "Traceback" not in r.stderr and "Traceback" not in r.stdout
     assert "error:" in r.stderr and "file not found" in r.stderr
@@ -101,13 +118,37 @@ def test_cli_search_on_broken_dataset_fails_cleanly(tmp_path):
 def test_cli_bad_space_and_storage(tmp_path, demo_dataset):
     bad = tmp_path / "bad.yaml"
     bad.write_text("fusion: {encoder_decoder: {nope: {}}}\nencoders: {}\n")
-    r = _cli("search", str(demo_dataset), "--study", "x", "--space", str(bad), "--workdir", str(tmp_path),
-             cwd=tmp_path)
-    assert r.returncode != 0 and "fusion.encoder_decoder.nope" in r.stderr and "Traceback" not in r.stderr
-    r = _cli("search", str(demo_dataset), "--study", "x", "--storage", "nosuchdb://x", "--workdir",
-             str(tmp_path), cwd=tmp_path)
+    r = _cli(
+        "search",
+        str(demo_dataset),
+        "--study",
+        "x",
+        "--space",
+        str(bad),
+        "--workdir",
+        str(tmp_path),
+        cwd=tmp_path,
+    )
+    assert (
+        r.returncode != 0
+        and "fusion.encoder_decoder.nope" in r.stderr
+        and "Traceback" not in r.stderr
+    )
+    r = _cli(
+        "search",
+        str(demo_dataset),
+        "--study",
+        "x",
+        "--storage",
+        "nosuchdb://x",
+        "--workdir",
+        str(tmp_path),
+        cwd=tmp_path,
+    )
     assert r.returncode != 0 and "--storage" in r.stderr and "Traceback" not in r.stderr
-    r = _cli("search", str(demo_dataset), "--study", "../evil", "--workdir", str(tmp_path), cwd=tmp_path)
+    r = _cli(
+        "search", str(demo_dataset), "--study", "../evil", "--workdir", str(tmp_path), cwd=tmp_path
+    )
     assert r.returncode != 0 and "--study" in r.stderr
 
 
@@ -115,7 +156,9 @@ def test_cli_lists_registries_and_space():
     r = _cli("fusions", cwd=".")
     assert r.returncode == 0 and "encoder_decoder.early" in r.stdout
     r = _cli("encoders", cwd=".")
-    assert r.returncode == 0 and "image.timm" in r.stdout and "text.sentence_transformer" in r.stdout
+    assert (
+        r.returncode == 0 and "image.timm" in r.stdout and "text.sentence_transformer" in r.stdout
+    )
     r = _cli("space", "show", "fast", cwd=".")
     assert r.returncode == 0 and "encoder_decoder" in r.stdout
 

@@ -230,8 +230,15 @@ class Dataset:
             raise ValueError(f"bad_files must be 'error' or 'missing', got {bad_files!r}")
         if isinstance(data, pd.DataFrame):
             if config is None:
-                raise DatasetError([Problem("config", "a DataFrame needs the model's dataset config",
-                                            "missing_config")])
+                raise DatasetError(
+                    [
+                        Problem(
+                            "config",
+                            "a DataFrame needs the model's dataset config",
+                            "missing_config",
+                        )
+                    ]
+                )
             frame, table_label = data, "dataframe"
             base = Path(root or Path.cwd()).expanduser().absolute()
             folder = Path(base.anchor)  # paths are made absolute below: any location is allowed
@@ -242,15 +249,25 @@ class Dataset:
             else:
                 folder, yaml_path = find_config(path)
                 if not folder.is_dir():
-                    raise DatasetError([Problem(str(folder), "dataset folder not found", "missing_yaml")])
-                own, raw, problems = read_config(yaml_path) if yaml_path.is_file() else (None, None, [])
+                    raise DatasetError(
+                        [Problem(str(folder), "dataset folder not found", "missing_yaml")]
+                    )
+                own, raw, problems = (
+                    read_config(yaml_path) if yaml_path.is_file() else (None, None, [])
+                )
                 if config is None:
                     if own is None:
-                        raise DatasetError(problems or [Problem(str(yaml_path), "not found",
-                                                                "missing_yaml")], source=str(folder))
+                        raise DatasetError(
+                            problems or [Problem(str(yaml_path), "not found", "missing_yaml")],
+                            source=str(folder),
+                        )
                     config = own
-                tables = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in TABLE_EXTENSIONS)
-                cfg_table = config.table if isinstance(config, DatasetConfig) else config.get("table")
+                tables = sorted(
+                    p.name for p in folder.iterdir() if p.suffix.lower() in TABLE_EXTENSIONS
+                )
+                cfg_table = (
+                    config.table if isinstance(config, DatasetConfig) else config.get("table")
+                )
                 if isinstance(raw, dict) and isinstance(raw.get("table"), str):
                     table = raw["table"]
                 elif cfg_table and (folder / cfg_table).is_file():
@@ -259,9 +276,16 @@ class Dataset:
                     table = tables[0]
                 else:
                     found = ", ".join(tables) or "none"
-                    raise DatasetError([Problem(str(folder), "cannot tell which table to read "
-                                                f"(no dataset.yaml; table files: {found})",
-                                                "missing_table")])
+                    raise DatasetError(
+                        [
+                            Problem(
+                                str(folder),
+                                "cannot tell which table to read "
+                                f"(no dataset.yaml; table files: {found})",
+                                "missing_table",
+                            )
+                        ]
+                    )
             frame, problems = read_table(folder, table, "dataset.yaml")
             if frame is None:
                 raise DatasetError(problems, source=str(folder))
@@ -269,24 +293,42 @@ class Dataset:
         cfg = config if isinstance(config, DatasetConfig) else DatasetConfig.model_validate(config)
         frame = frame.reset_index(drop=True).copy()
         frame.columns = [str(c) for c in frame.columns]
-        absent = [Problem(table_label, f"modality '{m}' ({mod.type}) needs column '{c}', which is "
-                          "missing", "missing_modality_column")
-                  for m, mod in cfg.modalities.items() for c in mod.cols if c not in frame.columns]
+        absent = [
+            Problem(
+                table_label,
+                f"modality '{m}' ({mod.type}) needs column '{c}', which is missing",
+                "missing_modality_column",
+            )
+            for m, mod in cfg.modalities.items()
+            for c in mod.cols
+            if c not in frame.columns
+        ]
         if absent:
             raise DatasetError(absent, source=str(folder))
         if isinstance(data, pd.DataFrame):
             for mod in cfg.modalities.values():
                 if mod.type in FILE_MODALITY_TYPES:
-                    frame[mod.cols[0]] = [None if (s := cell_str(v)) is None else
-                                          str(base / s) if not os.path.isabs(s) else s
-                                          for v in frame[mod.cols[0]].tolist()]
+                    frame[mod.cols[0]] = [
+                        None
+                        if (s := cell_str(v)) is None
+                        else str(base / s)
+                        if not os.path.isabs(s)
+                        else s
+                        for v in frame[mod.cols[0]].tolist()
+                    ]
         update: dict[str, Any] = {"split": RatioSplit()}
         if cfg.id_column is not None and cfg.id_column not in frame.columns:
             update["id_column"] = None
         cfg = cfg.model_copy(update=update)
         checked = check_content(cfg, frame, folder, table_label, "model config")
-        ignored = {"missing_target_column", "empty_target", "bad_target", "class_without_train",
-                   "empty_split", "empty_modality"}
+        ignored = {
+            "missing_target_column",
+            "empty_target",
+            "bad_target",
+            "class_without_train",
+            "empty_split",
+            "empty_modality",
+        }
         skipped: list[str] = []
         if bad_files == "missing":
             ignored |= {"file_not_found", "unreadable_file"}

@@ -184,7 +184,9 @@ class DatasetConfig(_Strict):
         # nn.Module (e.g. "type", "training", "forward") cannot be registered there
         reserved = [name for name in value if name in _reserved_names()]
         if reserved:
-            raise ValueError(f"modality names {reserved} are reserved; rename them (e.g. {reserved[0]}_)")
+            raise ValueError(
+                f"modality names {reserved} are reserved; rename them (e.g. {reserved[0]}_)"
+            )
         return value
 
     def normalised(self) -> dict[str, Any]:

@@ -17,8 +17,13 @@ from autofuse.encoders.image import SmallCNNEncoder, TimmEncoder
 from autofuse.encoders.preprocess import audio_frames
 
 #: Spectrogram settings shared by the audio encoders (all change preprocessing).
-AUDIO_DEFAULTS: dict[str, Any] = {"sample_rate": 8000, "duration": 1.0, "n_fft": 512,
-                                  "hop_length": 128, "n_mels": 40}
+AUDIO_DEFAULTS: dict[str, Any] = {
+    "sample_rate": 8000,
+    "duration": 1.0,
+    "n_fft": 512,
+    "hop_length": 128,
+    "n_mels": 40,
+}
 AUDIO_KEYS = tuple(AUDIO_DEFAULTS)
 
 
@@ -26,7 +31,11 @@ AUDIO_KEYS = tuple(AUDIO_DEFAULTS)
     "audio.small_cnn",
     modality="audio",
     modes=("scratch",),
-    space={"dim": [32, 64, 128], "depth": {"low": 3, "high": 4}, "dropout": {"low": 0.0, "high": 0.3}},
+    space={
+        "dim": [32, 64, 128],
+        "depth": {"low": 3, "high": 4},
+        "dropout": {"low": 0.0, "high": 0.3},
+    },
     description="small CNN over a log-mel spectrogram, trained from scratch",
 )
 class AudioSmallCNN(SmallCNNEncoder):
@@ -34,8 +43,13 @@ class AudioSmallCNN(SmallCNNEncoder):
 
     input_kind = "audio"
     in_chans = 1
-    defaults: ClassVar[dict[str, Any]] = {**AUDIO_DEFAULTS, "depth": 3, "dropout": 0.0,
-                                          "level_grid": 2, "token_grid": 4}
+    defaults: ClassVar[dict[str, Any]] = {
+        **AUDIO_DEFAULTS,
+        "depth": 3,
+        "dropout": 0.0,
+        "level_grid": 2,
+        "token_grid": 4,
+    }
     preprocess_keys = AUDIO_KEYS
 
 
@@ -56,9 +70,14 @@ class AudioTimm(TimmEncoder):
 
     input_kind = "audio"
     in_chans = 1
-    defaults: ClassVar[dict[str, Any]] = {**AUDIO_DEFAULTS, "model_name": "resnet18",
-                                          "pretrained": False, "level_grid": 2, "token_grid": None,
-                                          "model_kwargs": {}}
+    defaults: ClassVar[dict[str, Any]] = {
+        **AUDIO_DEFAULTS,
+        "model_name": "resnet18",
+        "pretrained": False,
+        "level_grid": 2,
+        "token_grid": None,
+        "model_kwargs": {},
+    }
     preprocess_keys = AUDIO_KEYS
 
     def input_hw(self) -> tuple[int, int]:

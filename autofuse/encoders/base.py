@@ -162,8 +162,11 @@ class Encoder(nn.Module):
         p3 = present[:, None, None]
         if token_mask is not None:
             token_mask = token_mask.to(device=tokens.device, dtype=torch.bool) & p2
-            tokens = torch.where(token_mask[:, :, None], tokens, torch.zeros((), dtype=tokens.dtype,
-                                                                             device=tokens.device))
+            tokens = torch.where(
+                token_mask[:, :, None],
+                tokens,
+                torch.zeros((), dtype=tokens.dtype, device=tokens.device),
+            )
         zero = torch.zeros((), dtype=pooled.dtype, device=pooled.device)
         return ModalityFeatures(
             pooled=torch.where(p2, pooled, zero),
@@ -199,7 +202,11 @@ def register_encoder(
     if bad or not modes:
         raise ValueError(f"encoder {name}: bad modes {modes!r} (allowed: {MODES})")
     register = ENCODERS.register(
-        name, modality=modality, modes=tuple(modes), space=dict(space or {}), description=description
+        name,
+        modality=modality,
+        modes=tuple(modes),
+        space=dict(space or {}),
+        description=description,
     )
 
     def deco(cls: type[Encoder]) -> type[Encoder]:
@@ -207,7 +214,9 @@ def register_encoder(
             raise ValueError(f"encoder {name}: input_kind {cls.input_kind!r} not in {INPUT_KINDS}")
         unknown = [k for k in (space or {}) if k != "dim" and k not in cls.defaults]
         if unknown:
-            raise ValueError(f"encoder {name}: space keys {unknown} are not params of {cls.__name__}")
+            raise ValueError(
+                f"encoder {name}: space keys {unknown} are not params of {cls.__name__}"
+            )
         cls.registry_name = name
         return register(cls)
 

@@ -172,8 +172,15 @@ class CachedFeatures:
         meta = json.loads((folder / "meta.json").read_text())
         t = load_file(str(folder / "features.safetensors"))
         levels = [t[f"level.{i}"] for i in range(int(meta["n_levels"]))]
-        return cls(t["pooled"], t["tokens"], levels, t["present"], t.get("token_mask"),
-                   FeatureShape.from_dict(meta["feature_shape"]), key=folder.name)
+        return cls(
+            t["pooled"],
+            t["tokens"],
+            levels,
+            t["present"],
+            t.get("token_mask"),
+            FeatureShape.from_dict(meta["feature_shape"]),
+            key=folder.name,
+        )
 
 
 class FeatureCache:
@@ -193,8 +200,14 @@ class FeatureCache:
         self.hits = 0
         self.misses = 0
 
-    def key(self, ds: Any, modality: str, spec: EncoderSpec, prepared: PreparedModality,
-            fingerprint: str | None = None) -> tuple[str, dict]:
+    def key(
+        self,
+        ds: Any,
+        modality: str,
+        spec: EncoderSpec,
+        prepared: PreparedModality,
+        fingerprint: str | None = None,
+    ) -> tuple[str, dict]:
         """``(sha256 key, the JSON-able parts it was made of)``."""
         cls = get_encoder_entry(spec.name).obj
         parts = {
@@ -208,8 +221,14 @@ class FeatureCache:
         }
         return stable_hash(parts), parts
 
-    def features(self, ds: Any, modality: str, spec: EncoderSpec, prepared: PreparedModality,
-                 device: str | torch.device = "cpu") -> CachedFeatures:
+    def features(
+        self,
+        ds: Any,
+        modality: str,
+        spec: EncoderSpec,
+        prepared: PreparedModality,
+        device: str | torch.device = "cpu",
+    ) -> CachedFeatures:
         """The frozen encoder's outputs for every row: read from the cache or computed and stored.
 
         Args:
@@ -237,8 +256,9 @@ class FeatureCache:
                 logger.info("feature cache hit: %s / %s -> %s", modality, spec.name, folder)
                 return cached
         self.misses += 1
-        logger.info("feature cache miss: computing %s / %s for %d rows", modality, spec.name,
-                    len(prepared))
+        logger.info(
+            "feature cache miss: computing %s / %s for %d rows", modality, spec.name, len(prepared)
+        )
         t0 = time.perf_counter()
         feats = compute_features(spec, prepared, device=device, batch_size=self.batch_size)
         feats.key = key
@@ -263,8 +283,12 @@ class FeatureCache:
 
 
 @torch.no_grad()
-def compute_features(spec: EncoderSpec, prepared: PreparedModality,
-                     device: str | torch.device = "cpu", batch_size: int = 64) -> CachedFeatures:
+def compute_features(
+    spec: EncoderSpec,
+    prepared: PreparedModality,
+    device: str | torch.device = "cpu",
+    batch_size: int = 64,
+) -> CachedFeatures:
     """Run a frozen encoder over every present row of ``prepared`` (absent rows stay zeros).
 
     Text rows are processed sorted by length, so batches hold similar lengths (less padding).
@@ -274,8 +298,9 @@ def compute_features(spec: EncoderSpec, prepared: PreparedModality,
 
 
 @torch.no_grad()
-def encoder_features(encoder: torch.nn.Module, prepared: PreparedModality,
-                     batch_size: int = 64) -> CachedFeatures:
+def encoder_features(
+    encoder: torch.nn.Module, prepared: PreparedModality, batch_size: int = 64
+) -> CachedFeatures:
     """Run a (frozen) encoder instance over every present row; the feature cache and prediction
     both use this, so a predicted row sees exactly the features its model was trained on
     (same batches, text sorted by length, tokens and levels rounded through float16)."""
@@ -291,7 +316,7 @@ def encoder_features(encoder: torch.nn.Module, prepared: PreparedModality,
     levels = [torch.zeros(n, nl, dl, dtype=torch.float16) for nl, dl in shape.levels]
     token_mask: torch.Tensor | None = None
     for start in range(0, len(rows), batch_size):
-        idx = rows[start:start + batch_size]
+        idx = rows[start : start + batch_size]
         x, present = prepared.batch(idx)
         f = encoder(x, present)
         pooled[idx] = f.pooled.float().cpu()
@@ -304,4 +329,6 @@ def encoder_features(encoder: torch.nn.Module, prepared: PreparedModality,
             token_mask[idx] = f.token_mask.cpu()
     if token_mask is None and getattr(encoder, "has_token_mask", False):
         token_mask = torch.zeros(n, shape.n_tokens, dtype=torch.bool)
-    return CachedFeatures(pooled, tokens, levels, prepared.present.clone().bool(), token_mask, shape)
+    return CachedFeatures(
+        pooled, tokens, levels, prepared.present.clone().bool(), token_mask, shape
+    )

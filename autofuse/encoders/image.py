@@ -40,11 +40,18 @@ class ConvStack(nn.Module):
         stages = []
         c = in_chans
         for w in widths:
-            stages.append(nn.Sequential(
-                nn.Conv2d(c, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True),
-                nn.Conv2d(w, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True),
-                nn.MaxPool2d(2, ceil_mode=True), nn.Dropout2d(dropout),
-            ))
+            stages.append(
+                nn.Sequential(
+                    nn.Conv2d(c, w, 3, padding=1, bias=False),
+                    nn.BatchNorm2d(w),
+                    nn.ReLU(inplace=True),
+                    nn.Conv2d(w, w, 3, padding=1, bias=False),
+                    nn.BatchNorm2d(w),
+                    nn.ReLU(inplace=True),
+                    nn.MaxPool2d(2, ceil_mode=True),
+                    nn.Dropout2d(dropout),
+                )
+            )
             c = w
         self.stages = nn.ModuleList(stages)
 
@@ -100,15 +107,24 @@ class SmallCNNEncoder(Encoder):
     "image.small_cnn",
     modality="image",
     modes=("scratch",),
-    space={"dim": [32, 64, 128], "depth": {"low": 3, "high": 4}, "dropout": {"low": 0.0, "high": 0.3}},
+    space={
+        "dim": [32, 64, 128],
+        "depth": {"low": 3, "high": 4},
+        "dropout": {"low": 0.0, "high": 0.3},
+    },
     description="small CNN (3-4 conv stages) trained from scratch; fast on a CPU",
 )
 class ImageSmallCNN(SmallCNNEncoder):
     """Small CNN for images; input normalised with ImageNet statistics."""
 
     input_kind = "image"
-    defaults: ClassVar[dict[str, Any]] = {"depth": 4, "dropout": 0.0, "image_size": 64,
-                                          "level_grid": 2, "token_grid": 4}
+    defaults: ClassVar[dict[str, Any]] = {
+        "depth": 4,
+        "dropout": 0.0,
+        "image_size": 64,
+        "level_grid": 2,
+        "token_grid": 4,
+    }
     preprocess_keys = ("image_size",)
 
     def __init__(self, spec: EncoderSpec, state: dict) -> None:
@@ -153,8 +169,12 @@ class TimmEncoder(Encoder):
         if spec.mode == "scratch":
             pretrained, weights_file = False, None
         elif not pretrained:
-            logger.warning("%s (%s, %s mode) starts from random weights (pretrained=false)",
-                           spec.name, p["model_name"], spec.mode)
+            logger.warning(
+                "%s (%s, %s mode) starts from random weights (pretrained=false)",
+                spec.name,
+                p["model_name"],
+                spec.mode,
+            )
         kwargs: dict[str, Any] = dict(p["model_kwargs"] or {})
         if weights_file is not None:
             kwargs["pretrained_cfg_overlay"] = dict(file=weights_file)
@@ -162,8 +182,13 @@ class TimmEncoder(Encoder):
         if self._fixed_input_size(p["model_name"]) and "img_size" not in kwargs:
             kwargs["img_size"] = in_size if in_size[0] != in_size[1] else in_size[0]
         try:
-            self.backbone = timm.create_model(p["model_name"], pretrained=pretrained,
-                                              features_only=True, in_chans=self.in_chans, **kwargs)
+            self.backbone = timm.create_model(
+                p["model_name"],
+                pretrained=pretrained,
+                features_only=True,
+                in_chans=self.in_chans,
+                **kwargs,
+            )
         except RuntimeError as e:
             if "unknown model" in str(e).lower():
                 raise ConfigError(f"timm has no model {p['model_name']!r}") from None
@@ -188,14 +213,17 @@ class TimmEncoder(Encoder):
             outs = self.backbone(torch.zeros(1, self.in_chans, *in_size))
             self.backbone.train(was_training)
         channels = list(self.backbone.feature_info.channels())
-        self._nhwc = [o.ndim == 4 and o.shape[1] != c and o.shape[-1] == c
-                      for o, c in zip(outs, channels, strict=True)]
+        self._nhwc = [
+            o.ndim == 4 and o.shape[1] != c and o.shape[-1] == c
+            for o, c in zip(outs, channels, strict=True)
+        ]
         last = self._nchw(outs)[-1]
-        n_tokens = (int(self.token_grid) ** 2 if self.token_grid
-                    else int(last.shape[2] * last.shape[3]))
+        n_tokens = (
+            int(self.token_grid) ** 2 if self.token_grid else int(last.shape[2] * last.shape[3])
+        )
         native = channels[-1]
         self.proj = None if self.frozen else nn.Linear(native, spec.dim)
-        lg2 = self.level_grid ** 2
+        lg2 = self.level_grid**2
         self.feature_shape = FeatureShape(
             dim=native if self.frozen else spec.dim,
             n_tokens=n_tokens,
@@ -230,7 +258,9 @@ class TimmEncoder(Encoder):
         return (x.float() / 255.0 - self.mean) / self.std
 
     def _nchw(self, outs: list[torch.Tensor]) -> list[torch.Tensor]:
-        return [o.permute(0, 3, 1, 2) if nhwc else o for o, nhwc in zip(outs, self._nhwc, strict=True)]
+        return [
+            o.permute(0, 3, 1, 2) if nhwc else o for o, nhwc in zip(outs, self._nhwc, strict=True)
+        ]
 
     def forward(self, x: torch.Tensor, present: torch.Tensor) -> ModalityFeatures:
         x, present = self._to_device(x), self._to_device(present)
@@ -266,7 +296,12 @@ class ImageTimm(TimmEncoder):
     """
 
     input_kind = "image"
-    defaults: ClassVar[dict[str, Any]] = {"model_name": "resnet18", "pretrained": False,
-                                          "image_size": 64, "level_grid": 2, "token_grid": None,
-                                          "model_kwargs": {}}
+    defaults: ClassVar[dict[str, Any]] = {
+        "model_name": "resnet18",
+        "pretrained": False,
+        "image_size": 64,
+        "level_grid": 2,
+        "token_grid": None,
+        "model_kwargs": {},
+    }
     preprocess_keys = ("image_size",)

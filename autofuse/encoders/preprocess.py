@@ -47,6 +47,7 @@ logger = logging.getLogger(__name__)
 #: Bump when a preprocessing function changes its output for the same inputs.
 PREPROCESS_VERSION = 1
 
+
 class PreprocessError(AutofuseError):
     """A sample's file could not be decoded."""
 
@@ -85,8 +86,13 @@ class PreparedModality:
 
 
 # ---------------------------------------------------------------------------- entry point
-def prepare_modality(ds: Any, modality: str, spec: EncoderSpec, state: dict | None = None,
-                     cache_dir: str | Path | None = None) -> PreparedModality:
+def prepare_modality(
+    ds: Any,
+    modality: str,
+    spec: EncoderSpec,
+    state: dict | None = None,
+    cache_dir: str | Path | None = None,
+) -> PreparedModality:
     """Decode/normalise a modality's raw values for all rows of ``ds``.
 
     Args:
@@ -104,14 +110,17 @@ def prepare_modality(ds: Any, modality: str, spec: EncoderSpec, state: dict | No
     mtype = ds.modality_type(modality)
     entry = get_encoder_entry(spec.name)
     if entry.meta["modality"] != mtype:
-        raise ConfigError(f"modality {modality!r} is {mtype}; encoder {spec.name} reads "
-                          f"{entry.meta['modality']}")
+        raise ConfigError(
+            f"modality {modality!r} is {mtype}; encoder {spec.name} reads {entry.meta['modality']}"
+        )
     cls = entry.obj
     kind = cls.input_kind
     params = cls.preprocess_params(spec.params)
     if state is not None and state.get("kind") != kind:
-        raise ConfigError(f"modality {modality!r}: saved preprocessing state is for "
-                          f"{state.get('kind')!r}, encoder {spec.name} needs {kind!r}")
+        raise ConfigError(
+            f"modality {modality!r}: saved preprocessing state is for "
+            f"{state.get('kind')!r}, encoder {spec.name} needs {kind!r}"
+        )
     fn = _PREPARERS[kind]
 
     def run() -> PreparedModality:
@@ -121,8 +130,16 @@ def prepare_modality(ds: Any, modality: str, spec: EncoderSpec, state: dict | No
 
     if cache_dir is None or kind == "text_raw":  # raw text is cheap to read again
         return run()
-    key = stable_hash({"version": PREPROCESS_VERSION, "dataset": ds.fingerprint(),
-                       "modality": modality, "kind": kind, "params": params, "state": state})
+    key = stable_hash(
+        {
+            "version": PREPROCESS_VERSION,
+            "dataset": ds.fingerprint(),
+            "modality": modality,
+            "kind": kind,
+            "params": params,
+            "state": state,
+        }
+    )
     folder = Path(cache_dir) / f"prep-{key}"
     if (folder / "state.json").exists():
         try:
@@ -200,8 +217,9 @@ def _prepare_image(ds: Any, modality: str, params: dict, state: dict | None):
 
 
 # ---------------------------------------------------------------------------- audio
-def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float = 0.0,
-                   fmax: float | None = None) -> np.ndarray:
+def mel_filterbank(
+    sample_rate: int, n_fft: int, n_mels: int, fmin: float = 0.0, fmax: float | None = None
+) -> np.ndarray:
     """Triangular mel filterbank ``[n_mels, n_fft // 2 + 1]`` (HTK mel scale, Slaney area norm).
 
     Built here in numpy because torchaudio is not a dependency (it pins its own torch) and
@@ -260,8 +278,14 @@ def log_mel(waves: torch.Tensor, params: dict) -> torch.Tensor:
     """``[B, samples]`` -> log-mel ``[B, n_mels, T]`` (float32)."""
     n_fft, hop = int(params["n_fft"]), int(params["hop_length"])
     fb = torch.from_numpy(mel_filterbank(int(params["sample_rate"]), n_fft, int(params["n_mels"])))
-    spec = torch.stft(waves, n_fft=n_fft, hop_length=hop, window=torch.hann_window(n_fft),
-                      center=True, return_complex=True)  # [B, n_bins, T]
+    spec = torch.stft(
+        waves,
+        n_fft=n_fft,
+        hop_length=hop,
+        window=torch.hann_window(n_fft),
+        center=True,
+        return_complex=True,
+    )  # [B, n_bins, T]
     power = spec.abs() ** 2
     return torch.log(torch.einsum("mf,bft->bmt", fb, power) + 1e-6)
 
@@ -276,7 +300,7 @@ def _prepare_audio(ds: Any, modality: str, params: dict, state: dict | None):
     mels = torch.zeros(len(paths), 1, n_mels, frames, dtype=torch.float32)
     rows = [i for i, w in enumerate(waves) if w is not None]
     for s in range(0, len(rows), 256):
-        chunk = rows[s:s + 256]
+        chunk = rows[s : s + 256]
         mels[chunk, 0] = log_mel(torch.from_numpy(np.stack([waves[i] for i in chunk])), params)
     fitted: dict = {}
     if state is None:
@@ -350,8 +374,14 @@ def _prepare_tabular(ds: Any, modality: str, params: dict, state: dict | None):
     frame = ds.tabular_frame(modality)
     num_cols, cat_cols = ds.tabular_columns(modality)
     n = len(frame)
-    num = np.stack([pd.to_numeric(frame[c], errors="coerce").to_numpy(dtype=np.float64)
-                    for c in num_cols], axis=1) if num_cols else np.zeros((n, 0))
+    num = (
+        np.stack(
+            [pd.to_numeric(frame[c], errors="coerce").to_numpy(dtype=np.float64) for c in num_cols],
+            axis=1,
+        )
+        if num_cols
+        else np.zeros((n, 0))
+    )
     fitted: dict = {}
     if state is None:
         train = np.asarray(ds.indices("train"))
@@ -367,12 +397,19 @@ def _prepare_tabular(ds: Any, modality: str, params: dict, state: dict | None):
         for c in cat_cols:
             vals = {_category_key(v) for v in frame[c].iloc[train].tolist()}
             cats[c] = sorted(v for v in vals if v is not None)
-        fitted = {"numeric": list(num_cols), "mean": mean.tolist(), "std": std.tolist(),
-                  "indicators": indicators, "categorical": cats}
+        fitted = {
+            "numeric": list(num_cols),
+            "mean": mean.tolist(),
+            "std": std.tolist(),
+            "indicators": indicators,
+            "categorical": cats,
+        }
         state = fitted
     if list(state["numeric"]) != list(num_cols) or list(state["categorical"]) != list(cat_cols):
-        raise ConfigError(f"modality {modality!r}: columns differ from the fitted state "
-                          f"({state['numeric']} + {list(state['categorical'])})")
+        raise ConfigError(
+            f"modality {modality!r}: columns differ from the fitted state "
+            f"({state['numeric']} + {list(state['categorical'])})"
+        )
     mean, std = np.asarray(state["mean"]), np.asarray(state["std"])
     z = (num - mean) / std
     missing = np.isnan(z)
@@ -425,8 +462,11 @@ def _prepare_timeseries(ds: Any, modality: str, params: dict, state: dict | None
     paths = ds.file_paths(modality)
     series = _parallel_map(lambda p: None if p is None else _load_series(p), paths)
     present = torch.tensor([s is not None for s in series], dtype=torch.bool)
-    channels = state["channels"] if state is not None else next(
-        (s.shape[1] for s in series if s is not None), 1)
+    channels = (
+        state["channels"]
+        if state is not None
+        else next((s.shape[1] for s in series if s is not None), 1)
+    )
     for p, s in zip(paths, series, strict=True):
         if s is not None and s.shape[1] != channels:
             raise PreprocessError(f"{p}: {s.shape[1]} channels, expected {channels}")
@@ -438,8 +478,11 @@ def _prepare_timeseries(ds: Any, modality: str, params: dict, state: dict | None
     fitted: dict = {}
     if state is None:
         train = [int(i) for i in np.asarray(ds.indices("train")) if series[int(i)] is not None]
-        rows = np.concatenate([out[i, : lengths[i]] for i in train], axis=0) if train else \
-            np.zeros((0, channels), dtype=np.float32)
+        rows = (
+            np.concatenate([out[i, : lengths[i]] for i in train], axis=0)
+            if train
+            else np.zeros((0, channels), dtype=np.float32)
+        )
         mean = rows.mean(axis=0) if len(rows) else np.zeros(channels)
         std = rows.std(axis=0) if len(rows) > 1 else np.ones(channels)
         std = np.where(std > 1e-8, std, 1.0)

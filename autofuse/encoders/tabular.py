@@ -17,8 +17,12 @@ from autofuse.types import FeatureShape, ModalityFeatures
     "tabular.mlp",
     modality="tabular",
     modes=("scratch",),
-    space={"dim": [32, 64, 128], "hidden": [64, 128, 256], "depth": {"low": 1, "high": 3},
-           "dropout": {"low": 0.0, "high": 0.3}},
+    space={
+        "dim": [32, 64, 128],
+        "hidden": [64, 128, 256],
+        "depth": {"low": 1, "high": 3},
+        "dropout": {"low": 0.0, "high": 0.3},
+    },
     description="MLP over standardised numerics + categorical embeddings; one token per feature",
 )
 class TabularMLP(Encoder):
@@ -62,12 +66,15 @@ class TabularMLP(Encoder):
         blocks = []
         d = n_num + cat_dim * len(cards)
         for _ in range(depth):
-            blocks.append(nn.Sequential(nn.Linear(d, hidden), nn.GELU(), nn.Dropout(float(p["dropout"]))))
+            blocks.append(
+                nn.Sequential(nn.Linear(d, hidden), nn.GELU(), nn.Dropout(float(p["dropout"])))
+            )
             d = hidden
         self.blocks = nn.ModuleList(blocks)
         self.out = nn.Linear(d, dim)
         self.feature_shape = FeatureShape(
-            dim=dim, n_tokens=n_num + len(cards),
+            dim=dim,
+            n_tokens=n_num + len(cards),
             levels=((n_num + len(cards), dim),) + tuple((1, hidden) for _ in range(depth)),
         )
 
@@ -77,10 +84,13 @@ class TabularMLP(Encoder):
         cat = x["categorical"].long()  # [B, C]
         B = num.shape[0]
         toks = [num[:, :, None] * self.num_weight + self.num_bias]  # [B, F, dim]
-        toks += [emb(cat[:, j])[:, None] + self.cat_bias[j] for j, emb in enumerate(self.cat_tokens)]
+        toks += [
+            emb(cat[:, j])[:, None] + self.cat_bias[j] for j, emb in enumerate(self.cat_tokens)
+        ]
         tokens = torch.cat(toks, dim=1)  # [B, F + C, dim]
-        h = torch.cat([num.reshape(B, -1)] + [emb(cat[:, j]) for j, emb in enumerate(self.cat_embeds)],
-                      dim=-1)  # [B, F + C * cat_dim]
+        h = torch.cat(
+            [num.reshape(B, -1)] + [emb(cat[:, j]) for j, emb in enumerate(self.cat_embeds)], dim=-1
+        )  # [B, F + C * cat_dim]
         levels = [tokens]
         for block in self.blocks:
             h = block(h)  # [B, hidden]

@@ -77,8 +77,12 @@ class SentenceTransformerEncoder(Encoder):
 
     input_kind = "text_raw"
     has_token_mask = True
-    defaults: ClassVar[dict[str, Any]] = {"model_name": None, "max_tokens": 32, "level_tokens": 4,
-                                          "max_seq_length": 128}
+    defaults: ClassVar[dict[str, Any]] = {
+        "model_name": None,
+        "max_tokens": 32,
+        "level_tokens": 4,
+        "max_seq_length": 128,
+    }
 
     def __init__(self, spec: EncoderSpec, state: dict) -> None:
         super().__init__(spec, state)
@@ -90,8 +94,10 @@ class SentenceTransformerEncoder(Encoder):
         self._hidden_states = hf is not None and hasattr(hf, "config")
         if self._hidden_states:
             hf.config.output_hidden_states = True  # all layers, for the levels
-        get_dim = getattr(self.st, "get_embedding_dimension", None) or \
-            self.st.get_sentence_embedding_dimension  # sentence-transformers < 6
+        get_dim = (
+            getattr(self.st, "get_embedding_dimension", None)
+            or self.st.get_sentence_embedding_dimension
+        )  # sentence-transformers < 6
         native = int(get_dim())
         self.max_tokens, self.level_tokens = int(p["max_tokens"]), int(p["level_tokens"])
         self.proj = None if self.frozen else nn.Linear(native, spec.dim)
@@ -106,8 +112,9 @@ class SentenceTransformerEncoder(Encoder):
         present = self._to_device(present)
         tokenize = getattr(self.st, "preprocess", None) or self.st.tokenize  # ST < 6: tokenize
         feats = tokenize(list(x))
-        feats = {k: (v.to(self.device) if isinstance(v, torch.Tensor) else v)
-                 for k, v in feats.items()}
+        feats = {
+            k: (v.to(self.device) if isinstance(v, torch.Tensor) else v) for k, v in feats.items()
+        }
         ctx = torch.no_grad() if self.frozen else nullcontext()
         with ctx:
             out = self.st(feats)
@@ -135,8 +142,12 @@ class SentenceTransformerEncoder(Encoder):
     "text.small",
     modality="text",
     modes=("scratch",),
-    space={"dim": [32, 64, 128], "arch": ["conv", "gru"], "depth": {"low": 1, "high": 3},
-           "dropout": {"low": 0.0, "high": 0.3}},
+    space={
+        "dim": [32, 64, 128],
+        "arch": ["conv", "gru"],
+        "depth": {"low": 1, "high": 3},
+        "dropout": {"low": 0.0, "high": 0.3},
+    },
     description="word embedding + 1-D conv or GRU over a vocabulary fitted on the train split",
 )
 class SmallTextEncoder(Encoder):
@@ -158,9 +169,15 @@ class SmallTextEncoder(Encoder):
 
     input_kind = "text_ids"
     has_token_mask = True
-    defaults: ClassVar[dict[str, Any]] = {"vocab_size": 10000, "max_len": 64, "arch": "conv",
-                                          "depth": 2, "kernel_size": 3, "level_tokens": 4,
-                                          "dropout": 0.1}
+    defaults: ClassVar[dict[str, Any]] = {
+        "vocab_size": 10000,
+        "max_len": 64,
+        "arch": "conv",
+        "depth": 2,
+        "kernel_size": 3,
+        "level_tokens": 4,
+        "dropout": 0.1,
+    }
     preprocess_keys = ("vocab_size", "max_len")
 
     def __init__(self, spec: EncoderSpec, state: dict) -> None:
@@ -175,18 +192,22 @@ class SmallTextEncoder(Encoder):
         if self.arch == "conv":
             k = int(p["kernel_size"])
             self.layers = nn.ModuleList(
-                nn.Sequential(nn.Conv1d(dim, dim, k, padding=k // 2), nn.GELU()) for _ in range(depth)
+                nn.Sequential(nn.Conv1d(dim, dim, k, padding=k // 2), nn.GELU())
+                for _ in range(depth)
             )
         else:
             self.layers = nn.ModuleList(
                 nn.GRU(dim, dim // 2, batch_first=True, bidirectional=True) for _ in range(depth)
             )
-        self.out_dim_fix = None if self.arch == "conv" or dim % 2 == 0 else nn.Linear(2 * (dim // 2), dim)
+        self.out_dim_fix = (
+            None if self.arch == "conv" or dim % 2 == 0 else nn.Linear(2 * (dim // 2), dim)
+        )
         self.drop = nn.Dropout(float(p["dropout"]))
         self.norm = nn.LayerNorm(dim)
         self.level_tokens = int(p["level_tokens"])
         self.feature_shape = FeatureShape(
-            dim=dim, n_tokens=int(p["max_len"]),
+            dim=dim,
+            n_tokens=int(p["max_len"]),
             levels=tuple((self.level_tokens, dim) for _ in range(depth + 1)),
         )
 
@@ -196,7 +217,9 @@ class SmallTextEncoder(Encoder):
             out = layer((h * m).transpose(1, 2)).transpose(1, 2)  # [B, L, D]
             return h + self.drop(out)  # residual
         lengths = mask.sum(dim=1).clamp_min(1).cpu()
-        packed = nn.utils.rnn.pack_padded_sequence(h, lengths, batch_first=True, enforce_sorted=False)
+        packed = nn.utils.rnn.pack_padded_sequence(
+            h, lengths, batch_first=True, enforce_sorted=False
+        )
         out, _ = layer(packed)
         out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=h.shape[1])
         if self.out_dim_fix is not None:

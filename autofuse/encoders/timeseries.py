@@ -39,8 +39,12 @@ class _SeriesEncoder(Encoder):
     "timeseries.cnn1d",
     modality="timeseries",
     modes=("scratch",),
-    space={"dim": [32, 64, 128], "depth": {"low": 2, "high": 4}, "kernel_size": [3, 5, 7],
-           "dropout": {"low": 0.0, "high": 0.3}},
+    space={
+        "dim": [32, 64, 128],
+        "depth": {"low": 2, "high": 4},
+        "kernel_size": [3, 5, 7],
+        "dropout": {"low": 0.0, "high": 0.3},
+    },
     description="1-D CNN over (time, channels); stages halve the time axis",
 )
 class SeriesCNN1d(_SeriesEncoder):
@@ -50,8 +54,14 @@ class SeriesCNN1d(_SeriesEncoder):
     every stage pooled to ``level_tokens`` time steps.
     """
 
-    defaults: ClassVar[dict[str, Any]] = {**SERIES_DEFAULTS, "depth": 3, "kernel_size": 5,
-                                          "dropout": 0.0, "n_tokens": 16, "level_tokens": 8}
+    defaults: ClassVar[dict[str, Any]] = {
+        **SERIES_DEFAULTS,
+        "depth": 3,
+        "kernel_size": 5,
+        "dropout": 0.0,
+        "n_tokens": 16,
+        "level_tokens": 8,
+    }
 
     def __init__(self, spec: EncoderSpec, state: dict) -> None:
         super().__init__(spec, state)
@@ -60,15 +70,23 @@ class SeriesCNN1d(_SeriesEncoder):
         widths[-1] = spec.dim
         stages, c = [], self.channels
         for w in widths:
-            stages.append(nn.Sequential(
-                nn.Conv1d(c, w, k, padding=k // 2, bias=False), nn.BatchNorm1d(w), nn.GELU(),
-                nn.Conv1d(w, w, k, padding=k // 2, bias=False), nn.BatchNorm1d(w), nn.GELU(),
-                nn.MaxPool1d(2, ceil_mode=True), nn.Dropout(float(self.params["dropout"])),
-            ))
+            stages.append(
+                nn.Sequential(
+                    nn.Conv1d(c, w, k, padding=k // 2, bias=False),
+                    nn.BatchNorm1d(w),
+                    nn.GELU(),
+                    nn.Conv1d(w, w, k, padding=k // 2, bias=False),
+                    nn.BatchNorm1d(w),
+                    nn.GELU(),
+                    nn.MaxPool1d(2, ceil_mode=True),
+                    nn.Dropout(float(self.params["dropout"])),
+                )
+            )
             c = w
         self.stages = nn.ModuleList(stages)
         self.feature_shape = FeatureShape(
-            dim=spec.dim, n_tokens=self.n_tokens,
+            dim=spec.dim,
+            n_tokens=self.n_tokens,
             levels=tuple((self.level_tokens, w) for w in widths),
         )
 
@@ -87,7 +105,11 @@ class SeriesCNN1d(_SeriesEncoder):
     "timeseries.gru",
     modality="timeseries",
     modes=("scratch",),
-    space={"dim": [32, 64, 128], "depth": {"low": 1, "high": 2}, "dropout": {"low": 0.0, "high": 0.3}},
+    space={
+        "dim": [32, 64, 128],
+        "depth": {"low": 1, "high": 2},
+        "dropout": {"low": 0.0, "high": 0.3},
+    },
     description="input projection + stacked (bidirectional) GRU over (time, channels)",
 )
 class SeriesGRU(_SeriesEncoder):
@@ -97,8 +119,14 @@ class SeriesGRU(_SeriesEncoder):
     time; levels = the projection and each GRU layer pooled to ``level_tokens`` time steps.
     """
 
-    defaults: ClassVar[dict[str, Any]] = {**SERIES_DEFAULTS, "depth": 1, "bidirectional": True,
-                                          "dropout": 0.0, "n_tokens": 16, "level_tokens": 8}
+    defaults: ClassVar[dict[str, Any]] = {
+        **SERIES_DEFAULTS,
+        "depth": 1,
+        "bidirectional": True,
+        "dropout": 0.0,
+        "n_tokens": 16,
+        "level_tokens": 8,
+    }
 
     def __init__(self, spec: EncoderSpec, state: dict) -> None:
         super().__init__(spec, state)
@@ -113,7 +141,8 @@ class SeriesGRU(_SeriesEncoder):
         )
         self.drop = nn.Dropout(float(self.params["dropout"]))
         self.feature_shape = FeatureShape(
-            dim=dim, n_tokens=self.n_tokens,
+            dim=dim,
+            n_tokens=self.n_tokens,
             levels=tuple((self.level_tokens, dim) for _ in range(len(self.grus) + 1)),
         )
 

@@ -11,5 +11,12 @@ from autofuse.fusion.base import (
     select_point,
 )
 
-__all__ = ["FUSIONS", "Fusion", "create_fusion", "masked_mean", "pooled_at_point", "register_fusion",
-           "select_point"]
+__all__ = [
+    "FUSIONS",
+    "Fusion",
+    "create_fusion",
+    "masked_mean",
+    "pooled_at_point",
+    "register_fusion",
+    "select_point",
+]

@@ -55,22 +55,31 @@ class TokenProjection(nn.Module):
     def __init__(self, inputs: dict[str, FeatureShape], point: str, d_model: int) -> None:
         super().__init__()
         self.point = point
-        self.proj = nn.ModuleDict({
-            m: nn.ModuleList(nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d_model))
-                             for _, d in point_shapes(shape, point))
-            for m, shape in inputs.items()
-        })
+        self.proj = nn.ModuleDict(
+            {
+                m: nn.ModuleList(
+                    nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d_model))
+                    for _, d in point_shapes(shape, point)
+                )
+                for m, shape in inputs.items()
+            }
+        )
         self.n_tokens = {m: sum(n for n, _ in point_shapes(s, point)) for m, s in inputs.items()}
 
-    def forward(self, features: dict[str, ModalityFeatures]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    def forward(
+        self, features: dict[str, ModalityFeatures]
+    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         out = {}
         for m, projs in self.proj.items():
             f = features[m]
             xs, masks = [], []
             for proj, (x, mask) in zip(projs, select_point(f, self.point), strict=True):
                 xs.append(proj(x))  # [B, N_l, d_model]
-                masks.append(torch.ones(x.shape[:2], dtype=torch.bool, device=x.device) if mask is None
-                             else mask.bool())
+                masks.append(
+                    torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+                    if mask is None
+                    else mask.bool()
+                )
             valid = torch.cat(masks, dim=1) & f.present.bool().unsqueeze(1)  # [B, N_m]
             out[m] = (torch.cat(xs, dim=1), valid)  # [B, N_m, d_model], [B, N_m]
         return out
@@ -84,9 +93,18 @@ def key_padding_mask(valid: torch.Tensor) -> torch.Tensor:
 
 def transformer(d_model: int, heads: int, layers: int, dropout: float) -> nn.TransformerEncoder:
     """A small pre-norm transformer encoder (batch first, GELU, feed-forward width 2 * d_model)."""
-    layer = nn.TransformerEncoderLayer(d_model, heads, dim_feedforward=2 * d_model, dropout=dropout,
-                                       activation="gelu", batch_first=True, norm_first=True)
-    return nn.TransformerEncoder(layer, layers, norm=nn.LayerNorm(d_model), enable_nested_tensor=False)
+    layer = nn.TransformerEncoderLayer(
+        d_model,
+        heads,
+        dim_feedforward=2 * d_model,
+        dropout=dropout,
+        activation="gelu",
+        batch_first=True,
+        norm_first=True,
+    )
+    return nn.TransformerEncoder(
+        layer, layers, norm=nn.LayerNorm(d_model), enable_nested_tensor=False
+    )
 
 
 class CrossAttentionBlock(nn.Module):
@@ -101,12 +119,21 @@ class CrossAttentionBlock(nn.Module):
         self.norm_kv = nn.LayerNorm(d_model)
         self.attn = nn.MultiheadAttention(d_model, heads, dropout=dropout, batch_first=True)
         self.norm_ff = nn.LayerNorm(d_model)
-        self.ff = nn.Sequential(nn.Linear(d_model, 2 * d_model), nn.GELU(), nn.Dropout(dropout),
-                                nn.Linear(2 * d_model, d_model), nn.Dropout(dropout))
+        self.ff = nn.Sequential(
+            nn.Linear(d_model, 2 * d_model),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(2 * d_model, d_model),
+            nn.Dropout(dropout),
+        )
 
-    def forward(self, query: torch.Tensor, context: torch.Tensor, context_valid: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, query: torch.Tensor, context: torch.Tensor, context_valid: torch.Tensor
+    ) -> torch.Tensor:
         q, kv = self.norm_q(query), self.norm_kv(context)  # [B, Nq, d], [B, Nk, d]
-        a, _ = self.attn(q, kv, kv, key_padding_mask=key_padding_mask(context_valid), need_weights=False)
+        a, _ = self.attn(
+            q, kv, kv, key_padding_mask=key_padding_mask(context_valid), need_weights=False
+        )
         has_context = context_valid.any(dim=1).to(a.dtype)[:, None, None]  # [B, 1, 1]
         x = query + a * has_context  # [B, Nq, d]
         return x + self.ff(self.norm_ff(x))  # [B, Nq, d]
@@ -136,11 +163,21 @@ class IntraSelfAttentionFusion(Fusion):
     """Intra-modal self-attention: each modality's tokens go through their own transformer; the
     masked means are concatenated (absent modalities zeroed, plus presence flags) into an MLP."""
 
-    def __init__(self, inputs: dict[str, FeatureShape], out_dim: int, point: str = "late",
-                 d_model: int = 64, heads: int = 2, layers: int = 1, dropout: float = 0.1) -> None:
+    def __init__(
+        self,
+        inputs: dict[str, FeatureShape],
+        out_dim: int,
+        point: str = "late",
+        d_model: int = 64,
+        heads: int = 2,
+        layers: int = 1,
+        dropout: float = 0.1,
+    ) -> None:
         super().__init__(inputs, out_dim, point)
         self.tokens = TokenProjection(inputs, point, d_model)
-        self.encoders = nn.ModuleDict({m: transformer(d_model, heads, layers, dropout) for m in inputs})
+        self.encoders = nn.ModuleDict(
+            {m: transformer(d_model, heads, layers, dropout) for m in inputs}
+        )
         self.head = mlp(len(inputs) * (d_model + 1), d_model, out_dim, 1, dropout)
 
     def forward(self, features: dict[str, ModalityFeatures]) -> FusionOutput:
@@ -160,9 +197,11 @@ class IntraSelfAttentionFusion(Fusion):
     family="attention",
     points=ATTENTION_POINTS,
     space=dict(ATTENTION_SPACE),
-    description=("MulT-style pairwise cross-modal attention (target attends to each source); one "
-                 f"block per ordered pair up to {PAIRWISE_LIMIT} modalities, above that one block "
-                 "per target shared across its sources"),
+    description=(
+        "MulT-style pairwise cross-modal attention (target attends to each source); one "
+        f"block per ordered pair up to {PAIRWISE_LIMIT} modalities, above that one block "
+        "per target shared across its sources"
+    ),
 )
 class InterCrossAttentionFusion(Fusion):
     """Pairwise cross-modal attention (MulT): for every ordered pair ``source -> target`` the
@@ -174,18 +213,31 @@ class InterCrossAttentionFusion(Fusion):
     its sources (still applied pair by pair), so the size grows linearly in M.
     """
 
-    def __init__(self, inputs: dict[str, FeatureShape], out_dim: int, point: str = "late",
-                 d_model: int = 64, heads: int = 2, layers: int = 1, dropout: float = 0.1) -> None:
+    def __init__(
+        self,
+        inputs: dict[str, FeatureShape],
+        out_dim: int,
+        point: str = "late",
+        d_model: int = 64,
+        heads: int = 2,
+        layers: int = 1,
+        dropout: float = 0.1,
+    ) -> None:
         super().__init__(inputs, out_dim, point)
         self.tokens = TokenProjection(inputs, point, d_model)
         self.pairwise = len(inputs) <= PAIRWISE_LIMIT
 
         def stack() -> nn.ModuleList:
-            return nn.ModuleList(CrossAttentionBlock(d_model, heads, dropout) for _ in range(layers))
+            return nn.ModuleList(
+                CrossAttentionBlock(d_model, heads, dropout) for _ in range(layers)
+            )
 
         # keys "<source>-><target>" when pairwise, "<target>" when shared per target
-        keys = ([f"{s}->{t}" for t in inputs for s in inputs if s != t] if self.pairwise
-                else list(inputs))
+        keys = (
+            [f"{s}->{t}" for t in inputs for s in inputs if s != t]
+            if self.pairwise
+            else list(inputs)
+        )
         self.cross = nn.ModuleDict({k: stack() for k in keys})
         self.norm = nn.LayerNorm(d_model)
         self.head = mlp(len(inputs) * (d_model + 1), d_model, out_dim, 1, dropout)
@@ -227,8 +279,16 @@ class SingleStreamFusion(Fusion):
     learned modality embedding, concatenated behind a CLS token; padding tokens and absent
     modalities are masked out as keys; ``z`` is read from the CLS token."""
 
-    def __init__(self, inputs: dict[str, FeatureShape], out_dim: int, point: str = "late",
-                 d_model: int = 64, heads: int = 2, layers: int = 1, dropout: float = 0.1) -> None:
+    def __init__(
+        self,
+        inputs: dict[str, FeatureShape],
+        out_dim: int,
+        point: str = "late",
+        d_model: int = 64,
+        heads: int = 2,
+        layers: int = 1,
+        dropout: float = 0.1,
+    ) -> None:
         super().__init__(inputs, out_dim, point)
         self.tokens = TokenProjection(inputs, point, d_model)
         self.modality_emb = nn.Parameter(torch.randn(len(inputs), d_model) * 0.02)  # [M, d]
@@ -258,8 +318,10 @@ class SingleStreamFusion(Fusion):
     family="attention",
     points=ATTENTION_POINTS,
     space=dict(ATTENTION_SPACE),
-    description=("a transformer stream per modality + co-attention (each modality attends to the "
-                 "others' tokens), `layers` rounds; pooled and concatenated"),
+    description=(
+        "a transformer stream per modality + co-attention (each modality attends to the "
+        "others' tokens), `layers` rounds; pooled and concatenated"
+    ),
 )
 class MultiStreamFusion(Fusion):
     """Multi-stream transformer with co-attention (ViLBERT style, generalised to M modalities).
@@ -270,18 +332,39 @@ class MultiStreamFusion(Fusion):
     masked means are concatenated (absent modalities zeroed, plus presence flags) into an MLP.
     """
 
-    def __init__(self, inputs: dict[str, FeatureShape], out_dim: int, point: str = "late",
-                 d_model: int = 64, heads: int = 2, layers: int = 1, dropout: float = 0.1) -> None:
+    def __init__(
+        self,
+        inputs: dict[str, FeatureShape],
+        out_dim: int,
+        point: str = "late",
+        d_model: int = 64,
+        heads: int = 2,
+        layers: int = 1,
+        dropout: float = 0.1,
+    ) -> None:
         super().__init__(inputs, out_dim, point)
         self.tokens = TokenProjection(inputs, point, d_model)
         self.self_attn = nn.ModuleList(
-            nn.ModuleDict({m: nn.TransformerEncoderLayer(
-                d_model, heads, dim_feedforward=2 * d_model, dropout=dropout, activation="gelu",
-                batch_first=True, norm_first=True) for m in inputs})
-            for _ in range(layers))
+            nn.ModuleDict(
+                {
+                    m: nn.TransformerEncoderLayer(
+                        d_model,
+                        heads,
+                        dim_feedforward=2 * d_model,
+                        dropout=dropout,
+                        activation="gelu",
+                        batch_first=True,
+                        norm_first=True,
+                    )
+                    for m in inputs
+                }
+            )
+            for _ in range(layers)
+        )
         self.co_attn = nn.ModuleList(
             nn.ModuleDict({m: CrossAttentionBlock(d_model, heads, dropout) for m in inputs})
-            for _ in range(layers))
+            for _ in range(layers)
+        )
         self.norm = nn.LayerNorm(d_model)
         self.head = mlp(len(inputs) * (d_model + 1), d_model, out_dim, 1, dropout)
 
@@ -290,8 +373,10 @@ class MultiStreamFusion(Fusion):
         xs = {m: tokens[m][0] for m in self.modalities}  # m -> [B, N_m, d]
         valid = {m: tokens[m][1] for m in self.modalities}  # m -> [B, N_m]
         for self_layers, co_blocks in zip(self.self_attn, self.co_attn, strict=True):
-            xs = {m: self_layers[m](xs[m], src_key_padding_mask=key_padding_mask(valid[m]))
-                  for m in self.modalities}  # m -> [B, N_m, d]
+            xs = {
+                m: self_layers[m](xs[m], src_key_padding_mask=key_padding_mask(valid[m]))
+                for m in self.modalities
+            }  # m -> [B, N_m, d]
             new = {}
             for m in self.modalities:
                 others = [o for o in self.modalities if o != m]

@@ -81,7 +81,9 @@ def point_shapes(shape: FeatureShape, point: str) -> list[tuple[int, int]]:
     return picks + [late]
 
 
-def select_point(feats: ModalityFeatures, point: str) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+def select_point(
+    feats: ModalityFeatures, point: str
+) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
     """Tensors ``[B, N, D]`` (with an optional ``[B, N]`` token mask) read at a fusion point."""
     lv = feats.levels
     late = (feats.tokens, feats.token_mask)
@@ -142,7 +144,9 @@ def create_fusion(
 
     entry = FUSIONS.get(name)
     if point not in entry.meta["points"]:
-        raise ConfigError(f"fusion {name} does not accept point {point!r} (accepts {entry.meta['points']})")
+        raise ConfigError(
+            f"fusion {name} does not accept point {point!r} (accepts {entry.meta['points']})"
+        )
     cap = entry.meta.get("max_modalities")
     if cap is not None and len(inputs) > cap:
         raise ConfigError(f"fusion {name} supports at most {cap} modalities, got {len(inputs)}")

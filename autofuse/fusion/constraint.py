@@ -30,8 +30,9 @@ def _soft_decorrelation(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return off.pow(2).sum() / max(s * (s - 1), 1)
 
 
-def alignment_loss(a: torch.Tensor, b: torch.Tensor, valid: torch.Tensor, kind: str,
-                   temperature: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
+def alignment_loss(
+    a: torch.Tensor, b: torch.Tensor, valid: torch.Tensor, kind: str, temperature: float = 0.1
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Alignment loss between two views ``a``, ``b`` [B, S] on the rows where ``valid`` [B] is True.
 
     Returns ``(loss, counts)`` where ``counts`` is 1 when the pair had enough rows to be scored
@@ -92,7 +93,7 @@ def alignment_loss(a: torch.Tensor, b: torch.Tensor, valid: torch.Tensor, kind: 
         "dropout": {"low": 0.0, "high": 0.3},
     },
     description="per-modality projections into a shared space tied by an alignment loss "
-                "(cosine, L2, soft CCA or InfoNCE), then an MLP",
+    "(cosine, L2, soft CCA or InfoNCE), then an MLP",
 )
 class CoordinatedFusion(Fusion):
     """Coordinated representations: one projection per modality into a shared, layer-normalised
@@ -103,34 +104,56 @@ class CoordinatedFusion(Fusion):
     the presence flags.
     """
 
-    def __init__(self, inputs: dict[str, FeatureShape], out_dim: int, point: str = "late",
-                 shared: int = 64, hidden: int = 128, alignment: str = "cosine", temperature: float = 0.1,
-                 combine: str = "concat", dropout: float = 0.1) -> None:
+    def __init__(
+        self,
+        inputs: dict[str, FeatureShape],
+        out_dim: int,
+        point: str = "late",
+        shared: int = 64,
+        hidden: int = 128,
+        alignment: str = "cosine",
+        temperature: float = 0.1,
+        combine: str = "concat",
+        dropout: float = 0.1,
+    ) -> None:
         super().__init__(inputs, out_dim, point)
         if alignment not in ALIGNMENTS:
             raise ValueError(f"unknown alignment {alignment!r} (choose from {ALIGNMENTS})")
         if combine not in ("concat", "mean"):
             raise ValueError(f"combine must be 'concat' or 'mean', got {combine!r}")
-        self.shared, self.alignment, self.temperature, self.combine = shared, alignment, temperature, combine
-        self.projs = nn.ModuleDict({
-            m: nn.Sequential(nn.LayerNorm(pooled_dim(s, point)), mlp(pooled_dim(s, point), hidden, shared, 1, dropout))
-            for m, s in inputs.items()
-        })
+        self.shared, self.alignment, self.temperature, self.combine = (
+            shared,
+            alignment,
+            temperature,
+            combine,
+        )
+        self.projs = nn.ModuleDict(
+            {
+                m: nn.Sequential(
+                    nn.LayerNorm(pooled_dim(s, point)),
+                    mlp(pooled_dim(s, point), hidden, shared, 1, dropout),
+                )
+                for m, s in inputs.items()
+            }
+        )
         M = len(inputs)
         in_dim = (shared * M if combine == "concat" else shared) + M
         self.head = mlp(in_dim, hidden, out_dim, 1, dropout)
 
     def forward(self, features: dict[str, ModalityFeatures]) -> FusionOutput:
-        ps = torch.stack([self.projs[m](pooled_at_point(features[m], self.point)) for m in self.modalities],
-                         dim=1)  # [B, M, S]
+        ps = torch.stack(
+            [self.projs[m](pooled_at_point(features[m], self.point)) for m in self.modalities],
+            dim=1,
+        )  # [B, M, S]
         ps = F.layer_norm(ps, (self.shared,))  # shared space: unit RMS, no collapse to 0
         present = torch.stack([features[m].present for m in self.modalities], dim=1)  # [B, M] bool
         pm = present.to(ps.dtype).unsqueeze(-1)  # [B, M, 1]
 
         total, scored = ps.new_zeros(()), ps.new_zeros(())
         for i, j in itertools.combinations(range(len(self.modalities)), 2):
-            loss, ok = alignment_loss(ps[:, i], ps[:, j], present[:, i] & present[:, j], self.alignment,
-                                      self.temperature)
+            loss, ok = alignment_loss(
+                ps[:, i], ps[:, j], present[:, i] & present[:, j], self.alignment, self.temperature
+            )
             total, scored = total + loss, scored + ok
         aux = total / scored.clamp_min(1.0)
 
@@ -142,7 +165,7 @@ class CoordinatedFusion(Fusion):
         return FusionOutput(z=z, aux_loss=aux)
 
 
-MAX_TENSOR = 2 ** 14  # flattened outer-product size cap (the first layer is MAX_TENSOR x hidden)
+MAX_TENSOR = 2**14  # flattened outer-product size cap (the first layer is MAX_TENSOR x hidden)
 
 
 def tensor_dims(n_modalities: int, rank_dim: int) -> int:
@@ -168,7 +191,7 @@ def tensor_dims(n_modalities: int, rank_dim: int) -> int:
     max_modalities=6,
     aux_loss=False,
     description="Tensor Fusion Network: outer product of the modalities' small projections "
-                "(each with a 1 appended), flattened, then an MLP",
+    "(each with a 1 appended), flattened, then an MLP",
 )
 class TensorFusion(Fusion):
     """Tensor Fusion Network (Zadeh et al. 2017).
@@ -183,14 +206,27 @@ class TensorFusion(Fusion):
     An absent modality contributes ``[0, ..., 0, 1]``, so only the terms without it survive.
     """
 
-    def __init__(self, inputs: dict[str, FeatureShape], out_dim: int, point: str = "late",
-                 rank_dim: int = 8, hidden: int = 64, dropout: float = 0.1) -> None:
+    def __init__(
+        self,
+        inputs: dict[str, FeatureShape],
+        out_dim: int,
+        point: str = "late",
+        rank_dim: int = 8,
+        hidden: int = 64,
+        dropout: float = 0.1,
+    ) -> None:
         super().__init__(inputs, out_dim, point)
         self.d = tensor_dims(len(inputs), rank_dim)
-        self.projs = nn.ModuleDict({
-            m: nn.Sequential(nn.LayerNorm(pooled_dim(s, point)), nn.Linear(pooled_dim(s, point), self.d), nn.Tanh())
-            for m, s in inputs.items()
-        })
+        self.projs = nn.ModuleDict(
+            {
+                m: nn.Sequential(
+                    nn.LayerNorm(pooled_dim(s, point)),
+                    nn.Linear(pooled_dim(s, point), self.d),
+                    nn.Tanh(),
+                )
+                for m, s in inputs.items()
+            }
+        )
         self.head = mlp((self.d + 1) ** len(inputs), hidden, out_dim, 1, dropout)
 
     def forward(self, features: dict[str, ModalityFeatures]) -> FusionOutput:
@@ -198,7 +234,9 @@ class TensorFusion(Fusion):
         for m in self.modalities:
             f = features[m]
             p = f.present.unsqueeze(-1)  # [B, 1]
-            h = self.projs[m](pooled_at_point(f, self.point)) * p.to(f.pooled.dtype)  # [B, d]; 0 if absent
+            h = self.projs[m](pooled_at_point(f, self.point)) * p.to(
+                f.pooled.dtype
+            )  # [B, d]; 0 if absent
             h1 = torch.cat([h, torch.ones_like(h[:, :1])], dim=-1)  # [B, d+1]
             t = h1 if t is None else (t.unsqueeze(-1) * h1.unsqueeze(1)).flatten(1)  # [B, (d+1)^k]
         z = self.head(t)  # [B, out_dim]
@@ -216,7 +254,7 @@ class TensorFusion(Fusion):
     },
     aux_loss=False,
     description="Low-rank Multimodal Fusion: modality-specific low-rank factors, elementwise "
-                "product over modalities, weighted sum over the rank",
+    "product over modalities, weighted sum over the rank",
 )
 class LowRankTensorFusion(Fusion):
     """Low-rank Multimodal Fusion (Liu et al. 2018): the TFN weight tensor factorised into
@@ -228,17 +266,30 @@ class LowRankTensorFusion(Fusion):
     which keeps it well scaled for many modalities.
     """
 
-    def __init__(self, inputs: dict[str, FeatureShape], out_dim: int, point: str = "late",
-                 rank: int = 4, hidden: int = 32, dropout: float = 0.1) -> None:
+    def __init__(
+        self,
+        inputs: dict[str, FeatureShape],
+        out_dim: int,
+        point: str = "late",
+        rank: int = 4,
+        hidden: int = 32,
+        dropout: float = 0.1,
+    ) -> None:
         super().__init__(inputs, out_dim, point)
-        self.projs = nn.ModuleDict({
-            m: nn.Sequential(nn.LayerNorm(pooled_dim(s, point)), nn.Linear(pooled_dim(s, point), hidden),
-                             nn.Tanh(), nn.Dropout(dropout))
-            for m, s in inputs.items()
-        })
+        self.projs = nn.ModuleDict(
+            {
+                m: nn.Sequential(
+                    nn.LayerNorm(pooled_dim(s, point)),
+                    nn.Linear(pooled_dim(s, point), hidden),
+                    nn.Tanh(),
+                    nn.Dropout(dropout),
+                )
+                for m, s in inputs.items()
+            }
+        )
         self.factors = nn.ParameterDict()
         for m in inputs:
-            w = torch.randn(rank, hidden + 1, out_dim) / hidden ** 0.5
+            w = torch.randn(rank, hidden + 1, out_dim) / hidden**0.5
             w[:, hidden, :] = 1.0  # the row multiplying the appended 1
             self.factors[m] = nn.Parameter(w)
         self.rank_weights = nn.Parameter(torch.full((rank,), 1.0 / rank))
@@ -248,7 +299,9 @@ class LowRankTensorFusion(Fusion):
         prod = None
         for m in self.modalities:
             f = features[m]
-            h = self.projs[m](pooled_at_point(f, self.point)) * f.present.unsqueeze(-1).to(f.pooled.dtype)  # [B, H]
+            h = self.projs[m](pooled_at_point(f, self.point)) * f.present.unsqueeze(-1).to(
+                f.pooled.dtype
+            )  # [B, H]
             h1 = torch.cat([h, torch.ones_like(h[:, :1])], dim=-1)  # [B, H+1]
             fm = torch.einsum("bh,rho->bro", h1, self.factors[m])  # [B, rank, out]
             prod = fm if prod is None else prod * fm  # [B, rank, out]

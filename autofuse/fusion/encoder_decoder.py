@@ -28,10 +28,19 @@ class ConcatFusion(Fusion):
     presence flag, so the shared encoder knows what is missing.
     """
 
-    def __init__(self, inputs: dict[str, FeatureShape], out_dim: int, point: str = "late",
-                 hidden: int = 128, depth: int = 1, dropout: float = 0.1) -> None:
+    def __init__(
+        self,
+        inputs: dict[str, FeatureShape],
+        out_dim: int,
+        point: str = "late",
+        hidden: int = 128,
+        depth: int = 1,
+        dropout: float = 0.1,
+    ) -> None:
         super().__init__(inputs, out_dim, point)
-        self.norms = nn.ModuleDict({m: nn.LayerNorm(pooled_dim(s, point)) for m, s in inputs.items()})
+        self.norms = nn.ModuleDict(
+            {m: nn.LayerNorm(pooled_dim(s, point)) for m, s in inputs.items()}
+        )
         in_dim = sum(pooled_dim(s, point) for s in inputs.values()) + len(inputs)
         self.encoder = mlp(in_dim, hidden, out_dim, depth, dropout)
 
@@ -63,21 +72,36 @@ class DecisionFusion(Fusion):
     Absent modalities are left out of the combination (weights renormalised over present ones).
     """
 
-    def __init__(self, inputs: dict[str, FeatureShape], out_dim: int, point: str = "late",
-                 hidden: int = 64, combine: str = "mean", dropout: float = 0.1) -> None:
+    def __init__(
+        self,
+        inputs: dict[str, FeatureShape],
+        out_dim: int,
+        point: str = "late",
+        hidden: int = 64,
+        combine: str = "mean",
+        dropout: float = 0.1,
+    ) -> None:
         super().__init__(inputs, out_dim, point)
         self.combine = combine
-        self.heads = nn.ModuleDict({m: mlp(s.dim, hidden, out_dim, 1, dropout) for m, s in inputs.items()})
-        self.logit_weights = nn.Parameter(torch.zeros(len(inputs))) if combine == "weights" else None
+        self.heads = nn.ModuleDict(
+            {m: mlp(s.dim, hidden, out_dim, 1, dropout) for m, s in inputs.items()}
+        )
+        self.logit_weights = (
+            nn.Parameter(torch.zeros(len(inputs))) if combine == "weights" else None
+        )
         total = sum(s.dim for s in inputs.values())
         self.gate = nn.Linear(total, len(inputs)) if combine == "gate" else None
 
     def forward(self, features: dict[str, ModalityFeatures]) -> FusionOutput:
-        outs = torch.stack([self.heads[m](features[m].pooled) for m in self.modalities], dim=1)  # [B, M, out]
+        outs = torch.stack(
+            [self.heads[m](features[m].pooled) for m in self.modalities], dim=1
+        )  # [B, M, out]
         present = torch.stack([features[m].present for m in self.modalities], dim=1)  # [B, M]
         B = outs.shape[0]
         if self.combine == "gate":
-            scores = self.gate(torch.cat([features[m].pooled for m in self.modalities], dim=-1))  # [B, M]
+            scores = self.gate(
+                torch.cat([features[m].pooled for m in self.modalities], dim=-1)
+            )  # [B, M]
         elif self.combine == "weights":
             scores = self.logit_weights.unsqueeze(0).expand(B, -1)
         else:
@@ -112,8 +136,15 @@ class HierarchicalFusion(Fusion):
 
     n_stages = 3
 
-    def __init__(self, inputs: dict[str, FeatureShape], out_dim: int, point: str = "hybrid",
-                 hidden: int = 128, depth: int = 1, dropout: float = 0.1) -> None:
+    def __init__(
+        self,
+        inputs: dict[str, FeatureShape],
+        out_dim: int,
+        point: str = "hybrid",
+        hidden: int = 128,
+        depth: int = 1,
+        dropout: float = 0.1,
+    ) -> None:
         super().__init__(inputs, out_dim, point)
         self.picks = {m: self._pick_levels(len(s.levels)) for m, s in inputs.items()}
         stage_fusers = []
@@ -137,7 +168,9 @@ class HierarchicalFusion(Fusion):
             for m in self.modalities:
                 f = features[m]
                 present = f.present.unsqueeze(-1).to(f.pooled.dtype)  # [B, 1]
-                v = f.pooled if s == self.n_stages else f.levels[self.picks[m][s]].mean(dim=1)  # [B, D]
+                v = (
+                    f.pooled if s == self.n_stages else f.levels[self.picks[m][s]].mean(dim=1)
+                )  # [B, D]
                 parts += [v * present, present]
             summaries.append(fuser(torch.cat(parts, dim=-1)))  # [B, hidden]
         z = self.encoder(torch.cat(summaries, dim=-1))  # [B, out_dim]

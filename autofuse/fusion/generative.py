@@ -54,7 +54,9 @@ class RunningStandardizer(nn.Module):
         return y * self.var.clamp_min(self.min_var).sqrt() + self.mean
 
 
-def masked_mse(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def masked_mse(
+    pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum over valid rows of the per-row MSE, and the number of valid rows: ``([], [])``."""
     err = (pred - target).pow(2).mean(dim=-1)  # [B]
     v = valid.to(err.dtype)
@@ -74,7 +76,7 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) ->
         "dropout": {"low": 0.0, "high": 0.3},
     },
     description="multimodal VAE: product-of-experts joint latent of the present modalities, "
-                "reconstruction + KL auxiliary loss; imputes absent modalities",
+    "reconstruction + KL auxiliary loss; imputes absent modalities",
 )
 class MVAEFusion(Fusion):
     """Multimodal VAE (Wu & Goodman 2018) over the feature vectors read at the fusion point.
@@ -92,49 +94,76 @@ class MVAEFusion(Fusion):
     of the latent and the posterior mean with ``z_input="sample_and_mean"``.
     """
 
-    def __init__(self, inputs: dict[str, FeatureShape], out_dim: int, point: str = "late",
-                 latent: int = 32, hidden: int = 128, beta: float = 0.1, subsample: bool = True,
-                 z_input: str = "sample", dropout: float = 0.1) -> None:
+    def __init__(
+        self,
+        inputs: dict[str, FeatureShape],
+        out_dim: int,
+        point: str = "late",
+        latent: int = 32,
+        hidden: int = 128,
+        beta: float = 0.1,
+        subsample: bool = True,
+        z_input: str = "sample",
+        dropout: float = 0.1,
+    ) -> None:
         super().__init__(inputs, out_dim, point)
         if z_input not in ("sample", "sample_and_mean"):
             raise ValueError(f"z_input must be 'sample' or 'sample_and_mean', got {z_input!r}")
         self.latent, self.beta, self.subsample, self.z_input = latent, beta, subsample, z_input
         dims = {m: pooled_dim(s, point) for m, s in inputs.items()}
         self.norms = nn.ModuleDict({m: nn.LayerNorm(d) for m, d in dims.items()})
-        self.encoders = nn.ModuleDict({m: mlp(d, hidden, 2 * latent, 1, dropout) for m, d in dims.items()})
-        self.decoders = nn.ModuleDict({m: mlp(latent, hidden, d, 1, dropout) for m, d in dims.items()})
+        self.encoders = nn.ModuleDict(
+            {m: mlp(d, hidden, 2 * latent, 1, dropout) for m, d in dims.items()}
+        )
+        self.decoders = nn.ModuleDict(
+            {m: mlp(latent, hidden, d, 1, dropout) for m, d in dims.items()}
+        )
         self.stats = nn.ModuleDict({m: RunningStandardizer(d) for m, d in dims.items()})
         self.proj = nn.Linear(latent * (2 if z_input == "sample_and_mean" else 1), out_dim)
 
     # ---- pieces ---------------------------------------------------------------------------------
 
-    def _read(self, features: dict[str, ModalityFeatures]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    def _read(
+        self, features: dict[str, ModalityFeatures]
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         xs = {m: pooled_at_point(features[m], self.point) for m in self.modalities}  # {m: [B, D_m]}
         present = torch.stack([features[m].present for m in self.modalities], dim=1)  # [B, M] bool
         return xs, present
 
     def _experts(self, xs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        out = torch.stack([self.encoders[m](self.norms[m](xs[m])) for m in self.modalities], dim=1)  # [B, M, 2L]
+        out = torch.stack(
+            [self.encoders[m](self.norms[m](xs[m])) for m in self.modalities], dim=1
+        )  # [B, M, 2L]
         mu, logvar = out.chunk(2, dim=-1)  # [B, M, L] each
         return mu, logvar.clamp(-6.0, 6.0)
 
     @staticmethod
-    def product_of_experts(mu: torch.Tensor, logvar: torch.Tensor, use: torch.Tensor
-                           ) -> tuple[torch.Tensor, torch.Tensor]:
+    def product_of_experts(
+        mu: torch.Tensor, logvar: torch.Tensor, use: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Joint Gaussian of the prior N(0, I) and the experts where ``use`` [B, M] is True.
 
         precision T = 1 + sum_m T_m, mean = sum_m T_m mu_m / T. A row with no expert gets the prior.
         """
-        prec = torch.exp(-logvar) * use.unsqueeze(-1).to(mu.dtype)  # [B, M, L]; 0 for unused experts
+        prec = torch.exp(-logvar) * use.unsqueeze(-1).to(
+            mu.dtype
+        )  # [B, M, L]; 0 for unused experts
         total = 1.0 + prec.sum(dim=1)  # [B, L]; the 1 is the prior expert
         mu_j = (prec * mu).sum(dim=1) / total  # [B, L]
         return mu_j, -torch.log(total)  # mean, logvar
 
-    def _elbo(self, mu_j: torch.Tensor, logvar_j: torch.Tensor, xs: dict[str, torch.Tensor],
-              present: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _elbo(
+        self,
+        mu_j: torch.Tensor,
+        logvar_j: torch.Tensor,
+        xs: dict[str, torch.Tensor],
+        present: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Reconstruction + beta * KL for one posterior; returns (loss, latent used)."""
         if self.training:
-            lat = mu_j + torch.randn_like(mu_j) * torch.exp(0.5 * logvar_j)  # [B, L] reparameterised
+            lat = mu_j + torch.randn_like(mu_j) * torch.exp(
+                0.5 * logvar_j
+            )  # [B, L] reparameterised
         else:
             lat = mu_j
         total, count = lat.new_zeros(()), lat.new_zeros(())
@@ -143,7 +172,9 @@ class MVAEFusion(Fusion):
             s, c = masked_mse(self.decoders[m](lat), target, present[:, i])
             total, count = total + s, count + c
         recon = total / count.clamp_min(1.0)
-        kl = 0.5 * (mu_j.pow(2) + logvar_j.exp() - 1.0 - logvar_j).mean(dim=-1).mean()  # per latent dim
+        kl = (
+            0.5 * (mu_j.pow(2) + logvar_j.exp() - 1.0 - logvar_j).mean(dim=-1).mean()
+        )  # per latent dim
         return recon + self.beta * kl, lat
 
     @staticmethod
@@ -151,7 +182,9 @@ class MVAEFusion(Fusion):
         """Each present modality kept with p=0.5; a row left empty keeps one random present one."""
         r = torch.rand(present.shape, device=present.device)  # [B, M]
         keep = present & (r < 0.5)
-        one = torch.nn.functional.one_hot(r.masked_fill(~present, -1.0).argmax(dim=1), present.shape[1]).bool()
+        one = torch.nn.functional.one_hot(
+            r.masked_fill(~present, -1.0).argmax(dim=1), present.shape[1]
+        ).bool()
         return keep | (one & present & ~keep.any(dim=1, keepdim=True))
 
     # ---- forward / impute -----------------------------------------------------------------------
@@ -210,7 +243,7 @@ class MVAEFusion(Fusion):
         "dropout": {"low": 0.0, "high": 0.3},
     },
     description="MCTN-style: translate a source modality into the others through a bottleneck "
-                "that is used for prediction (optional cyclic back-translation)",
+    "that is used for prediction (optional cyclic back-translation)",
 )
 class TranslationFusion(Fusion):
     """Multimodal cyclic translation (Pham et al. 2019), on feature vectors.
@@ -224,9 +257,17 @@ class TranslationFusion(Fusion):
     their ``z`` is the bias (finite) -- like MCTN, prediction uses the source only.
     """
 
-    def __init__(self, inputs: dict[str, FeatureShape], out_dim: int, point: str = "late",
-                 source: int = 0, bottleneck: int = 32, hidden: int = 128, cycle: bool = False,
-                 dropout: float = 0.1) -> None:
+    def __init__(
+        self,
+        inputs: dict[str, FeatureShape],
+        out_dim: int,
+        point: str = "late",
+        source: int = 0,
+        bottleneck: int = 32,
+        hidden: int = 128,
+        cycle: bool = False,
+        dropout: float = 0.1,
+    ) -> None:
         super().__init__(inputs, out_dim, point)
         order = sorted(self.modalities)
         self.source = order[min(max(int(source), 0), len(order) - 1)]
@@ -235,11 +276,17 @@ class TranslationFusion(Fusion):
         d_src = dims[self.source]
         self.norm = nn.LayerNorm(d_src)
         self.encoder = mlp(d_src, hidden, bottleneck, 1, dropout)
-        self.decoders = nn.ModuleDict({t: mlp(bottleneck, hidden, dims[t], 1, dropout) for t in self.targets})
+        self.decoders = nn.ModuleDict(
+            {t: mlp(bottleneck, hidden, dims[t], 1, dropout) for t in self.targets}
+        )
         self.cycle = bool(cycle) and bool(self.targets)
         used = self.targets + ([self.source] if self.cycle else [])
         self.stats = nn.ModuleDict({m: RunningStandardizer(dims[m]) for m in used})
-        self.back = mlp(sum(dims[t] for t in self.targets), hidden, d_src, 1, dropout) if self.cycle else None
+        self.back = (
+            mlp(sum(dims[t] for t in self.targets), hidden, d_src, 1, dropout)
+            if self.cycle
+            else None
+        )
         self.proj = nn.Linear(bottleneck, out_dim)
 
     def forward(self, features: dict[str, ModalityFeatures]) -> FusionOutput:
@@ -249,7 +296,9 @@ class TranslationFusion(Fusion):
             for m in self.stats:
                 self.stats[m].update(xs[m].detach(), features[m].present)
         x_src = self.norm(xs[self.source])  # [B, D_s]
-        h = self.encoder(x_src) * has_src.unsqueeze(-1).to(x_src.dtype)  # [B, bottleneck]; 0 without source
+        h = self.encoder(x_src) * has_src.unsqueeze(-1).to(
+            x_src.dtype
+        )  # [B, bottleneck]; 0 without source
         z = self.proj(h)  # [B, out_dim]
 
         total, count = z.new_zeros(()), z.new_zeros(())

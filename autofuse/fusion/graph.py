@@ -31,10 +31,14 @@ def _dense_layers():
 
     try:
         with warnings.catch_warnings():  # torch_geometric's import-time torch.jit.script use
-            warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
+            warnings.filterwarnings(
+                "ignore", message=".*torch.jit.script.*", category=FutureWarning
+            )
             from torch_geometric.nn import DenseGATConv, DenseGCNConv
     except ImportError as e:  # pragma: no cover - torch_geometric is a dependency
-        raise ImportError("the graph fusion family needs torch_geometric: pip install torch_geometric") from e
+        raise ImportError(
+            "the graph fusion family needs torch_geometric: pip install torch_geometric"
+        ) from e
     return DenseGCNConv, DenseGATConv
 
 
@@ -48,7 +52,9 @@ class GraphLayer(nn.Module):
         if conv == "gcn":
             self.conv = DenseGCNConv(d_model, d_model)
         elif conv == "gat":
-            self.conv = DenseGATConv(d_model, d_model // heads, heads=heads, concat=True, dropout=dropout)
+            self.conv = DenseGATConv(
+                d_model, d_model // heads, heads=heads, concat=True, dropout=dropout
+            )
         else:
             raise ValueError(f"unknown graph convolution {conv!r} (gcn or gat)")
         self.dropout = nn.Dropout(dropout)
@@ -97,7 +103,9 @@ def knn_adjacency(x: torch.Tensor, mask: torch.Tensor, k: int) -> torch.Tensor:
     with torch.no_grad():
         dist = torch.cdist(x, x)  # [B, N, N]
         eye = torch.eye(N, dtype=torch.bool, device=x.device)
-        dist = dist.masked_fill(~mask.unsqueeze(1) | eye, float("inf"))  # no invalid or self sources
+        dist = dist.masked_fill(
+            ~mask.unsqueeze(1) | eye, float("inf")
+        )  # no invalid or self sources
         idx = dist.topk(k, dim=-1, largest=False).indices  # [B, N, k]
     adj.scatter_(2, idx, 1.0)
     # fewer than k valid neighbours: the top-k picked invalid ones, drop them; invalid targets too
@@ -131,8 +139,10 @@ def cap_tokens(x: torch.Tensor, valid: torch.Tensor, cap: int) -> tuple[torch.Te
         "readout": ["mean", "attention"],
         "dropout": {"low": 0.0, "high": 0.3},
     },
-    description=("nodes = modality embeddings, fully connected among present modalities; GCN or "
-                 "GAT layers (torch_geometric), mean or attention readout"),
+    description=(
+        "nodes = modality embeddings, fully connected among present modalities; GCN or "
+        "GAT layers (torch_geometric), mean or attention readout"
+    ),
 )
 class ModalityGraphFusion(Fusion):
     """A graph per sample whose nodes are the modalities' embeddings at the fusion point.
@@ -141,22 +151,38 @@ class ModalityGraphFusion(Fusion):
     and left out of the readout. ``heads`` is used by ``conv="gat"`` only.
     """
 
-    def __init__(self, inputs: dict[str, FeatureShape], out_dim: int, point: str = "late",
-                 d_model: int = 64, conv: str = "gcn", heads: int = 2, layers: int = 2,
-                 readout: str = "mean", dropout: float = 0.1) -> None:
+    def __init__(
+        self,
+        inputs: dict[str, FeatureShape],
+        out_dim: int,
+        point: str = "late",
+        d_model: int = 64,
+        conv: str = "gcn",
+        heads: int = 2,
+        layers: int = 2,
+        readout: str = "mean",
+        dropout: float = 0.1,
+    ) -> None:
         super().__init__(inputs, out_dim, point)
-        self.proj = nn.ModuleDict({
-            m: nn.Sequential(nn.LayerNorm(pooled_dim(s, point)), nn.Linear(pooled_dim(s, point), d_model))
-            for m, s in inputs.items()
-        })
-        self.layers = nn.ModuleList(GraphLayer(d_model, conv, heads, dropout) for _ in range(layers))
+        self.proj = nn.ModuleDict(
+            {
+                m: nn.Sequential(
+                    nn.LayerNorm(pooled_dim(s, point)), nn.Linear(pooled_dim(s, point), d_model)
+                )
+                for m, s in inputs.items()
+            }
+        )
+        self.layers = nn.ModuleList(
+            GraphLayer(d_model, conv, heads, dropout) for _ in range(layers)
+        )
         self.readout = Readout(d_model, readout)
         self.head = mlp(d_model + len(inputs), d_model, out_dim, 1, dropout)
 
     def forward(self, features: dict[str, ModalityFeatures]) -> FusionOutput:
         mask = torch.stack([features[m].present.bool() for m in self.modalities], dim=1)  # [B, M]
-        x = torch.stack([self.proj[m](pooled_at_point(features[m], self.point))
-                         for m in self.modalities], dim=1)  # [B, M, d]
+        x = torch.stack(
+            [self.proj[m](pooled_at_point(features[m], self.point)) for m in self.modalities], dim=1
+        )  # [B, M, d]
         x = x * mask.unsqueeze(-1).to(x.dtype)  # absent nodes zeroed
         adj = presence_adjacency(mask).to(x.dtype)  # [B, M, M]
         for layer in self.layers:
@@ -180,8 +206,10 @@ class ModalityGraphFusion(Fusion):
         "readout": ["mean", "attention"],
         "dropout": {"low": 0.0, "high": 0.3},
     },
-    description=("nodes = tokens of all modalities (at most max_tokens each, adaptive pooling); "
-                 "kNN or learned (GAT over the full graph) edges; GAT layers (torch_geometric)"),
+    description=(
+        "nodes = tokens of all modalities (at most max_tokens each, adaptive pooling); "
+        "kNN or learned (GAT over the full graph) edges; GAT layers (torch_geometric)"
+    ),
 )
 class TokenGraphFusion(Fusion):
     """A graph per sample whose nodes are the tokens of all modalities.
@@ -193,16 +221,29 @@ class TokenGraphFusion(Fusion):
     the edges. Padding tokens and absent modalities are never neighbours.
     """
 
-    def __init__(self, inputs: dict[str, FeatureShape], out_dim: int, point: str = "late",
-                 d_model: int = 64, edges: str = "knn", k: int = 4, max_tokens: int = 8,
-                 heads: int = 2, layers: int = 2, readout: str = "mean", dropout: float = 0.1) -> None:
+    def __init__(
+        self,
+        inputs: dict[str, FeatureShape],
+        out_dim: int,
+        point: str = "late",
+        d_model: int = 64,
+        edges: str = "knn",
+        k: int = 4,
+        max_tokens: int = 8,
+        heads: int = 2,
+        layers: int = 2,
+        readout: str = "mean",
+        dropout: float = 0.1,
+    ) -> None:
         super().__init__(inputs, out_dim, point)
         if edges not in ("knn", "learned"):
             raise ValueError(f"unknown edges {edges!r} (knn or learned)")
         self.edges, self.k, self.max_tokens = edges, k, max_tokens
         self.tokens = TokenProjection(inputs, point, d_model)
         self.modality_emb = nn.Parameter(torch.randn(len(inputs), d_model) * 0.02)  # [M, d]
-        self.layers = nn.ModuleList(GraphLayer(d_model, "gat", heads, dropout) for _ in range(layers))
+        self.layers = nn.ModuleList(
+            GraphLayer(d_model, "gat", heads, dropout) for _ in range(layers)
+        )
         self.readout = Readout(d_model, readout)
         self.head = mlp(d_model + len(inputs), d_model, out_dim, 1, dropout)
 
@@ -216,10 +257,16 @@ class TokenGraphFusion(Fusion):
         x = torch.cat(xs, dim=1)  # [B, T, d], T = sum of T_m
         mask = torch.cat(valids, dim=1)  # [B, T]
         x = x * mask.unsqueeze(-1).to(x.dtype)  # padding / absent nodes zeroed
-        adj = knn_adjacency(x, mask, self.k) if self.edges == "knn" else presence_adjacency(mask).to(x.dtype)
+        adj = (
+            knn_adjacency(x, mask, self.k)
+            if self.edges == "knn"
+            else presence_adjacency(mask).to(x.dtype)
+        )
         for layer in self.layers:
             x = layer(x, adj, mask)  # [B, T, d]
         g = self.readout(x, mask)  # [B, d]
-        present = torch.stack([features[m].present for m in self.modalities], dim=1).to(g.dtype)  # [B, M]
+        present = torch.stack([features[m].present for m in self.modalities], dim=1).to(
+            g.dtype
+        )  # [B, M]
         z = self.head(torch.cat([g, present], dim=-1))  # [B, out_dim]
         return FusionOutput(z=z, aux_loss=self.zero_aux(z))

@@ -13,9 +13,15 @@ from pathlib import Path
 __all__ = ["write_report"]
 
 
-def write_report(study: str, workdir: str | Path | None = None, storage: str | None = None,
-                 dataset: str | Path | None = None, *, robustness: bool = True,
-                 device: str | None = None) -> dict[str, Path]:
+def write_report(
+    study: str,
+    workdir: str | Path | None = None,
+    storage: str | None = None,
+    dataset: str | Path | None = None,
+    *,
+    robustness: bool = True,
+    device: str | None = None,
+) -> dict[str, Path]:
     """Write the comparison report of ``study``.
 
     Args:
@@ -35,6 +41,13 @@ def write_report(study: str, workdir: str | Path | None = None, storage: str | N
 
     paths = Paths.resolve(workdir)
     url = storage or paths.default_storage
-    data = collect(study, storage=url, study_dir=paths.study_dir(study), dataset=dataset,
-                   workdir=paths.root, robustness=robustness, device=device)
+    data = collect(
+        study,
+        storage=url,
+        study_dir=paths.study_dir(study),
+        dataset=dataset,
+        workdir=paths.root,
+        robustness=robustness,
+        device=device,
+    )
     return render(data, paths.reports / study)

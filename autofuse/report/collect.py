@@ -33,6 +33,7 @@ LEADERBOARD_ROWS = 15
 
 # ---- the history ------------------------------------------------------------------------------
 
+
 def load_history(study: str, storage: str) -> tuple[StudyRecord, list[TrialRecord], str]:
     """The study and its trials, from autofuse's ``autofuse_`` tables, else from Optuna's.
 
@@ -41,7 +42,7 @@ def load_history(study: str, storage: str) -> tuple[StudyRecord, list[TrialRecor
     fallback for databases written before the history tables existed.
     """
     if storage.startswith("sqlite:///") and storage != "sqlite:///:memory:":
-        db = Path(storage[len("sqlite:///"):]).expanduser()
+        db = Path(storage[len("sqlite:///") :]).expanduser()
         if not db.exists():  # do not create an empty database just to find nothing in it
             raise ConfigError(f"no study database at {db}; run a search first or pass --storage")
     try:
@@ -78,11 +79,17 @@ def _fill_study(rec: StudyRecord, storage: str) -> StudyRecord:
         return rec
     a = st.user_attrs
     return StudyRecord(
-        name=rec.name, dataset_fingerprint=rec.dataset_fingerprint or a.get("dataset_fingerprint"),
-        dataset_info=rec.dataset_info or a.get("dataset"), dataset_path=rec.dataset_path or a.get("dataset_path"),
-        space=rec.space or a.get("space"), metric=rec.metric or a.get("metric"),
-        direction=rec.direction or st.direction.name.lower(), created_at=rec.created_at,
-        mlflow_experiment_id=rec.mlflow_experiment_id, mlflow_parent_run_id=rec.mlflow_parent_run_id)
+        name=rec.name,
+        dataset_fingerprint=rec.dataset_fingerprint or a.get("dataset_fingerprint"),
+        dataset_info=rec.dataset_info or a.get("dataset"),
+        dataset_path=rec.dataset_path or a.get("dataset_path"),
+        space=rec.space or a.get("space"),
+        metric=rec.metric or a.get("metric"),
+        direction=rec.direction or st.direction.name.lower(),
+        created_at=rec.created_at,
+        mlflow_experiment_id=rec.mlflow_experiment_id,
+        mlflow_parent_run_id=rec.mlflow_parent_run_id,
+    )
 
 
 def _from_optuna(study: str, storage: str) -> tuple[StudyRecord, list[TrialRecord], str]:
@@ -90,27 +97,53 @@ def _from_optuna(study: str, storage: str) -> tuple[StudyRecord, list[TrialRecor
     a = st.user_attrs
     trials = st.get_trials(deepcopy=False)
     created = min((t.datetime_start for t in trials if t.datetime_start), default=None)
-    rec = StudyRecord(name=study, dataset_fingerprint=a.get("dataset_fingerprint"),
-                      dataset_info=a.get("dataset"), dataset_path=a.get("dataset_path"),
-                      space=a.get("space"), metric=a.get("metric"),
-                      direction=st.direction.name.lower(), created_at=created)
+    rec = StudyRecord(
+        name=study,
+        dataset_fingerprint=a.get("dataset_fingerprint"),
+        dataset_info=a.get("dataset"),
+        dataset_path=a.get("dataset_path"),
+        space=a.get("space"),
+        metric=a.get("metric"),
+        direction=st.direction.name.lower(),
+        created_at=created,
+    )
     out = []
     for t in trials:
         u = t.user_attrs
-        out.append(TrialRecord(
-            number=t.number, status=t.state.name, reason=u.get("reason"), error=u.get("error"),
-            baseline=u.get("baseline"), family=u.get("family"), method=u.get("method"),
-            point=u.get("point"), encoders=u.get("encoders"), spec=u.get("spec"), value=t.value,
-            val_metrics=u.get("val_metrics"), test_metrics=u.get("test_metrics"),
-            history=u.get("history") or [], n_params=u.get("n_params"), latency_ms=u.get("latency_ms"),
-            train_time_s=u.get("train_time_s"), epochs_run=u.get("epochs_run"),
-            best_epoch=u.get("best_epoch"), device=u.get("device"), worker=u.get("worker"),
-            started_at=t.datetime_start, finished_at=t.datetime_complete,
-            cache_hits=u.get("cache_hits"), cache_misses=u.get("cache_misses")))
+        out.append(
+            TrialRecord(
+                number=t.number,
+                status=t.state.name,
+                reason=u.get("reason"),
+                error=u.get("error"),
+                baseline=u.get("baseline"),
+                family=u.get("family"),
+                method=u.get("method"),
+                point=u.get("point"),
+                encoders=u.get("encoders"),
+                spec=u.get("spec"),
+                value=t.value,
+                val_metrics=u.get("val_metrics"),
+                test_metrics=u.get("test_metrics"),
+                history=u.get("history") or [],
+                n_params=u.get("n_params"),
+                latency_ms=u.get("latency_ms"),
+                train_time_s=u.get("train_time_s"),
+                epochs_run=u.get("epochs_run"),
+                best_epoch=u.get("best_epoch"),
+                device=u.get("device"),
+                worker=u.get("worker"),
+                started_at=t.datetime_start,
+                finished_at=t.datetime_complete,
+                cache_hits=u.get("cache_hits"),
+                cache_misses=u.get("cache_misses"),
+            )
+        )
     return rec, out, "optuna"
 
 
 # ---- plain data -------------------------------------------------------------------------------
+
 
 @dataclass
 class Row:
@@ -163,13 +196,13 @@ class ReportData:
     pruned_reasons: dict[str, int]
     failed: list[dict]
     trials: list[Row]
-    leaderboard: list[int]                     # trial numbers, best first (completed only)
-    best: dict | None                          # best trial: number, spec, metrics, params, latency
-    groups: dict[str, list[dict]]              # family / method / point / encoder -> rows
+    leaderboard: list[int]  # trial numbers, best first (completed only)
+    best: dict | None  # best trial: number, spec, metrics, params, latency
+    groups: dict[str, list[dict]]  # family / method / point / encoder -> rows
     baselines: list[dict]
     importances: dict[str, float]
     importances_note: str | None
-    pareto: dict[str, list[int]]               # "n_params" / "latency_ms" -> trial numbers on the front
+    pareto: dict[str, list[int]]  # "n_params" / "latency_ms" -> trial numbers on the front
     robustness: dict | None
     robustness_note: str | None
     cost: dict = field(default_factory=dict)
@@ -198,18 +231,40 @@ def _row(t: TrialRecord, checkpoints: set[int], metric: str) -> Row:
     last = t.value
     if not _finite(last) and t.history:
         last = t.history[-1].get(metric)
-    return Row(number=t.number, status=t.status, reason=t.reason, baseline=t.baseline,
-               family=t.family, method=t.method, point=t.point, encoders=dict(t.encoders or {}),
-               value=t.value, val_metrics=_metrics(t.val_metrics), test_metrics=_metrics(t.test_metrics),
-               n_params=t.n_params, latency_ms=t.latency_ms, train_time_s=t.train_time_s,
-               duration_s=dur, epochs_run=t.epochs_run, worker=t.worker, device=t.device,
-               started_at=_iso(t.started_at), finished_at=_iso(t.finished_at),
-               cache_hits=t.cache_hits, cache_misses=t.cache_misses,
-               has_checkpoint=t.number in checkpoints, last_value=last if _finite(last) else None)
+    return Row(
+        number=t.number,
+        status=t.status,
+        reason=t.reason,
+        baseline=t.baseline,
+        family=t.family,
+        method=t.method,
+        point=t.point,
+        encoders=dict(t.encoders or {}),
+        value=t.value,
+        val_metrics=_metrics(t.val_metrics),
+        test_metrics=_metrics(t.test_metrics),
+        n_params=t.n_params,
+        latency_ms=t.latency_ms,
+        train_time_s=t.train_time_s,
+        duration_s=dur,
+        epochs_run=t.epochs_run,
+        worker=t.worker,
+        device=t.device,
+        started_at=_iso(t.started_at),
+        finished_at=_iso(t.finished_at),
+        cache_hits=t.cache_hits,
+        cache_misses=t.cache_misses,
+        has_checkpoint=t.number in checkpoints,
+        last_value=last if _finite(last) else None,
+    )
 
 
 def _metrics(m: dict | None) -> dict[str, float]:
-    return {k: float(v) for k, v in (m or {}).items() if k != "train_loss" and isinstance(v, (int, float))}
+    return {
+        k: float(v)
+        for k, v in (m or {}).items()
+        if k != "train_loss" and isinstance(v, (int, float))
+    }
 
 
 def ranked(rows: list[Row], direction: str) -> list[Row]:
@@ -223,9 +278,16 @@ def _better(a: float, b: float, direction: str) -> bool:
     return a > b if direction == "maximize" else a < b
 
 
-def collect(study: str, *, storage: str, study_dir: Path, dataset: str | Path | None = None,
-            workdir: str | Path | None = None, robustness: bool = True,
-            device: str | None = None) -> ReportData:
+def collect(
+    study: str,
+    *,
+    storage: str,
+    study_dir: Path,
+    dataset: str | Path | None = None,
+    workdir: str | Path | None = None,
+    robustness: bool = True,
+    device: str | None = None,
+) -> ReportData:
     """Everything the report shows, as plain data.
 
     Args:
@@ -244,8 +306,11 @@ def collect(study: str, *, storage: str, study_dir: Path, dataset: str | Path | 
     info = rec.dataset_info or {}
     metric = rec.metric or OBJECTIVES.get(info.get("task", "classification"), ("accuracy",))[0]
     ck_dir = study_dir / "checkpoints"
-    checkpoints = {int(p.stem.split("_", 1)[1]) for p in ck_dir.glob("trial_*.safetensors")
-                   if p.stem.split("_", 1)[1].isdigit() and p.with_suffix(".json").exists()}
+    checkpoints = {
+        int(p.stem.split("_", 1)[1])
+        for p in ck_dir.glob("trial_*.safetensors")
+        if p.stem.split("_", 1)[1].isdigit() and p.with_suffix(".json").exists()
+    }
     rows = [_row(t, checkpoints, metric) for t in records]
     summary = _read_json(study_dir / "summary.json")
 
@@ -253,7 +318,9 @@ def collect(study: str, *, storage: str, study_dir: Path, dataset: str | Path | 
     pruned_reasons: dict[str, int] = {}
     failed = []
     for r, t in zip(rows, records, strict=True):
-        key = {"COMPLETE": "completed", "PRUNED": "pruned", "FAIL": "failed"}.get(r.status, "running")
+        key = {"COMPLETE": "completed", "PRUNED": "pruned", "FAIL": "failed"}.get(
+            r.status, "running"
+        )
         counts[key] += 1
         if r.status == "PRUNED":
             reason = r.reason or "pruned"
@@ -266,9 +333,19 @@ def collect(study: str, *, storage: str, study_dir: Path, dataset: str | Path | 
     if board:
         b = board[0]
         spec = next(t.spec for t in records if t.number == b.number)
-        best = {"trial": b.number, "spec": spec, "value": b.value, "val_metrics": b.val_metrics,
-                "test_metrics": b.test_metrics, "n_params": b.n_params, "latency_ms": b.latency_ms,
-                "baseline": b.baseline, "fusion": b.fusion, "point": b.point, "encoders": b.encoders}
+        best = {
+            "trial": b.number,
+            "spec": spec,
+            "value": b.value,
+            "val_metrics": b.val_metrics,
+            "test_metrics": b.test_metrics,
+            "n_params": b.n_params,
+            "latency_ms": b.latency_ms,
+            "baseline": b.baseline,
+            "fusion": b.fusion,
+            "point": b.point,
+            "encoders": b.encoders,
+        }
 
     starts = [t.started_at for t in records if t.started_at]
     ends = [t.finished_at for t in records if t.finished_at]
@@ -279,30 +356,56 @@ def collect(study: str, *, storage: str, study_dir: Path, dataset: str | Path | 
     except ConfigError:
         st = None
     # the number of trials asked for (the lead records it in the study's search options)
-    budget = ((st.user_attrs.get("search_options") or {}).get("n_total") if st else None) or space.get("trials")
+    budget = (
+        (st.user_attrs.get("search_options") or {}).get("n_total") if st else None
+    ) or space.get("trials")
     importances, imp_note = _importances(st, rows) if st else ({}, "the Optuna study is missing")
     data = ReportData(
-        study=study, source=source,
+        study=study,
+        source=source,
         generated_at=dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        metric=metric, direction=direction, dataset=info, dataset_path=rec.dataset_path,
-        space_name=space.get("name"), budget_trials=budget,
-        wall_time_s=summary.get("wall_time_s"), span_s=span, counts=counts,
-        pruned_reasons=pruned_reasons, failed=failed, trials=rows,
-        leaderboard=[r.number for r in board], best=best, groups=_groups(rows, board, direction),
-        baselines=_baselines(rows, board, metric, direction), importances=importances,
-        importances_note=imp_note, pareto=_pareto(board, direction), robustness=None,
-        robustness_note=None, cost=_cost(rows))
+        metric=metric,
+        direction=direction,
+        dataset=info,
+        dataset_path=rec.dataset_path,
+        space_name=space.get("name"),
+        budget_trials=budget,
+        wall_time_s=summary.get("wall_time_s"),
+        span_s=span,
+        counts=counts,
+        pruned_reasons=pruned_reasons,
+        failed=failed,
+        trials=rows,
+        leaderboard=[r.number for r in board],
+        best=best,
+        groups=_groups(rows, board, direction),
+        baselines=_baselines(rows, board, metric, direction),
+        importances=importances,
+        importances_note=imp_note,
+        pareto=_pareto(board, direction),
+        robustness=None,
+        robustness_note=None,
+        cost=_cost(rows),
+    )
     if robustness:
         path = dataset or rec.dataset_path
         if board and path is None:
-            data.robustness_note = ("the study did not record its dataset folder; pass --dataset DIR "
-                                    "to evaluate the finalists")
+            data.robustness_note = (
+                "the study did not record its dataset folder; pass --dataset DIR "
+                "to evaluate the finalists"
+            )
         elif board:
             try:
                 data.robustness = evaluate_finalists(
-                    [r for r in board if r.has_checkpoint][:N_FINALISTS], ck_dir, path,
-                    workdir=workdir, metric=metric, direction=direction,
-                    fingerprint=rec.dataset_fingerprint, device=device)
+                    [r for r in board if r.has_checkpoint][:N_FINALISTS],
+                    ck_dir,
+                    path,
+                    workdir=workdir,
+                    metric=metric,
+                    direction=direction,
+                    fingerprint=rec.dataset_fingerprint,
+                    device=device,
+                )
             except ConfigError as e:
                 data.robustness_note = str(e)
         else:
@@ -321,6 +424,7 @@ def _read_json(path: Path) -> dict:
 
 # ---- comparisons -----------------------------------------------------------------------------
 
+
 def _groups(rows: list[Row], board: list[Row], direction: str) -> dict[str, list[dict]]:
     """Per family / method / fusion point / encoder choice: trials, best and spread of the scores."""
     keys = {
@@ -336,8 +440,18 @@ def _groups(rows: list[Row], board: list[Row], direction: str) -> dict[str, list
             if r.family is None:
                 continue
             for k in fn(r):
-                g = groups.setdefault(str(k), {"name": str(k), "trials": 0, "completed": 0, "pruned": 0,
-                                               "failed": 0, "values": [], "best_trial": None})
+                g = groups.setdefault(
+                    str(k),
+                    {
+                        "name": str(k),
+                        "trials": 0,
+                        "completed": 0,
+                        "pruned": 0,
+                        "failed": 0,
+                        "values": [],
+                        "best_trial": None,
+                    },
+                )
                 g["trials"] += 1
                 if r.status == "PRUNED":
                     g["pruned"] += 1
@@ -375,10 +489,20 @@ def _baselines(rows: list[Row], board: list[Row], metric: str, direction: str) -
     for r in rows:
         if not r.baseline:
             continue
-        d: dict[str, Any] = {"baseline": r.baseline, "trial": r.number, "status": r.status,
-                             "reason": r.reason, "fusion": r.fusion, "point": r.point,
-                             "val": None, "test": None, "val_diff": None, "test_diff": None,
-                             "n_params": r.n_params, "latency_ms": r.latency_ms}
+        d: dict[str, Any] = {
+            "baseline": r.baseline,
+            "trial": r.number,
+            "status": r.status,
+            "reason": r.reason,
+            "fusion": r.fusion,
+            "point": r.point,
+            "val": None,
+            "test": None,
+            "val_diff": None,
+            "test_diff": None,
+            "n_params": r.n_params,
+            "latency_ms": r.latency_ms,
+        }
         if r.status == "COMPLETE" and _finite(r.value):
             d["val"] = r.value
             d["test"] = r.test_metrics.get(metric)
@@ -398,7 +522,9 @@ def _pareto(board: list[Row], direction: str) -> dict[str, list[int]]:
         for c, v, n in pts:
             dominated = any(
                 (c2 <= c and (v2 >= v if direction == "maximize" else v2 <= v))
-                and (c2 < c or v2 != v) for c2, v2, _ in pts)
+                and (c2 < c or v2 != v)
+                for c2, v2, _ in pts
+            )
             if not dominated:
                 front.append(n)
         out[cost] = sorted(front, key=lambda n: next(c for c, _, m in pts if m == n))
@@ -416,8 +542,11 @@ def _importances(st, rows: list[Row]) -> tuple[dict[str, float], str | None]:
     from optuna.distributions import CategoricalDistribution
 
     by_number = {r.number: r for r in rows}
-    done = [t for t in st.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-            if t.value is not None and math.isfinite(t.value) and t.number in by_number]
+    done = [
+        t
+        for t in st.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if t.value is not None and math.isfinite(t.value) and t.number in by_number
+    ]
     if len(done) < 3:
         return {}, f"needs at least 3 completed trials (this study has {len(done)})"
     derived: dict[str, list] = {"fusion method": [], "fusion point": []}
@@ -427,12 +556,16 @@ def _importances(st, rows: list[Row]) -> tuple[dict[str, float], str | None]:
         derived["fusion point"].append(str(r.point))
         for m, e in r.encoders.items():
             derived.setdefault(f"encoder {m}", []).append(e)
+
     def architectural(p: str) -> bool:  # shown through the derived choices above
         return p == "family" or p.endswith((".method", ".point", ".name", ".mode"))
 
-    common = sorted(p for p in set.intersection(*(set(t.distributions) for t in done))
-                    if not architectural(p)
-                    and all(t.distributions[p] == done[0].distributions[p] for t in done))
+    common = sorted(
+        p
+        for p in set.intersection(*(set(t.distributions) for t in done))
+        if not architectural(p)
+        and all(t.distributions[p] == done[0].distributions[p] for t in done)
+    )
     params = {}
     for p in common:
         d = done[0].distributions[p]
@@ -450,11 +583,16 @@ def _importances(st, rows: list[Row]) -> tuple[dict[str, float], str | None]:
     try:
         tmp = optuna.create_study(direction=st.direction)
         for i, t in enumerate(done):
-            tmp.add_trial(optuna.trial.create_trial(
-                params={p: v[i] for p, (_, v) in params.items()},
-                distributions={p: d for p, (d, _) in params.items()}, value=t.value))
+            tmp.add_trial(
+                optuna.trial.create_trial(
+                    params={p: v[i] for p, (_, v) in params.items()},
+                    distributions={p: d for p, (d, _) in params.items()},
+                    value=t.value,
+                )
+            )
         imp = optuna.importance.get_param_importances(
-            tmp, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+            tmp, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0)
+        )
     except (ValueError, RuntimeError) as e:
         return {}, f"could not compute importances ({e})"
     finally:
@@ -464,8 +602,11 @@ def _importances(st, rows: list[Row]) -> tuple[dict[str, float], str | None]:
 
 def _cost(rows: list[Row]) -> dict:
     """Time per trial, cache use and worker utilisation (busy time / active study time)."""
-    intervals = sorted((dt.datetime.fromisoformat(r.started_at), dt.datetime.fromisoformat(r.finished_at))
-                       for r in rows if r.started_at and r.finished_at)
+    intervals = sorted(
+        (dt.datetime.fromisoformat(r.started_at), dt.datetime.fromisoformat(r.finished_at))
+        for r in rows
+        if r.started_at and r.finished_at
+    )
     active = 0.0
     cur_s = cur_e = None
     for s, e in intervals:  # union of the trials' intervals: the time anything was running
@@ -479,9 +620,17 @@ def _cost(rows: list[Row]) -> dict:
         active += (cur_e - cur_s).total_seconds()
     workers: dict[str, dict] = {}
     for r in rows:
-        w = workers.setdefault(r.worker or "?", {"worker": r.worker or "?", "device": r.device,
-                                                 "trials": 0, "completed": 0, "busy_s": 0.0,
-                                                 "train_s": 0.0})
+        w = workers.setdefault(
+            r.worker or "?",
+            {
+                "worker": r.worker or "?",
+                "device": r.device,
+                "trials": 0,
+                "completed": 0,
+                "busy_s": 0.0,
+                "train_s": 0.0,
+            },
+        )
         w["trials"] += 1
         w["completed"] += r.status == "COMPLETE"
         w["busy_s"] += r.duration_s or 0.0
@@ -503,6 +652,7 @@ def _cost(rows: list[Row]) -> dict:
 
 
 # ---- robustness ------------------------------------------------------------------------------
+
 
 def relative(clean: float, ablated: float, direction: str) -> float:
     """MultiBench-style relative robustness: 1 = unchanged, below 1 = worse.
@@ -531,14 +681,29 @@ def load_finalist(ck_dir: Path, number: int, runner, device):
     model = build_model(spec, info, skip_frozen=True)
     model.load_state_dict(load_file(str(ck_dir / f"trial_{number}.safetensors")))
     model.to(device).eval()
-    data = TrainData(task=runner.task, y=runner.y, y_raw=runner.y_raw, inputs=inputs,
-                     splits=runner.splits, target_stats=runner.target_stats)
+    data = TrainData(
+        task=runner.task,
+        y=runner.y,
+        y_raw=runner.y_raw,
+        inputs=inputs,
+        splits=runner.splits,
+        target_stats=runner.target_stats,
+    )
     return model, data
 
 
-def evaluate_finalists(finalists: list[Row], ck_dir: Path, dataset: str | Path, *, workdir=None,
-                       metric: str, direction: str, fingerprint: str | None = None,
-                       device: str | None = None, sigma: float = NOISE_SIGMA) -> dict:
+def evaluate_finalists(
+    finalists: list[Row],
+    ck_dir: Path,
+    dataset: str | Path,
+    *,
+    workdir=None,
+    metric: str,
+    direction: str,
+    fingerprint: str | None = None,
+    device: str | None = None,
+    sigma: float = NOISE_SIGMA,
+) -> dict:
     """Evaluate each finalist's checkpoint on the test split: clean, each modality removed, noised.
 
     Raises:
@@ -554,11 +719,15 @@ def evaluate_finalists(finalists: list[Row], ck_dir: Path, dataset: str | Path, 
     if not finalists:
         raise ConfigError(f"no finalist checkpoints under {ck_dir}")
     if not Path(dataset).exists():
-        raise ConfigError(f"dataset folder {dataset} not found; pass --dataset DIR to evaluate the finalists")
+        raise ConfigError(
+            f"dataset folder {dataset} not found; pass --dataset DIR to evaluate the finalists"
+        )
     ds = Dataset.load(dataset)
     if fingerprint and ds.fingerprint() != fingerprint:
-        raise ConfigError(f"dataset {dataset} differs from the one the study searched "
-                          "(fingerprint mismatch); robustness not evaluated")
+        raise ConfigError(
+            f"dataset {dataset} differs from the one the study searched "
+            "(fingerprint mismatch); robustness not evaluated"
+        )
     dev = torch.device(device) if device else default_device()
     runner = CandidateRunner(ds, Paths.resolve(workdir), dev)
     out = []
@@ -569,12 +738,34 @@ def evaluate_finalists(finalists: list[Row], ck_dir: Path, dataset: str | Path, 
         for m in sorted(data.inputs):
             for how in ("remove", "noise"):
                 met = evaluate(model, ablate(data, m, how, sigma=sigma), "test", dev)
-                conds.append({"modality": m, "how": how, "metrics": met,
-                              "relative": relative(clean[metric], met[metric], direction)})
+                conds.append(
+                    {
+                        "modality": m,
+                        "how": how,
+                        "metrics": met,
+                        "relative": relative(clean[metric], met[metric], direction),
+                    }
+                )
         rel = [c["relative"] for c in conds if _finite(c["relative"])]
-        out.append({"trial": r.number, "fusion": r.fusion, "point": r.point, "encoders": r.encoders,
-                    "clean": clean, "recorded_test": r.test_metrics, "conditions": conds,
-                    "mean_relative": statistics.fmean(rel) if rel else None,
-                    "worst_relative": min(rel) if rel else None})
-    return {"metric": metric, "direction": direction, "sigma": sigma, "device": str(dev),
-            "dataset": str(dataset), "modalities": sorted(ds.modality_names), "finalists": out}
+        out.append(
+            {
+                "trial": r.number,
+                "fusion": r.fusion,
+                "point": r.point,
+                "encoders": r.encoders,
+                "clean": clean,
+                "recorded_test": r.test_metrics,
+                "conditions": conds,
+                "mean_relative": statistics.fmean(rel) if rel else None,
+                "worst_relative": min(rel) if rel else None,
+            }
+        )
+    return {
+        "metric": metric,
+        "direction": direction,
+        "sigma": sigma,
+        "device": str(dev),
+        "dataset": str(dataset),
+        "modalities": sorted(ds.modality_names),
+        "finalists": out,
+    }

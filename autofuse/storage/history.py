@@ -54,9 +54,13 @@ class StudyModel(Base):
 
 class TrialModel(Base):
     __tablename__ = "autofuse_trials"
-    __table_args__ = (sa.UniqueConstraint("study_id", "number", name="uq_autofuse_trials_study_number"),)
+    __table_args__ = (
+        sa.UniqueConstraint("study_id", "number", name="uq_autofuse_trials_study_number"),
+    )
     id = sa.Column(sa.Integer, primary_key=True)
-    study_id = sa.Column(sa.Integer, sa.ForeignKey("autofuse_studies.id", ondelete="CASCADE"), nullable=False)
+    study_id = sa.Column(
+        sa.Integer, sa.ForeignKey("autofuse_studies.id", ondelete="CASCADE"), nullable=False
+    )
     number = sa.Column(sa.Integer, nullable=False)
     status = sa.Column(sa.String(16), nullable=False)
     reason = sa.Column(sa.String(32))
@@ -88,9 +92,13 @@ class TrialModel(Base):
 
 class EpochModel(Base):
     __tablename__ = "autofuse_epochs"
-    __table_args__ = (sa.UniqueConstraint("trial_id", "epoch", name="uq_autofuse_epochs_trial_epoch"),)
+    __table_args__ = (
+        sa.UniqueConstraint("trial_id", "epoch", name="uq_autofuse_epochs_trial_epoch"),
+    )
     id = sa.Column(sa.Integer, primary_key=True)
-    trial_id = sa.Column(sa.Integer, sa.ForeignKey("autofuse_trials.id", ondelete="CASCADE"), nullable=False)
+    trial_id = sa.Column(
+        sa.Integer, sa.ForeignKey("autofuse_trials.id", ondelete="CASCADE"), nullable=False
+    )
     epoch = sa.Column(sa.Integer, nullable=False)
     metrics = sa.Column(sa.JSON)
 
@@ -199,7 +207,9 @@ class HistoryStore:
         from alembic.runtime.migration import MigrationContext
 
         with self.engine.connect() as conn:
-            return MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE}).get_current_revision()
+            return MigrationContext.configure(
+                conn, opts={"version_table": VERSION_TABLE}
+            ).get_current_revision()
 
     def check(self, create: bool = True) -> None:
         """Create a fresh schema, accept the current one, refuse an old one with a clear message."""
@@ -213,14 +223,18 @@ class HistoryStore:
             return
         if rev is None and create:
             if sa.inspect(self.engine).has_table("autofuse_trials"):
-                raise ConfigError(f"{self.url}: autofuse tables exist without a schema version; "
-                                  "run `autofuse db upgrade`")
+                raise ConfigError(
+                    f"{self.url}: autofuse tables exist without a schema version; "
+                    "run `autofuse db upgrade`"
+                )
             self.upgrade()
             return
         if rev is None:
             raise ConfigError(f"{self.url}: no autofuse tables; run `autofuse db upgrade`")
-        raise ConfigError(f"{self.url}: the autofuse tables are at schema version {rev}, this "
-                          f"autofuse needs {head}; run `autofuse db upgrade --storage URL` first")
+        raise ConfigError(
+            f"{self.url}: the autofuse tables are at schema version {rev}, this "
+            f"autofuse needs {head}; run `autofuse db upgrade --storage URL` first"
+        )
 
     def upgrade(self) -> tuple[str | None, str]:
         """Run the Alembic migrations up to the newest version; returns (before, after)."""
@@ -267,7 +281,9 @@ class HistoryStore:
 
     def _trial(self, s: orm.Session, study: str, number: int) -> TrialModel | None:
         sid = self._study_id(s, study)
-        return s.scalar(sa.select(TrialModel).where(TrialModel.study_id == sid, TrialModel.number == number))
+        return s.scalar(
+            sa.select(TrialModel).where(TrialModel.study_id == sid, TrialModel.number == number)
+        )
 
     def record_trial(self, study: str, number: int, **fields: Any) -> None:
         """Insert or update one trial's record (only the given fields change)."""
@@ -277,8 +293,11 @@ class HistoryStore:
         with self.session() as s:
             row = self._trial(s, study, number)
             if row is None:
-                row = TrialModel(study_id=self._study_id(s, study), number=number,
-                                 status=fields.get("status", "RUNNING"))
+                row = TrialModel(
+                    study_id=self._study_id(s, study),
+                    number=number,
+                    status=fields.get("status", "RUNNING"),
+                )
                 s.add(row)
             for k, v in fields.items():
                 setattr(row, k, v)
@@ -288,7 +307,11 @@ class HistoryStore:
             row = self._trial(s, study, number)
             if row is None:
                 raise KeyError(f"trial {number} of {study!r} is not recorded")
-            ep = s.scalar(sa.select(EpochModel).where(EpochModel.trial_id == row.id, EpochModel.epoch == epoch))
+            ep = s.scalar(
+                sa.select(EpochModel).where(
+                    EpochModel.trial_id == row.id, EpochModel.epoch == epoch
+                )
+            )
             if ep is None:
                 s.add(EpochModel(trial_id=row.id, epoch=epoch, metrics=dict(metrics)))
             else:
@@ -302,7 +325,9 @@ class HistoryStore:
 
     def studies(self) -> list[StudyRecord]:
         with self.session() as s:
-            return [_study_record(r) for r in s.scalars(sa.select(StudyModel).order_by(StudyModel.id))]
+            return [
+                _study_record(r) for r in s.scalars(sa.select(StudyModel).order_by(StudyModel.id))
+            ]
 
     def trials(self, name: str) -> list[TrialRecord]:
         """Every recorded trial of a study, by number, with its per-epoch curve."""
@@ -310,23 +335,43 @@ class HistoryStore:
             sid = s.scalar(sa.select(StudyModel.id).where(StudyModel.name == name))
             if sid is None:
                 return []
-            rows = list(s.scalars(sa.select(TrialModel).where(TrialModel.study_id == sid)
-                                  .order_by(TrialModel.number)))
+            rows = list(
+                s.scalars(
+                    sa.select(TrialModel)
+                    .where(TrialModel.study_id == sid)
+                    .order_by(TrialModel.number)
+                )
+            )
             epochs: dict[int, list[dict]] = {}
-            q = (sa.select(EpochModel).join(TrialModel, EpochModel.trial_id == TrialModel.id)
-                 .where(TrialModel.study_id == sid).order_by(EpochModel.epoch))
+            q = (
+                sa.select(EpochModel)
+                .join(TrialModel, EpochModel.trial_id == TrialModel.id)
+                .where(TrialModel.study_id == sid)
+                .order_by(EpochModel.epoch)
+            )
             for ep in s.scalars(q):
                 epochs.setdefault(ep.trial_id, []).append({"epoch": ep.epoch, **(ep.metrics or {})})
-            return [TrialRecord(**{f: getattr(r, f) for f in _TRIAL_FIELDS}, history=epochs.get(r.id, []))
-                    for r in rows]
+            return [
+                TrialRecord(
+                    **{f: getattr(r, f) for f in _TRIAL_FIELDS}, history=epochs.get(r.id, [])
+                )
+                for r in rows
+            ]
 
 
 def _study_record(row: StudyModel) -> StudyRecord:
-    return StudyRecord(name=row.name, dataset_fingerprint=row.dataset_fingerprint,
-                       dataset_info=row.dataset_info, dataset_path=row.dataset_path, space=row.space,
-                       metric=row.metric, direction=row.direction, created_at=row.created_at,
-                       mlflow_experiment_id=row.mlflow_experiment_id,
-                       mlflow_parent_run_id=row.mlflow_parent_run_id)
+    return StudyRecord(
+        name=row.name,
+        dataset_fingerprint=row.dataset_fingerprint,
+        dataset_info=row.dataset_info,
+        dataset_path=row.dataset_path,
+        space=row.space,
+        metric=row.metric,
+        direction=row.direction,
+        created_at=row.created_at,
+        mlflow_experiment_id=row.mlflow_experiment_id,
+        mlflow_parent_run_id=row.mlflow_parent_run_id,
+    )
 
 
 def upgrade_url(url: str) -> tuple[str | None, str]:

@@ -31,7 +31,7 @@ class StudyLock:
         if self.kind == "sqlite" and ":memory:" not in url:
             from filelock import FileLock
 
-            db = Path(url[len("sqlite:///"):]).expanduser()
+            db = Path(url[len("sqlite:///") :]).expanduser()
             self._file = FileLock(str(db) + f".{zlib.crc32(name.encode()):08x}.lock")
         elif self.kind in ("postgresql", "mysql", "mariadb"):
             import sqlalchemy as sa
@@ -39,12 +39,18 @@ class StudyLock:
             from autofuse.storage.sql import engine_kwargs_for
 
             # one dedicated connection for the worker's life: these locks belong to a session
-            self._engine = sa.create_engine(url, poolclass=sa.pool.NullPool, **{
-                k: v for k, v in engine_kwargs_for(url).items() if k != "pool_pre_ping"})
+            self._engine = sa.create_engine(
+                url,
+                poolclass=sa.pool.NullPool,
+                **{k: v for k, v in engine_kwargs_for(url).items() if k != "pool_pre_ping"},
+            )
             self._key = zlib.crc32(name.encode())  # PostgreSQL: a 64-bit integer key
             self._name = name[:64]  # MySQL: lock names are at most 64 characters
         else:
-            log.debug("no study lock for %s storage; concurrent workers may overshoot by a trial", self.kind)
+            log.debug(
+                "no study lock for %s storage; concurrent workers may overshoot by a trial",
+                self.kind,
+            )
 
     def _connection(self):
         if self._conn is None:
@@ -61,7 +67,11 @@ class StudyLock:
         elif self.kind == "postgresql":
             self._connection().execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": self._key})
         elif self.kind in ("mysql", "mariadb"):
-            got = self._connection().execute(sa.text("SELECT GET_LOCK(:n, 600)"), {"n": self._name}).scalar()
+            got = (
+                self._connection()
+                .execute(sa.text("SELECT GET_LOCK(:n, 600)"), {"n": self._name})
+                .scalar()
+            )
             if got != 1:
                 raise TimeoutError(f"could not lock study {self.study!r} within 600 s")
         self._held = True

@@ -90,9 +90,12 @@ BEST_ARTIFACT_DIR = "best"
 
 #: Optuna / autofuse trial states -> MLflow run statuses (a pruned trial trained normally)
 RUN_STATUS = {
-    "COMPLETE": "FINISHED", "FINISHED": "FINISHED",
-    "PRUNED": "FINISHED", "KILLED": "KILLED",
-    "FAIL": "FAILED", "FAILED": "FAILED",
+    "COMPLETE": "FINISHED",
+    "FINISHED": "FINISHED",
+    "PRUNED": "FINISHED",
+    "KILLED": "KILLED",
+    "FAIL": "FAILED",
+    "FAILED": "FAILED",
 }
 #: reasons of a FAIL record whose run is KILLED rather than FAILED (the worker stopped)
 KILLED_REASONS = ("killed", "interrupted")
@@ -164,8 +167,11 @@ def epoch_metric_name(k: str) -> str:
     return k if k.startswith(("val_", "test_", "train_")) else f"val_{k}"
 
 
-def final_metrics(val_metrics: Mapping[str, Any] | None = None,
-                  test_metrics: Mapping[str, Any] | None = None, **scalars: Any) -> dict[str, float]:
+def final_metrics(
+    val_metrics: Mapping[str, Any] | None = None,
+    test_metrics: Mapping[str, Any] | None = None,
+    **scalars: Any,
+) -> dict[str, float]:
     """Final metrics for :meth:`MlflowTracker.end_trial`: ``val_<m>``, ``test_<m>`` and scalars as given
     (``n_params=..., latency_ms=...``); non-numeric values are dropped, ``train_*`` keys kept as is."""
     out: dict[str, float] = {}
@@ -186,8 +192,18 @@ def trial_tags(record: Mapping[str, Any]) -> dict[str, Any]:
     ``encoders`` (JSON) / ``status`` / ``reason`` / ``baseline`` / ``retry_of`` / ``device`` /
     ``worker`` and ``autofuse.trial``."""
     tags: dict[str, Any] = {}
-    for k in ("family", "method", "point", "encoders", "status", "reason", "baseline", "retry_of",
-              "device", "worker"):
+    for k in (
+        "family",
+        "method",
+        "point",
+        "encoders",
+        "status",
+        "reason",
+        "baseline",
+        "retry_of",
+        "device",
+        "worker",
+    ):
         v = record.get(k)
         if v not in (None, "", {}):
             tags[TAG_PREFIX + k] = json.dumps(v) if isinstance(v, (dict, list)) else v
@@ -249,7 +265,7 @@ def _is_http(uri: str) -> bool:
 
 def _sqlite_path(uri: str) -> Path | None:
     if uri.startswith("sqlite:///"):
-        p = uri[len("sqlite:///"):].split("?", 1)[0]
+        p = uri[len("sqlite:///") :].split("?", 1)[0]
         return Path(p) if p and p != ":memory:" else None
     return None
 
@@ -302,8 +318,16 @@ def _connectivity_error(e: BaseException) -> bool:
         seen.add(id(e))
         name = type(e).__name__
         text = str(e)
-        if name in ("ConnectionError", "ConnectTimeout", "ReadTimeout", "Timeout", "MaxRetryError",
-                    "NewConnectionError", "ConnectionRefusedError", "TimeoutError"):
+        if name in (
+            "ConnectionError",
+            "ConnectTimeout",
+            "ReadTimeout",
+            "Timeout",
+            "MaxRetryError",
+            "NewConnectionError",
+            "ConnectionRefusedError",
+            "TimeoutError",
+        ):
             return True
         if "Max retries exceeded" in text or "Connection refused" in text:
             return True
@@ -346,8 +370,14 @@ class MlflowTracker:
             current directory), for servers the server's artifact root.
     """
 
-    def __init__(self, uri: str, study_name: str, *, artifact_location: str | None = None,
-                 probe_timeout: float = PROBE_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        uri: str,
+        study_name: str,
+        *,
+        artifact_location: str | None = None,
+        probe_timeout: float = PROBE_TIMEOUT_S,
+    ) -> None:
         self.uri = str(uri)
         self.study_name = study_name
         self.available = False
@@ -395,19 +425,31 @@ class MlflowTracker:
         if not down and _is_http(self.uri):
             down = probe(self.uri, self._probe_timeout) is not None
         if down:
-            self._off(f"MLflow at {self.uri} unreachable during {what} ({type(e).__name__}: "
-                      f"{_first_line(e)})")
+            self._off(
+                f"MLflow at {self.uri} unreachable during {what} ({type(e).__name__}: "
+                f"{_first_line(e)})"
+            )
         elif what not in self._warned:
             self._warned.add(what)
-            log.warning("MLflow %s failed for study %s: %s: %s", what, self.study_name,
-                        type(e).__name__, _first_line(e))
+            log.warning(
+                "MLflow %s failed for study %s: %s: %s",
+                what,
+                self.study_name,
+                type(e).__name__,
+                _first_line(e),
+            )
         else:
             log.debug("MLflow %s failed again: %s", what, e)
 
     # ------------------------------------------------------------------ low-level helpers
 
-    def _log_batch(self, run_id: str, metrics: Iterable = (), params: Mapping[str, Any] | None = None,
-                   tags: Mapping[str, Any] | None = None) -> None:
+    def _log_batch(
+        self,
+        run_id: str,
+        metrics: Iterable = (),
+        params: Mapping[str, Any] | None = None,
+        tags: Mapping[str, Any] | None = None,
+    ) -> None:
         from mlflow.entities import Param, RunTag
 
         c = self.client
@@ -415,11 +457,11 @@ class MlflowTracker:
         ts = [RunTag(_key(k), _text(v, TAG_VALUE_MAX)) for k, v in (tags or {}).items()]
         ms = list(metrics)
         for i in range(0, len(ps), PARAMS_PER_BATCH):
-            c.log_batch(run_id, params=ps[i:i + PARAMS_PER_BATCH], synchronous=True)
+            c.log_batch(run_id, params=ps[i : i + PARAMS_PER_BATCH], synchronous=True)
         for i in range(0, len(ts), PARAMS_PER_BATCH):
-            c.log_batch(run_id, tags=ts[i:i + PARAMS_PER_BATCH], synchronous=True)
+            c.log_batch(run_id, tags=ts[i : i + PARAMS_PER_BATCH], synchronous=True)
         for i in range(0, len(ms), METRICS_PER_BATCH):
-            c.log_batch(run_id, metrics=ms[i:i + METRICS_PER_BATCH], synchronous=True)
+            c.log_batch(run_id, metrics=ms[i : i + METRICS_PER_BATCH], synchronous=True)
 
     @staticmethod
     def _metrics(values: Mapping[str, Any], step: int, ts: int, name=lambda k: k) -> list:
@@ -447,7 +489,7 @@ class MlflowTracker:
                     with contextlib.suppress(ValueError):
                         enc = json.loads(v)
                 if isinstance(enc, Mapping):
-                    out.update({f"{k[:-len('encoders')]}encoder.{m}": e for m, e in enc.items()})
+                    out.update({f"{k[: -len('encoders')]}encoder.{m}": e for m, e in enc.items()})
         return out
 
     def _search(self, filter_string: str = "", run_view_type: int | None = None) -> list:
@@ -456,9 +498,13 @@ class MlflowTracker:
         runs, token = [], None
         while True:
             page = self.client.search_runs(
-                [self.experiment_id], filter_string=filter_string,
+                [self.experiment_id],
+                filter_string=filter_string,
                 run_view_type=ViewType.ACTIVE_ONLY if run_view_type is None else run_view_type,
-                max_results=1000, order_by=["attributes.start_time ASC"], page_token=token)
+                max_results=1000,
+                order_by=["attributes.start_time ASC"],
+                page_token=token,
+            )
             runs.extend(page)
             token = page.token
             if not token:
@@ -473,8 +519,11 @@ class MlflowTracker:
         exp = c.get_experiment_by_name(self.study_name)
         if exp is None:
             try:
-                eid = c.create_experiment(self.study_name, artifact_location=self._artifact_location,
-                                          tags={STUDY_TAG: self.study_name})
+                eid = c.create_experiment(
+                    self.study_name,
+                    artifact_location=self._artifact_location,
+                    tags={STUDY_TAG: self.study_name},
+                )
             except MlflowException:  # another worker created it meanwhile
                 exp = c.get_experiment_by_name(self.study_name)
                 if exp is None:
@@ -498,8 +547,11 @@ class MlflowTracker:
         return self.parent_run_id
 
     def _trial_runs(self) -> list:
-        return [r for r in self._search(f"tags.`{ROLE_TAG}` = 'trial'")
-                if r.data.tags.get(STUDY_TAG) == self.study_name]
+        return [
+            r
+            for r in self._search(f"tags.`{ROLE_TAG}` = 'trial'")
+            if r.data.tags.get(STUDY_TAG) == self.study_name
+        ]
 
     def _final_step(self, run_id: str) -> int:
         if run_id in self._last_step:
@@ -517,8 +569,9 @@ class MlflowTracker:
     # ------------------------------------------------------------------ study
 
     @_safe()
-    def start_study(self, params: Mapping[str, Any] | None = None,
-                    tags: Mapping[str, Any] | None = None) -> str | None:
+    def start_study(
+        self, params: Mapping[str, Any] | None = None, tags: Mapping[str, Any] | None = None
+    ) -> str | None:
         """Get or create the study's experiment and its one parent run (reused on resume)."""
         return self._start_study(params or {}, tags or {})
 
@@ -529,8 +582,12 @@ class MlflowTracker:
             if parents:
                 run = parents[0]
             else:
-                mine = self.client.create_run(eid, run_name=self.study_name, start_time=_now_ms(),
-                                              tags={ROLE_TAG: "study", STUDY_TAG: self.study_name})
+                mine = self.client.create_run(
+                    eid,
+                    run_name=self.study_name,
+                    start_time=_now_ms(),
+                    tags={ROLE_TAG: "study", STUDY_TAG: self.study_name},
+                )
                 # Several machines: keep the earliest parent, drop a duplicate we just made.
                 parents = self._parents() or [mine]
                 run = parents[0]
@@ -543,11 +600,15 @@ class MlflowTracker:
         have = dict(run.data.params)
         flat = {_key(k): v for k, v in flatten(params).items()}
         new = {k: v for k, v in flat.items() if k not in have}
-        changed = sorted(k for k, v in flat.items()
-                         if k in have and have[k] != _text(v, PARAM_VALUE_MAX))
+        changed = sorted(
+            k for k, v in flat.items() if k in have and have[k] != _text(v, PARAM_VALUE_MAX)
+        )
         if changed:
-            log.info("MLflow params of study %s kept from the first run (changed now: %s)",
-                     self.study_name, ", ".join(changed))
+            log.info(
+                "MLflow params of study %s kept from the first run (changed now: %s)",
+                self.study_name,
+                ", ".join(changed),
+            )
         self._log_batch(pid, params=new, tags=self._tags(tags))
         return pid
 
@@ -563,14 +624,23 @@ class MlflowTracker:
     # ------------------------------------------------------------------ trials
 
     @_safe()
-    def start_trial(self, number: int, params: Mapping[str, Any] | None = None,
-                    tags: Mapping[str, Any] | None = None) -> str | None:
+    def start_trial(
+        self,
+        number: int,
+        params: Mapping[str, Any] | None = None,
+        tags: Mapping[str, Any] | None = None,
+    ) -> str | None:
         """Create the nested run ``trial-<number>``; returns its run id."""
         pid = self._ensure_parent()
-        base = {PARENT_TAG: pid, ROLE_TAG: "trial", STUDY_TAG: self.study_name,
-                TRIAL_TAG: str(int(number))}
-        run = self.client.create_run(self.experiment_id, run_name=f"trial-{int(number)}",
-                                     start_time=_now_ms(), tags=base)
+        base = {
+            PARENT_TAG: pid,
+            ROLE_TAG: "trial",
+            STUDY_TAG: self.study_name,
+            TRIAL_TAG: str(int(number)),
+        }
+        run = self.client.create_run(
+            self.experiment_id, run_name=f"trial-{int(number)}", start_time=_now_ms(), tags=base
+        )
         rid = run.info.run_id
         self._own_runs.add(rid)
         extra = {k: v for k, v in self._tags(tags).items() if k not in base}
@@ -589,9 +659,14 @@ class MlflowTracker:
         self._last_ts[run_id] = ts
 
     @_safe()
-    def end_trial(self, run_id: str | None, status: str = "FINISHED",
-                  metrics: Mapping[str, Any] | None = None, tags: Mapping[str, Any] | None = None,
-                  spec: Mapping[str, Any] | None = None) -> None:
+    def end_trial(
+        self,
+        run_id: str | None,
+        status: str = "FINISHED",
+        metrics: Mapping[str, Any] | None = None,
+        tags: Mapping[str, Any] | None = None,
+        spec: Mapping[str, Any] | None = None,
+    ) -> None:
         """Final metrics (names as given; see :func:`final_metrics`), tags, ``spec.json``, status.
 
         ``status``: ``FINISHED`` / ``KILLED`` / ``FAILED`` (Optuna's ``COMPLETE`` / ``PRUNED`` /
@@ -601,8 +676,10 @@ class MlflowTracker:
             return
         st = run_status(status)
         if metrics:
-            self._log_batch(run_id, metrics=self._metrics(
-                metrics, self._final_step(run_id), self._final_ts(run_id)))
+            self._log_batch(
+                run_id,
+                metrics=self._metrics(metrics, self._final_step(run_id), self._final_ts(run_id)),
+            )
         self._log_batch(run_id, tags=self._tags(tags))
         if spec is not None:
             self.client.log_dict(run_id, dict(spec), "spec.json")
@@ -631,20 +708,29 @@ class MlflowTracker:
             if n is not None and n.lstrip("-").isdigit() and int(n) in keep:
                 continue
             if not t.get(TAG_PREFIX + "reason"):
-                self._log_batch(r.info.run_id, tags={TAG_PREFIX + "status": "FAIL",
-                                                     TAG_PREFIX + "reason": "killed"})
+                self._log_batch(
+                    r.info.run_id,
+                    tags={TAG_PREFIX + "status": "FAIL", TAG_PREFIX + "reason": "killed"},
+                )
             self.client.set_terminated(r.info.run_id, status="KILLED")
             marked.append(r.info.run_id)
         if marked:
-            log.info("MLflow: marked %d stale run(s) of study %s KILLED", len(marked), self.study_name)
+            log.info(
+                "MLflow: marked %d stale run(s) of study %s KILLED", len(marked), self.study_name
+            )
         return marked
 
     # ------------------------------------------------------------------ best model
 
     @_safe()
-    def log_best_model(self, model, architecture_json: str | Path | None = None,
-                       registered_name: str | None = None, *, code_paths: list[str] | None = None
-                       ) -> str | None:
+    def log_best_model(
+        self,
+        model,
+        architecture_json: str | Path | None = None,
+        registered_name: str | None = None,
+        *,
+        code_paths: list[str] | None = None,
+    ) -> str | None:
         """Log ``model`` (a torch module) as logged model ``best_model`` of the parent run with
         ``mlflow.pytorch.log_model`` (pickle format: loading needs autofuse importable, or pass
         ``code_paths``), ``architecture.json`` as an extra file of the model and as run artifact
@@ -655,15 +741,25 @@ class MlflowTracker:
         pid = self._ensure_parent()
         arch = Path(architecture_json) if architecture_json is not None else None
         extra = [str(arch)] if arch is not None and arch.is_file() else None
-        lm = self.client.create_logged_model(self.experiment_id, name=BEST_MODEL_NAME,
-                                             source_run_id=pid, tags={STUDY_TAG: self.study_name})
+        lm = self.client.create_logged_model(
+            self.experiment_id,
+            name=BEST_MODEL_NAME,
+            source_run_id=pid,
+            tags={STUDY_TAG: self.study_name},
+        )
         try:
             with _global_tracking_uri(self.uri):
                 info = mlflow.pytorch.log_model(
-                    model, name=BEST_MODEL_NAME, run_id=pid, model_id=lm.model_id,
-                    extra_files=extra, code_paths=code_paths,
-                    registered_model_name=registered_name, serialization_format="pickle",
-                    pip_requirements=mlflow.pytorch.get_default_pip_requirements())
+                    model,
+                    name=BEST_MODEL_NAME,
+                    run_id=pid,
+                    model_id=lm.model_id,
+                    extra_files=extra,
+                    code_paths=code_paths,
+                    registered_model_name=registered_name,
+                    serialization_format="pickle",
+                    pip_requirements=mlflow.pytorch.get_default_pip_requirements(),
+                )
         except Exception:
             with contextlib.suppress(Exception):
                 self.client.finalize_logged_model(lm.model_id, "FAILED")
@@ -672,8 +768,7 @@ class MlflowTracker:
             self.client.log_artifact(pid, str(arch), BEST_ARTIFACT_DIR)
         tags = {BEST_MODEL_TAG: info.model_uri}
         if registered_name:
-            tags["autofuse.registered_model"] = (
-                f"{registered_name}/{info.registered_model_version}")
+            tags["autofuse.registered_model"] = f"{registered_name}/{info.registered_model_version}"
         self._log_batch(pid, tags=tags)
         return info.model_uri
 
@@ -722,16 +817,25 @@ class MlflowTracker:
 
     @staticmethod
     def _record_final(rec: Mapping[str, Any]) -> dict[str, float]:
-        return final_metrics(rec.get("val_metrics"), rec.get("test_metrics"),
-                             **{k: rec.get(k) for k in SCALAR_METRICS})
+        return final_metrics(
+            rec.get("val_metrics"),
+            rec.get("test_metrics"),
+            **{k: rec.get(k) for k in SCALAR_METRICS},
+        )
 
     def _create_from_record(self, rec: Mapping[str, Any]) -> str:
         n = int(rec["number"])
-        base = {PARENT_TAG: self.parent_run_id, ROLE_TAG: "trial", STUDY_TAG: self.study_name,
-                TRIAL_TAG: str(n), "autofuse.synced": "true"}
+        base = {
+            PARENT_TAG: self.parent_run_id,
+            ROLE_TAG: "trial",
+            STUDY_TAG: self.study_name,
+            TRIAL_TAG: str(n),
+            "autofuse.synced": "true",
+        }
         start = _ms(rec.get("started_at")) or _now_ms()
-        run = self.client.create_run(self.experiment_id, run_name=f"trial-{n}", start_time=start,
-                                     tags=base)
+        run = self.client.create_run(
+            self.experiment_id, run_name=f"trial-{n}", start_time=start, tags=base
+        )
         rid = run.info.run_id
         try:
             params = rec.get("params") or flatten(rec.get("spec") or {})
@@ -746,8 +850,11 @@ class MlflowTracker:
             self._log_batch(rid, metrics=metrics, params=params, tags=tags)
             if rec.get("spec"):
                 self.client.log_dict(rid, dict(rec["spec"]), "spec.json")
-            self.client.set_terminated(rid, status=run_status(rec["status"], rec.get("reason")),
-                                       end_time=_ms(rec.get("finished_at")))
+            self.client.set_terminated(
+                rid,
+                status=run_status(rec["status"], rec.get("reason")),
+                end_time=_ms(rec.get("finished_at")),
+            )
         except Exception:
             with contextlib.suppress(Exception):
                 self.client.delete_run(rid)  # the next sync creates it whole
@@ -757,13 +864,18 @@ class MlflowTracker:
     def _finish_from_record(self, run_id: str, rec: Mapping[str, Any]) -> None:
         final = self._record_final(rec)
         if final:
-            self._log_batch(run_id, metrics=self._metrics(final, self._final_step(run_id),
-                                                          self._final_ts(run_id)))
+            self._log_batch(
+                run_id,
+                metrics=self._metrics(final, self._final_step(run_id), self._final_ts(run_id)),
+            )
         self._log_batch(run_id, tags=self._tags(trial_tags(rec)))
         if rec.get("spec"):
             self.client.log_dict(run_id, dict(rec["spec"]), "spec.json")
-        self.client.set_terminated(run_id, status=run_status(rec["status"], rec.get("reason")),
-                                   end_time=_ms(rec.get("finished_at")))
+        self.client.set_terminated(
+            run_id,
+            status=run_status(rec["status"], rec.get("reason")),
+            end_time=_ms(rec.get("finished_at")),
+        )
 
 
 def _first_line(e: BaseException) -> str:
@@ -771,5 +883,13 @@ def _first_line(e: BaseException) -> str:
     return s.splitlines()[0][:300] if s else type(e).__name__
 
 
-__all__ = ["MlflowTracker", "default_tracking_uri", "final_metrics", "flatten", "probe",
-           "run_status", "trial_tags", "epoch_metric_name"]
+__all__ = [
+    "MlflowTracker",
+    "default_tracking_uri",
+    "final_metrics",
+    "flatten",
+    "probe",
+    "run_status",
+    "trial_tags",
+    "epoch_metric_name",
+]

@@ -23,7 +23,7 @@ def ensure_sqlite_dir(url: str) -> None:
     if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
         from pathlib import Path
 
-        Path(url[len("sqlite:///"):]).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        Path(url[len("sqlite:///") :]).expanduser().parent.mkdir(parents=True, exist_ok=True)
 
 
 def make_storage(url: str, **kwargs):

@@ -14,13 +14,15 @@ def fake_shapes(n_modalities: int) -> dict[str, FeatureShape]:
     shapes = {}
     for i in range(n_modalities):
         dim = 16 + 8 * i
-        shapes[f"m{i}"] = FeatureShape(dim=dim, n_tokens=3 + i,
-                                       levels=((8, 8 + 4 * i), (4, 12 + 4 * i), (2, 20 + 2 * i)))
+        shapes[f"m{i}"] = FeatureShape(
+            dim=dim, n_tokens=3 + i, levels=((8, 8 + 4 * i), (4, 12 + 4 * i), (2, 20 + 2 * i))
+        )
     return shapes
 
 
-def fake_features(shapes: dict[str, FeatureShape], batch: int = 5, absent: str | None = None,
-                  seed: int = 0) -> dict[str, ModalityFeatures]:
+def fake_features(
+    shapes: dict[str, FeatureShape], batch: int = 5, absent: str | None = None, seed: int = 0
+) -> dict[str, ModalityFeatures]:
     """Random features matching ``shapes``; ``absent`` names a modality missing for rows 0 and 2."""
     g = torch.Generator().manual_seed(seed)
     feats = {}
@@ -34,7 +36,9 @@ def fake_features(shapes: dict[str, FeatureShape], batch: int = 5, absent: str |
         feats[m] = ModalityFeatures(
             pooled=torch.randn(batch, s.dim, generator=g) * keep[:, None],
             tokens=torch.randn(batch, s.n_tokens, s.dim, generator=g) * keep[:, None, None],
-            levels=[torch.randn(batch, n, d, generator=g) * keep[:, None, None] for n, d in s.levels],
+            levels=[
+                torch.randn(batch, n, d, generator=g) * keep[:, None, None] for n, d in s.levels
+            ],
             present=present,
             token_mask=mask,
         )
@@ -77,9 +81,19 @@ def check_fusion_contract(name: str, n_modalities: int, point: str, out_dim: int
         a, b = fusion(feats).z, clone(feats).z
     assert torch.allclose(a, b, atol=1e-6), f"{name}: state_dict round trip changed outputs"
     moved = clone.to(torch.float64).to("cpu")
-    feats64 = {m: ModalityFeatures(f.pooled.double(), f.tokens.double(), [x.double() for x in f.levels],
-                                   f.present, f.token_mask) for m, f in feats.items()}
+    feats64 = {
+        m: ModalityFeatures(
+            f.pooled.double(),
+            f.tokens.double(),
+            [x.double() for x in f.levels],
+            f.present,
+            f.token_mask,
+        )
+        for m, f in feats.items()
+    }
     with torch.no_grad():
         c = moved(feats64).z
-    assert c.dtype == torch.float64 and torch.allclose(a.double(), c, atol=1e-4), f"{name}: .to() broke it"
+    assert c.dtype == torch.float64 and torch.allclose(a.double(), c, atol=1e-4), (
+        f"{name}: .to() broke it"
+    )
     del entry

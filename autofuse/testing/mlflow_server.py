@@ -48,8 +48,9 @@ def _healthy(uri: str, timeout: float = 2.0) -> bool:
         return False
 
 
-def start_mlflow_server(tmpdir: str | Path, *, port: int | None = None, timeout: float = 60.0,
-                        workers: int = 1) -> tuple[str, subprocess.Popen]:
+def start_mlflow_server(
+    tmpdir: str | Path, *, port: int | None = None, timeout: float = 60.0, workers: int = 1
+) -> tuple[str, subprocess.Popen]:
     """Start ``mlflow server`` with its stores under ``tmpdir``; returns ``(uri, process)``.
 
     Raises ``RuntimeError`` (with the end of the server log) when it exits or does not answer
@@ -58,16 +59,38 @@ def start_mlflow_server(tmpdir: str | Path, *, port: int | None = None, timeout:
     tmp.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     uri = f"http://127.0.0.1:{port}"
-    cmd = [*_mlflow_cmd(), "server", "--host", "127.0.0.1", "--port", str(port),
-           "--backend-store-uri", f"sqlite:///{(tmp / 'mlflow.db').as_posix()}",
-           "--serve-artifacts", "--artifacts-destination", str(tmp / "artifacts"),
-           "--workers", str(workers)]
-    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",
-               MLFLOW_DISABLE_TELEMETRY="true", PYTHONUNBUFFERED="1")
+    cmd = [
+        *_mlflow_cmd(),
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--backend-store-uri",
+        f"sqlite:///{(tmp / 'mlflow.db').as_posix()}",
+        "--serve-artifacts",
+        "--artifacts-destination",
+        str(tmp / "artifacts"),
+        "--workers",
+        str(workers),
+    ]
+    env = dict(
+        os.environ,
+        MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",
+        MLFLOW_DISABLE_TELEMETRY="true",
+        PYTHONUNBUFFERED="1",
+    )
     log_path = tmp / "server.log"
     with open(log_path, "wb") as logf:
-        proc = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=logf, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd,
+            cwd=tmp,
+            env=env,
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -76,8 +99,9 @@ def start_mlflow_server(tmpdir: str | Path, *, port: int | None = None, timeout:
             return uri, proc
         time.sleep(0.3)
     stop_mlflow_server(proc)
-    raise RuntimeError(f"mlflow server did not answer {uri}/health within {timeout:.0f} s:\n"
-                       f"{_tail(log_path)}")
+    raise RuntimeError(
+        f"mlflow server did not answer {uri}/health within {timeout:.0f} s:\n{_tail(log_path)}"
+    )
 
 
 def stop_mlflow_server(proc: subprocess.Popen, timeout: float = 15.0) -> None:

@@ -152,7 +152,11 @@ def test_demo_label_needs_several_modalities(demo_dir: Path) -> None:
     assert fused > 0.9
     for one in ("shape_bit", "text_bit", "tabular_bit"):
         assert best_accuracy(one) < 0.6  # any single modality ~ 0.5
-    for a, b in (("shape_bit", "text_bit"), ("shape_bit", "tabular_bit"), ("text_bit", "tabular_bit")):
+    for a, b in (
+        ("shape_bit", "text_bit"),
+        ("shape_bit", "tabular_bit"),
+        ("text_bit", "tabular_bit"),
+    ):
         assert best_accuracy(a, b) < 0.82  # any two ~ 0.75
     assert fused - best_accuracy("tabular_bit") > 0.3
 

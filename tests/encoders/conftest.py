@@ -9,8 +9,13 @@ import pytest
 GOOD = Path(__file__).resolve().parents[1] / "data" / "good"
 
 #: modality of tests/data/good for each modality type
-MODALITY = {"image": "picture", "audio": "voice", "text": "review", "tabular": "meta",
-            "timeseries": "watch"}
+MODALITY = {
+    "image": "picture",
+    "audio": "voice",
+    "text": "review",
+    "tabular": "meta",
+    "timeseries": "watch",
+}
 
 
 @pytest.fixture(scope="session")

@@ -67,7 +67,9 @@ def test_encoder_contract(name, mode, prepare):
     if mode == "frozen":
         assert not f.pooled.requires_grad
         return
-    loss = f.pooled.pow(2).mean() + f.tokens.pow(2).mean() + sum(lv.pow(2).mean() for lv in f.levels)
+    loss = (
+        f.pooled.pow(2).mean() + f.tokens.pow(2).mean() + sum(lv.pow(2).mean() for lv in f.levels)
+    )
     loss.backward()
     params = [(n, p) for n, p in enc.named_parameters() if p.requires_grad]
     assert params
@@ -100,9 +102,17 @@ def test_state_dict_round_trip(name, mode, prepare):
 
 def test_registry_entries_declare_modes_and_space():
     names = list_encoders()
-    assert {"image.timm", "image.small_cnn", "audio.small_cnn", "audio.timm",
-            "text.sentence_transformer", "text.small", "tabular.mlp", "timeseries.cnn1d",
-            "timeseries.gru"} <= set(names)
+    assert {
+        "image.timm",
+        "image.small_cnn",
+        "audio.small_cnn",
+        "audio.timm",
+        "text.sentence_transformer",
+        "text.small",
+        "tabular.mlp",
+        "timeseries.cnn1d",
+        "timeseries.gru",
+    } <= set(names)
     for name in names:
         e = get_encoder_entry(name)
         assert e.meta["modes"] and set(e.meta["modes"]) <= {"frozen", "finetune", "scratch"}

@@ -19,8 +19,12 @@ def resnet18_state():
 
 
 def test_resnet18_random_init_shapes():
-    enc = create_encoder(EncoderSpec(name="image.timm", mode="frozen",
-                                     params={"model_name": "resnet18", "pretrained": False}), {})
+    enc = create_encoder(
+        EncoderSpec(
+            name="image.timm", mode="frozen", params={"model_name": "resnet18", "pretrained": False}
+        ),
+        {},
+    )
     fs = enc.feature_shape
     # resnet18 on 64x64: stages 64x32², 64x16², 128x8², 256x4², 512x2²
     assert fs.dim == 512 and fs.n_tokens == 4
@@ -35,9 +39,16 @@ def test_local_weights_file(tmp_path, resnet18_state, suffix, mode):
         torch.save(resnet18_state, path)
     else:
         save_file({k: v.contiguous() for k, v in resnet18_state.items()}, str(path))
-    enc = create_encoder(EncoderSpec(name="image.timm", mode=mode, params={"pretrained": str(path)}), {})
+    enc = create_encoder(
+        EncoderSpec(name="image.timm", mode=mode, params={"pretrained": str(path)}), {}
+    )
     loaded = enc.backbone.state_dict()
-    for k in ("conv1.weight", "layer1.0.conv1.weight", "layer4.1.conv2.weight", "layer4.1.bn2.running_var"):
+    for k in (
+        "conv1.weight",
+        "layer1.0.conv1.weight",
+        "layer4.1.conv2.weight",
+        "layer4.1.bn2.running_var",
+    ):
         assert torch.equal(loaded[k], resnet18_state[k]), k
     assert enc.frozen == (mode == "frozen")
 
@@ -51,25 +62,39 @@ def test_weights_identity_follows_file_content(tmp_path, resnet18_state):
     first = ImageTimm.weights_identity(spec)
     torch.save({k: v + 1 if v.is_floating_point() else v for k, v in resnet18_state.items()}, path)
     assert ImageTimm.weights_identity(spec) != first
-    assert ImageTimm.weights_identity(EncoderSpec(name="image.timm", mode="frozen")) == {"pretrained": False}
+    assert ImageTimm.weights_identity(EncoderSpec(name="image.timm", mode="frozen")) == {
+        "pretrained": False
+    }
 
 
 def test_missing_weights_file_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
-        create_encoder(EncoderSpec(name="image.timm", mode="frozen",
-                                   params={"pretrained": str(tmp_path / "nope.pth")}), {})
+        create_encoder(
+            EncoderSpec(
+                name="image.timm", mode="frozen", params={"pretrained": str(tmp_path / "nope.pth")}
+            ),
+            {},
+        )
 
 
 def test_scratch_ignores_pretrained(tmp_path, resnet18_state):
     path = tmp_path / "w.pth"
     torch.save(resnet18_state, path)
-    enc = create_encoder(EncoderSpec(name="image.timm", mode="scratch", params={"pretrained": str(path)}), {})
-    assert not torch.equal(enc.backbone.state_dict()["conv1.weight"], resnet18_state["conv1.weight"])
+    enc = create_encoder(
+        EncoderSpec(name="image.timm", mode="scratch", params={"pretrained": str(path)}), {}
+    )
+    assert not torch.equal(
+        enc.backbone.state_dict()["conv1.weight"], resnet18_state["conv1.weight"]
+    )
 
 
 def test_other_architecture_and_token_grid():
-    spec = EncoderSpec(name="image.timm", mode="scratch", dim=24,
-                       params={"model_name": "mobilenetv3_small_050", "token_grid": 2, "level_grid": 1})
+    spec = EncoderSpec(
+        name="image.timm",
+        mode="scratch",
+        dim=24,
+        params={"model_name": "mobilenetv3_small_050", "token_grid": 2, "level_grid": 1},
+    )
     enc = create_encoder(spec, {})
     x = torch.randint(0, 255, (3, 3, 64, 64), dtype=torch.uint8)
     f = enc(x, torch.tensor([True, False, True]))
@@ -80,4 +105,6 @@ def test_other_architecture_and_token_grid():
 
 def test_unknown_timm_model():
     with pytest.raises(ConfigError, match="timm has no model"):
-        create_encoder(EncoderSpec(name="image.timm", mode="scratch", params={"model_name": "resnet_nope"}), {})
+        create_encoder(
+            EncoderSpec(name="image.timm", mode="scratch", params={"model_name": "resnet_nope"}), {}
+        )

@@ -21,8 +21,12 @@ FROZEN_IMAGE = EncoderSpec(name="image.timm", mode="frozen", params={"model_name
 
 
 def _assert_same(a, b):
-    for x, y in [(a.pooled, b.pooled), (a.tokens, b.tokens), (a.present, b.present),
-                 *zip(a.levels, b.levels, strict=True)]:
+    for x, y in [
+        (a.pooled, b.pooled),
+        (a.tokens, b.tokens),
+        (a.present, b.present),
+        *zip(a.levels, b.levels, strict=True),
+    ]:
         assert torch.equal(x, y)
     assert (a.token_mask is None) == (b.token_mask is None)
     if a.token_mask is not None:
@@ -93,8 +97,17 @@ def test_key_changes_with_data_and_params(tmp_path):
     assert cache.key(ds, "picture", wider, prepared)[0] == key
     other = EncoderSpec(name="image.timm", mode="frozen", params={"level_grid": 1})
     assert cache.key(ds, "picture", other, prepared)[0] != key
-    assert cache.key(ds, "picture", FROZEN_IMAGE, prepare_modality(
-        ds, "picture", FROZEN_IMAGE.model_copy(update={"params": {"image_size": 32}})))[0] != key
+    assert (
+        cache.key(
+            ds,
+            "picture",
+            FROZEN_IMAGE,
+            prepare_modality(
+                ds, "picture", FROZEN_IMAGE.model_copy(update={"params": {"image_size": 32}})
+            ),
+        )[0]
+        != key
+    )
 
     img = root / "img" / "01.png"
     arr = np.array(Image.open(img).convert("RGB"))
@@ -117,7 +130,9 @@ def test_concurrent_writers_leave_one_complete_entry(good_ds, tmp_path):
 
     def work():
         try:
-            results.append(FeatureCache(tmp_path).features(good_ds, "picture", FROZEN_IMAGE, prepared))
+            results.append(
+                FeatureCache(tmp_path).features(good_ds, "picture", FROZEN_IMAGE, prepared)
+            )
         except Exception as e:  # pragma: no cover - reported below
             errors.append(e)
 

@@ -19,8 +19,14 @@ SPECS = {
     "tabular": EncoderSpec(name="tabular.mlp", mode="scratch"),
     "timeseries": EncoderSpec(name="timeseries.cnn1d", mode="scratch", params={"length": 40}),
 }
-MOD = {"image": "picture", "audio": "voice", "text_ids": "review", "text_raw": "review",
-       "tabular": "meta", "timeseries": "watch"}
+MOD = {
+    "image": "picture",
+    "audio": "voice",
+    "text_ids": "review",
+    "text_raw": "review",
+    "tabular": "meta",
+    "timeseries": "watch",
+}
 
 
 def _equal(a, b) -> bool:
@@ -81,7 +87,7 @@ def test_text_ids_vocab_from_train_only(good_ds):
     row = 16  # "some odd dog seen on day 17": val row, "17" is unknown
     words = tokenize_words(texts[row])
     assert prep.inputs[row, words.index("17")] == 1
-    assert (prep.inputs[row, len(words):] == 0).all()
+    assert (prep.inputs[row, len(words) :] == 0).all()
     assert prep.inputs.shape == (24, 8)
 
 
@@ -101,11 +107,22 @@ def test_tabular_missing_indicator_and_unseen_category(good_ds):
     # a new category at predict time maps to 0 with the fitted state
     from autofuse.data import Dataset
 
-    df = pd.DataFrame({"age": [30.0, None, 1.0], "dept": ["east", "north", "south"],
-                       "label": [1.0, 2.0, 3.0], "split": ["train", "val", "test"]})
-    new = Dataset.from_dataframe(df, target="label", task="regression",
-                                 modalities={"meta": {"type": "tabular", "columns": ["age", "dept"],
-                                                      "categorical": ["dept"]}})
+    df = pd.DataFrame(
+        {
+            "age": [30.0, None, 1.0],
+            "dept": ["east", "north", "south"],
+            "label": [1.0, 2.0, 3.0],
+            "split": ["train", "val", "test"],
+        }
+    )
+    new = Dataset.from_dataframe(
+        df,
+        target="label",
+        task="regression",
+        modalities={
+            "meta": {"type": "tabular", "columns": ["age", "dept"], "categorical": ["dept"]}
+        },
+    )
     again = prepare_modality(new, "meta", SPECS["tabular"], state=st)
     assert again.inputs["categorical"][:, 0].tolist() == [0, 1, 2]
     assert again.inputs["numeric"][1].tolist() == [0.0, 1.0]

@@ -15,8 +15,14 @@ from autofuse.fusion.graph import cap_tokens, knn_adjacency
 from autofuse.testing.fusion_contract import fake_features, fake_shapes
 from autofuse.types import ModalityFeatures
 
-METHODS = ["attention.intra_self", "attention.inter_cross", "attention.single_stream",
-           "attention.multi_stream", "graph.modality_graph", "graph.token_graph"]
+METHODS = [
+    "attention.intra_self",
+    "attention.inter_cross",
+    "attention.single_stream",
+    "attention.multi_stream",
+    "graph.modality_graph",
+    "graph.token_graph",
+]
 
 # (method, n_modalities, point, non-default hyperparameters)
 BRANCHES = [
@@ -26,13 +32,33 @@ BRANCHES = [
     ("attention.single_stream", 3, "hybrid", {"d_model": 32, "heads": 4, "layers": 2}),
     ("attention.multi_stream", 3, "early", {"d_model": 32, "heads": 4, "layers": 2}),
     ("graph.modality_graph", 3, "late", {"d_model": 32, "conv": "gat", "heads": 4, "layers": 1}),
-    ("graph.modality_graph", 3, "hybrid", {"d_model": 32, "conv": "gat", "heads": 1,
-                                           "readout": "attention"}),
-    ("graph.modality_graph", 2, "mid", {"d_model": 32, "conv": "gcn", "readout": "attention",
-                                        "layers": 3}),
+    (
+        "graph.modality_graph",
+        3,
+        "hybrid",
+        {"d_model": 32, "conv": "gat", "heads": 1, "readout": "attention"},
+    ),
+    (
+        "graph.modality_graph",
+        2,
+        "mid",
+        {"d_model": 32, "conv": "gcn", "readout": "attention", "layers": 3},
+    ),
     ("graph.token_graph", 3, "hybrid", {"d_model": 32, "edges": "learned", "heads": 4}),
-    ("graph.token_graph", 3, "late", {"d_model": 32, "edges": "knn", "k": 8, "max_tokens": 4,
-                                      "heads": 1, "readout": "attention", "layers": 1}),
+    (
+        "graph.token_graph",
+        3,
+        "late",
+        {
+            "d_model": 32,
+            "edges": "knn",
+            "k": 8,
+            "max_tokens": 4,
+            "heads": 1,
+            "readout": "attention",
+            "layers": 1,
+        },
+    ),
 ]
 
 
@@ -46,8 +72,9 @@ def _grads_everywhere(fusion, feats):
         assert torch.isfinite(p.grad).all(), f"non-finite gradient for {name}"
 
 
-@pytest.mark.parametrize("name,n,point,hp", BRANCHES,
-                         ids=[f"{b[0]}-{b[1]}m-{b[2]}-{i}" for i, b in enumerate(BRANCHES)])
+@pytest.mark.parametrize(
+    "name,n,point,hp", BRANCHES, ids=[f"{b[0]}-{b[1]}m-{b[2]}-{i}" for i, b in enumerate(BRANCHES)]
+)
 def test_non_default_branches(name, n, point, hp):
     torch.manual_seed(0)
     shapes = fake_shapes(n)
@@ -62,7 +89,9 @@ def test_branches_build_the_right_layers():
     gcn = create_fusion("graph.modality_graph", shapes, 12, "late", conv="gcn")
     gat = create_fusion("graph.modality_graph", shapes, 12, "late", conv="gat", heads=4)
     assert all(isinstance(layer.conv, DenseGCNConv) for layer in gcn.layers)
-    assert all(isinstance(layer.conv, DenseGATConv) and layer.conv.heads == 4 for layer in gat.layers)
+    assert all(
+        isinstance(layer.conv, DenseGATConv) and layer.conv.heads == 4 for layer in gat.layers
+    )
     assert gcn.readout.gate is None
     pairwise = create_fusion("attention.inter_cross", fake_shapes(3), 12, "late")
     shared = create_fusion("attention.inter_cross", fake_shapes(PAIRWISE_LIMIT + 1), 12, "late")
@@ -93,8 +122,9 @@ def _corrupt_absent_rows(feats, modality, seed=1):
         return torch.where(absent.view(-1, *([1] * (x.dim() - 1))), noise, x)
 
     out = dict(feats)
-    out[modality] = ModalityFeatures(noisy(f.pooled), noisy(f.tokens), [noisy(x) for x in f.levels],
-                                     f.present, f.token_mask)
+    out[modality] = ModalityFeatures(
+        noisy(f.pooled), noisy(f.tokens), [noisy(x) for x in f.levels], f.present, f.token_mask
+    )
     return out
 
 
@@ -134,8 +164,13 @@ def test_modality_absent_for_the_whole_batch(name):
     fusion = create_fusion(name, shapes, 12, "hybrid")
     feats = fake_features(shapes)
     f = feats["m1"]
-    feats["m1"] = ModalityFeatures(f.pooled * 0, f.tokens * 0, [x * 0 for x in f.levels],
-                                   torch.zeros_like(f.present), f.token_mask)
+    feats["m1"] = ModalityFeatures(
+        f.pooled * 0,
+        f.tokens * 0,
+        [x * 0 for x in f.levels],
+        torch.zeros_like(f.present),
+        f.token_mask,
+    )
     # and one row that has no modality at all
     for m in ("m0", "m2"):
         feats[m].present[3] = False

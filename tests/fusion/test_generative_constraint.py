@@ -10,8 +10,13 @@ from autofuse.fusion.constraint import ALIGNMENTS, alignment_loss, tensor_dims
 from autofuse.testing.fusion_contract import fake_features, fake_shapes
 from autofuse.types import FeatureShape, ModalityFeatures
 
-MINE = ["generative.mvae", "generative.translation", "constraint.coordinated", "constraint.tensor",
-        "constraint.low_rank_tensor"]
+MINE = [
+    "generative.mvae",
+    "generative.translation",
+    "constraint.coordinated",
+    "constraint.tensor",
+    "constraint.low_rank_tensor",
+]
 
 BRANCHES = [
     ("generative.mvae", {"subsample": False}),
@@ -43,8 +48,13 @@ def _with_absent(feats, m, rows):
     f = feats[m]
     keep = torch.ones(f.present.shape[0])
     keep[rows] = 0.0
-    out[m] = ModalityFeatures(f.pooled * keep[:, None], f.tokens * keep[:, None, None],
-                              [x * keep[:, None, None] for x in f.levels], f.present & keep.bool(), f.token_mask)
+    out[m] = ModalityFeatures(
+        f.pooled * keep[:, None],
+        f.tokens * keep[:, None, None],
+        [x * keep[:, None, None] for x in f.levels],
+        f.present & keep.bool(),
+        f.token_mask,
+    )
     return out
 
 
@@ -57,8 +67,11 @@ def test_registered_with_points_space_and_caps():
     assert FUSIONS.get("generative.mvae").meta["max_modalities"] is None
 
 
-@pytest.mark.parametrize("name,hp", BRANCHES, ids=[f"{n}-{'-'.join(f'{k}={v}' for k, v in h.items())}"
-                                                    for n, h in BRANCHES])
+@pytest.mark.parametrize(
+    "name,hp",
+    BRANCHES,
+    ids=[f"{n}-{'-'.join(f'{k}={v}' for k, v in h.items())}" for n, h in BRANCHES],
+)
 @pytest.mark.parametrize("n_mod", [2, 4])
 def test_non_default_branches(name, hp, n_mod):
     torch.manual_seed(0)
@@ -97,7 +110,9 @@ def test_absent_modality_whole_batch(name, case):
         assert torch.isfinite(out.aux_loss), hp
         (out.z.sum() + out.aux_loss).backward()
         for pname, p in fusion.named_parameters():
-            assert p.grad is None or torch.isfinite(p.grad).all(), f"{hp}: non-finite gradient for {pname}"
+            assert p.grad is None or torch.isfinite(p.grad).all(), (
+                f"{hp}: non-finite gradient for {pname}"
+            )
 
 
 def test_every_modality_absent_everywhere():
@@ -108,7 +123,9 @@ def test_every_modality_absent_everywhere():
     for name in MINE:
         out = create_fusion(name, shapes, 6, "mid").train()(feats)
         assert torch.isfinite(out.z).all() and torch.isfinite(out.aux_loss), name
-        assert out.aux_loss.item() == 0.0, name  # nothing to reconstruct / align; mvae: posterior = prior
+        assert out.aux_loss.item() == 0.0, (
+            name
+        )  # nothing to reconstruct / align; mvae: posterior = prior
 
 
 def test_alignment_needs_two_rows_for_batch_losses():
@@ -131,11 +148,14 @@ def _optimise_aux(fusion, feats, steps):
         opt.step()
 
 
-@pytest.mark.parametrize("name,hp", [
-    *[("constraint.coordinated", {"alignment": a, "dropout": 0.0}) for a in ALIGNMENTS],
-    ("generative.mvae", {"dropout": 0.0}),
-    ("generative.translation", {"dropout": 0.0, "cycle": True}),
-])
+@pytest.mark.parametrize(
+    "name,hp",
+    [
+        *[("constraint.coordinated", {"alignment": a, "dropout": 0.0}) for a in ALIGNMENTS],
+        ("generative.mvae", {"dropout": 0.0}),
+        ("generative.translation", {"dropout": 0.0, "cycle": True}),
+    ],
+)
 def test_aux_loss_decreases(name, hp):
     torch.manual_seed(0)
     shapes = fake_shapes(3)
@@ -159,8 +179,9 @@ def _correlated(n, dims, seed):
     for i, d in enumerate(dims):
         a = torch.randn(4, d, generator=mats)
         x = s @ a + 0.1 * torch.randn(n, d, generator=g) + 0.5 * (i + 1)  # non-zero mean too
-        feats[f"m{i}"] = ModalityFeatures(pooled=x, tokens=x.unsqueeze(1), levels=[],
-                                          present=torch.ones(n, dtype=torch.bool))
+        feats[f"m{i}"] = ModalityFeatures(
+            pooled=x, tokens=x.unsqueeze(1), levels=[], present=torch.ones(n, dtype=torch.bool)
+        )
     return feats
 
 
@@ -168,8 +189,9 @@ def test_mvae_imputes_missing_modality_better_than_zeros():
     torch.manual_seed(0)
     dims = [12, 10, 8]
     shapes = {f"m{i}": FeatureShape(dim=d, n_tokens=1) for i, d in enumerate(dims)}
-    fusion = create_fusion("generative.mvae", shapes, 4, "late", latent=8, hidden=64, beta=0.01,
-                           dropout=0.0)
+    fusion = create_fusion(
+        "generative.mvae", shapes, 4, "late", latent=8, hidden=64, beta=0.01, dropout=0.0
+    )
     opt = torch.optim.Adam(fusion.parameters(), lr=1e-2)
     for step in range(40):
         opt.zero_grad()
@@ -212,14 +234,16 @@ def test_translation_source_choice_and_absent_source():
     feats = _with_absent(fake_features(shapes), "m1", [0, 2])
     with torch.no_grad():
         z = f(feats).z
-    assert torch.allclose(z[0], f.proj.bias) and torch.allclose(z[2], f.proj.bias)  # zero bottleneck
+    assert torch.allclose(z[0], f.proj.bias) and torch.allclose(
+        z[2], f.proj.bias
+    )  # zero bottleneck
 
 
 def test_tensor_dims_and_cap():
     assert [tensor_dims(n, 16) for n in (2, 3, 4, 5, 6)] == [16, 16, 10, 5, 4]
     assert tensor_dims(2, 8) == 8
     for n in (2, 3, 4, 5, 6):
-        assert (tensor_dims(n, 64) + 1) ** n <= 2 ** 14
+        assert (tensor_dims(n, 64) + 1) ** n <= 2**14
     with pytest.raises(ConfigError):
         create_fusion("constraint.tensor", fake_shapes(7), 6, "late")
     assert create_fusion("constraint.low_rank_tensor", fake_shapes(7), 6, "late") is not None
@@ -232,8 +256,13 @@ def test_tensor_fusion_ignores_absent_modality_terms():
     f = create_fusion("constraint.tensor", shapes, 6, "late", rank_dim=4).eval()
     feats = _with_absent(fake_features(shapes), "m0", [0])
     other = dict(feats)
-    other["m0"] = ModalityFeatures(feats["m0"].pooled + torch.randn(5, 16), feats["m0"].tokens, feats["m0"].levels,
-                                   feats["m0"].present, feats["m0"].token_mask)
+    other["m0"] = ModalityFeatures(
+        feats["m0"].pooled + torch.randn(5, 16),
+        feats["m0"].tokens,
+        feats["m0"].levels,
+        feats["m0"].present,
+        feats["m0"].token_mask,
+    )
     with torch.no_grad():
         a, b = f(feats).z, f(other).z
     assert torch.allclose(a[0], b[0]) and not torch.allclose(a[1], b[1])

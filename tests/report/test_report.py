@@ -25,10 +25,21 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 IN_CI = os.environ.get("CI", "").lower() == "true"
 STUDY = "report_demo"
-CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--disable-extensions", "--mute-audio"]
+CHROMIUM = shutil.which("chromium") or (
+    "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None
+)
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-extensions",
+    "--mute-audio",
+]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -37,20 +48,35 @@ def _space():
 
     sp = load_space(REPO / "tests" / "spaces" / "tiny_all.yaml")
     f = sp.fusion
-    fusion = {"encoder_decoder": {k: f["encoder_decoder"][k] for k in ("early", "decision")},
-              "constraint": {k: f["constraint"][k] for k in ("tensor", "low_rank_tensor")},
-              "graph": {"modality_graph": f["graph"]["modality_graph"]}}
-    training = sp.training.model_copy(update={"epochs": 6, "patience": 6, "batch_size": [16],
-                                              "lr": Range(low=0.005, high=0.02, log=True)})
+    fusion = {
+        "encoder_decoder": {k: f["encoder_decoder"][k] for k in ("early", "decision")},
+        "constraint": {k: f["constraint"][k] for k in ("tensor", "low_rank_tensor")},
+        "graph": {"modality_graph": f["graph"]["modality_graph"]},
+    }
+    training = sp.training.model_copy(
+        update={
+            "epochs": 6,
+            "patience": 6,
+            "batch_size": [16],
+            "lr": Range(low=0.005, high=0.02, log=True),
+        }
+    )
     encoders = dict(sp.encoders)
     # the bundled MiniLM, frozen: the finalists' text features come from the feature cache
-    encoders["text"] = [EncoderChoice(name="text.sentence_transformer", modes=["frozen"],
-                                      params={"dim": [32]})] + list(encoders["text"])
-    return sp.model_copy(update={
-        "name": "report_test", "fusion": fusion, "training": training, "encoders": encoders,
-        "baselines": ["late_fusion", "tensor_fusion"],
-        # never prunes before 3 trials completed: the top 3 finalists always exist
-        "pruner": PrunerConfig(name="median", n_startup_trials=3, n_warmup_steps=1)})
+    encoders["text"] = [
+        EncoderChoice(name="text.sentence_transformer", modes=["frozen"], params={"dim": [32]})
+    ] + list(encoders["text"])
+    return sp.model_copy(
+        update={
+            "name": "report_test",
+            "fusion": fusion,
+            "training": training,
+            "encoders": encoders,
+            "baselines": ["late_fusion", "tensor_fusion"],
+            # never prunes before 3 trials completed: the top 3 finalists always exist
+            "pruner": PrunerConfig(name="median", n_startup_trials=3, n_warmup_steps=1),
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +91,17 @@ def study(tmp_path_factory, demo_dataset):
     torch.set_num_threads(1)  # on 2 shared cores, intra-op threads cost several times their gain
     try:
         work = tmp_path_factory.mktemp("report_work")
-        search(demo_dataset, study=STUDY, trials=6, space=_space(), workdir=work, progress=False,
-               device="cpu", mlflow_uri="off", report=False)
+        search(
+            demo_dataset,
+            study=STUDY,
+            trials=6,
+            space=_space(),
+            workdir=work,
+            progress=False,
+            device="cpu",
+            mlflow_uri="off",
+            report=False,
+        )
         url = f"sqlite:///{work / 'trials' / 'autofuse.db'}"
         out = write_report(STUDY, workdir=work, device="cpu")
         yield work, url, out
@@ -80,14 +115,29 @@ def _history(url: str) -> list[dict]:
 
     recs = HistoryStore(url, create=False).trials(STUDY)
     if recs:
-        return [{"number": r.number, "status": r.status, "value": r.value,
-                 "val": r.val_metrics or {}, "test": r.test_metrics or {}} for r in recs]
+        return [
+            {
+                "number": r.number,
+                "status": r.status,
+                "value": r.value,
+                "val": r.val_metrics or {},
+                "test": r.test_metrics or {},
+            }
+            for r in recs
+        ]
     import optuna
 
     st = optuna.load_study(study_name=STUDY, storage=url)
-    return [{"number": t.number, "status": t.state.name, "value": t.value,
-             "val": t.user_attrs.get("val_metrics") or {}, "test": t.user_attrs.get("test_metrics") or {}}
-            for t in st.trials]
+    return [
+        {
+            "number": t.number,
+            "status": t.state.name,
+            "value": t.value,
+            "val": t.user_attrs.get("val_metrics") or {},
+            "test": t.user_attrs.get("test_metrics") or {},
+        }
+        for t in st.trials
+    ]
 
 
 def _md_table(md: str, first_header: str) -> tuple[list[str], list[list[str]]]:
@@ -97,7 +147,7 @@ def _md_table(md: str, first_header: str) -> tuple[list[str], list[list[str]]]:
         if line.startswith(f"| {first_header} |"):
             headers = [c.strip() for c in line.strip("|").split("|")]
             rows = []
-            for row in lines[i + 2:]:
+            for row in lines[i + 2 :]:
                 if not row.startswith("|"):
                     break
                 rows.append([c.strip() for c in re.split(r"(?<!\\)\|", row.strip().strip("|"))])
@@ -106,6 +156,7 @@ def _md_table(md: str, first_header: str) -> tuple[list[str], list[list[str]]]:
 
 
 # ---- files -----------------------------------------------------------------------------------
+
 
 def test_report_files_and_sections(study):
     from autofuse.report.render import SECTIONS
@@ -128,7 +179,9 @@ def test_every_figure_is_an_inlined_png(study):
     _, _, out = study
     html = out["html"].read_text()
     srcs = re.findall(r'<img[^>]*\ssrc="([^"]*)"', html)
-    assert len(srcs) >= 10  # diagram, 4 comparisons, baselines, history, importances, pareto, robustness, cost
+    assert (
+        len(srcs) >= 10
+    )  # diagram, 4 comparisons, baselines, history, importances, pareto, robustness, cost
     assert len(srcs) == html.count("<img")
     for src in srcs:
         assert src.startswith("data:image/png;base64,")
@@ -142,9 +195,18 @@ def test_markdown_figures_exist(study):
     _, _, out = study
     md = out["markdown"].read_text()
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
-    assert {Path(x).stem for x in links} >= {"architecture", "by_family", "by_method", "by_point",
-                                             "by_encoder", "baselines", "history", "pareto",
-                                             "robustness", "cost"}
+    assert {Path(x).stem for x in links} >= {
+        "architecture",
+        "by_family",
+        "by_method",
+        "by_point",
+        "by_encoder",
+        "baselines",
+        "history",
+        "pareto",
+        "robustness",
+        "cost",
+    }
     for link in links:
         p = out["markdown"].parent / link
         assert p.is_file() and p.read_bytes().startswith(PNG_MAGIC), link
@@ -191,6 +253,7 @@ def test_baselines_section_shows_difference(study):
 
 # ---- robustness: evaluated from the checkpoints ----------------------------------------------
 
+
 def test_robustness_is_evaluated_from_checkpoints(study, demo_dataset):
     import torch
 
@@ -213,8 +276,12 @@ def test_robustness_is_evaluated_from_checkpoints(study, demo_dataset):
         # the rebuilt checkpoint scores what the search recorded
         for k, v in f["recorded_test"].items():
             assert f["clean"][k] == pytest.approx(v, abs=1e-9)
-    changed = [(f["trial"], c["modality"]) for f in fins for c in f["conditions"]
-               if c["how"] == "remove" and c["metrics"] != f["clean"]]
+    changed = [
+        (f["trial"], c["modality"])
+        for f in fins
+        for c in f["conditions"]
+        if c["how"] == "remove" and c["metrics"] != f["clean"]
+    ]
     assert changed, "removing a modality changed no finalist's metrics: not a real evaluation"
 
     # recompute one value by hand
@@ -227,7 +294,9 @@ def test_robustness_is_evaluated_from_checkpoints(study, demo_dataset):
     ablated = evaluate(model, ablate(tdata, "text", "remove"), "test", dev)
     assert clean == pytest.approx(f["clean"])
     assert ablated == pytest.approx(cond["metrics"])
-    assert relative(clean["accuracy"], ablated["accuracy"], "maximize") == pytest.approx(cond["relative"])
+    assert relative(clean["accuracy"], ablated["accuracy"], "maximize") == pytest.approx(
+        cond["relative"]
+    )
 
 
 # ---- Chromium ------------------------------------------------------------------------------
@@ -257,7 +326,11 @@ def _chromium(args: list[str], tmp: Path) -> subprocess.CompletedProcess:
 
 
 def _page_errors(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if "Uncaught" in line or ":CONSOLE" in line and "ERROR" in line]
+    return [
+        line
+        for line in stderr.splitlines()
+        if "Uncaught" in line or ":CONSOLE" in line and "ERROR" in line
+    ]
 
 
 def test_html_in_headless_chromium(study, tmp_path):
@@ -266,16 +339,27 @@ def test_html_in_headless_chromium(study, tmp_path):
     # the probe goes first in <head>, so it sees every error of the report's own script
     probed = tmp_path / "probed.html"
     probed.write_text(html.replace("<head>", "<head>" + _PROBE, 1))
-    res = _chromium(["--enable-logging=stderr", "--v=0", "--virtual-time-budget=5000", "--dump-dom",
-                     probed.as_uri()], tmp_path)
+    res = _chromium(
+        [
+            "--enable-logging=stderr",
+            "--v=0",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+            probed.as_uri(),
+        ],
+        tmp_path,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     dom = res.stdout
     from autofuse.report.render import SECTIONS
 
     for sid in SECTIONS:
         assert f'<section id="{sid}">' in dom, sid
-    m = re.search(r'<div id="probe" data-images="(\d+)" data-loaded="(\d+)" data-errors="([^"]*)" '
-                  r'data-sortable="(\d+)"', dom)
+    m = re.search(
+        r'<div id="probe" data-images="(\d+)" data-loaded="(\d+)" data-errors="([^"]*)" '
+        r'data-sortable="(\d+)"',
+        dom,
+    )
     assert m, "the load probe did not run"
     images, loaded, errors, sortable = int(m[1]), int(m[2]), m[3], int(m[4])
     assert images >= 10 and loaded == images, f"{loaded}/{images} figures loaded"
@@ -285,8 +369,17 @@ def test_html_in_headless_chromium(study, tmp_path):
 
     # the unmodified report: console clean, and a screenshot kept as the test artifact
     shot = out["html"].parent / "screenshot.png"
-    res = _chromium(["--enable-logging=stderr", "--v=0", "--hide-scrollbars", "--window-size=1400,4000",
-                     f"--screenshot={shot}", out["html"].as_uri()], tmp_path)
+    res = _chromium(
+        [
+            "--enable-logging=stderr",
+            "--v=0",
+            "--hide-scrollbars",
+            "--window-size=1400,4000",
+            f"--screenshot={shot}",
+            out["html"].as_uri(),
+        ],
+        tmp_path,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     assert not _page_errors(res.stderr), _page_errors(res.stderr)
     assert shot.read_bytes().startswith(PNG_MAGIC)
@@ -296,12 +389,15 @@ def test_html_in_headless_chromium(study, tmp_path):
 def test_console_error_detection_works(tmp_path):
     """The console check above would see an error: a page that throws is reported."""
     page = tmp_path / "bad.html"
-    page.write_text("<!DOCTYPE html><html><body><script>undefinedFunction();</script></body></html>")
+    page.write_text(
+        "<!DOCTYPE html><html><body><script>undefinedFunction();</script></body></html>"
+    )
     res = _chromium(["--enable-logging=stderr", "--v=0", "--dump-dom", page.as_uri()], tmp_path)
     assert _page_errors(res.stderr), res.stderr[-2000:]
 
 
 # ---- small studies and the command line ----------------------------------------------------
+
 
 def test_report_of_a_one_trial_study(study, demo_dataset):
     """Too few trials for importances or baselines: the report says so instead of failing."""
@@ -309,8 +405,18 @@ def test_report_of_a_one_trial_study(study, demo_dataset):
     from autofuse.study import search
 
     work = study[0]  # same work directory: the prepared inputs are cached already
-    search(demo_dataset, study="one", trials=1, space=REPO / "tests" / "spaces" / "tiny.yaml",
-           workdir=work, progress=False, device="cpu", mlflow_uri="off", report=False, baselines=False)
+    search(
+        demo_dataset,
+        study="one",
+        trials=1,
+        space=REPO / "tests" / "spaces" / "tiny.yaml",
+        workdir=work,
+        progress=False,
+        device="cpu",
+        mlflow_uri="off",
+        report=False,
+        baselines=False,
+    )
     out = write_report("one", workdir=work, robustness=False)
     md = out["markdown"].read_text()
     assert "Parameter importances are not available: needs at least 3 completed trials" in md
@@ -327,8 +433,19 @@ def test_cli_report(study, tmp_path):
 
     work, url, _ = study
     # another work directory (the study's database passed with --storage): the fixture's report stays
-    res = CliRunner().invoke(main, ["report", "--study", STUDY, "--workdir", str(tmp_path), "--storage", url,
-                                    "--no-robustness"])
+    res = CliRunner().invoke(
+        main,
+        [
+            "report",
+            "--study",
+            STUDY,
+            "--workdir",
+            str(tmp_path),
+            "--storage",
+            url,
+            "--no-robustness",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert str(tmp_path / "reports" / STUDY / "report.html") in res.output
     assert (tmp_path / "reports" / STUDY / "figures" / "history.png").is_file()

@@ -13,6 +13,8 @@ from autofuse.errors import ConfigError
 from autofuse.storage.history import HistoryStore, head_revision, upgrade_url
 
 HERE = Path(__file__).parent
+
+
 def test_fresh_database_gets_current_schema(url):
     hs = HistoryStore(url)
     assert hs.current_revision() == head_revision()
@@ -21,21 +23,58 @@ def test_fresh_database_gets_current_schema(url):
 
 def test_record_and_read_back_a_study(url):
     hs = HistoryStore(url)
-    hs.upsert_study("s", dataset_fingerprint="f" * 64, dataset_info={"name": "d", "rows": 3},
-                    space={"name": "fast"}, metric="accuracy", direction="maximize", dataset_path="/x")
-    spec = {"fusion": {"family": "attention", "method": "inter_cross"}, "encoders": {"a": {"name": "x"}}}
-    hs.record_trial("s", 0, status="RUNNING", family="attention", method="inter_cross", point="late",
-                    encoders={"a": "image.small_cnn/scratch"}, spec=spec, device="cpu", worker="h:1",
-                    baseline="cross_attention")
+    hs.upsert_study(
+        "s",
+        dataset_fingerprint="f" * 64,
+        dataset_info={"name": "d", "rows": 3},
+        space={"name": "fast"},
+        metric="accuracy",
+        direction="maximize",
+        dataset_path="/x",
+    )
+    spec = {
+        "fusion": {"family": "attention", "method": "inter_cross"},
+        "encoders": {"a": {"name": "x"}},
+    }
+    hs.record_trial(
+        "s",
+        0,
+        status="RUNNING",
+        family="attention",
+        method="inter_cross",
+        point="late",
+        encoders={"a": "image.small_cnn/scratch"},
+        spec=spec,
+        device="cpu",
+        worker="h:1",
+        baseline="cross_attention",
+    )
     for e in (1, 2, 3):
         hs.log_epoch("s", 0, e, {"accuracy": 0.5 + e / 10, "train_loss": 1.0 / e})
     hs.log_epoch("s", 0, 3, {"accuracy": 0.85, "train_loss": 0.3})  # rewriting an epoch replaces it
-    hs.record_trial("s", 0, status="COMPLETE", value=0.85, val_metrics={"accuracy": 0.85},
-                    test_metrics={"accuracy": 0.8, "macro_f1": 0.79}, n_params=12345, latency_ms=0.5,
-                    train_time_s=2.5, epochs_run=3, best_epoch=3, mlflow_run_id="abc")
-    hs.record_trial("s", 1, status="PRUNED", reason="diverged", error="non-finite loss", family="graph")
+    hs.record_trial(
+        "s",
+        0,
+        status="COMPLETE",
+        value=0.85,
+        val_metrics={"accuracy": 0.85},
+        test_metrics={"accuracy": 0.8, "macro_f1": 0.79},
+        n_params=12345,
+        latency_ms=0.5,
+        train_time_s=2.5,
+        epochs_run=3,
+        best_epoch=3,
+        mlflow_run_id="abc",
+    )
+    hs.record_trial(
+        "s", 1, status="PRUNED", reason="diverged", error="non-finite loss", family="graph"
+    )
     st = hs.study("s")
-    assert st.metric == "accuracy" and st.dataset_info == {"name": "d", "rows": 3} and st.dataset_path == "/x"
+    assert (
+        st.metric == "accuracy"
+        and st.dataset_info == {"name": "d", "rows": 3}
+        and st.dataset_path == "/x"
+    )
     t0, t1 = hs.trials("s")
     assert (t0.number, t0.status, t0.value, t0.n_params) == (0, "COMPLETE", 0.85, 12345)
     assert t0.spec == spec and t0.encoders == {"a": "image.small_cnn/scratch"}
@@ -87,13 +126,33 @@ def test_database_from_first_schema_version_upgrades_and_resumes(tmp_path):
     good = HERE.parent / "data" / "good"
     space = HERE.parent / "spaces" / "tiny.yaml"
     with sa.create_engine(url).connect() as c:  # schema 0001: read it with plain SQL
-        before = [tuple(r) for r in c.execute(sa.text(
-            "SELECT number, status, value FROM autofuse_trials ORDER BY number"))]
+        before = [
+            tuple(r)
+            for r in c.execute(
+                sa.text("SELECT number, status, value FROM autofuse_trials ORDER BY number")
+            )
+        ]
     assert len(before) == 3
     with pytest.raises(ConfigError, match="autofuse db upgrade"):
-        search(good, study="legacy", trials=4, space=space, workdir=tmp_path, progress=False, mlflow_uri="off")
+        search(
+            good,
+            study="legacy",
+            trials=4,
+            space=space,
+            workdir=tmp_path,
+            progress=False,
+            mlflow_uri="off",
+        )
     assert upgrade_url(url) == ("0001", head_revision())
-    search(good, study="legacy", trials=4, space=space, workdir=tmp_path, progress=False, mlflow_uri="off")
+    search(
+        good,
+        study="legacy",
+        trials=4,
+        space=space,
+        workdir=tmp_path,
+        progress=False,
+        mlflow_uri="off",
+    )
     after = HistoryStore(url).trials("legacy")
     assert [(t.number, t.status, t.value) for t in after[:3]] == before
     assert len(after) == 4 and after[3].status in ("COMPLETE", "PRUNED") and after[3].history

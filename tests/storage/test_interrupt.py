@@ -21,9 +21,28 @@ SLOW = str(Path(__file__).parents[1] / "spaces" / "slow_epochs.yaml")
 
 @pytest.mark.slow
 def test_sigterm_stops_workers_and_resume_continues(demo_dataset, tmp_path):
-    cmd = [sys.executable, "-m", "autofuse.cli", "search", str(demo_dataset), "--study", "int",
-           "--trials", "6", "--space", SLOW, "--workers", "2", "--devices", "cpu", "--mlflow-uri", "off",
-           "--no-progress", "--workdir", str(tmp_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "autofuse.cli",
+        "search",
+        str(demo_dataset),
+        "--study",
+        "int",
+        "--trials",
+        "6",
+        "--space",
+        SLOW,
+        "--workers",
+        "2",
+        "--devices",
+        "cpu",
+        "--mlflow-uri",
+        "off",
+        "--no-progress",
+        "--workdir",
+        str(tmp_path),
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     running = tmp_path / "trials" / "int" / "running"
     t0 = time.monotonic()
@@ -50,8 +69,9 @@ def test_sigterm_stops_workers_and_resume_continues(demo_dataset, tmp_path):
     assert sorted(t.user_attrs["retry_of"] for t in queued) == sorted(t.number for t in stopped)
     assert not [t for t in st.trials if t.state == optuna.trial.TrialState.RUNNING]
 
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
-                       env=dict(os.environ, OMP_NUM_THREADS="1"))
+    r = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1")
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     recs = {t.number: t for t in HistoryStore(url).trials("int")}
     finished = [t for t in recs.values() if t.status in ("COMPLETE", "PRUNED")]

@@ -19,9 +19,26 @@ N_TRIALS = 5
 
 
 def _cmd(dataset, work, mlflow_uri):
-    return [sys.executable, "-m", "autofuse.cli", "search", str(dataset), "--study", "k", "--trials",
-            str(N_TRIALS), "--space", SPACE, "--workdir", str(work), "--heartbeat", "1", "--no-progress",
-            "--mlflow-uri", mlflow_uri]
+    return [
+        sys.executable,
+        "-m",
+        "autofuse.cli",
+        "search",
+        str(dataset),
+        "--study",
+        "k",
+        "--trials",
+        str(N_TRIALS),
+        "--space",
+        SPACE,
+        "--workdir",
+        str(work),
+        "--heartbeat",
+        "1",
+        "--no-progress",
+        "--mlflow-uri",
+        mlflow_uri,
+    ]
 
 
 def _wait_for_running_trial(work: Path, proc, url: str, timeout: float = 240) -> int:
@@ -54,8 +71,12 @@ def test_kill9_mid_trial_then_resume(demo_dataset, tmp_path):
     url = f"sqlite:///{work / 'trials' / 'autofuse.db'}"
     mlflow_uri = f"sqlite:///{work / 'trials' / 'mlflow.db'}"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen(_cmd(demo_dataset, work, mlflow_uri), env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        _cmd(demo_dataset, work, mlflow_uri),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         killed = _wait_for_running_trial(work, proc, url)
         os.kill(proc.pid, signal.SIGKILL)
@@ -69,8 +90,9 @@ def test_kill9_mid_trial_then_resume(demo_dataset, tmp_path):
     assert hs.trials("k")[killed].status == "RUNNING"  # nobody told the database
 
     time.sleep(5)  # > grace period (4 heartbeats of 1 s): the killed trial is now stale
-    r = subprocess.run(_cmd(demo_dataset, work, mlflow_uri), env=env, capture_output=True, text=True,
-                       timeout=600)
+    r = subprocess.run(
+        _cmd(demo_dataset, work, mlflow_uri), env=env, capture_output=True, text=True, timeout=600
+    )
     assert r.returncode == 0, r.stderr[-3000:]
 
     recs = {t.number: t for t in HistoryStore(url).trials("k")}
@@ -78,7 +100,11 @@ def test_kill9_mid_trial_then_resume(demo_dataset, tmp_path):
     for n, before in finished_before.items():
         after = recs[n]
         assert (after.status, after.value, after.test_metrics, after.history) == (
-            before.status, before.value, before.test_metrics, before.history)
+            before.status,
+            before.value,
+            before.test_metrics,
+            before.history,
+        )
     # the killed attempt is recorded as killed, and retried exactly once
     assert (recs[killed].status, recs[killed].reason) == ("FAIL", "killed")
     retries = [t for t in recs.values() if t.retry_of == killed]

@@ -81,26 +81,47 @@ def test_study_with_three_trials(backend, tmp_path):
     study = study_name()
     t = MlflowTracker(backend, study)
     assert t.available
-    pid = t.start_study({"dataset": "demo", "space": {"name": "tiny", "trials": 3}},
-                        {"metric": "accuracy", "direction": "maximize"})
+    pid = t.start_study(
+        {"dataset": "demo", "space": {"name": "tiny", "trials": 3}},
+        {"metric": "accuracy", "direction": "maximize"},
+    )
     assert pid
     rids = []
     for n in range(3):
-        rid = t.start_trial(n, {"fusion.family": "early", "lr": 0.001 * (n + 1), "hidden": 64},
-                            {"autofuse.family": "early", "autofuse.method": "concat",
-                             "autofuse.point": "feature"})
+        rid = t.start_trial(
+            n,
+            {"fusion.family": "early", "lr": 0.001 * (n + 1), "hidden": 64},
+            {"autofuse.family": "early", "autofuse.method": "concat", "autofuse.point": "feature"},
+        )
         rids.append(rid)
         for ep in (1, 2, 3):
-            t.log_epoch(rid, ep, {"accuracy": 0.5 + 0.1 * ep + 0.01 * n, "macro_f1": 0.4 + 0.1 * ep,
-                                  "train_loss": 1.0 / ep, "note": "not a number"})
+            t.log_epoch(
+                rid,
+                ep,
+                {
+                    "accuracy": 0.5 + 0.1 * ep + 0.01 * n,
+                    "macro_f1": 0.4 + 0.1 * ep,
+                    "train_loss": 1.0 / ep,
+                    "note": "not a number",
+                },
+            )
         killed = n == 1
-        t.end_trial(rid, "KILLED" if killed else "FINISHED",
-                    final_metrics({"accuracy": 0.9 + 0.01 * n, "macro_f1": 0.7, "train_loss": 0.3},
-                                  {"accuracy": 0.85}, n_params=1234, latency_ms=1.5),
-                    tags={"autofuse.encoders": {"image": "resnet18/frozen", "text": "minilm/frozen"},
-                          "autofuse.status": "FAIL" if killed else "COMPLETE",
-                          "autofuse.reason": "killed" if killed else None},
-                    spec={"fusion": {"family": "early", "method": "concat"}, "trial": n})
+        t.end_trial(
+            rid,
+            "KILLED" if killed else "FINISHED",
+            final_metrics(
+                {"accuracy": 0.9 + 0.01 * n, "macro_f1": 0.7, "train_loss": 0.3},
+                {"accuracy": 0.85},
+                n_params=1234,
+                latency_ms=1.5,
+            ),
+            tags={
+                "autofuse.encoders": {"image": "resnet18/frozen", "text": "minilm/frozen"},
+                "autofuse.status": "FAIL" if killed else "COMPLETE",
+                "autofuse.reason": "killed" if killed else None,
+            },
+            spec={"fusion": {"family": "early", "method": "concat"}, "trial": n},
+        )
     t.end_study("FINISHED", {"best_value": 0.92})
 
     c = client(backend)
@@ -129,8 +150,12 @@ def test_study_with_three_trials(backend, tmp_path):
         assert ("autofuse.reason" in run.data.tags) == (n == 1)
         # per-epoch history at step = epoch, then the final value at the last step, logged last
         hist = steps(c, rid, "val_accuracy")
-        assert hist == [(1, round(0.6 + 0.01 * n, 6)), (2, round(0.7 + 0.01 * n, 6)),
-                        (3, round(0.8 + 0.01 * n, 6)), (3, round(0.9 + 0.01 * n, 6))]
+        assert hist == [
+            (1, round(0.6 + 0.01 * n, 6)),
+            (2, round(0.7 + 0.01 * n, 6)),
+            (3, round(0.8 + 0.01 * n, 6)),
+            (3, round(0.9 + 0.01 * n, 6)),
+        ]
         assert [s for s, _ in steps(c, rid, "train_loss")].count(1) == 1
         assert "val_note" not in run.data.metrics
         m = run.data.metrics
@@ -149,7 +174,7 @@ def test_study_with_three_trials(backend, tmp_path):
     assert [r.info.run_id for r in parents] == [pid]
     t2.end_study()
     if backend.startswith("sqlite"):  # artifacts next to the store, not in the cwd
-        assert (Path(backend[len("sqlite:///"):]).parent / "mlartifacts" / study).is_dir()
+        assert (Path(backend[len("sqlite:///") :]).parent / "mlartifacts" / study).is_dir()
 
 
 def test_mark_stale_runs_killed(backend):
@@ -188,8 +213,13 @@ def test_kill_9_worker_leaves_run_running_then_marked_killed(mlflow_server):
         print(rid, flush=True)
         time.sleep(120)
     """)
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
-                            cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )
     try:
         rid = proc.stdout.readline().strip()
         assert rid, "worker did not start its trial"
@@ -215,7 +245,9 @@ def test_unreachable_server_is_a_quick_no_op(tmp_path):
     assert rid is None
     assert t.log_epoch(rid, 1, {"accuracy": 0.5}) is None
     assert t.log_epoch("0" * 32, 1, {"accuracy": 0.5}) is None
-    assert t.end_trial(rid, "FINISHED", {"val_accuracy": 0.5}, {"family": "early"}, {"x": 1}) is None
+    assert (
+        t.end_trial(rid, "FINISHED", {"val_accuracy": 0.5}, {"family": "early"}, {"x": 1}) is None
+    )
     assert t.end_study("FINISHED", {"best_value": 1.0}) is None
     assert t.mark_stale_runs_killed() == []
     (tmp_path / "architecture.json").write_text("{}")
@@ -242,18 +274,29 @@ def test_server_lost_mid_study_turns_tracking_off(mlflow_server):
 
 
 def record(n, status, *, rid=None, reason=None, epochs=3, spec=True):
-    hist = [{"epoch": e, "accuracy": 0.5 + 0.1 * e, "macro_f1": 0.3 + 0.1 * e, "train_loss": 1 / e}
-            for e in range(1, epochs + 1)]
+    hist = [
+        {"epoch": e, "accuracy": 0.5 + 0.1 * e, "macro_f1": 0.3 + 0.1 * e, "train_loss": 1 / e}
+        for e in range(1, epochs + 1)
+    ]
     return {
-        "number": n, "status": status, "reason": reason, "mlflow_run_id": rid,
+        "number": n,
+        "status": status,
+        "reason": reason,
+        "mlflow_run_id": rid,
         "params": {"fusion.family": "late", "lr": 0.01},
         "spec": {"fusion": {"family": "late", "method": "mean"}, "n": n} if spec else None,
-        "family": "late", "method": "mean", "point": "decision",
+        "family": "late",
+        "method": "mean",
+        "point": "decision",
         "encoders": {"image": "resnet18/frozen"},
         "val_metrics": {"accuracy": 0.77, "macro_f1": 0.6, "train_loss": 0.2} if epochs else {},
         "test_metrics": {"accuracy": 0.7} if epochs else {},
-        "history": hist, "n_params": 99, "latency_ms": 0.4, "train_time_s": 1.0,
-        "epochs_run": epochs, "started_at": "2026-11-27T10:00:00+00:00",
+        "history": hist,
+        "n_params": 99,
+        "latency_ms": 0.4,
+        "train_time_s": 1.0,
+        "epochs_run": epochs,
+        "started_at": "2026-11-27T10:00:00+00:00",
         "finished_at": "2026-11-27T10:05:00+00:00",
     }
 
@@ -278,13 +321,13 @@ def test_sync_back_fills_missing_runs_idempotently(backend, tmp_path):
     other.start_study()
     r5 = other.start_trial(5, {"lr": 0.01}, {})
     records = [
-        record(0, "COMPLETE", rid=r0),                               # present
-        record(1, "COMPLETE"),                                       # never logged
+        record(0, "COMPLETE", rid=r0),  # present
+        record(1, "COMPLETE"),  # never logged
         record(2, "PRUNED", rid="f" * 32, reason="pruned", epochs=2),  # id unknown to MLflow
-        record(3, "RUNNING"),                                        # live: not ours to log
+        record(3, "RUNNING"),  # live: not ours to log
         AsRecord(record(4, "FAIL", reason="error", epochs=0, spec=False)),  # TrialRecord-like
-        record(5, "COMPLETE", rid=r5),                               # present but left RUNNING
-        record(6, "FAIL", reason="killed", epochs=1),                # its worker died
+        record(5, "COMPLETE", rid=r5),  # present but left RUNNING
+        record(6, "FAIL", reason="killed", epochs=1),  # its worker died
     ]
     assert t.sync(records) == 4
     c = client(backend)
@@ -327,8 +370,11 @@ def test_log_best_model_logs_and_registers(backend_kind, request, trials_dir, tm
     import mlflow
     import torch
 
-    uri = (request.getfixturevalue("mlflow_server") if backend_kind == "server"
-           else default_tracking_uri(trials_dir))
+    uri = (
+        request.getfixturevalue("mlflow_server")
+        if backend_kind == "server"
+        else default_tracking_uri(trials_dir)
+    )
     study = study_name()
     t = MlflowTracker(uri, study)
     pid = t.start_study()
@@ -355,8 +401,11 @@ def test_log_best_model_logs_and_registers(backend_kind, request, trials_dir, tm
     mlflow.set_tracking_uri(uri)
     try:
         loaded = mlflow.pytorch.load_model(f"models:/{name}/1")
-        local = Path(mlflow.artifacts.download_artifacts(
-            f"models:/{name}/1", dst_path=str(tmp_path / "dl"), tracking_uri=uri))
+        local = Path(
+            mlflow.artifacts.download_artifacts(
+                f"models:/{name}/1", dst_path=str(tmp_path / "dl"), tracking_uri=uri
+            )
+        )
     finally:
         mlflow.set_tracking_uri(before if was_set else None)
     x = torch.randn(3, 4)
@@ -378,9 +427,17 @@ def test_concurrent_workers_share_one_parent_on_fresh_sqlite(tmp_path):
         print(t.available, pid, flush=True)
     """)
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    procs = [subprocess.Popen([sys.executable, "-c", code, uri, str(i)], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=env)
-             for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, uri, str(i)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=tmp_path,
+            env=env,
+        )
+        for i in range(2)
+    ]
     outs = [p.communicate(timeout=120) for p in procs]
     assert all(p.returncode == 0 for p in procs), [e[-2000:] for _, e in outs]
     lines = [o.split() for o, _ in outs]

@@ -30,8 +30,16 @@ def _runs(uri: str, study: str) -> dict[int, object]:
 
 @pytest.mark.slow
 def test_search_logs_nested_runs_matching_sql(demo_dataset, tmp_path, mlflow_server):
-    search(demo_dataset, study="mlf", trials=5, space=TINY, workdir=tmp_path, progress=False,
-           mlflow_uri=mlflow_server, report=False)
+    search(
+        demo_dataset,
+        study="mlf",
+        trials=5,
+        space=TINY,
+        workdir=tmp_path,
+        progress=False,
+        mlflow_uri=mlflow_server,
+        report=False,
+    )
     url = f"sqlite:///{tmp_path / 'trials' / 'autofuse.db'}"
     hs = HistoryStore(url)
     recs = {r.number: r for r in hs.trials("mlf")}
@@ -53,9 +61,11 @@ def test_search_logs_nested_runs_matching_sql(demo_dataset, tmp_path, mlflow_ser
     board = [r["trial"] for r in leaderboard("mlf", storage=url)]
     client = MlflowClient(mlflow_server)
     exp = client.get_experiment_by_name("mlf")
-    ordered = client.search_runs([exp.experiment_id], filter_string="attributes.status = 'FINISHED' "
-                                 "and tags.`autofuse.status` = 'COMPLETE'",
-                                 order_by=["metrics.val_accuracy DESC", "tags.`autofuse.trial` ASC"])
+    ordered = client.search_runs(
+        [exp.experiment_id],
+        filter_string="attributes.status = 'FINISHED' and tags.`autofuse.status` = 'COMPLETE'",
+        order_by=["metrics.val_accuracy DESC", "tags.`autofuse.trial` ASC"],
+    )
     values = [r.data.metrics["val_accuracy"] for r in ordered]
     assert values == sorted(values, reverse=True)
     assert [recs[n].value for n in board] == pytest.approx(values)
@@ -66,17 +76,47 @@ def test_search_logs_nested_runs_matching_sql(demo_dataset, tmp_path, mlflow_ser
 @pytest.mark.slow
 def test_unreachable_mlflow_then_sync(demo_dataset, tmp_path, mlflow_server):
     dead = "http://127.0.0.1:9"  # discard port: nothing listens
-    res = search(demo_dataset, study="offline", trials=3, space=TINY, workdir=tmp_path, progress=False,
-                 mlflow_uri=dead, report=False)
+    res = search(
+        demo_dataset,
+        study="offline",
+        trials=3,
+        space=TINY,
+        workdir=tmp_path,
+        progress=False,
+        mlflow_uri=dead,
+        report=False,
+    )
     assert res.summary["best_trial"] is not None  # the search went on
     url = f"sqlite:///{tmp_path / 'trials' / 'autofuse.db'}"
     recs = HistoryStore(url).trials("offline")
     assert len(recs) == 3 and all(r.mlflow_run_id is None for r in recs)  # SQL complete, no runs
-    r = CliRunner().invoke(main, ["mlflow", "sync", "--study", "offline", "--mlflow-uri", mlflow_server,
-                                  "--workdir", str(tmp_path)])
+    r = CliRunner().invoke(
+        main,
+        [
+            "mlflow",
+            "sync",
+            "--study",
+            "offline",
+            "--mlflow-uri",
+            mlflow_server,
+            "--workdir",
+            str(tmp_path),
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "3 MLflow run(s) created" in r.output
     assert set(_runs(mlflow_server, "offline")) == {0, 1, 2}
-    r = CliRunner().invoke(main, ["mlflow", "sync", "--study", "offline", "--mlflow-uri", mlflow_server,
-                                  "--workdir", str(tmp_path)])
+    r = CliRunner().invoke(
+        main,
+        [
+            "mlflow",
+            "sync",
+            "--study",
+            "offline",
+            "--mlflow-uri",
+            mlflow_server,
+            "--workdir",
+            str(tmp_path),
+        ],
+    )
     assert "0 MLflow run(s) created" in r.output  # idempotent

@@ -35,7 +35,11 @@ def pg_url():
 def _check_study(url: str, study: str, n: int, mlflow_uri: str) -> None:
     st = optuna.load_study(study_name=study, storage=url)
     trials = st.get_trials(deepcopy=False)
-    finished = [t for t in trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+    finished = [
+        t
+        for t in trials
+        if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    ]
     assert len(finished) == n, [(t.number, t.state) for t in trials]
     assert len({t.number for t in trials}) == len(trials)  # unique trial numbers
     # no parameter set run twice (the enqueued baselines run once each)
@@ -63,22 +67,54 @@ def _check_study(url: str, study: str, n: int, mlflow_uri: str) -> None:
 def test_four_workers_on_sqlite(demo_dataset, tmp_path):
     url = f"sqlite:///{tmp_path / 'trials' / 'autofuse.db'}"
     mlflow_uri = f"sqlite:///{tmp_path / 'trials' / 'mlflow.db'}"
-    search(demo_dataset, study="w4", trials=16, space=TINY_ALL, workdir=tmp_path, progress=False,
-           workers=4, devices="cpu", mlflow_uri=mlflow_uri, report=False)
+    search(
+        demo_dataset,
+        study="w4",
+        trials=16,
+        space=TINY_ALL,
+        workdir=tmp_path,
+        progress=False,
+        workers=4,
+        devices="cpu",
+        mlflow_uri=mlflow_uri,
+        report=False,
+    )
     _check_study(url, "w4", 16, mlflow_uri)
 
 
 @pytest.mark.slow
-def test_four_workers_on_postgresql_with_mlflow_server(demo_dataset, tmp_path, pg_url, mlflow_server):
-    search(demo_dataset, study="w4pg", trials=16, space=TINY_ALL, workdir=tmp_path, progress=False,
-           workers=4, devices="cpu", storage=pg_url, mlflow_uri=mlflow_server, report=False)
+def test_four_workers_on_postgresql_with_mlflow_server(
+    demo_dataset, tmp_path, pg_url, mlflow_server
+):
+    search(
+        demo_dataset,
+        study="w4pg",
+        trials=16,
+        space=TINY_ALL,
+        workdir=tmp_path,
+        progress=False,
+        workers=4,
+        devices="cpu",
+        storage=pg_url,
+        mlflow_uri=mlflow_server,
+        report=False,
+    )
     _check_study(pg_url, "w4pg", 16, mlflow_server)
 
 
 def test_sqlite_refuses_many_workers(demo_dataset, tmp_path):
     with pytest.raises(ConfigError, match="SQLite is not safe"):
-        search(demo_dataset, study="many", trials=2, space=TINY_ALL, workdir=tmp_path, progress=False,
-               workers=8, devices="cpu", mlflow_uri="off")
+        search(
+            demo_dataset,
+            study="many",
+            trials=2,
+            space=TINY_ALL,
+            workdir=tmp_path,
+            progress=False,
+            workers=8,
+            devices="cpu",
+            mlflow_uri="off",
+        )
     assert not (tmp_path / "trials" / "many").exists()
 
 
@@ -87,17 +123,50 @@ def test_killing_one_of_several_workers(demo_dataset, tmp_path):
     """Two `autofuse worker` processes join a study; one is killed; the other finishes it."""
     url = f"sqlite:///{tmp_path / 'trials' / 'autofuse.db'}"
     # create the study (1 finished trial) so that workers can join it
-    search(demo_dataset, study="kw", trials=1, space=SLOW, workdir=tmp_path, progress=False,
-           mlflow_uri="off", heartbeat_interval=1, report=False)
+    search(
+        demo_dataset,
+        study="kw",
+        trials=1,
+        space=SLOW,
+        workdir=tmp_path,
+        progress=False,
+        mlflow_uri="off",
+        heartbeat_interval=1,
+        report=False,
+    )
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "autofuse.cli", "worker", "--study", "kw", "--storage", url,
-           "--trials", "6", "--mlflow-uri", "off", "--workdir", str(tmp_path), "--device", "cpu"]
-    a = subprocess.Popen(cmd + ["--seed", "11"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    b = subprocess.Popen(cmd + ["--seed", "12"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    cmd = [
+        sys.executable,
+        "-m",
+        "autofuse.cli",
+        "worker",
+        "--study",
+        "kw",
+        "--storage",
+        url,
+        "--trials",
+        "6",
+        "--mlflow-uri",
+        "off",
+        "--workdir",
+        str(tmp_path),
+        "--device",
+        "cpu",
+    ]
+    a = subprocess.Popen(
+        cmd + ["--seed", "11"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    b = subprocess.Popen(
+        cmd + ["--seed", "12"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     hs = HistoryStore(url)
     t0 = time.monotonic()
     while time.monotonic() - t0 < 240:  # wait until worker a runs a trial
-        mine = [r for r in hs.trials("kw") if r.status == "RUNNING" and r.worker and r.worker.endswith(f":{a.pid}")]
+        mine = [
+            r
+            for r in hs.trials("kw")
+            if r.status == "RUNNING" and r.worker and r.worker.endswith(f":{a.pid}")
+        ]
         if mine:
             break
         time.sleep(0.3)
@@ -108,7 +177,9 @@ def test_killing_one_of_several_workers(demo_dataset, tmp_path):
     out = b.communicate(timeout=600)[1]
     assert b.returncode == 0, out[-3000:]
     st = optuna.load_study(study_name="kw", storage=url)
-    finished = st.get_trials(states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))
+    finished = st.get_trials(
+        states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    )
     assert len(finished) == 6
     killed = mine[0].number
     recs = {r.number: r for r in HistoryStore(url).trials("kw")}
@@ -119,9 +190,18 @@ def test_killing_one_of_several_workers(demo_dataset, tmp_path):
 def test_injected_faults_end_as_pruned_with_reason(demo_dataset, tmp_path, monkeypatch):
     # trials 0 and 1 are the enqueued baselines; inject into 2, 3, 4 and 5
     monkeypatch.setenv("AUTOFUSE_INJECT_FAULT", "diverged@2,oom@3,timeout@4,invalid@5")
-    res = search(demo_dataset, study="faults", trials=7, space=str(HERE.parent / "spaces" / "tiny.yaml"),
-                 workdir=tmp_path, progress=False, mlflow_uri="off", trial_timeout=6.0, max_faults=10,
-                 report=False)
+    res = search(
+        demo_dataset,
+        study="faults",
+        trials=7,
+        space=str(HERE.parent / "spaces" / "tiny.yaml"),
+        workdir=tmp_path,
+        progress=False,
+        mlflow_uri="off",
+        trial_timeout=6.0,
+        max_faults=10,
+        report=False,
+    )
     url = f"sqlite:///{tmp_path / 'trials' / 'autofuse.db'}"
     recs = {r.number: r for r in HistoryStore(url).trials("faults")}
     assert (recs[2].status, recs[2].reason) == ("PRUNED", "diverged")
@@ -138,5 +218,14 @@ def test_worker_stops_after_consecutive_faults(demo_dataset, tmp_path, monkeypat
 
     monkeypatch.setenv("AUTOFUSE_INJECT_FAULT", "invalid@2,invalid@3,invalid@4")
     with pytest.raises(WorkerStopped, match="3 consecutive faulty trials"):
-        search(demo_dataset, study="stop", trials=8, space=str(HERE.parent / "spaces" / "tiny.yaml"),
-               workdir=tmp_path, progress=False, mlflow_uri="off", max_faults=3, report=False)
+        search(
+            demo_dataset,
+            study="stop",
+            trials=8,
+            space=str(HERE.parent / "spaces" / "tiny.yaml"),
+            workdir=tmp_path,
+            progress=False,
+            mlflow_uri="off",
+            max_faults=3,
+            report=False,
+        )

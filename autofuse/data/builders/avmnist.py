@@ -125,8 +125,10 @@ def build_avmnist(
     speakers_test = sorted(DEFAULT_TEST_SPEAKERS if test_speakers is None else set(test_speakers))
     speakers_val = sorted(DEFAULT_VAL_SPEAKERS if val_speakers is None else set(val_speakers))
     if set(speakers_val) & set(speakers_test):
-        raise ConfigError(f"avmnist: speakers {sorted(set(speakers_val) & set(speakers_test))} are "
-                          "both val and test speakers")
+        raise ConfigError(
+            f"avmnist: speakers {sorted(set(speakers_val) & set(speakers_test))} are "
+            "both val and test speakers"
+        )
     _check_params(n_per_class, pca_components, image_size, val_fraction, speakers_test)
     params = {
         "builder": "avmnist",
@@ -158,7 +160,9 @@ def build_avmnist(
     if unknown:
         raise ConfigError(f"avmnist: unknown val speaker(s) {unknown}; FSDD speakers are {known}")
     if len(set(speakers_test) | set(speakers_val)) == len(known):
-        raise ConfigError("avmnist: test and val speakers hold out every speaker; none left for training")
+        raise ConfigError(
+            "avmnist: test and val speakers hold out every speaker; none left for training"
+        )
     mnist = {name: _read_mnist(mnist_dir, name) for name in MNIST_FILES}
 
     rng = np.random.default_rng(seed)
@@ -183,8 +187,11 @@ def build_avmnist(
             pca_components=pca_components,
             image_size=image_size,
             test_speakers=", ".join(speakers_test),
-            val_desc=(f"all recordings of speaker(s) {', '.join(speakers_val)}" if speakers_val
-                      else f"a random {val_fraction:.0%} of the training speakers' recordings per digit"),
+            val_desc=(
+                f"all recordings of speaker(s) {', '.join(speakers_val)}"
+                if speakers_val
+                else f"a random {val_fraction:.0%} of the training speakers' recordings per digit"
+            ),
             n_rows=len(rows),
             counts=", ".join(f"{k} {v}" for k, v in counts.items()),
             seed=seed,
@@ -345,7 +352,11 @@ def _assign_splits(
             "id": f"{digit}_{speaker}_{index}",
             "label": digit,
             "speaker": speaker,
-            "split": "test" if speaker in test_speakers else "val" if speaker in (val_speakers or ()) else "train",
+            "split": "test"
+            if speaker in test_speakers
+            else "val"
+            if speaker in (val_speakers or ())
+            else "train",
             "_wav": path,
         }
         for digit, speaker, index, path in recordings

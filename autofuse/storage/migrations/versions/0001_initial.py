@@ -26,8 +26,12 @@ def upgrade() -> None:
     op.create_table(
         "autofuse_trials",
         sa.Column("id", sa.Integer, primary_key=True),
-        sa.Column("study_id", sa.Integer, sa.ForeignKey("autofuse_studies.id", ondelete="CASCADE"),
-                  nullable=False),
+        sa.Column(
+            "study_id",
+            sa.Integer,
+            sa.ForeignKey("autofuse_studies.id", ondelete="CASCADE"),
+            nullable=False,
+        ),
         sa.Column("number", sa.Integer, nullable=False),
         sa.Column("status", sa.String(16), nullable=False),
         sa.Column("reason", sa.String(32)),

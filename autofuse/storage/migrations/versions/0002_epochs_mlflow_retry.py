@@ -15,8 +15,12 @@ def upgrade() -> None:
     op.create_table(
         "autofuse_epochs",
         sa.Column("id", sa.Integer, primary_key=True),
-        sa.Column("trial_id", sa.Integer, sa.ForeignKey("autofuse_trials.id", ondelete="CASCADE"),
-                  nullable=False),
+        sa.Column(
+            "trial_id",
+            sa.Integer,
+            sa.ForeignKey("autofuse_trials.id", ondelete="CASCADE"),
+            nullable=False,
+        ),
         sa.Column("epoch", sa.Integer, nullable=False),
         sa.Column("metrics", sa.JSON),
         sa.UniqueConstraint("trial_id", "epoch", name="uq_autofuse_epochs_trial_epoch"),
@@ -36,8 +40,14 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     with op.batch_alter_table("autofuse_trials") as b:
-        for c in ("cache_misses", "cache_hits", "mlflow_run_id", "resumed_from_epoch", "retry_of",
-                  "best_epoch"):
+        for c in (
+            "cache_misses",
+            "cache_hits",
+            "mlflow_run_id",
+            "resumed_from_epoch",
+            "retry_of",
+            "best_epoch",
+        ):
             b.drop_column(c)
     with op.batch_alter_table("autofuse_studies") as b:
         for c in ("mlflow_parent_run_id", "mlflow_experiment_id", "dataset_path"):
