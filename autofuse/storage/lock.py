@@ -64,17 +64,29 @@ class StudyLock:
             return
         if self._file is not None:
             self._file.acquire()
-        elif self.kind == "postgresql":
-            self._connection().execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": self._key})
-        elif self.kind in ("mysql", "mariadb"):
-            got = (
-                self._connection()
-                .execute(sa.text("SELECT GET_LOCK(:n, 600)"), {"n": self._name})
-                .scalar()
-            )
-            if got != 1:
-                raise TimeoutError(f"could not lock study {self.study!r} within 600 s")
+        elif self.kind in ("postgresql", "mysql", "mariadb"):
+            try:
+                self._server_lock()
+            except sa.exc.DBAPIError as e:
+                if not e.connection_invalidated:
+                    raise
+                # the idle lock connection was dropped (server restart, idle timeout): reconnect
+                first = (str(e.orig).strip().splitlines() or ["?"])[0]
+                log.warning("study lock connection lost (%s); reconnecting", first)
+                self._conn = None
+                self._server_lock()
         self._held = True
+
+    def _server_lock(self) -> None:
+        import sqlalchemy as sa
+
+        conn = self._connection()
+        if self.kind == "postgresql":
+            conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": self._key})
+            return
+        got = conn.execute(sa.text("SELECT GET_LOCK(:n, 600)"), {"n": self._name}).scalar()
+        if got != 1:
+            raise TimeoutError(f"could not lock study {self.study!r} within 600 s")
 
     def release(self) -> None:
         import sqlalchemy as sa
