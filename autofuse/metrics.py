@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import f1_score, mean_absolute_error, r2_score
 
+from autofuse._util import better
+
 #: task -> (objective metric, direction)
 OBJECTIVES = {
     "classification": ("accuracy", "maximize"),
@@ -46,6 +48,5 @@ def compute_metrics(task: str, y_true: np.ndarray, outputs: np.ndarray) -> dict[
 
 
 def is_better(a: float, b: float | None, direction: str) -> bool:
-    if b is None or not np.isfinite(b):
-        return bool(np.isfinite(a))
-    return a > b if direction == "maximize" else a < b
+    """Whether ``a`` beats ``b`` for the task's direction (see :func:`autofuse._util.better`)."""
+    return better(a, b, direction)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from autofuse.encoders import create_encoder
+from autofuse.errors import ConfigError
 from autofuse.fusion import create_fusion
 from autofuse.spec import ArchitectureSpec
-from autofuse.types import ModalityFeatures
+from autofuse.types import FeatureShape, ModalityFeatures
 
 Batch = dict[str, "ModalityFeatures | tuple[torch.Tensor, torch.Tensor]"]
 
@@ -102,8 +104,6 @@ def build_model(
                 raise ValueError(
                     f"modality {m}: frozen placeholder needs feature_shape in dataset_info"
                 )
-            from autofuse.types import FeatureShape
-
             encoders[m] = FrozenPlaceholder(FeatureShape.from_dict(shape))
         else:
             encoders[m] = create_frozen_or_trainable(espec, state)
@@ -121,10 +121,26 @@ def build_model(
     )
 
 
+def full_model(
+    spec: ArchitectureSpec, info: dict, state: dict[str, torch.Tensor], what: str = "weights"
+) -> MultimodalModel:
+    """The full model (frozen encoders built for real) with ``state`` loaded, in eval mode;
+    ``state`` may lack only the frozen encoders' weights (search checkpoints do not store them).
+
+    Raises:
+        ConfigError: ``state`` does not fit the spec (``what`` names it in the message).
+    """
+    model = build_model(spec, info)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    frozen = {m for m, e in spec.encoders.items() if e.mode == "frozen"}
+    bad = [k for k in missing if not any(k.startswith(f"encoders.{m}.") for m in frozen)]
+    if bad or unexpected:
+        raise ConfigError(f"{what} do not match the spec: {(bad or unexpected)[:5]}")
+    return model.eval()
+
+
 def create_frozen_or_trainable(espec, state: dict) -> nn.Module:
     """Create an encoder; frozen random-init backbones are seeded so cache and model agree."""
-    from autofuse.encoders import create_encoder
-
     if espec.mode == "frozen":
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)

@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from autofuse._util import atomic_write_text
 from autofuse.encoders.base import EncoderSpec
 from autofuse.errors import ConfigError
 
@@ -69,18 +70,13 @@ class ArchitectureSpec(BaseModel):
 
 def save_architecture(path: str | Path, spec: ArchitectureSpec, dataset_info: dict) -> Path:
     """Write ``architecture.json``: the spec plus what ``build_model`` needs about the data."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     doc = {
         "format": ARCHITECTURE_FORMAT,
         "version": SPEC_VERSION,
         "spec": spec.model_dump(mode="json"),
         "dataset_info": dataset_info,
     }
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(doc, indent=2, sort_keys=False))
-    tmp.replace(path)
-    return path
+    return atomic_write_text(path, json.dumps(doc, indent=2, sort_keys=False))
 
 
 def load_architecture(path: str | Path) -> tuple[ArchitectureSpec, dict]:

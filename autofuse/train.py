@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 import time
@@ -17,6 +18,8 @@ from autofuse.metrics import OBJECTIVES, compute_metrics, is_better
 from autofuse.types import ModalityFeatures
 
 log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
 
 
 class TrialFault(Exception):
@@ -47,6 +50,29 @@ class TrainData:
     inputs: dict
     splits: dict[str, np.ndarray]
     target_stats: tuple[float, float] = (0.0, 1.0)
+
+    @classmethod
+    def from_dataset(
+        cls, ds, inputs: dict | None = None, splits: dict[str, np.ndarray] | None = None
+    ) -> TrainData:
+        """Targets of ``ds`` as tensors (a regression target standardised with the statistics of
+        its training rows), its split indices (or ``splits``) and ``inputs``."""
+        splits = splits if splits is not None else {s: ds.indices(s) for s in SPLITS}
+        y_raw = np.asarray(ds.y)
+        stats = (0.0, 1.0)
+        if ds.task == "classification":
+            y = torch.as_tensor(y_raw, dtype=torch.long)
+        elif ds.task == "regression":
+            tr = y_raw[splits["train"]].astype(np.float64)
+            stats = (float(tr.mean()), float(tr.std() or 1.0))
+            y = torch.as_tensor((y_raw - stats[0]) / stats[1], dtype=torch.float32)
+        else:
+            y = torch.as_tensor(y_raw, dtype=torch.float32)
+        return cls(ds.task, y, y_raw, dict(inputs or {}), splits, stats)
+
+    def with_inputs(self, inputs: dict) -> TrainData:
+        """The same targets and splits over other inputs (another candidate, an ablation)."""
+        return dataclasses.replace(self, inputs=dict(inputs))
 
 
 @dataclass
@@ -367,11 +393,4 @@ def ablate(
         raise ValueError(f"how must be 'remove' or 'noise', got {how!r}")
     inputs = dict(data.inputs)
     inputs[modality] = _Ablated(inputs[modality], how, sigma, seed)
-    return TrainData(
-        task=data.task,
-        y=data.y,
-        y_raw=data.y_raw,
-        inputs=inputs,
-        splits=data.splits,
-        target_stats=data.target_stats,
-    )
+    return data.with_inputs(inputs)

@@ -1,0 +1,232 @@
+"""Train one candidate: inputs -> model -> fit -> evaluate, returning a typed result.
+
+:class:`CandidateRunner` is what a worker (and the report's re-evaluation, and export's retrain)
+uses to turn an :class:`~autofuse.spec.ArchitectureSpec` into a trained model on one dataset. It
+prepares each modality once per process (decoded, normalised inputs for trainable encoders;
+cached outputs for frozen encoders) and reuses them across candidates. It knows nothing about
+Optuna, SQL or MLflow: the trial execution (:mod:`autofuse.trial`) wires those around it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from autofuse.encoders import FeatureCache, prepare_modality
+from autofuse.errors import ConfigError
+from autofuse.model import MultimodalModel, build_model
+from autofuse.spec import ArchitectureSpec
+from autofuse.train import (
+    TrainData,
+    TrialFault,
+    count_params,
+    evaluate,
+    fit,
+    measure_latency_ms,
+)
+
+
+def default_device() -> torch.device:
+    """CUDA when a GPU is visible, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass
+class DatasetInfo:
+    """What ``build_model`` and ``predict`` need to know about the data a model was trained on.
+
+    Saved next to every spec (``architecture.json``'s ``dataset_info``) as :meth:`to_dict`.
+    """
+
+    name: str
+    task: str
+    classes: list | None
+    target_stats: tuple[float, float]
+    fingerprint: str
+    #: per modality: ``{"type", "state"[, "feature_shape"]}`` (fitted preprocessing state)
+    modalities: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @classmethod
+    def for_dataset(cls, ds: Any, target_stats: tuple[float, float], modalities: dict) -> DatasetInfo:
+        return cls(
+            name=ds.name,
+            task=ds.task,
+            classes=ds.classes,
+            target_stats=tuple(target_stats),
+            fingerprint=ds.fingerprint(),
+            modalities=modalities,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "task": self.task,
+            "classes": self.classes,
+            "target_stats": list(self.target_stats),
+            "fingerprint": self.fingerprint,
+            "modalities": self.modalities,
+        }
+
+
+@dataclass
+class CandidateResult:
+    """One trained and evaluated candidate."""
+
+    spec: ArchitectureSpec
+    model: MultimodalModel
+    data: TrainData
+    dataset_info: dict[str, Any]
+    val_metrics: dict[str, float]
+    test_metrics: dict[str, float]
+    history: list[dict[str, float]]
+    best_epoch: int
+    epochs_run: int
+    epochs_trained: int
+    resumed_from_epoch: int
+    train_time_s: float
+    n_params: int
+    latency_ms: float
+
+    def metrics_fields(self) -> dict[str, Any]:
+        """The result as trial-record fields (what SQL, Optuna and MLflow store)."""
+        return {
+            "val_metrics": self.val_metrics,
+            "test_metrics": self.test_metrics,
+            "history": self.history,
+            "n_params": self.n_params,
+            "latency_ms": self.latency_ms,
+            "train_time_s": self.train_time_s,
+            "epochs_run": self.epochs_run,
+            "best_epoch": self.best_epoch,
+            "epochs_trained": self.epochs_trained,
+            "resumed_from_epoch": self.resumed_from_epoch or None,
+        }
+
+
+class CandidateRunner:
+    """Trains candidates on one dataset, reusing prepared inputs and frozen features across trials.
+
+    Args:
+        ds: the :class:`~autofuse.data.Dataset`.
+        cache_root: the feature cache folder (``trials/cache``).
+        device: where candidates train.
+        prep_cache: keep decoded inputs on disk under ``cache_root/prep`` (its key ignores the
+            split, so a refit on other splits passes ``False``).
+    """
+
+    def __init__(
+        self, ds: Any, cache_root: str | Path, device: torch.device, prep_cache: bool = True
+    ) -> None:
+        self.ds = ds
+        self.cache_root = Path(cache_root)
+        self.device = device
+        self.prep_cache = prep_cache
+        self.feature_cache = FeatureCache(self.cache_root)
+        self._prepared: dict[tuple, Any] = {}
+        self._features: dict[tuple, Any] = {}
+        self.template = TrainData.from_dataset(ds, inputs={})
+
+    @property
+    def task(self) -> str:
+        return self.ds.task
+
+    def modality_input(self, m: str, espec) -> tuple[Any, dict]:
+        """Prepared inputs (trainable encoder) or cached features (frozen encoder) for modality m."""
+        pkey = (m, espec.name, json.dumps(espec.params, sort_keys=True, default=str))
+        if pkey not in self._prepared:
+            cache = self.cache_root / "prep" if self.prep_cache else None
+            self._prepared[pkey] = prepare_modality(self.ds, m, espec, cache_dir=cache)
+        prepared = self._prepared[pkey]
+        info = {"type": self.ds.modality_type(m), "state": prepared.state}
+        if espec.mode != "frozen":
+            return prepared, info
+        fkey = pkey + ("frozen",)
+        if fkey not in self._features:
+            self._features[fkey] = self.feature_cache.features(
+                self.ds, m, espec, prepared, device=self.device
+            )
+        feats = self._features[fkey]
+        info["feature_shape"] = feats.feature_shape.to_dict()
+        return feats, info
+
+    def prepare(self, spec: ArchitectureSpec) -> tuple[TrainData, dict[str, Any]]:
+        """The training data of ``spec`` (its modalities' inputs) and its dataset info."""
+        inputs, infos = {}, {}
+        for m, espec in spec.encoders.items():
+            inputs[m], infos[m] = self.modality_input(m, espec)
+        data = self.template.with_inputs(inputs)
+        info = DatasetInfo.for_dataset(self.ds, data.target_stats, infos)
+        return data, info.to_dict()
+
+    def build(self, spec: ArchitectureSpec, info: dict[str, Any]) -> MultimodalModel:
+        """The search model (frozen encoders as placeholders) on the device, seeded by the spec.
+
+        Raises:
+            TrialFault: ``invalid`` when the architecture cannot be built.
+        """
+        torch.manual_seed(spec.training.seed)
+        try:
+            return build_model(spec, info, skip_frozen=True).to(self.device)
+        except (ConfigError, ValueError, RuntimeError, TypeError) as e:
+            raise TrialFault("invalid", f"architecture cannot be built: {e}") from e
+
+    def release(self) -> None:
+        """Drop the in-memory inputs (after an out-of-memory error); they reload from disk."""
+        self._prepared.clear()
+        self._features.clear()
+
+    def run(
+        self,
+        spec: ArchitectureSpec,
+        *,
+        on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+        on_checkpoint: Callable[[dict], None] | None = None,
+        deadline: float | None = None,
+        resume: dict | None = None,
+        amp: bool = False,
+    ) -> CandidateResult:
+        """Build, train (early stopping on validation) and evaluate one candidate."""
+        data, info = self.prepare(spec)
+        model = self.build(spec, info)
+        t = spec.training
+        res = fit(
+            model,
+            data,
+            lr=t.lr,
+            weight_decay=t.weight_decay,
+            batch_size=t.batch_size,
+            epochs=t.epochs,
+            patience=t.patience,
+            aux_weight=t.aux_weight,
+            seed=t.seed,
+            device=self.device,
+            on_epoch=on_epoch,
+            deadline=deadline,
+            on_checkpoint=on_checkpoint,
+            resume=resume,
+            amp=amp,
+        )
+        return CandidateResult(
+            spec=spec,
+            model=model,
+            data=data,
+            dataset_info=info,
+            val_metrics=res.val_metrics,
+            test_metrics=evaluate(model, data, "test", self.device),
+            history=res.history,
+            best_epoch=res.best_epoch,
+            epochs_run=res.epochs_run,
+            epochs_trained=res.epochs_trained,
+            resumed_from_epoch=res.resumed_from_epoch,
+            train_time_s=res.train_time_s,
+            n_params=count_params(model),
+            latency_ms=measure_latency_ms(model, data, self.device),
+        )
+
+
+__all__ = ["CandidateResult", "CandidateRunner", "DatasetInfo", "default_device"]
