@@ -10,6 +10,7 @@ Public API::
 """
 
 from autofuse.data.dataset import Dataset
+from autofuse.data.problems import DatasetError, Problem, ValidationReport
 from autofuse.data.schema import (
     ColumnSplit,
     DatasetConfig,
@@ -17,7 +18,7 @@ from autofuse.data.schema import (
     RatioSplit,
     TargetConfig,
 )
-from autofuse.data.validate import DatasetError, Problem, ValidationReport, validate_dataset
+from autofuse.data.validate import validate_dataset
 
 __all__ = [
     "ColumnSplit",

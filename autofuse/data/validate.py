@@ -1,9 +1,14 @@
-"""Dataset validation: read ``dataset.yaml`` and the table, check the content, report problems.
+"""Dataset validation: check a table's content against its config and report every problem.
 
 Everything here collects :class:`Problem` objects instead of raising, so that one run reports
 every problem of a dataset at once. :func:`validate_dataset` is the public entry point;
 :class:`~autofuse.data.dataset.Dataset` reuses :func:`read_config`, :func:`read_table` and
 :func:`check_content` and raises :class:`DatasetError` when anything was found.
+
+The pieces live in small modules and are re-exported here (old imports keep working):
+:mod:`autofuse.data.problems` (problems, errors, reports), :mod:`autofuse.data.cells` (cells),
+:mod:`autofuse.data.config_io` (``dataset.yaml`` and the table), :mod:`autofuse.data.files`
+(per-sample files) and :mod:`autofuse.data.splits` (split assignment).
 
 Row numbers in messages are 1-based *data* row numbers of the table (the header is not counted),
 e.g. ``samples.csv row 17 (id=abc), column image_path: file not found: img/17.png``.
@@ -11,546 +16,119 @@ e.g. ``samples.csv row 17 (id=abc), column image_path: file not found: img/17.pn
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import logging
 import math
 import os
-import stat
-import struct
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
-from pydantic import ValidationError
 
+from autofuse.data.cells import cell_str, column_strings, is_empty
+from autofuse.data.config_io import (
+    CONFIG_FILE,
+    _loc_key,
+    config_problems,
+    find_config,
+    read_config,
+    read_table,
+)
+from autofuse.data.files import (
+    _CHECKERS,
+    _WAV_FORMATS,
+    AUDIO_EXTENSIONS,
+    IMAGE_EXTENSIONS,
+    TIMESERIES_EXTENSIONS,
+    FileCheck,
+    _check_memo,
+    _inside,
+    check_audio,
+    check_file,
+    check_files,
+    check_image,
+    check_npy,
+    check_wav,
+)
+from autofuse.data.problems import (
+    MAX_LISTED_PER_KIND,
+    DatasetError,
+    Problem,
+    ValidationReport,
+    format_problems,
+)
 from autofuse.data.schema import (
     FILE_MODALITY_TYPES,
     SPLIT_NAMES,
-    TABLE_EXTENSIONS,
     ColumnSplit,
     DatasetConfig,
     ModalityConfig,
     RatioSplit,
 )
-from autofuse.errors import AutofuseError
+from autofuse.data.splits import (
+    _systematic,
+    bad_split_value,
+    class_strata,
+    column_split,
+    empty_split_messages,
+    ratio_split,
+)
+
+__all__ = [
+    # defined here
+    "CheckedData",
+    "check_content",
+    "inspect_dataset",
+    "summarize",
+    "validate_dataset",
+    # autofuse.data.problems
+    "MAX_LISTED_PER_KIND",
+    "DatasetError",
+    "Problem",
+    "ValidationReport",
+    "format_problems",
+    # autofuse.data.cells
+    "cell_str",
+    "column_strings",
+    "is_empty",
+    # autofuse.data.config_io
+    "CONFIG_FILE",
+    "config_problems",
+    "find_config",
+    "read_config",
+    "read_table",
+    # autofuse.data.files
+    "AUDIO_EXTENSIONS",
+    "IMAGE_EXTENSIONS",
+    "TIMESERIES_EXTENSIONS",
+    "FileCheck",
+    "check_audio",
+    "check_file",
+    "check_files",
+    "check_image",
+    "check_npy",
+    "check_wav",
+    # autofuse.data.splits
+    "bad_split_value",
+    "class_strata",
+    "column_split",
+    "empty_split_messages",
+    "ratio_split",
+    # private names, importable from here before the split
+    "_CHECKERS",
+    "_WAV_FORMATS",
+    "_check_memo",
+    "_inside",
+    "_loc_key",
+    "_systematic",
+]
 
 logger = logging.getLogger(__name__)
-
-CONFIG_FILE = "dataset.yaml"
-#: Problems of one kind listed by ``str(DatasetError)`` before "... and N more".
-MAX_LISTED_PER_KIND = 20
-
-
-# --------------------------------------------------------------------------------------------
-# Problems and reports
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One thing wrong with a dataset.
-
-    Attributes:
-        where: the file, key, row and/or column concerned,
-            e.g. ``"samples.csv row 17 (id=abc), column image_path"``.
-        message: what is wrong, e.g. ``"file not found: img/17.png"``.
-        kind: a short machine-readable category (``"file_not_found"``, ``"duplicate_id"``, ...)
-            used to group and cap long lists.
-    """
-
-    where: str
-    message: str
-    kind: str = "invalid"
-
-    def __str__(self) -> str:
-        return f"{self.where}: {self.message}"
-
-
-def format_problems(
-    problems: Sequence[Problem], max_per_kind: int | None = MAX_LISTED_PER_KIND
-) -> list[str]:
-    """Render problems one per line, listing at most ``max_per_kind`` of each kind.
-
-    Args:
-        problems: the problems, in report order.
-        max_per_kind: cap per :attr:`Problem.kind`; ``None`` lists everything.
-
-    Returns:
-        One line per listed problem, plus one ``"... and N more <kind> problems"`` line per kind
-        that was cut.
-    """
-    lines: list[str] = []
-    shown: Counter[str] = Counter()
-    total = Counter(p.kind for p in problems)
-    for problem in problems:
-        if max_per_kind is not None and shown[problem.kind] >= max_per_kind:
-            continue
-        shown[problem.kind] += 1
-        lines.append(str(problem))
-    for kind, count in total.items():
-        if count > shown[kind]:
-            lines.append(f"... and {count - shown[kind]} more {kind.replace('_', ' ')} problems")
-    return lines
-
-
-class DatasetError(AutofuseError):
-    """A dataset failed validation.
-
-    Attributes:
-        problems: every problem found (not capped).
-    """
-
-    def __init__(self, problems: Sequence[Problem], source: str | None = None) -> None:
-        self.problems: list[Problem] = list(problems)
-        self.source = source
-        n = len(self.problems)
-        head = f"dataset {source}" if source else "dataset"
-        lines = [f"{head} has {n} problem{'s' if n != 1 else ''}:"]
-        lines += [f"  {line}" for line in format_problems(self.problems)]
-        super().__init__("\n".join(lines))
-
-    def __reduce__(self) -> tuple[Any, ...]:  # keep problems when sent between processes
-        return (self.__class__, (self.problems, self.source))
-
-
-@dataclass
-class ValidationReport:
-    """Result of :func:`validate_dataset`.
-
-    Attributes:
-        problems: every problem found; empty when the dataset is valid.
-        summary: when valid, the dataset's summary (task, rows per split, modalities with type,
-            classes, missing rate per modality); ``None`` otherwise.
-    """
-
-    problems: list[Problem]
-    summary: dict[str, Any] | None = None
-
-    @property
-    def ok(self) -> bool:
-        """True when no problem was found."""
-        return not self.problems
-
-    def counts(self) -> dict[str, int]:
-        """Number of problems per kind."""
-        return dict(Counter(p.kind for p in self.problems))
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able form: ``ok``, ``problems`` (where / message / kind) and ``summary``."""
-        return {
-            "ok": self.ok,
-            "problems": [dataclasses.asdict(p) for p in self.problems],
-            "summary": self.summary,
-        }
-
-    def lines(self, max_per_kind: int | None = MAX_LISTED_PER_KIND) -> list[str]:
-        """Problems one per line, capped per kind (see :func:`format_problems`)."""
-        return format_problems(self.problems, max_per_kind)
-
-
-# --------------------------------------------------------------------------------------------
-# Cells
-# --------------------------------------------------------------------------------------------
-
-
-def is_empty(value: Any) -> bool:
-    """True for a missing cell: None, NaN, NA, a blank string or an empty list."""
-    if value is None or value is pd.NA or value is pd.NaT:
-        return True
-    if isinstance(value, str):
-        return not value.strip()
-    if isinstance(value, (float, np.floating)):
-        return math.isnan(value)
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return len(value) == 0
-    return False
-
-
-def cell_str(value: Any) -> str | None:
-    """A cell as a stripped string, ``None`` when empty; integral floats lose their ``.0``."""
-    if is_empty(value):
-        return None
-    if isinstance(value, str):
-        return value.strip()
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace").strip() or None
-    if isinstance(value, (bool, np.bool_)):
-        return str(bool(value))
-    if isinstance(value, (int, np.integer)):
-        return str(int(value))
-    if isinstance(value, (float, np.floating)):
-        return str(int(value)) if float(value).is_integer() else str(float(value))
-    return str(value).strip() or None
-
-
-def column_strings(series: pd.Series) -> list[str | None]:
-    """A column as a list of :func:`cell_str` values."""
-    return [cell_str(v) for v in series.tolist()]
-
-
-# --------------------------------------------------------------------------------------------
-# dataset.yaml and the table
-# --------------------------------------------------------------------------------------------
-
-
-def find_config(path: str | os.PathLike[str]) -> tuple[Path, Path]:
-    """Resolve ``path`` (a dataset folder or its yaml file) to ``(root, yaml_path)``."""
-    path = Path(os.path.normpath(Path(path).expanduser().absolute()))
-    if path.suffix.lower() in (".yaml", ".yml") and not path.is_dir():
-        return path.parent, path
-    return path, path / CONFIG_FILE
-
-
-def _loc_key(loc: Sequence[Any]) -> list[str]:
-    parts = [str(p) for p in loc]
-    if len(parts) >= 2 and parts[0] == "split" and parts[1] in ("column", "ratio"):
-        del parts[1]  # drop the discriminated-union tag
-    return parts
-
-
-def config_problems(error: ValidationError, label: str) -> list[Problem]:
-    """Translate a pydantic error into one :class:`Problem` per error, naming the yaml key."""
-    problems: list[Problem] = []
-    for err in error.errors():
-        parts = _loc_key(err["loc"])
-        if err["type"] == "extra_forbidden":
-            parent = ".".join(parts[:-1])
-            where = f"{label}, key {parent}" if parent else label
-            problems.append(Problem(where, f"unknown key '{parts[-1]}'", "config"))
-            continue
-        where = f"{label}, key {'.'.join(parts)}" if parts else label
-        if err["type"] == "missing":
-            message = "missing required key"
-        else:
-            message = str(err["msg"]).removeprefix("Value error, ")
-            if err["type"] not in ("value_error", "assertion_error") and "input" in err:
-                message += f" (got {err['input']!r})"
-        problems.append(Problem(where, message, "config"))
-    return problems
-
-
-def read_config(yaml_path: Path) -> tuple[DatasetConfig | None, Any, list[Problem]]:
-    """Read and validate ``dataset.yaml``.
-
-    Returns:
-        ``(config, raw, problems)``: ``config`` is None when the file is missing or invalid;
-        ``raw`` is the parsed YAML (or None) so that callers can still look at ``raw["table"]``.
-    """
-    label = yaml_path.name
-
-    def fail(where: str, message: str, kind: str, raw: Any = None) -> tuple[None, Any, list]:
-        return None, raw, [Problem(where, message, kind)]
-
-    if not yaml_path.parent.is_dir():
-        return fail(str(yaml_path.parent), "dataset folder not found", "missing_yaml")
-    if not yaml_path.is_file():
-        return fail(label, f"not found in {yaml_path.parent}", "missing_yaml")
-    try:
-        raw = yaml.safe_load(yaml_path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{label} line {mark.line + 1}" if mark is not None else label
-        return fail(where, f"invalid YAML: {getattr(exc, 'problem', None) or exc}", "bad_yaml")
-    except (OSError, UnicodeDecodeError) as exc:
-        return fail(label, f"cannot read: {exc}", "bad_yaml")
-    if not isinstance(raw, dict):
-        message = "must be a mapping with keys name, table, target, modalities, ..."
-        return fail(label, message, "bad_yaml", raw)
-    try:
-        return DatasetConfig.model_validate(raw), raw, []
-    except ValidationError as exc:
-        return None, raw, config_problems(exc, label)
-
-
-def read_table(
-    root: Path, table: str, config_label: str = CONFIG_FILE
-) -> tuple[pd.DataFrame | None, list[Problem]]:
-    """Read the table (CSV, Parquet or JSON Lines, by extension) with a RangeIndex.
-
-    CSV cells are read as strings (so ``"03"`` stays ``"03"``); empty cells become NaN.
-
-    Returns:
-        ``(frame, problems)``; ``frame`` is None when the table cannot be read.
-    """
-    path = root / table
-    ext = path.suffix.lower()
-    if ext not in TABLE_EXTENSIONS:
-        return None, [
-            Problem(
-                f"{config_label}, key table",
-                f"unsupported table format '{ext or table}' (use .csv, .parquet or .jsonl)",
-                "bad_table",
-            )
-        ]
-    if not _inside(root, path):
-        return None, [
-            Problem(
-                f"{config_label}, key table",
-                f"table {table} is outside the dataset folder",
-                "bad_table",
-            )
-        ]
-    if not path.is_file():
-        return None, [Problem(table, f"table file not found in {root}", "missing_table")]
-    try:
-        if ext == ".csv":
-            frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
-        elif ext == ".parquet":
-            frame = pd.read_parquet(path)
-        else:
-            frame = pd.read_json(path, lines=True, dtype=False, convert_dates=False)
-    except Exception as exc:  # noqa: BLE001 - any reader failure is a problem to report
-        reason = " ".join(str(exc).split()) or type(exc).__name__
-        return None, [Problem(table, f"unreadable table: {reason}", "bad_table")]
-    if len(frame) == 0:
-        return None, [Problem(table, "table has no rows", "bad_table")]
-    frame.columns = [str(c) for c in frame.columns]
-    return frame.reset_index(drop=True), []
-
-
-# --------------------------------------------------------------------------------------------
-# Per-sample files
-# --------------------------------------------------------------------------------------------
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-AUDIO_EXTENSIONS = (".wav", ".flac")
-TIMESERIES_EXTENSIONS = (".npy",)
-
-
-@dataclass(frozen=True)
-class FileCheck:
-    """Result of checking one file: an error message or None, and the channel count (.npy)."""
-
-    error: str | None = None
-    channels: int | None = None
-
-
-def _inside(root: str | os.PathLike[str], path: str | os.PathLike[str]) -> bool:
-    """Lexical check that ``path`` stays inside ``root`` (symlinks inside are allowed)."""
-    root_s = os.path.normpath(os.path.abspath(root))
-    path_s = os.path.normpath(os.path.abspath(path))
-    return os.path.commonpath([root_s, path_s]) == root_s
-
-
-def check_image(path: str | os.PathLike[str]) -> FileCheck:
-    """Check that an image opens and decodes (PNG: chunk CRCs; others: a reduced decode)."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            if im.format == "PNG":
-                im.verify()  # walks every chunk to IEND and checks CRCs; no decompression
-                return FileCheck()
-            # JPEG decodes at 1/8 scale through draft(); a truncated file still fails in load().
-            im.draft(im.mode, (max(1, im.width // 8), max(1, im.height // 8)))
-            im.load()
-    except UnidentifiedImageError:
-        return FileCheck("unreadable image (not an image format PIL can identify)")
-    except Exception as exc:  # noqa: BLE001 - PIL raises many types for broken files
-        return FileCheck(f"unreadable image ({type(exc).__name__}: {exc})")
-    return FileCheck()
-
-
-_WAV_FORMATS = {1: "PCM", 3: "IEEE float", 0xFFFE: "extensible"}
-
-
-def check_wav(path: str | os.PathLike[str]) -> FileCheck:
-    """Check a WAV file's RIFF structure without decoding the samples.
-
-    The ``fmt`` chunk must come before ``data``, describe a format that
-    ``scipy.io.wavfile.read`` understands, and the ``data`` chunk must fit inside the file
-    (a truncated recording declares more bytes than it has).
-    """
-    size = os.stat(path).st_size
-    with open(path, "rb") as f:
-        head = f.read(12)
-        if len(head) < 12 or head[:4] not in (b"RIFF", b"RIFX") or head[8:12] != b"WAVE":
-            return FileCheck("not a WAV file (no RIFF/WAVE header)")
-        endian = "<" if head[:4] == b"RIFF" else ">"
-        pos, fmt = 12, None
-        while True:
-            f.seek(pos)
-            chunk = f.read(8)
-            if len(chunk) < 8:
-                return FileCheck("truncated WAV: no data chunk")
-            chunk_id, chunk_size = chunk[:4], struct.unpack(endian + "I", chunk[4:])[0]
-            body = pos + 8
-            if chunk_id == b"fmt ":
-                raw = f.read(16)
-                if chunk_size < 16 or len(raw) < 16:
-                    return FileCheck("truncated WAV: incomplete fmt chunk")
-                fmt = struct.unpack(endian + "HHIIHH", raw)
-            elif chunk_id == b"data":
-                if fmt is None:
-                    return FileCheck("invalid WAV: data chunk before fmt chunk")
-                tag, channels, rate, _, block_align, bits = fmt
-                if tag not in _WAV_FORMATS:
-                    return FileCheck(f"unsupported WAV encoding (format tag {tag})")
-                if channels < 1 or rate < 1 or block_align < 1 or bits not in (8, 16, 24, 32, 64):
-                    return FileCheck(
-                        f"invalid WAV header ({channels} channels, {rate} Hz, {bits} bits)"
-                    )
-                present = size - body
-                if chunk_size > present:
-                    return FileCheck(
-                        f"truncated WAV: data chunk declares {chunk_size} bytes "
-                        f"but the file holds {max(present, 0)}"
-                    )
-                if chunk_size < block_align:
-                    return FileCheck("WAV has no audio samples")
-                return FileCheck(channels=channels)
-            pos = body + chunk_size + (chunk_size & 1)
-            if pos > size:
-                return FileCheck(f"truncated WAV: chunk {chunk_id!r} runs past the end of the file")
-
-
-def check_audio(path: str | os.PathLike[str]) -> FileCheck:
-    """Check an audio file: WAV in depth, FLAC by its signature."""
-    with open(path, "rb") as f:
-        magic = f.read(4)
-    if magic == b"fLaC":
-        return FileCheck()
-    if magic in (b"RIFF", b"RIFX"):
-        return check_wav(path)
-    return FileCheck("unsupported or unreadable audio file (expected WAV)")
-
-
-def check_npy(path: str | os.PathLike[str]) -> FileCheck:
-    """Check a ``.npy`` timeseries: numeric, shape ``(time, channels)``, not truncated."""
-    size = os.stat(path).st_size
-    try:
-        with open(path, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            if version == (1, 0):
-                shape, _, dtype = np.lib.format.read_array_header_1_0(f)
-            else:
-                shape, _, dtype = np.lib.format.read_array_header_2_0(f)
-            header_end = f.tell()
-    except Exception as exc:  # noqa: BLE001
-        return FileCheck(f"not a readable .npy file ({exc})")
-    if dtype.hasobject or dtype.kind not in "biuf":
-        return FileCheck(f"timeseries must be numeric, got dtype {dtype}")
-    expected = header_end + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if size < expected:
-        return FileCheck(f"truncated .npy file: {size} bytes, expected {expected}")
-    if len(shape) != 2:
-        return FileCheck(f"timeseries must have shape (time, channels), got {tuple(shape)}")
-    if shape[0] == 0 or shape[1] == 0:
-        return FileCheck(f"empty timeseries of shape {tuple(shape)}")
-    return FileCheck(channels=int(shape[1]))
-
-
-_CHECKERS: dict[str, Callable[[str | os.PathLike[str]], FileCheck]] = {
-    "image": check_image,
-    "audio": check_audio,
-    "timeseries": check_npy,
-}
-_check_memo: dict[tuple[str, str, int, int], FileCheck] = {}
-
-
-def check_file(kind: str, path: str | os.PathLike[str]) -> FileCheck:
-    """Check one per-sample file of a modality type; memoised by (path, size, mtime)."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return FileCheck("file not found")
-    if not stat.S_ISREG(st.st_mode):
-        return FileCheck("not a file")
-    key = (kind, str(path), st.st_size, st.st_mtime_ns)
-    hit = _check_memo.get(key)
-    if hit is None:
-        try:
-            hit = _CHECKERS[kind](path)
-        except OSError as exc:
-            hit = FileCheck(f"cannot read file ({exc})")
-        _check_memo[key] = hit
-    return hit
-
-
-def check_files(kind: str, paths: Iterable[str]) -> dict[str, FileCheck]:
-    """Check many files of one modality type (each distinct path once).
-
-    Files are checked serially: with warm caches a PNG verify takes ~30 us and a WAV header
-    parse less, so thread pools only add overhead (the checks are mostly Python code).
-    """
-    return {p: check_file(kind, p) for p in dict.fromkeys(paths)}
-
-
-# --------------------------------------------------------------------------------------------
-# Splits
-# --------------------------------------------------------------------------------------------
-
-
-def _systematic(n: int, rate: float, phase: float) -> np.ndarray:
-    """Boolean mask picking about ``n * rate`` evenly spaced positions."""
-    pos = np.arange(n, dtype=np.float64) + phase
-    return np.floor((pos + 1) * rate) > np.floor(pos * rate)
-
-
-def ratio_split(
-    n: int,
-    spec: RatioSplit,
-    strata: Sequence[str | None] | None = None,
-    groups: Sequence[str | None] | None = None,
-) -> np.ndarray:
-    """Assign ``train`` / ``val`` / ``test`` to ``n`` rows by ratio, deterministically.
-
-    Args:
-        n: number of rows.
-        spec: ratios and seed.
-        strata: per-row class (classification): each class is spread over the splits in
-            proportion and keeps at least one training row. Ignored when ``groups`` is given.
-        groups: per-row group: every group lands whole in one split. Groups are taken in a
-            seeded random order, filling ``test`` then ``val`` up to their ratio.
-
-    Returns:
-        Object array of split names.
-    """
-    rng = np.random.default_rng(spec.seed)
-    out = np.full(n, "train", dtype=object)
-    if groups is not None:
-        sizes = Counter(groups)
-        names = sorted(sizes, key=lambda g: (g is None, str(g)))
-        target = {"test": spec.test * n, "val": spec.val * n}
-        filled = {"test": 0, "val": 0}
-        where: dict[str | None, str] = {}
-        for i in rng.permutation(len(names)):
-            name = names[i]
-            dest = next((s for s in ("test", "val") if filled[s] < target[s]), "train")
-            where[name] = dest
-            if dest != "train":
-                filled[dest] += sizes[name]
-        return np.array([where[g] for g in groups], dtype=object)
-
-    keys = [""] * n if strata is None else ["" if s is None else s for s in strata]
-    perm = rng.permutation(n)
-    ordered = sorted(perm.tolist(), key=lambda i: keys[i])  # stable: random order within a class
-    rest: list[int] = []
-    seen: set[str] = set()
-    for i in ordered:
-        if strata is not None and keys[i] not in seen:
-            seen.add(keys[i])  # the first row of each class stays in train
-            continue
-        rest.append(i)
-    held_rate = spec.val + spec.test
-    held = _systematic(len(rest), held_rate, rng.random())
-    held_rows = np.asarray(rest, dtype=np.int64)[held]
-    to_test = _systematic(len(held_rows), spec.test / held_rate, rng.random())
-    out[held_rows[to_test]] = "test"
-    out[held_rows[~to_test]] = "val"
-    return out
-
-
-# --------------------------------------------------------------------------------------------
-# Content checks
-# --------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -850,15 +428,11 @@ class _Checker:
         if isinstance(spec, ColumnSplit):
             assert split_col is not None
             values = self.strings(split_col)
-            split = np.array([v if v in SPLIT_NAMES else "" for v in values], dtype=object)
+            split = column_split(values)
             for i, v in enumerate(values):
-                if v not in SPLIT_NAMES:
-                    shown = "empty" if v is None else f"'{v}'"
-                    self.add(
-                        self.row(i, split_col),
-                        f"split value {shown} is not train, val or test",
-                        "bad_split_value",
-                    )
+                message = bad_split_value(v)
+                if message is not None:
+                    self.add(self.row(i, split_col), message, "bad_split_value")
             where = f"{self.table}, column {split_col}"
         else:
             groups = None
@@ -869,22 +443,11 @@ class _Checker:
                         self.add(self.row(i, group_col), "empty group value", "empty_group")
                 if any(g is None for g in groups):
                     return
-            strata = None
-            if self.config.target.task == "classification" and self.out.y is not None:
-                strata = [str(v) for v in self.out.y.tolist()]
+            strata = class_strata(self.config.target.task, self.out.y)
             split = ratio_split(self.n, spec, strata=strata, groups=groups)
             where = f"{self.cfg_label}, key split"
-        for name in SPLIT_NAMES:
-            if not (split == name).any():
-                if isinstance(spec, ColumnSplit):
-                    message = f"split '{name}' has no rows"
-                else:
-                    message = (
-                        f"split '{name}' gets no rows from the ratio split "
-                        f"({self.n} rows, val={spec.val}, test={spec.test}"
-                        f"{', grouped by ' + spec.group if spec.group else ''})"
-                    )
-                self.add(where, message, "empty_split")
+        for message in empty_split_messages(split, spec, self.n):
+            self.add(where, message, "empty_split")
         self.out.split = split
 
     def check_train_classes(self, column: str) -> None:
