@@ -19,6 +19,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
 T = TypeVar("T")
 
 
@@ -54,7 +57,7 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[Path]:
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     """Write ``text`` to ``path`` atomically; returns ``path``."""
     with atomic_write(path) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")
     return Path(path)
 
 
@@ -75,9 +78,6 @@ def first_line(e: BaseException | str, limit: int = 300) -> str:
 
 def sqlite_path(url: str) -> Path | None:
     """The database file of a ``sqlite:///...`` URL; ``None`` for other URLs and in-memory ones."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
     try:
         u = make_url(url)
     except (ArgumentError, ValueError):

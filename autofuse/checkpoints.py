@@ -66,7 +66,9 @@ class CheckpointStore:
         try:
             return torch.load(path, map_location="cpu", weights_only=False)
         except Exception as e:  # truncated / corrupt file: any unpickling error
-            log.warning("%s cannot be read (%s); the trial starts from epoch 1", path, first_line(e))
+            log.warning(
+                "%s cannot be read (%s); the trial starts from epoch 1", path, first_line(e)
+            )
             return None
 
     def discard_running(self, *numbers: int | None) -> None:

@@ -103,107 +103,72 @@ def _fmt(m: dict | None) -> str:
     return ", ".join(f"{k}={v:.4f}" for k, v in (m or {}).items() if isinstance(v, (int, float)))
 
 
+def search_options(*names: str):
+    """Click options for the named :class:`~autofuse.options.SearchOptions` fields: flag, type,
+    choices, default and help all come from the model, so they are written once."""
+    from typing import Literal, get_args, get_origin
+
+    from autofuse.options import SearchOptions
+
+    def option(name: str):
+        f = SearchOptions.model_fields[name]
+        extra = f.json_schema_extra if isinstance(f.json_schema_extra, dict) else {}
+        flag = str(extra.get("cli") or "--" + name.replace("_", "-"))
+        args = [a for a in get_args(f.annotation) if a is not type(None)] or [f.annotation]
+        kind = args[0]
+        kw: dict = {"help": f.description, "default": f.default, "show_default": True}
+        if flag.startswith("--no-"):  # --no-progress sets progress False
+            return click.option(flag, name, flag_value=False, default=True, help=f.description)
+        if kind is bool:
+            return click.option(flag, name, is_flag=True, **kw)
+        if get_origin(kind) is Literal:
+            kw["type"] = click.Choice(get_args(kind))
+        elif kind in (int, float):
+            kw["type"] = kind
+        kw["show_default"] = f.default is not None
+        return click.option(flag, name, **kw)
+
+    def deco(fn):
+        for name in reversed(names):
+            fn = option(name)(fn)
+        return fn
+
+    return deco
+
+
+#: the options of `autofuse search` (in --help order)
+SEARCH_OPTIONS = (
+    "trials",
+    "storage",
+    "space",
+    "sampler",
+    "pruner",
+    "seed",
+    "baselines",
+    "trial_timeout",
+    "device",
+    "force",
+    "mlflow_uri",
+    "heartbeat_interval",
+    "workers",
+    "devices",
+    "amp",
+    "max_faults",
+    "progress",
+    "workdir",
+)
+
+
 @main.command()
 @click.argument("dataset", type=click.Path())
 @click.option("--study", required=True, help="Study name; running again resumes it.")
-@click.option("--trials", type=int, default=None, help="Total finished trials wanted.")
-@click.option(
-    "--storage", default=None, help="SQLAlchemy URL (default sqlite:///trials/autofuse.db)."
-)
-@click.option(
-    "--space", default=None, help="Search-space YAML file or bundled name (default: default)."
-)
-@click.option("--sampler", type=click.Choice(["tpe", "random", "gp", "qmc"]), default=None)
-@click.option(
-    "--pruner",
-    type=click.Choice(["median", "hyperband", "successive_halving", "none"]),
-    default=None,
-)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option(
-    "--baselines/--no-baselines", default=None, help="Enqueue hand-designed baselines first."
-)
-@click.option("--trial-timeout", type=float, default=None, help="Seconds per trial.")
-@click.option("--device", default=None, help="cuda, cuda:N or cpu (default: CUDA when available).")
-@click.option("--force", is_flag=True, help="Resume even if the dataset or space changed.")
-@click.option(
-    "--mlflow-uri",
-    default=None,
-    help="MLflow tracking URI (default sqlite:///trials/mlflow.db; 'off' to disable).",
-)
-@click.option(
-    "--heartbeat",
-    type=int,
-    default=30,
-    show_default=True,
-    help="Seconds between worker heartbeats; a trial silent for 4x this is retried.",
-)
-@click.option(
-    "--workers",
-    type=int,
-    default=None,
-    help="Worker processes (default: one per visible GPU, else 1).",
-)
-@click.option("--devices", default=None, help="Devices for the workers: cuda:0,cuda:1,... or cpu.")
-@click.option("--amp", is_flag=True, help="Mixed precision (bfloat16) on CUDA.")
-@click.option(
-    "--max-faults",
-    type=int,
-    default=5,
-    show_default=True,
-    help="Stop a worker after this many consecutive faulty trials.",
-)
-@click.option("--no-progress", is_flag=True)
-@_workdir
-def search(
-    dataset,
-    study,
-    trials,
-    storage,
-    space,
-    sampler,
-    pruner,
-    seed,
-    baselines,
-    trial_timeout,
-    device,
-    force,
-    mlflow_uri,
-    heartbeat,
-    workers,
-    devices,
-    amp,
-    max_faults,
-    no_progress,
-    workdir,
-) -> None:
+@search_options(*SEARCH_OPTIONS)
+def search(dataset, study, **options) -> None:
     """Search fusion architectures for DATASET (a folder with dataset.yaml)."""
     from autofuse.study import search as run_search
 
     _quiet_optuna()
-    res = run_search(
-        dataset,
-        study=study,
-        trials=trials,
-        storage=storage,
-        space=space,
-        workdir=workdir,
-        sampler=sampler,
-        pruner=pruner,
-        seed=seed,
-        baselines=baselines,
-        trial_timeout=trial_timeout,
-        force=force,
-        progress=not no_progress,
-        device=device,
-        mlflow_uri=mlflow_uri,
-        heartbeat_interval=heartbeat,
-        workers=workers,
-        devices=devices,
-        amp=amp,
-        max_faults=max_faults,
-    )
-    _print_result(res)
+    _print_result(run_search(dataset, study=study, **options))
 
 
 @main.command()

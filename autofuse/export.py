@@ -13,7 +13,7 @@
 ``autofuse.load("out/")`` (:mod:`autofuse.predict`) rebuilds and runs it without the search code.
 
 Without ``retrain`` the weights come from the trial's checkpoint (kept for the best
-:data:`~autofuse.study.KEEP_TOP_K` completed trials of a study). With ``retrain`` the architecture
+:data:`~autofuse.checkpoints.KEEP_TOP_K` completed trials of a study). With ``retrain`` the architecture
 is refitted from scratch on train + validation rows with the trial's training settings for a
 fixed number of epochs (the trial's best epoch; no early stopping, nothing held out but the test
 split), preprocessing statistics refitted on those rows too; ``finetune_encoders`` then trains
@@ -33,12 +33,23 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import optuna
 import torch
+from safetensors.torch import save_file
 
+from autofuse._util import sqlite_path
+from autofuse.checkpoints import CheckpointStore
+from autofuse.data import Dataset, DatasetError
+from autofuse.data.validate import find_config, read_config
+from autofuse.encoders import get_encoder_entry
 from autofuse.errors import AutofuseError, ConfigError
+from autofuse.model import full_model, trainable_state_dict
 from autofuse.paths import Paths, check_study_name
 from autofuse.predict import EXPORT_KEY
+from autofuse.runner import CandidateRunner, default_device
 from autofuse.spec import ARCHITECTURE_FORMAT, SPEC_VERSION, ArchitectureSpec
+from autofuse.storage import make_storage
+from autofuse.train import TrialFault, evaluate, loss_fn, measure_latency_ms, train_epoch
 
 log = logging.getLogger(__name__)
 
@@ -60,27 +71,9 @@ class ExportResult:
 
 
 # ---------------------------------------------------------------------------------- helpers
-def full_model(
-    spec: ArchitectureSpec, info: dict, state: dict[str, torch.Tensor], what: str = "weights"
-):
-    """The full model (frozen encoders built for real) with ``state`` loaded; ``state`` may lack
-    only the frozen encoders' weights (search checkpoints do not store them)."""
-    from autofuse.model import build_model
-
-    model = build_model(spec, info)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    frozen = {m for m, e in spec.encoders.items() if e.mode == "frozen"}
-    bad = [k for k in missing if not any(k.startswith(f"encoders.{m}.") for m in frozen)]
-    if bad or unexpected:
-        raise ConfigError(f"{what} do not match the spec: {(bad or unexpected)[:5]}")
-    return model.eval()
-
-
 def finetune_spec(spec: ArchitectureSpec) -> tuple[ArchitectureSpec, list[str]]:
     """Frozen encoders switched to ``finetune`` where the encoder supports it; also the
     modalities switched."""
-    from autofuse.encoders import get_encoder_entry
-
     encoders, switched = {}, []
     for m, e in spec.encoders.items():
         if e.mode == "frozen" and "finetune" in get_encoder_entry(e.name).meta["modes"]:
@@ -92,8 +85,6 @@ def finetune_spec(spec: ArchitectureSpec) -> tuple[ArchitectureSpec, list[str]]:
 
 def weight_sources(spec: ArchitectureSpec) -> dict[str, dict[str, Any]]:
     """Per modality: encoder name, mode and where its weights started from."""
-    from autofuse.encoders import get_encoder_entry
-
     out = {}
     for m, e in spec.encoders.items():
         cls = get_encoder_entry(e.name).obj
@@ -131,9 +122,6 @@ def read_dataset_config(
     folder: str | os.PathLike[str] | None, required: bool = False
 ) -> dict | None:
     """The dataset config of ``folder`` as a JSON-able dict (None when unavailable)."""
-    from autofuse.data import DatasetError
-    from autofuse.data.validate import find_config, read_config
-
     if folder is None:
         return None
     config, _, problems = read_config(find_config(folder)[1])
@@ -150,15 +138,10 @@ def read_dataset_config(
 
 
 def _load_study(study: str, paths: Paths, storage: str | None):
-    import optuna
-
-    from autofuse.storage import make_storage
-
     url = storage or paths.default_storage
-    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///") :]).expanduser().exists():
-        raise ConfigError(
-            f"no study database at {url[len('sqlite:///') :]} (use --workdir or --storage)"
-        )
+    db = sqlite_path(url)
+    if db is not None and not db.exists():
+        raise ConfigError(f"no study database at {db} (use --workdir or --storage)")
     stor = make_storage(url)
     try:
         return optuna.load_study(study_name=study, storage=stor)
@@ -170,8 +153,6 @@ def _load_study(study: str, paths: Paths, storage: str | None):
 
 
 def _pick_trial(st, number: int | None):
-    import optuna
-
     if number is None:
         try:
             return st.best_trial
@@ -193,8 +174,6 @@ def _pick_trial(st, number: int | None):
 def train_fixed(model, data, training, epochs: int, device: torch.device) -> list[float]:
     """AdamW for exactly ``epochs`` epochs over ``data.splits["train"]`` (the batch loop of
     :func:`autofuse.train.fit` without validation or early stopping). Returns the epoch losses."""
-    from autofuse.train import TrialFault, loss_fn, train_epoch
-
     g = torch.Generator().manual_seed(training.seed)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=training.lr, weight_decay=training.weight_decay)
@@ -226,49 +205,17 @@ def train_fixed(model, data, training, epochs: int, device: torch.device) -> lis
 def retrain_trial(ds, spec: ArchitectureSpec, epochs: int, paths: Paths, device: torch.device):
     """Refit ``spec`` on the train + val rows of ``ds``; returns ``(model, dataset_info, test
     metrics, latency_ms, losses)``. The model's frozen encoders are placeholders fed from the
-    feature cache, as in search."""
-    from autofuse.encoders import FeatureCache, prepare_modality
-    from autofuse.model import build_model
-    from autofuse.train import TrainData, evaluate, measure_latency_ms
-
+    feature cache, as in search (the feature cache key includes the refitted preprocessing state,
+    so it is safe; the prepared-input cache's key ignores the split, so it is off here)."""
     rds = copy.copy(ds)  # the same rows, with validation rows counted as training rows
     rds.split = np.where(ds.split == "val", "train", ds.split).astype(object)
-    splits = {s: rds.indices(s) for s in ("train", "val", "test")}
-    y = np.asarray(ds.y)
-    target_stats = (0.0, 1.0)
-    if ds.task == "classification":
-        yt = torch.as_tensor(y, dtype=torch.long)
-    elif ds.task == "regression":
-        tr = y[splits["train"]].astype(np.float64)
-        target_stats = (float(tr.mean()), float(tr.std() or 1.0))
-        yt = torch.as_tensor((y - target_stats[0]) / target_stats[1], dtype=torch.float32)
-    else:
-        yt = torch.as_tensor(y, dtype=torch.float32)
-    cache = FeatureCache(paths.cache)
-    inputs, infos = {}, {}
-    for m, espec in spec.encoders.items():
-        # no preprocessing cache here: its key ignores the split, and the statistics are refitted
-        prepared = prepare_modality(rds, m, espec)
-        infos[m] = {"type": ds.modality_type(m), "state": prepared.state}
-        if espec.mode == "frozen":  # the feature cache key includes the fitted state: safe
-            feats = cache.features(rds, m, espec, prepared, device=device)
-            infos[m]["feature_shape"] = feats.feature_shape.to_dict()
-            inputs[m] = feats
-        else:
-            inputs[m] = prepared
-    info = {
-        "name": ds.name,
-        "task": ds.task,
-        "classes": ds.classes,
-        "target_stats": list(target_stats),
-        "fingerprint": ds.fingerprint(),
-        "modalities": infos,
-    }
-    torch.manual_seed(spec.training.seed)
-    model = build_model(spec, info, skip_frozen=True).to(device)
-    data = TrainData(
-        task=ds.task, y=yt, y_raw=y, inputs=inputs, splits=splits, target_stats=target_stats
-    )
+    runner = CandidateRunner(rds, paths.cache, device, prep_cache=False)
+    data, info = runner.prepare(spec)
+    splits = data.splits
+    try:
+        model = runner.build(spec, info)
+    except TrialFault as e:
+        raise RetrainError(str(e)) from None
     losses = train_fixed(model, data, spec.training, epochs, device)
     test = evaluate(model, data, "test", device) if len(splits["test"]) else {}
     latency = measure_latency_ms(model, data, device)
@@ -306,11 +253,6 @@ def export_trial(
         ConfigError: unknown study or trial, a trial that did not complete, a trial without a
             checkpoint (only the best few keep one) and no ``retrain``, a missing dataset.
     """
-    from safetensors.torch import load_file
-
-    from autofuse.spec import load_architecture
-    from autofuse.study import KEEP_TOP_K, default_device
-
     check_study_name(study)
     if finetune_encoders and not retrain:
         raise ConfigError("--finetune-encoders needs --retrain (fine-tuning means training again)")
@@ -356,27 +298,15 @@ def export_trial(
         },
     }
     if not retrain:
-        ck = paths.study_dir(study) / "checkpoints"
-        arch, weights = ck / f"trial_{t.number}.json", ck / f"trial_{t.number}.safetensors"
-        if not arch.is_file() or not weights.is_file():
-            kept = sorted(
-                {
-                    int(p.stem.split("_", 1)[1])
-                    for p in ck.glob("trial_*.safetensors")
-                    if p.stem.split("_", 1)[1].isdigit()
-                }
-            )
+        try:
+            spec, info, state = CheckpointStore(paths.study_dir(study)).load_finalist(t.number)
+        except ConfigError as e:
             raise ConfigError(
-                f"trial {t.number} has no checkpoint in {ck} (only the best {KEEP_TOP_K} "
-                f"completed trials keep one: {kept or 'none'}); add --retrain to refit "
-                "it on train + val and export that"
-            )
-        spec, info = load_architecture(arch)
-        model = full_model(spec, info, load_file(str(weights)), f"checkpoint of trial {t.number}")
+                f"{e}; add --retrain to refit it on train + val and export that"
+            ) from None
+        model = full_model(spec, info, state, f"checkpoint of trial {t.number}")
         info["config"] = read_dataset_config(folder)
     else:
-        from autofuse.data import Dataset
-
         spec = ArchitectureSpec.model_validate(attrs["spec"])
         switched: list[str] = []
         if finetune_encoders:
@@ -396,8 +326,6 @@ def export_trial(
         epochs = int(attrs.get("best_epoch") or attrs.get("epochs_run") or spec.training.epochs)
         dev = torch.device(device) if device else default_device()
         log.info("retraining trial %d on train + val for %d epochs on %s", t.number, epochs, dev)
-        from autofuse.model import trainable_state_dict
-
         trained, info, test, latency, losses = retrain_trial(ds, spec, epochs, paths, dev)
         model = full_model(spec, info, trainable_state_dict(trained), "retrained weights")
         info["config"] = read_dataset_config(folder, required=True)
@@ -443,8 +371,6 @@ def write_export(
     out: str | os.PathLike[str], spec: ArchitectureSpec, info: dict, model, meta: dict
 ) -> Path:
     """Write the export folder atomically (a temporary sibling renamed into place)."""
-    from safetensors.torch import save_file
-
     out = Path(out).expanduser().absolute()
     if out.exists() and (
         not out.is_dir() or (any(out.iterdir()) and not (out / "architecture.json").exists())

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import optuna
+
 from autofuse.errors import ConfigError
 from autofuse.paths import Paths
+from autofuse.storage import make_storage
+from autofuse.storage.history import HistoryStore
+from autofuse.storage.mlflow import MlflowTracker, default_tracking_uri
 
 COLUMNS = [
     "rank",
@@ -41,8 +46,6 @@ def leaderboard(
         by: ``"family"`` (or ``"method"``, ``"point"``) keeps only the best trial per group.
         top: keep the first ``top`` rows.
     """
-    from autofuse.storage.history import HistoryStore
-
     hs = HistoryStore(storage_url(storage, workdir), create=False)
     rec = hs.study(study)
     if rec is None:
@@ -83,11 +86,6 @@ def leaderboard(
 
 def studies(*, storage: str | None = None, workdir: str | None = None) -> list[dict[str, Any]]:
     """Every study in the storage with its status and trial counts."""
-    import optuna
-
-    from autofuse.storage import make_storage
-    from autofuse.storage.history import HistoryStore
-
     url = storage_url(storage, workdir)
     hs = HistoryStore(url, create=False)
     out = []
@@ -125,9 +123,6 @@ def mlflow_sync(
     workdir: str | None = None,
 ) -> int:
     """Create the MLflow runs missing for a study's finished trials; returns how many."""
-    from autofuse.storage.history import HistoryStore
-    from autofuse.storage.mlflow import MlflowTracker, default_tracking_uri
-
     hs = HistoryStore(storage_url(storage, workdir), create=False)
     if hs.study(study) is None:
         raise ConfigError(f"no study {study!r} in {hs.url}")

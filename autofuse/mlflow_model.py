@@ -19,13 +19,23 @@ prediction table of :meth:`Predictor.predict` (id, ``prediction``, ``proba_<clas
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import re
+from importlib.metadata import PackageNotFoundError, requires, version
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import mlflow.pyfunc
 import pandas as pd
+from mlflow.models import ModelSignature
+from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
+
+from autofuse.errors import ConfigError
+from autofuse.predict import Predictor, find_export_dir
+from autofuse.storage.mlflow import _global_tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +49,6 @@ class AutofusePyfunc(mlflow.pyfunc.PythonModel):
     """pyfunc wrapper of an autofuse export (see the module docstring)."""
 
     def load_context(self, context) -> None:
-        from autofuse.predict import Predictor, find_export_dir
-
         cfg = dict(context.model_config or {})
         self.root = cfg.get("root") or None
         self.bad_files = cfg.get("bad_files") or "error"
@@ -63,9 +71,6 @@ def _signature_and_example(predictor) -> tuple[Any, Any]:
     """Input / output schema from the training dataset's columns, and a two-row input example
     built from the saved preprocessing state (file columns left empty: missing modalities, so the
     example predicts without any file)."""
-    from mlflow.models import ModelSignature
-    from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
-
     cfg = predictor.dataset_config
     inputs, example = [], {}
     if cfg.get("id_column"):
@@ -103,8 +108,6 @@ def _signature_and_example(predictor) -> tuple[Any, Any]:
 
 
 def _requirements(bundle_code: bool) -> list[str]:
-    from importlib.metadata import PackageNotFoundError, requires, version
-
     try:
         reqs = [r for r in requires("autofuse") or [] if "extra ==" not in r]
         own = [] if bundle_code else [f"autofuse=={version('autofuse')}"]
@@ -130,8 +133,6 @@ def _requirements(bundle_code: bool) -> list[str]:
 def _artifact_location(uri: str, experiment: str) -> str | None:
     """For a SQLite store: ``<db folder>/mlartifacts/<experiment>`` (as the search's tracker does;
     MLflow would otherwise write into ``./mlruns`` of the current directory)."""
-    import re
-
     if not uri.startswith("sqlite:///"):
         return None
     db = Path(uri[len("sqlite:///") :].split("?", 1)[0])
@@ -167,18 +168,9 @@ def log_pyfunc(
     Returns:
         ``models:/<registered_name>/<version>`` when registered, else the logged model's URI.
     """
-    import contextlib
-
-    import mlflow
-
-    from autofuse.predict import Predictor, find_export_dir
-    from autofuse.storage.mlflow import _global_tracking_uri
-
     folder = find_export_dir(Path(export_dir).expanduser().absolute())
     predictor = Predictor.from_dir(folder, device="cpu")
     if predictor.dataset_config is None:
-        from autofuse.errors import ConfigError
-
         raise ConfigError(
             f"{folder}: the export has no dataset config, so a DataFrame cannot be "
             "mapped to modalities; re-export with --dataset DIR"

@@ -39,8 +39,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from safetensors.torch import load_file
 
+from autofuse.data import Dataset, DatasetError
+from autofuse.data.validate import find_config, read_config
+from autofuse.encoders import get_encoder_entry, prepare_modality
+from autofuse.encoders.cache import encoder_features
+from autofuse.encoders.preprocess import PreprocessError, _category_key
 from autofuse.errors import ConfigError
+from autofuse.model import build_model
+from autofuse.spec import load_architecture
+from autofuse.train import TrainData, predict_outputs
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +117,6 @@ def load(
 def _loadable_spec(spec):
     """The spec to rebuild the model from files only: timm backbones start from random weights
     (every weight is then read from ``model.safetensors``), so no hub access is needed."""
-    from autofuse.encoders import get_encoder_entry
-
     encoders = {}
     for m, e in spec.encoders.items():
         if "pretrained" in get_encoder_entry(e.name).obj.defaults:
@@ -146,8 +153,6 @@ class Predictor:
         export: dict | None = None,
         device: str | torch.device | None = None,
     ) -> None:
-        from autofuse.model import build_model
-
         self.spec, self.info, self.export = spec, info, export or {}
         self.task: str = info["task"]
         self.classes: list[str] | None = info.get("classes")
@@ -176,10 +181,6 @@ class Predictor:
     @classmethod
     def from_dir(cls, folder: str | os.PathLike[str], device: str | None = None) -> Predictor:
         """Read an export folder (``architecture.json`` + ``model.safetensors``)."""
-        from safetensors.torch import load_file
-
-        from autofuse.spec import load_architecture
-
         folder = Path(folder)
         spec, info = load_architecture(folder / "architecture.json")
         doc = json.loads((folder / "architecture.json").read_text())
@@ -215,12 +216,9 @@ class Predictor:
                     "mapped to modalities; re-export with --dataset, or predict a "
                     "dataset folder with a dataset.yaml"
                 )
-            from autofuse.data.validate import find_config, read_config
 
             own, _, problems = read_config(find_config(data)[1])
             if own is None:
-                from autofuse.data import DatasetError
-
                 raise DatasetError(problems, source=str(data))
             cfg = own.model_dump(mode="json")
         cfg = json.loads(json.dumps(cfg))
@@ -247,8 +245,6 @@ class Predictor:
     ):
         """``data`` as an :class:`~autofuse.data.Dataset` in prediction mode (see
         :meth:`Dataset.for_prediction`), checked against what the model needs."""
-        from autofuse.data import Dataset
-
         ds = Dataset.for_prediction(data, self._config_for(data), root=root, bad_files=bad_files)
         for m, mi in self.info["modalities"].items():
             state = mi["state"]
@@ -264,9 +260,6 @@ class Predictor:
 
     # ------------------------------------------------------------------ inference
     def _inputs(self, ds) -> dict[str, Any]:
-        from autofuse.encoders import prepare_modality
-        from autofuse.encoders.preprocess import PreprocessError
-
         inputs = {}
         for m, espec in self.spec.encoders.items():
             state = self.info["modalities"][m]["state"]
@@ -284,7 +277,6 @@ class Predictor:
     def _note_unknown(self, ds, m: str, state: dict, prepared) -> None:
         if state.get("kind") != "tabular" or not state["categorical"]:
             return
-        from autofuse.encoders.preprocess import _category_key
 
         frame = ds.tabular_frame(m)
         present = prepared.present.numpy()
@@ -310,8 +302,6 @@ class Predictor:
     def predict_outputs(self, ds) -> np.ndarray:
         """Raw outputs for every row of a prediction-mode dataset: logits ``[N, C]``
         (classification / multilabel) or values ``[N, 1]`` on the target's scale (regression)."""
-        from autofuse.train import TrainData, predict_outputs
-
         n = len(ds)
         idx = np.arange(n, dtype=np.int64)
         data = TrainData(
@@ -382,8 +372,6 @@ class Predictor:
 @torch.no_grad()
 def frozen_features(encoder: torch.nn.Module, prepared, batch_size: int = FROZEN_BATCH):
     """Run a frozen encoder over the present rows exactly as the feature cache does."""
-    from autofuse.encoders.cache import encoder_features
-
     return encoder_features(encoder, prepared, batch_size)
 
 

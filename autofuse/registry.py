@@ -6,6 +6,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from autofuse.errors import ConfigError
+
 T = TypeVar("T")
 
 
@@ -44,8 +46,6 @@ class Registry(Generic[T]):
         try:
             return self._entries[name]
         except KeyError:
-            from autofuse.errors import ConfigError
-
             known = ", ".join(sorted(self._entries))
             raise ConfigError(f"unknown {self.kind} {name!r} (known: {known})") from None
 

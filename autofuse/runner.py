@@ -52,7 +52,9 @@ class DatasetInfo:
     modalities: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
-    def for_dataset(cls, ds: Any, target_stats: tuple[float, float], modalities: dict) -> DatasetInfo:
+    def for_dataset(
+        cls, ds: Any, target_stats: tuple[float, float], modalities: dict
+    ) -> DatasetInfo:
         return cls(
             name=ds.name,
             task=ds.task,

@@ -14,7 +14,11 @@ from typing import Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from autofuse.encoders import EncoderSpec, get_encoder_entry
 from autofuse.errors import ConfigError
+from autofuse.fusion import FUSIONS
+from autofuse.options import PrunerName, SamplerName
+from autofuse.spec import ArchitectureSpec, FusionSpec, HeadSpec, TrainingSpec
 
 SPACES_DIR = Path(__file__).resolve().parent / "search_spaces"
 
@@ -76,7 +80,7 @@ class TrainingSpace(BaseModel):
 
 class SamplerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: Literal["tpe", "random", "gp", "qmc"] = "tpe"
+    name: SamplerName = "tpe"
     multivariate: bool = True
     group: bool = True
     n_startup_trials: int = 8
@@ -84,7 +88,7 @@ class SamplerConfig(BaseModel):
 
 class PrunerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: Literal["median", "hyperband", "successive_halving", "none"] = "median"
+    name: PrunerName = "median"
     n_startup_trials: int = 4
     n_warmup_steps: int = 2
 
@@ -116,8 +120,6 @@ class SearchSpace(BaseModel):
     # ---- resolution against the registries -------------------------------------------------
     def methods(self) -> dict[str, dict[str, dict]]:
         """``{family: {method: {"points": [...], "params": {...}}}}`` merged with registry defaults."""
-        from autofuse.fusion import FUSIONS
-
         out: dict[str, dict[str, dict]] = {}
         for family, methods in self.fusion.items():
             out[family] = {}
@@ -136,8 +138,6 @@ class SearchSpace(BaseModel):
 
     def encoder_choices(self, modality_type: str) -> list[dict]:
         """Encoder choices for one modality type, merged with the registry defaults."""
-        from autofuse.encoders import get_encoder_entry
-
         out = []
         for ch in self.encoders.get(modality_type, []):
             entry = get_encoder_entry(ch.name)
@@ -150,9 +150,6 @@ class SearchSpace(BaseModel):
 
 def _check(space: SearchSpace, source: str) -> None:
     """Reject unknown names and impossible combinations, naming the key at fault."""
-    from autofuse.encoders import get_encoder_entry
-    from autofuse.fusion import FUSIONS
-
     for family, methods in space.fusion.items():
         if not methods:
             raise ConfigError(f"{source}: fusion.{family}: no methods listed")
@@ -292,9 +289,6 @@ def valid_methods(space: SearchSpace, n_modalities: int) -> dict[str, dict[str, 
 
 def suggest_spec(trial, space: SearchSpace, modalities: dict[str, str]):
     """Sample one ArchitectureSpec (define-by-run) for a dataset's ``{modality: type}``."""
-    from autofuse.encoders import EncoderSpec
-    from autofuse.spec import ArchitectureSpec, FusionSpec, HeadSpec, TrainingSpec
-
     methods = valid_methods(space, len(modalities))
     family = suggest_value(trial, "family", list(methods))
     method = suggest_value(trial, f"{family}.method", list(methods[family]))

@@ -13,21 +13,36 @@ pinned to its own device; on CPU, N processes with the torch thread count split 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
+import multiprocessing as mp
 import os
 import signal
-import socket
+import threading
 import time
-import traceback
-from dataclasses import asdict, dataclass
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import optuna
 import torch
+from optuna.trial import TrialState
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from autofuse.checkpoints import CheckpointStore
+from autofuse.data import Dataset
 from autofuse.errors import AutofuseError, ConfigError
 from autofuse.metrics import OBJECTIVES
+from autofuse.options import SearchOptions
 from autofuse.paths import Paths
+from autofuse.runner import CandidateRunner, default_device
+from autofuse.samplers import make_pruner, make_sampler
+from autofuse.space import SearchSpace
+from autofuse.storage import make_storage
+from autofuse.storage.history import HistoryStore
+from autofuse.storage.lock import StudyLock
+from autofuse.storage.mlflow import open_tracker
+from autofuse.trial import TrialExecution, TrialHook, WorkerContext, reconcile_stale
 
 log = logging.getLogger(__name__)
 
@@ -40,48 +55,39 @@ FAULT_REASONS = ("oom", "diverged", "timeout", "invalid", "error")
 @dataclass
 class WorkerConfig:
     """Everything one worker process needs (picklable; also rebuilt from the study by
-    ``autofuse worker``)."""
+    ``autofuse worker``). ``options.storage`` and ``options.workdir`` are resolved."""
 
     study: str
-    storage: str
     dataset: str
     space: dict
-    workdir: str
+    options: SearchOptions
     n_total: int
-    sampler: str | None = None
-    pruner: str | None = None
-    seed: int = 0
-    trial_timeout: float | None = None
     device: str = "cpu"
-    mlflow_uri: str | None = None
-    heartbeat_interval: int = 30
-    grace_period: int | None = None
-    max_retry: int = 2
     rank: int = 0
     threads: int | None = None
-    max_faults: int = 5
-    amp: bool = False
+    #: trial hooks (picklable :class:`~autofuse.trial.TrialHook` instances), e.g. fault injection
+    hooks: tuple[TrialHook, ...] = ()
+
+    @property
+    def storage(self) -> str:
+        return str(self.options.storage)
 
 
 class WorkerStopped(AutofuseError):
     """A worker gave up after too many consecutive faulty trials."""
 
 
-def open_storage(cfg: WorkerConfig):
-    import warnings
-
-    import optuna
-
-    from autofuse.storage import make_storage
-
+def open_storage(url: str, options: SearchOptions):
+    """The study's Optuna storage with heartbeats: a trial whose worker stops beating for
+    ``options.grace`` seconds is failed and retried (``options.max_retry`` times)."""
     # heartbeat + retry are flagged experimental by Optuna; they are what makes resume work
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     return make_storage(
-        cfg.storage,
-        heartbeat_interval=cfg.heartbeat_interval,
-        grace_period=cfg.grace_period or 4 * cfg.heartbeat_interval,
+        url,
+        heartbeat_interval=options.heartbeat_interval,
+        grace_period=options.grace,
         heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-            max_retry=cfg.max_retry
+            max_retry=options.max_retry
         ),
     )
 
@@ -93,8 +99,6 @@ def interrupt_on_signals():
 
     SIGINT is reset too: a process started in the background of a non-interactive shell inherits
     SIGINT as ignored."""
-    import threading
-
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -113,329 +117,85 @@ def interrupt_on_signals():
 
 
 def finished_count(study) -> int:
-    import optuna
-
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     return len(study.get_trials(deepcopy=False, states=states))
 
 
-def run_worker(cfg: WorkerConfig, ds=None, progress: bool = False) -> None:
-    """Train trials of ``cfg.study`` until it holds ``cfg.n_total`` finished trials."""
-    import optuna
+class FaultCounter:
+    """Optuna callback counting consecutive faulty trials (any FAIL, or pruned for a fault)."""
 
-    from autofuse.data import Dataset
-    from autofuse.space import SearchSpace, suggest_spec
-    from autofuse.storage.history import HistoryStore
-    from autofuse.study import (
-        CandidateRunner,
-        _make_tracker,
-        make_pruner,
-        make_sampler,
-        reconcile_stale,
-        save_checkpoint_if_top,
-    )
-    from autofuse.train import TrialFault
+    def __init__(self, limit: int) -> None:
+        self.limit, self.n, self.last = limit, 0, ""
 
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        reason = trial.user_attrs.get("reason")
+        if trial.state == optuna.trial.TrialState.FAIL or reason in FAULT_REASONS:
+            self.n += 1
+            self.last = reason or "failed"
+        else:
+            self.n = 0
+
+    def tripped(self) -> bool:
+        return self.n >= self.limit
+
+
+def worker_context(cfg: WorkerConfig, ds: Any = None) -> WorkerContext:
+    """Load the study and everything its trials share in this process."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     ds = ds if ds is not None else Dataset.load(cfg.dataset)
     sp = SearchSpace.model_validate(cfg.space)
-    paths = Paths.resolve(cfg.workdir)
-    history = HistoryStore(cfg.storage)
-    stor = open_storage(cfg)
+    opts = cfg.options
+    paths = Paths.resolve(opts.workdir)
     st = optuna.load_study(
         study_name=cfg.study,
-        storage=stor,
-        sampler=make_sampler(sp, cfg.sampler, cfg.seed + cfg.rank),
-        pruner=make_pruner(sp, cfg.pruner),
+        storage=open_storage(cfg.storage, opts),
+        sampler=make_sampler(sp, opts.sampler, opts.seed + cfg.rank),
+        pruner=make_pruner(sp, opts.pruner),
     )
     metric, direction = OBJECTIVES[ds.task]
-    modalities = {m: ds.modality_type(m) for m in ds.modality_names}
-    dev = torch.device(cfg.device)
-    runner = CandidateRunner(ds, paths, dev)
-    worker = f"{socket.gethostname()}:{os.getpid()}"
-    study_dir = paths.study_dir(cfg.study)
-    running_dir = study_dir / "running"
-    tracker = _make_tracker(cfg.mlflow_uri, paths, cfg.study, ds)
-    study = cfg.study
+    return WorkerContext(
+        study=st,
+        ds=ds,
+        space=sp,
+        options=opts,
+        runner=CandidateRunner(ds, paths.cache, torch.device(cfg.device)),
+        history=HistoryStore(cfg.storage),
+        tracker=open_tracker(opts.mlflow_uri, paths.trials, cfg.study),
+        store=CheckpointStore(paths.study_dir(cfg.study)),
+        metric=metric,
+        direction=direction,
+        hooks=list(cfg.hooks),
+    )
+
+
+def run_worker(cfg: WorkerConfig, ds: Any = None, progress: bool = False) -> None:
+    """Train trials of ``cfg.study`` until it holds ``cfg.n_total`` finished trials."""
+    ctx = worker_context(cfg, ds)
     # a worker killed earlier left RUNNING trials: fail them now (Optuna retries them) and record it
-    optuna.storages.fail_stale_trials(st)
-    reconcile_stale(st, history, tracker)
-    # test hook for fault handling: "diverged@3,oom@5,timeout@6,invalid@7" (reason@trial number)
-    inject = set(filter(None, os.environ.get("AUTOFUSE_INJECT_FAULT", "").split(",")))
-
-    def objective(trial: optuna.Trial) -> float:
-        t_trial = time.monotonic()
-        overhead = 0.0  # seconds spent on storage + MLflow bookkeeping in this trial
-
-        def timed(fn, *a, **k):
-            nonlocal overhead
-            t = time.monotonic()
-            try:
-                return fn(*a, **k)
-            finally:
-                overhead += time.monotonic() - t
-
-        spec = suggest_spec(trial, sp, modalities)
-        frozen = next(t for t in st.get_trials(deepcopy=False) if t.number == trial.number)
-        retry_of = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
-        if retry_of is None:
-            retry_of = trial.user_attrs.get("retry_of")  # re-enqueued after an interrupt
-        baseline = trial.user_attrs.get("baseline")
-        encs = {m: f"{e.name}/{e.mode}" for m, e in spec.encoders.items()}
-        attrs = {
-            "spec": spec.model_dump(mode="json"),
-            "family": spec.fusion.family,
-            "method": spec.fusion.method,
-            "point": spec.fusion.point,
-            "encoders": encs,
-            "device": str(dev),
-            "worker": worker,
-        }
-        for k, v in attrs.items():
-            trial.set_user_attr(k, v)
-        if retry_of is not None:
-            trial.set_user_attr("retry_of", retry_of)
-            timed(reconcile_stale, st, history, tracker)
-        timed(
-            history.record_trial,
-            study,
-            trial.number,
-            status="RUNNING",
-            started_at=_utcnow(),
-            baseline=baseline,
-            retry_of=retry_of,
-            **attrs,
-        )
-        run_id = timed(
-            tracker.start_trial,
-            trial.number,
-            {k: str(v) for k, v in trial.params.items()},
-            {
-                "autofuse.family": spec.fusion.family,
-                "autofuse.method": spec.fusion.method,
-                "autofuse.point": spec.fusion.point,
-                "autofuse.encoders": json.dumps(encs),
-                "autofuse.baseline": baseline or "",
-                "autofuse.worker": worker,
-            },
-        )
-        if run_id:
-            timed(history.record_trial, study, trial.number, mlflow_run_id=run_id)
-        # a retried trial continues from the last epoch checkpoint of the interrupted attempt
-        ckpt_path = running_dir / f"trial_{trial.number}.pt"
-        resume = None
-        old = running_dir / f"trial_{retry_of}.pt" if retry_of is not None else None
-        if old is not None and old.exists():
-            resume = torch.load(old, map_location="cpu", weights_only=False)
-            log.info(
-                "trial %d resumes trial %d from epoch %d", trial.number, retry_of, resume["epoch"]
-            )
-            for h in resume["history"]:
-                timed(
-                    history.log_epoch,
-                    study,
-                    trial.number,
-                    h["epoch"],
-                    {k: v for k, v in h.items() if k != "epoch"},
-                )
-
-        def on_epoch(epoch: int, val: dict) -> None:
-            timed(history.log_epoch, study, trial.number, epoch, val)
-            timed(
-                tracker.log_epoch,
-                run_id,
-                epoch,
-                {(f"val_{k}" if k != "train_loss" else k): v for k, v in val.items()},
-            )
-            if f"diverged@{trial.number}" in inject:
-                raise TrialFault("diverged", "injected non-finite loss")
-            if f"oom@{trial.number}" in inject:
-                raise torch.OutOfMemoryError("CUDA out of memory (injected)")
-            if f"timeout@{trial.number}" in inject:
-                time.sleep((cfg.trial_timeout or 0) + 0.5)
-            trial.report(val[metric], epoch)
-            if trial.should_prune():
-                trial.set_user_attr("reason", "pruned")
-                trial.set_user_attr("epochs_run", epoch)
-                raise optuna.TrialPruned(f"pruned at epoch {epoch}")
-
-        def on_checkpoint(state: dict) -> None:
-            running_dir.mkdir(parents=True, exist_ok=True)
-            tmp = ckpt_path.with_suffix(".tmp")
-            torch.save(state, tmp)
-            tmp.replace(ckpt_path)
-
-        def end(
-            status: str,
-            reason: str | None = None,
-            error: str | None = None,
-            *,
-            keep_checkpoint: bool = False,
-            mlflow_status: str | None = None,
-            **fields,
-        ) -> None:
-            trial.set_user_attr("overhead_s", overhead)
-            trial.set_user_attr("trial_time_s", time.monotonic() - t_trial)
-            timed(
-                history.record_trial,
-                study,
-                trial.number,
-                status=status,
-                reason=reason,
-                error=error,
-                finished_at=_utcnow(),
-                **fields,
-            )
-            val = fields.get("val_metrics") or {}
-            test = fields.get("test_metrics") or {}
-            timed(
-                tracker.end_trial,
-                run_id,
-                mlflow_status or ("FINISHED" if status in ("COMPLETE", "PRUNED") else "FAILED"),
-                {
-                    **{f"val_{k}": v for k, v in val.items()},
-                    **{f"test_{k}": v for k, v in test.items()},
-                },
-                {
-                    "autofuse.status": status,
-                    "autofuse.reason": reason or "",
-                    "autofuse.trial": str(trial.number),
-                },
-                attrs["spec"],
-            )
-            if not keep_checkpoint:
-                ckpt_path.unlink(missing_ok=True)
-                if old is not None:
-                    old.unlink(missing_ok=True)
-
-        deadline = time.monotonic() + cfg.trial_timeout if cfg.trial_timeout else None
-        try:
-            if f"invalid@{trial.number}" in inject:
-                raise TrialFault("invalid", "injected: architecture cannot be built")
-            out = runner.run(
-                spec,
-                on_epoch=on_epoch,
-                deadline=deadline,
-                on_checkpoint=on_checkpoint,
-                resume=resume,
-                amp=cfg.amp,
-            )
-        except TrialFault as f:
-            trial.set_user_attr("reason", f.reason)
-            trial.set_user_attr("error", str(f))
-            log.warning("trial %d ended as pruned (%s): %s", trial.number, f.reason, f)
-            end("PRUNED", f.reason, str(f))
-            raise optuna.TrialPruned(f.reason) from None
-        except torch.OutOfMemoryError as e:
-            # free what the candidate held so the worker can go on with the next one
-            runner.release()
-            if dev.type == "cuda":
-                torch.cuda.empty_cache()
-            msg = str(e).splitlines()[0] if str(e) else "out of memory"
-            trial.set_user_attr("reason", "oom")
-            trial.set_user_attr("error", msg)
-            log.warning("trial %d ended as pruned (oom): %s", trial.number, msg)
-            end("PRUNED", "oom", msg)
-            raise optuna.TrialPruned("oom") from None
-        except optuna.TrialPruned as e:
-            end("PRUNED", "pruned", str(e))
-            raise
-        except KeyboardInterrupt:
-            # stopped by the user: the trial fails, and a copy is queued that resumes from its
-            # last epoch checkpoint when the study runs again
-            trial.set_user_attr("reason", "interrupted")
-            end(
-                "FAIL",
-                "interrupted",
-                "stopped by the user",
-                keep_checkpoint=True,
-                mlflow_status="KILLED",
-            )
-            st.enqueue_trial(
-                trial.params,
-                user_attrs={
-                    "retry_of": trial.number,
-                    **({"baseline": baseline} if baseline else {}),
-                },
-            )
-            raise
-        except Exception as e:
-            trial.set_user_attr("reason", "error")
-            trial.set_user_attr("error", f"{type(e).__name__}: {e}")
-            log.warning("trial %d failed:\n%s", trial.number, traceback.format_exc())
-            end("FAIL", "error", f"{type(e).__name__}: {e}")
-            raise
-        value = float(out["val_metrics"][metric])
-        for k in (
-            "val_metrics",
-            "test_metrics",
-            "n_params",
-            "latency_ms",
-            "train_time_s",
-            "epochs_run",
-            "best_epoch",
-            "epochs_trained",
-            "resumed_from_epoch",
-        ):
-            trial.set_user_attr(k, out[k])
-        trial.set_user_attr("history", out["history"])
-        if dev.type == "cuda":
-            trial.set_user_attr("peak_gpu_mb", torch.cuda.max_memory_allocated(dev) / 2**20)
-        timed(save_checkpoint_if_top, st, study_dir, trial.number, value, direction, out)
-        cache = runner.feature_cache
-        end(
-            "COMPLETE",
-            value=value,
-            val_metrics=out["val_metrics"],
-            test_metrics=out["test_metrics"],
-            n_params=out["n_params"],
-            latency_ms=out["latency_ms"],
-            train_time_s=out["train_time_s"],
-            epochs_run=out["epochs_run"],
-            best_epoch=out["best_epoch"],
-            resumed_from_epoch=out["resumed_from_epoch"] or None,
-            cache_hits=getattr(cache, "hits", None),
-            cache_misses=getattr(cache, "misses", None),
-        )
-        return value
-
-    faults = {"n": 0, "last": ""}
-
-    def count_faults(study, trial) -> None:
-        reason = trial.user_attrs.get("reason")
-        if trial.state == optuna.trial.TrialState.FAIL or reason in FAULT_REASONS:
-            faults["n"] += 1
-            faults["last"] = reason or "failed"
-        else:
-            faults["n"] = 0
-
+    optuna.storages.fail_stale_trials(ctx.study)
+    reconcile_stale(ctx.study, ctx.history, ctx.tracker)
+    faults = FaultCounter(cfg.options.max_faults)
     with interrupt_on_signals():
-        _optimize(
-            st,
-            objective,
+        optimize_until(
+            ctx.study,
+            lambda trial: TrialExecution(ctx, trial).run(),
             cfg.n_total,
-            metric,
+            ctx.metric,
             progress,
-            extra_callbacks=[count_faults],
-            should_stop=lambda: faults["n"] >= cfg.max_faults,
+            extra_callbacks=[faults],
+            should_stop=faults.tripped,
             storage_url=cfg.storage,
         )
-    if faults["n"] >= cfg.max_faults:
+    if faults.tripped():
         raise WorkerStopped(
-            f"worker {worker} stopped after {faults['n']} consecutive faulty trials "
-            f"(last reason: {faults['last']}); see `autofuse leaderboard --study "
-            f"{study}` and the trials' reasons"
+            f"worker {ctx.worker} stopped after {faults.n} consecutive faulty trials "
+            f"(last reason: {faults.last}); see `autofuse leaderboard --study "
+            f"{cfg.study}` and the trials' reasons"
         )
 
 
-def _utcnow():
-    import datetime as dt
-
-    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
-
-
-def _optimize(
+def optimize_until(
     st,
     objective,
     n_total: int,
@@ -455,11 +215,6 @@ def _optimize(
     and the creation of the trial happen under a cross-process study lock (released as soon as
     the new trial is RUNNING), so concurrent workers never start one trial too many.
     """
-    import optuna
-    from optuna.trial import TrialState
-
-    from autofuse.storage.lock import StudyLock
-
     lock = StudyLock(storage_url, st.study_name) if storage_url else contextlib.nullcontext()
 
     def locked_objective(trial):
@@ -496,14 +251,6 @@ class StudyProgress:
     """A rich progress bar over the study's finished trials, current best and elapsed time."""
 
     def __init__(self, st, n_total: int, metric: str) -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-        )
-
         self.st, self.metric = st, metric
         self.bar = Progress(
             TextColumn("[bold]{task.description}"),
@@ -572,17 +319,15 @@ def check_storage_for_workers(url: str, n_workers: int) -> None:
         )
 
 
-def _worker_entry(cfg_dict: dict) -> None:  # pragma: no cover - runs in a child process
+def _worker_entry(cfg: WorkerConfig) -> None:  # pragma: no cover - runs in a child process
     logging.basicConfig(
-        level=logging.WARNING, format=f"worker {cfg_dict['rank']}: %(levelname)s %(message)s"
+        level=logging.WARNING, format=f"worker {cfg.rank}: %(levelname)s %(message)s"
     )
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
-    import optuna
-
     optuna.logging.set_verbosity(logging.WARNING)  # the parent shows the combined progress
     try:
-        run_worker(WorkerConfig(**cfg_dict))
+        run_worker(cfg)
     except KeyboardInterrupt:
         pass
     except AutofuseError as e:
@@ -590,46 +335,45 @@ def _worker_entry(cfg_dict: dict) -> None:  # pragma: no cover - runs in a child
         raise SystemExit(3) from None
 
 
+def _stop(procs: list) -> None:
+    """SIGTERM every live worker (children may have inherited SIGINT as ignored), then wait."""
+    log.warning("stopping %d workers (their running trials are queued to resume)", len(procs))
+    for p in procs:
+        if p.is_alive() and p.pid:
+            os.kill(p.pid, signal.SIGTERM)
+    for p in procs:
+        p.join(timeout=60)
+        if p.is_alive():
+            p.kill()
+
+
 def run_workers(cfgs: list[WorkerConfig], progress: bool, metric: str) -> None:
     """Start one process per config, show one combined progress display, stop them on Ctrl-C."""
-    import multiprocessing as mp
-
-    import optuna
-
     ctx = mp.get_context("spawn")
     procs = [
-        ctx.Process(target=_worker_entry, args=(asdict(c),), name=f"autofuse-worker-{c.rank}")
-        for c in cfgs
+        ctx.Process(target=_worker_entry, args=(c,), name=f"autofuse-worker-{c.rank}") for c in cfgs
     ]
     for p in procs:
         p.start()
-    st = optuna.load_study(study_name=cfgs[0].study, storage=open_storage(cfgs[0]))
-    n_total = cfgs[0].n_total
-    stack = contextlib.ExitStack()
-    stack.enter_context(interrupt_on_signals())
+    first = cfgs[0]
+    st = optuna.load_study(
+        study_name=first.study, storage=open_storage(first.storage, first.options)
+    )
     try:
-        if progress:
-            with StudyProgress(st, n_total, metric) as bar:
-                while any(p.is_alive() for p in procs):
-                    bar.update(f"[{sum(p.is_alive() for p in procs)} workers]")
-                    time.sleep(1.0)
-        else:
-            for p in procs:
-                p.join()
+        with interrupt_on_signals():
+            if progress:
+                with StudyProgress(st, first.n_total, metric) as bar:
+                    while any(p.is_alive() for p in procs):
+                        bar.update(f"[{sum(p.is_alive() for p in procs)} workers]")
+                        time.sleep(1.0)
+            else:
+                for p in procs:
+                    p.join()
     except KeyboardInterrupt:
-        log.warning("stopping %d workers (their running trials are queued to resume)", len(procs))
-        for p in procs:  # SIGTERM: children may have inherited SIGINT as ignored
-            if p.is_alive() and p.pid:
-                os.kill(p.pid, signal.SIGTERM)
-        for p in procs:
-            p.join(timeout=60)
-            if p.is_alive():
-                p.kill()
+        _stop(procs)
         raise
-    finally:
-        stack.close()
     failed = [p for p in procs if p.exitcode not in (0, None)]
-    if failed and finished_count(st) < n_total:
+    if failed and finished_count(st) < first.n_total:
         codes = ", ".join(f"{p.name}: exit {p.exitcode}" for p in failed)
         raise AutofuseError(f"workers stopped before the study finished ({codes})")
 
@@ -646,39 +390,31 @@ def worker_config_from_study(
     seed: int | None = None,
 ) -> WorkerConfig:
     """What ``autofuse worker`` needs, read from a study created by ``autofuse search``."""
-    import optuna
-
     summaries = {
         s.study_name: s
-        for s in optuna.get_all_study_summaries(
-            open_storage(WorkerConfig(study, storage, "", {}, "", 0)), include_best_trial=False
-        )
+        for s in optuna.get_all_study_summaries(make_storage(storage), include_best_trial=False)
     }
     if study not in summaries:
         raise ConfigError(f"no study {study!r} in {storage}; create it with `autofuse search`")
     attrs = summaries[study].user_attrs
-    opts = attrs.get("search_options") or {}
     ds_path = dataset or attrs.get("dataset_path")
     if not ds_path or not Path(ds_path).exists():
         raise ConfigError(
             f"dataset {ds_path!r} of study {study!r} is not readable here; pass --dataset DIR"
         )
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    opts = SearchOptions.from_stored(
+        attrs.get("search_options"),
+        trials=trials,
+        mlflow_uri=mlflow_uri,
+        storage=storage,
+        workdir=str(Paths.resolve(workdir).root),
+        seed=seed if seed is not None else (os.getpid() * 7919) % 2**31,
+    )
     return WorkerConfig(
         study=study,
-        storage=storage,
         dataset=str(ds_path),
         space=attrs["space_config"],
-        workdir=str(Paths.resolve(workdir).root),
-        n_total=int(trials or opts.get("n_total", 1)),
-        sampler=opts.get("sampler"),
-        pruner=opts.get("pruner"),
-        seed=seed if seed is not None else (os.getpid() * 7919) % 2**31,
-        trial_timeout=opts.get("trial_timeout"),
-        device=device,
-        mlflow_uri=mlflow_uri or opts.get("mlflow_uri"),
-        heartbeat_interval=int(opts.get("heartbeat_interval", 30)),
-        max_retry=int(opts.get("max_retry", 2)),
-        amp=bool(opts.get("amp", False)),
+        options=opts,
+        n_total=int(opts.trials or 1),
+        device=device or str(default_device()),
     )

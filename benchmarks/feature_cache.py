@@ -3,7 +3,7 @@
 A generated text + tabular dataset (2,000 rows by default) is encoded by the frozen, bundled
 all-MiniLM-L6-v2 sentence-transformer; the tabular column goes through a trainable MLP and the
 two are fused by late concatenation. One "trial" = prepare the modalities + get the frozen
-features + train the candidate for a few epochs (``autofuse.study.CandidateRunner.run``, the
+features + train the candidate for a few epochs (``autofuse.runner.CandidateRunner.run``, the
 code path search trials use). The first trial runs on an empty cache (features computed and
 stored); the second uses a fresh runner on the same cache folder, so its features come from disk.
 
@@ -81,10 +81,10 @@ def make_frame(rows: int, seed: int = 0):
 def run_trial(ds, workdir: Path, spec) -> dict:
     """One trial on a fresh runner (nothing kept in memory from an earlier one)."""
     from autofuse.paths import Paths
-    from autofuse.study import CandidateRunner, default_device
+    from autofuse.runner import CandidateRunner, default_device
 
     t0 = time.perf_counter()
-    runner = CandidateRunner(ds, Paths(workdir), default_device())
+    runner = CandidateRunner(ds, Paths(workdir).cache, default_device())
     for m, espec in spec.encoders.items():
         runner.modality_input(m, espec)  # prepare + frozen features (memoised in the runner)
     t_inputs = time.perf_counter() - t0
@@ -96,7 +96,7 @@ def run_trial(ds, workdir: Path, spec) -> dict:
         "train": total - t_inputs,
         "hits": runner.feature_cache.hits,
         "misses": runner.feature_cache.misses,
-        "val": res["val_metrics"],
+        "val": res.val_metrics,
     }
 
 

@@ -94,25 +94,18 @@ def _reference_outputs(work: Path, dataset: Path, number: int) -> np.ndarray:
     from autofuse.data import Dataset
     from autofuse.model import build_model
     from autofuse.paths import Paths
+    from autofuse.runner import CandidateRunner
     from autofuse.spec import load_architecture
-    from autofuse.study import CandidateRunner
-    from autofuse.train import TrainData, predict_outputs
+    from autofuse.train import predict_outputs
 
     ck = work / "trials" / "ex" / "checkpoints"
     spec, info = load_architecture(ck / f"trial_{number}.json")
-    runner = CandidateRunner(Dataset.load(dataset), Paths.resolve(work), torch.device("cpu"))
-    inputs = {m: runner.modality_input(m, e)[0] for m, e in spec.encoders.items()}
+    ds = Dataset.load(dataset)
+    runner = CandidateRunner(ds, Paths.resolve(work).cache, torch.device("cpu"))
+    data, _ = runner.prepare(spec)
     model = build_model(spec, info, skip_frozen=True)
     model.load_state_dict(load_file(str(ck / f"trial_{number}.safetensors")))
-    data = TrainData(
-        task=runner.task,
-        y=runner.y,
-        y_raw=runner.y_raw,
-        inputs=inputs,
-        splits=runner.splits,
-        target_stats=runner.target_stats,
-    )
-    return predict_outputs(model, data, np.arange(len(runner.y)), torch.device("cpu"))
+    return predict_outputs(model, data, np.arange(len(ds)), torch.device("cpu"))
 
 
 def _check_export_folder(out: Path) -> dict:

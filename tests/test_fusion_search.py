@@ -14,8 +14,9 @@ from autofuse.data import Dataset
 from autofuse.encoders import EncoderSpec
 from autofuse.fusion import FUSIONS
 from autofuse.paths import Paths
+from autofuse.runner import CandidateRunner
 from autofuse.spec import ArchitectureSpec, FusionSpec, HeadSpec, TrainingSpec
-from autofuse.study import CandidateRunner, search
+from autofuse.study import search
 from autofuse.train import ablate, evaluate
 
 TINY_ALL = str(Path(__file__).parent / "spaces" / "tiny_all.yaml")
@@ -24,7 +25,9 @@ TINY_ALL = str(Path(__file__).parent / "spaces" / "tiny_all.yaml")
 @pytest.fixture(scope="module")
 def runner(demo_dataset, tmp_path_factory):
     ds = Dataset.load(demo_dataset)
-    return CandidateRunner(ds, Paths.resolve(tmp_path_factory.mktemp("w")), torch.device("cpu"))
+    return CandidateRunner(
+        ds, Paths.resolve(tmp_path_factory.mktemp("w")).cache, torch.device("cpu")
+    )
 
 
 def _spec(family, method, point="late", epochs=1, modality_dropout=0.0, **params):
@@ -58,9 +61,9 @@ def test_every_method_trains_on_real_data(runner, name):
     e = FUSIONS.get(name)
     point = "hybrid" if "hybrid" in e.meta["points"] else e.meta["points"][0]
     out = runner.run(_spec(e.meta["family"], e.meta["method"], point))
-    assert np.isfinite(out["history"][0]["train_loss"])
-    assert 0.0 <= out["val_metrics"]["accuracy"] <= 1.0
-    assert out["n_params"] > 0
+    assert np.isfinite(out.history[0]["train_loss"])
+    assert 0.0 <= out.val_metrics["accuracy"] <= 1.0
+    assert out.n_params > 0
 
 
 def test_mvae_predicts_above_chance_with_a_modality_dropped(tmp_path):
@@ -87,7 +90,7 @@ def test_mvae_predicts_above_chance_with_a_modality_dropped(tmp_path):
             "view_b": {"type": "tabular", "columns": ["b1", "b2"]},
         },
     )
-    runner = CandidateRunner(ds, Paths.resolve(tmp_path), torch.device("cpu"))
+    runner = CandidateRunner(ds, Paths.resolve(tmp_path).cache, torch.device("cpu"))
     spec = ArchitectureSpec(
         encoders={
             m: EncoderSpec(name="tabular.mlp", mode="scratch", dim=16) for m in ("view_a", "view_b")
@@ -105,12 +108,12 @@ def test_mvae_predicts_above_chance_with_a_modality_dropped(tmp_path):
         ),
     )
     out = runner.run(spec)
-    data = out["data"]
+    data = out.data
     y_test = data.y_raw[data.splits["test"]]
     chance = np.bincount(y_test).max() / len(y_test)  # majority-class rate
-    full = out["test_metrics"]["accuracy"]
+    full = out.test_metrics["accuracy"]
     dropped = {
-        m: evaluate(out["model"], ablate(data, m, "remove"), "test", runner.device)["accuracy"]
+        m: evaluate(out.model, ablate(data, m, "remove"), "test", runner.device)["accuracy"]
         for m in ("view_a", "view_b")
     }
     print(

@@ -22,13 +22,25 @@ import pandas as pd
 from pydantic import ValidationError
 
 from autofuse.data.infer import infer_config
-from autofuse.data.schema import FILE_MODALITY_TYPES, SPLIT_NAMES, DatasetConfig
+from autofuse.data.schema import (
+    FILE_MODALITY_TYPES,
+    SPLIT_NAMES,
+    TABLE_EXTENSIONS,
+    DatasetConfig,
+    RatioSplit,
+)
 from autofuse.data.validate import (
     CheckedData,
     DatasetError,
+    Problem,
+    cell_str,
     check_content,
+    check_file,
     config_problems,
+    find_config,
     inspect_dataset,
+    read_config,
+    read_table,
     summarize,
 )
 
@@ -216,16 +228,6 @@ class Dataset:
             DatasetError: listing every problem found (a column a modality needs is absent, a
                 duplicate id, a bad file, ...).
         """
-        from autofuse.data.schema import TABLE_EXTENSIONS, RatioSplit
-        from autofuse.data.validate import (
-            Problem,
-            cell_str,
-            check_file,
-            find_config,
-            read_config,
-            read_table,
-        )
-
         if bad_files not in ("error", "missing"):
             raise ValueError(f"bad_files must be 'error' or 'missing', got {bad_files!r}")
         if isinstance(data, pd.DataFrame):

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from autofuse.encoders.base import Encoder, EncoderSpec, register_encoder
+from autofuse.encoders.cache import file_sha256
 from autofuse.errors import ConfigError
 from autofuse.types import FeatureShape, ModalityFeatures
 
@@ -246,8 +247,6 @@ class TimmEncoder(Encoder):
 
     @classmethod
     def weights_identity(cls, spec: EncoderSpec) -> dict[str, Any]:
-        from autofuse.encoders.cache import file_sha256
-
         params = cls.resolve_params(spec.params)
         pretrained, weights_file = _pretrained_arg(params["pretrained"])
         if weights_file is not None:

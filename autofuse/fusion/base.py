@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from autofuse.errors import ConfigError
 from autofuse.registry import Registry
 from autofuse.types import FUSION_POINTS, FeatureShape, ModalityFeatures
 
@@ -140,8 +141,6 @@ def create_fusion(
     name: str, inputs: dict[str, FeatureShape], out_dim: int, point: str, **hparams
 ) -> Fusion:
     """Build a registered fusion by its ``family.method`` name."""
-    from autofuse.errors import ConfigError
-
     entry = FUSIONS.get(name)
     if point not in entry.meta["points"]:
         raise ConfigError(

@@ -4,11 +4,26 @@
 from their checkpoints for robustness, and writes ``reports/<study>/report.html`` (one
 self-contained file), ``report.md`` with its PNG figures in ``figures/``, and ``report.json``
 (the numbers behind both).
+
+The package, in the order the data flows:
+
+- :mod:`~autofuse.report.collect`: the trial history -> :class:`~autofuse.report.collect.ReportData`
+  (plain, JSON-able numbers);
+- :mod:`~autofuse.report.robustness`: the finalists re-evaluated from their checkpoints (torch);
+- :mod:`~autofuse.report.figures`: the matplotlib figures, as PNG bytes;
+- :mod:`~autofuse.report.blocks` and :mod:`~autofuse.report.sections`: the layout, sections of
+  paragraphs, tables and figures;
+- :mod:`~autofuse.report.printers`: the layout printed as HTML (with ``static/report.css`` and
+  ``static/report.js`` inlined) and as Markdown, and the files written.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+
+from autofuse.paths import Paths
+from autofuse.report.collect import collect as collect_data
+from autofuse.report.printers import render
 
 __all__ = ["write_report"]
 
@@ -35,13 +50,9 @@ def write_report(
     Returns:
         ``{"html", "markdown", "data", "figures"}`` -> paths under ``reports/<study>/``.
     """
-    from autofuse.paths import Paths
-    from autofuse.report.collect import collect
-    from autofuse.report.render import render
-
     paths = Paths.resolve(workdir)
     url = storage or paths.default_storage
-    data = collect(
+    data = collect_data(
         study,
         storage=url,
         study_dir=paths.study_dir(study),

@@ -3,30 +3,34 @@
 Everything the renderer needs is computed here and kept JSON-able (``ReportData.to_dict``), so
 the numbers in ``report.html`` / ``report.md`` can be checked against the SQL history. The one
 place that reads the history is :func:`load_history`; the robustness of the finalists is measured
-by :func:`evaluate_finalists`, which rebuilds each finalist from its checkpoint and evaluates it
-on the test split with every modality removed and with noise added to it.
+by :func:`autofuse.report.robustness.evaluate_finalists`, which rebuilds each finalist from its
+checkpoint and evaluates it on the test split with every modality removed and with noise added.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import logging
-import math
 import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import optuna
+from optuna.distributions import CategoricalDistribution
+
+from autofuse._util import best_first, better, finite, sort_sign
+from autofuse.checkpoints import CheckpointStore
 from autofuse.errors import ConfigError
-from autofuse.storage.history import StudyRecord, TrialRecord
+from autofuse.metrics import OBJECTIVES
+from autofuse.report.robustness import N_FINALISTS, evaluate_finalists
+from autofuse.storage import make_storage
+from autofuse.storage.history import HistoryStore, StudyRecord, TrialRecord
 
 log = logging.getLogger(__name__)
 
-#: finalists whose robustness is measured (the search keeps checkpoints of the top 3)
-N_FINALISTS = 3
-#: Gaussian noise level (times each input's standard deviation) of the robustness test
-NOISE_SIGMA = 0.5
 #: rows of the leaderboard
 LEADERBOARD_ROWS = 15
 
@@ -46,8 +50,6 @@ def load_history(study: str, storage: str) -> tuple[StudyRecord, list[TrialRecor
         if not db.exists():  # do not create an empty database just to find nothing in it
             raise ConfigError(f"no study database at {db}; run a search first or pass --storage")
     try:
-        from autofuse.storage.history import HistoryStore
-
         hs = HistoryStore(storage, create=False)  # a report never changes the database
         rec = hs.study(study)
         trials = hs.trials(study) if rec is not None else []
@@ -58,15 +60,29 @@ def load_history(study: str, storage: str) -> tuple[StudyRecord, list[TrialRecor
     return _from_optuna(study, storage)
 
 
-def _optuna_study(study: str, storage: str):
-    import optuna
-
-    from autofuse.storage import make_storage
-
+def _optuna_study(study: str, storage: str) -> optuna.Study:
     try:
         return optuna.load_study(study_name=study, storage=make_storage(storage))
     except KeyError:
         raise ConfigError(f"--study {study!r}: no such study in {storage}") from None
+
+
+def _study_from_optuna(st: optuna.Study, rec: StudyRecord | None = None) -> StudyRecord:
+    """A study record from Optuna's study attributes; fields ``rec`` already has are kept."""
+    a = st.user_attrs
+    created = min(
+        (t.datetime_start for t in st.get_trials(deepcopy=False) if t.datetime_start), default=None
+    )
+    old = rec or StudyRecord(st.study_name, None, None, None, None, None, None, created)
+    return dataclasses.replace(
+        old,
+        dataset_fingerprint=old.dataset_fingerprint or a.get("dataset_fingerprint"),
+        dataset_info=old.dataset_info or a.get("dataset"),
+        dataset_path=old.dataset_path or a.get("dataset_path"),
+        space=old.space or a.get("space"),
+        metric=old.metric or a.get("metric"),
+        direction=old.direction or st.direction.name.lower(),
+    )
 
 
 def _fill_study(rec: StudyRecord, storage: str) -> StudyRecord:
@@ -74,72 +90,15 @@ def _fill_study(rec: StudyRecord, storage: str) -> StudyRecord:
     if rec.dataset_path and rec.space and rec.metric and rec.direction:
         return rec
     try:
-        st = _optuna_study(rec.name, storage)
+        return _study_from_optuna(_optuna_study(rec.name, storage), rec)
     except ConfigError:
         return rec
-    a = st.user_attrs
-    return StudyRecord(
-        name=rec.name,
-        dataset_fingerprint=rec.dataset_fingerprint or a.get("dataset_fingerprint"),
-        dataset_info=rec.dataset_info or a.get("dataset"),
-        dataset_path=rec.dataset_path or a.get("dataset_path"),
-        space=rec.space or a.get("space"),
-        metric=rec.metric or a.get("metric"),
-        direction=rec.direction or st.direction.name.lower(),
-        created_at=rec.created_at,
-        mlflow_experiment_id=rec.mlflow_experiment_id,
-        mlflow_parent_run_id=rec.mlflow_parent_run_id,
-    )
 
 
 def _from_optuna(study: str, storage: str) -> tuple[StudyRecord, list[TrialRecord], str]:
     st = _optuna_study(study, storage)
-    a = st.user_attrs
-    trials = st.get_trials(deepcopy=False)
-    created = min((t.datetime_start for t in trials if t.datetime_start), default=None)
-    rec = StudyRecord(
-        name=study,
-        dataset_fingerprint=a.get("dataset_fingerprint"),
-        dataset_info=a.get("dataset"),
-        dataset_path=a.get("dataset_path"),
-        space=a.get("space"),
-        metric=a.get("metric"),
-        direction=st.direction.name.lower(),
-        created_at=created,
-    )
-    out = []
-    for t in trials:
-        u = t.user_attrs
-        out.append(
-            TrialRecord(
-                number=t.number,
-                status=t.state.name,
-                reason=u.get("reason"),
-                error=u.get("error"),
-                baseline=u.get("baseline"),
-                family=u.get("family"),
-                method=u.get("method"),
-                point=u.get("point"),
-                encoders=u.get("encoders"),
-                spec=u.get("spec"),
-                value=t.value,
-                val_metrics=u.get("val_metrics"),
-                test_metrics=u.get("test_metrics"),
-                history=u.get("history") or [],
-                n_params=u.get("n_params"),
-                latency_ms=u.get("latency_ms"),
-                train_time_s=u.get("train_time_s"),
-                epochs_run=u.get("epochs_run"),
-                best_epoch=u.get("best_epoch"),
-                device=u.get("device"),
-                worker=u.get("worker"),
-                started_at=t.datetime_start,
-                finished_at=t.datetime_complete,
-                cache_hits=u.get("cache_hits"),
-                cache_misses=u.get("cache_misses"),
-            )
-        )
-    return rec, out, "optuna"
+    trials = [TrialRecord.from_optuna(t) for t in st.get_trials(deepcopy=False)]
+    return _study_from_optuna(st), trials, "optuna"
 
 
 # ---- plain data -------------------------------------------------------------------------------
@@ -212,14 +171,10 @@ class ReportData:
 
     @property
     def completed(self) -> list[Row]:
-        return [r for r in self.trials if r.status == "COMPLETE" and _finite(r.value)]
+        return [r for r in self.trials if r.status == "COMPLETE" and finite(r.value)]
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(asdict(self), default=str))
-
-
-def _finite(x) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)
 
 
 def _iso(t: dt.datetime | None) -> str | None:
@@ -229,7 +184,7 @@ def _iso(t: dt.datetime | None) -> str | None:
 def _row(t: TrialRecord, checkpoints: set[int], metric: str) -> Row:
     dur = (t.finished_at - t.started_at).total_seconds() if t.started_at and t.finished_at else None
     last = t.value
-    if not _finite(last) and t.history:
+    if not finite(last) and t.history:
         last = t.history[-1].get(metric)
     return Row(
         number=t.number,
@@ -255,7 +210,7 @@ def _row(t: TrialRecord, checkpoints: set[int], metric: str) -> Row:
         cache_hits=t.cache_hits,
         cache_misses=t.cache_misses,
         has_checkpoint=t.number in checkpoints,
-        last_value=last if _finite(last) else None,
+        last_value=last if finite(last) else None,
     )
 
 
@@ -269,13 +224,8 @@ def _metrics(m: dict | None) -> dict[str, float]:
 
 def ranked(rows: list[Row], direction: str) -> list[Row]:
     """Completed trials, best first; ties keep the earlier trial first (as Optuna's best_trial)."""
-    sign = -1.0 if direction == "maximize" else 1.0
-    done = [r for r in rows if r.status == "COMPLETE" and _finite(r.value)]
-    return sorted(done, key=lambda r: (sign * r.value, r.number))
-
-
-def _better(a: float, b: float, direction: str) -> bool:
-    return a > b if direction == "maximize" else a < b
+    done = sorted((r for r in rows if r.status == "COMPLETE"), key=lambda r: r.number)
+    return best_first(done, lambda r: r.value, direction)  # a stable sort: ties stay in order
 
 
 def collect(
@@ -301,16 +251,10 @@ def collect(
     """
     rec, records, source = load_history(study, storage)
     direction = rec.direction or "maximize"
-    from autofuse.metrics import OBJECTIVES
-
     info = rec.dataset_info or {}
     metric = rec.metric or OBJECTIVES.get(info.get("task", "classification"), ("accuracy",))[0]
-    ck_dir = study_dir / "checkpoints"
-    checkpoints = {
-        int(p.stem.split("_", 1)[1])
-        for p in ck_dir.glob("trial_*.safetensors")
-        if p.stem.split("_", 1)[1].isdigit() and p.with_suffix(".json").exists()
-    }
+    store = CheckpointStore(study_dir)
+    checkpoints = store.finalists()
     rows = [_row(t, checkpoints, metric) for t in records]
     summary = _read_json(study_dir / "summary.json")
 
@@ -355,10 +299,10 @@ def collect(
         st = _optuna_study(study, storage)
     except ConfigError:
         st = None
-    # the number of trials asked for (the lead records it in the study's search options)
-    budget = (
-        (st.user_attrs.get("search_options") or {}).get("n_total") if st else None
-    ) or space.get("trials")
+    # the number of trials asked for (the lead records it in the study's search options;
+    # databases written before it was called "trials" have "n_total")
+    opts = (st.user_attrs.get("search_options") or {}) if st else {}
+    budget = opts.get("trials") or opts.get("n_total") or space.get("trials")
     importances, imp_note = _importances(st, rows) if st else ({}, "the Optuna study is missing")
     data = ReportData(
         study=study,
@@ -398,7 +342,7 @@ def collect(
             try:
                 data.robustness = evaluate_finalists(
                     [r for r in board if r.has_checkpoint][:N_FINALISTS],
-                    ck_dir,
+                    store,
                     path,
                     workdir=workdir,
                     metric=metric,
@@ -474,7 +418,7 @@ def _groups(rows: list[Row], board: list[Row], direction: str) -> dict[str, list
             g.setdefault("best", None)
             g.setdefault("best_test", {})
             rows_out.append(g)
-        sign = -1.0 if direction == "maximize" else 1.0
+        sign = sort_sign(direction)
         rows_out.sort(key=lambda g: (g["best"] is None, sign * (g["best"] or 0.0), g["name"]))
         out[kind] = rows_out
     return out
@@ -503,12 +447,12 @@ def _baselines(rows: list[Row], board: list[Row], metric: str, direction: str) -
             "n_params": r.n_params,
             "latency_ms": r.latency_ms,
         }
-        if r.status == "COMPLETE" and _finite(r.value):
+        if r.status == "COMPLETE" and finite(r.value):
             d["val"] = r.value
             d["test"] = r.test_metrics.get(metric)
             d["val_diff"] = best.value - r.value
             bt = best.test_metrics.get(metric)
-            d["test_diff"] = bt - d["test"] if _finite(bt) and _finite(d["test"]) else None
+            d["test_diff"] = bt - d["test"] if finite(bt) and finite(d["test"]) else None
         out.append(d)
     return out
 
@@ -517,12 +461,12 @@ def _pareto(board: list[Row], direction: str) -> dict[str, list[int]]:
     """Trials on the front of (better metric, lower cost) for cost = parameters and latency."""
     out = {}
     for cost in ("n_params", "latency_ms"):
-        pts = [(getattr(r, cost), r.value, r.number) for r in board if _finite(getattr(r, cost))]
+        pts = [(getattr(r, cost), r.value, r.number) for r in board if finite(getattr(r, cost))]
         front = []
         for c, v, n in pts:
+            # dominated: another trial at most as costly and at least as good, and not the same
             dominated = any(
-                (c2 <= c and (v2 >= v if direction == "maximize" else v2 <= v))
-                and (c2 < c or v2 != v)
+                c2 <= c and not better(v, v2, direction) and (c2 < c or v2 != v)
                 for c2, v2, _ in pts
             )
             if not dominated:
@@ -531,21 +475,18 @@ def _pareto(board: list[Row], direction: str) -> dict[str, list[int]]:
     return out
 
 
-def _importances(st, rows: list[Row]) -> tuple[dict[str, float], str | None]:
+def _importances(st: optuna.Study, rows: list[Row]) -> tuple[dict[str, float], str | None]:
     """fANOVA importances over the architecture choices and the shared hyperparameters.
 
     The space is conditional, so the branch parameters exist only in some trials; the importances
     are computed on what every completed trial has: the fusion method, the fusion point, each
     modality's encoder, and the parameters common to all of them (learning rate, ...).
     """
-    import optuna
-    from optuna.distributions import CategoricalDistribution
-
     by_number = {r.number: r for r in rows}
     done = [
         t
         for t in st.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-        if t.value is not None and math.isfinite(t.value) and t.number in by_number
+        if finite(t.value) and t.number in by_number
     ]
     if len(done) < 3:
         return {}, f"needs at least 3 completed trials (this study has {len(done)})"
@@ -648,124 +589,4 @@ def _cost(rows: list[Row]) -> dict:
         "cache_hits": sum(hits) if hits else None,
         "cache_misses": sum(misses) if misses else None,
         "workers": sorted(workers.values(), key=lambda w: w["worker"]),
-    }
-
-
-# ---- robustness ------------------------------------------------------------------------------
-
-
-def relative(clean: float, ablated: float, direction: str) -> float:
-    """MultiBench-style relative robustness: 1 = unchanged, below 1 = worse.
-
-    ``ablated / clean`` for a metric to maximise, ``clean / ablated`` for one to minimise (rmse).
-    """
-    if direction == "maximize":
-        return ablated / clean if clean else float("nan")
-    return clean / ablated if ablated else float("nan")
-
-
-def load_finalist(ck_dir: Path, number: int, runner, device):
-    """Rebuild trial ``number`` from its checkpoint and the data it evaluates on.
-
-    Returns ``(model, TrainData)``; frozen encoders are served from the feature cache exactly as
-    in the search, so the model is the one that was trained and scored.
-    """
-    from safetensors.torch import load_file
-
-    from autofuse.model import build_model
-    from autofuse.spec import load_architecture
-    from autofuse.train import TrainData
-
-    spec, info = load_architecture(ck_dir / f"trial_{number}.json")
-    inputs = {m: runner.modality_input(m, e)[0] for m, e in spec.encoders.items()}
-    model = build_model(spec, info, skip_frozen=True)
-    model.load_state_dict(load_file(str(ck_dir / f"trial_{number}.safetensors")))
-    model.to(device).eval()
-    data = TrainData(
-        task=runner.task,
-        y=runner.y,
-        y_raw=runner.y_raw,
-        inputs=inputs,
-        splits=runner.splits,
-        target_stats=runner.target_stats,
-    )
-    return model, data
-
-
-def evaluate_finalists(
-    finalists: list[Row],
-    ck_dir: Path,
-    dataset: str | Path,
-    *,
-    workdir=None,
-    metric: str,
-    direction: str,
-    fingerprint: str | None = None,
-    device: str | None = None,
-    sigma: float = NOISE_SIGMA,
-) -> dict:
-    """Evaluate each finalist's checkpoint on the test split: clean, each modality removed, noised.
-
-    Raises:
-        ConfigError: the dataset folder is missing or is not the one the study searched.
-    """
-    import torch
-
-    from autofuse.data import Dataset
-    from autofuse.paths import Paths
-    from autofuse.study import CandidateRunner, default_device
-    from autofuse.train import ablate, evaluate
-
-    if not finalists:
-        raise ConfigError(f"no finalist checkpoints under {ck_dir}")
-    if not Path(dataset).exists():
-        raise ConfigError(
-            f"dataset folder {dataset} not found; pass --dataset DIR to evaluate the finalists"
-        )
-    ds = Dataset.load(dataset)
-    if fingerprint and ds.fingerprint() != fingerprint:
-        raise ConfigError(
-            f"dataset {dataset} differs from the one the study searched "
-            "(fingerprint mismatch); robustness not evaluated"
-        )
-    dev = torch.device(device) if device else default_device()
-    runner = CandidateRunner(ds, Paths.resolve(workdir), dev)
-    out = []
-    for r in finalists:
-        model, data = load_finalist(ck_dir, r.number, runner, dev)
-        clean = evaluate(model, data, "test", dev)
-        conds = []
-        for m in sorted(data.inputs):
-            for how in ("remove", "noise"):
-                met = evaluate(model, ablate(data, m, how, sigma=sigma), "test", dev)
-                conds.append(
-                    {
-                        "modality": m,
-                        "how": how,
-                        "metrics": met,
-                        "relative": relative(clean[metric], met[metric], direction),
-                    }
-                )
-        rel = [c["relative"] for c in conds if _finite(c["relative"])]
-        out.append(
-            {
-                "trial": r.number,
-                "fusion": r.fusion,
-                "point": r.point,
-                "encoders": r.encoders,
-                "clean": clean,
-                "recorded_test": r.test_metrics,
-                "conditions": conds,
-                "mean_relative": statistics.fmean(rel) if rel else None,
-                "worst_relative": min(rel) if rel else None,
-            }
-        )
-    return {
-        "metric": metric,
-        "direction": direction,
-        "sigma": sigma,
-        "device": str(dev),
-        "dataset": str(dataset),
-        "modalities": sorted(ds.modality_names),
-        "finalists": out,
     }

@@ -22,8 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import orm
 
+from autofuse._util import first_line, utcnow
 from autofuse.errors import ConfigError
 from autofuse.storage.sql import engine_kwargs_for, ensure_sqlite_dir, immediate_transactions
 
@@ -154,17 +159,29 @@ class TrialRecord:
             d[k] = d[k].isoformat() if d[k] else None
         return d
 
+    @classmethod
+    def from_optuna(cls, t: Any) -> TrialRecord:
+        """The record of an Optuna ``FrozenTrial`` from the user attributes the search writes
+        under the same names (for databases written before autofuse's own tables existed)."""
+        u = t.user_attrs
+        fields = {f: u.get(f) for f in TRIAL_FIELDS if f in u}
+        return cls(
+            **{
+                **fields,
+                "number": t.number,
+                "status": t.state.name,
+                "value": t.value,
+                "history": u.get("history") or [],
+                "started_at": t.datetime_start,
+                "finished_at": t.datetime_complete,
+            }
+        )
 
-_TRIAL_FIELDS = [c.name for c in TrialModel.__table__.columns if c.name not in ("id", "study_id")]
 
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+TRIAL_FIELDS = [c.name for c in TrialModel.__table__.columns if c.name not in ("id", "study_id")]
 
 
 def _alembic_config(connection):
-    from alembic.config import Config
-
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.attributes["connection"] = connection
@@ -172,9 +189,6 @@ def _alembic_config(connection):
 
 
 def head_revision() -> str:
-    from alembic.config import Config
-    from alembic.script import ScriptDirectory
-
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     return ScriptDirectory.from_config(cfg).get_current_head()
@@ -204,8 +218,6 @@ class HistoryStore:
 
     # ---- schema ---------------------------------------------------------------------------------
     def current_revision(self) -> str | None:
-        from alembic.runtime.migration import MigrationContext
-
         with self.engine.connect() as conn:
             return MigrationContext.configure(
                 conn, opts={"version_table": VERSION_TABLE}
@@ -216,8 +228,7 @@ class HistoryStore:
         try:
             rev = self.current_revision()
         except sa.exc.OperationalError as e:
-            first = str(getattr(e, "orig", e)).strip().splitlines()[0]
-            raise ConfigError(f"--storage {self.url!r}: cannot connect ({first})") from None
+            raise ConfigError(f"--storage {self.url!r}: cannot connect ({first_line(e)})") from None
         head = head_revision()
         if rev == head:
             return
@@ -238,8 +249,6 @@ class HistoryStore:
 
     def upgrade(self) -> tuple[str | None, str]:
         """Run the Alembic migrations up to the newest version; returns (before, after)."""
-        from alembic import command
-
         before = self.current_revision()
         try:
             with self.engine.begin() as conn:
@@ -268,7 +277,7 @@ class HistoryStore:
         with self.session() as s:
             row = s.scalar(sa.select(StudyModel).where(StudyModel.name == name))
             if row is None:
-                row = StudyModel(name=name, created_at=_now())
+                row = StudyModel(name=name, created_at=utcnow())
                 s.add(row)
             for k, v in fields.items():
                 setattr(row, k, v)
@@ -287,7 +296,7 @@ class HistoryStore:
 
     def record_trial(self, study: str, number: int, **fields: Any) -> None:
         """Insert or update one trial's record (only the given fields change)."""
-        bad = set(fields) - set(_TRIAL_FIELDS)
+        bad = set(fields) - set(TRIAL_FIELDS)
         if bad:
             raise ValueError(f"unknown trial fields {sorted(bad)}")
         with self.session() as s:
@@ -353,7 +362,7 @@ class HistoryStore:
                 epochs.setdefault(ep.trial_id, []).append({"epoch": ep.epoch, **(ep.metrics or {})})
             return [
                 TrialRecord(
-                    **{f: getattr(r, f) for f in _TRIAL_FIELDS}, history=epochs.get(r.id, [])
+                    **{f: getattr(r, f) for f in TRIAL_FIELDS}, history=epochs.get(r.id, [])
                 )
                 for r in rows
             ]

@@ -13,7 +13,12 @@ from __future__ import annotations
 
 import logging
 import zlib
-from pathlib import Path
+
+import sqlalchemy as sa
+from filelock import FileLock
+
+from autofuse._util import first_line, sqlite_path
+from autofuse.storage.sql import engine_kwargs_for
 
 log = logging.getLogger(__name__)
 
@@ -28,16 +33,10 @@ class StudyLock:
         self._file = None
         self._conn = None
         name = f"autofuse:{study}"
-        if self.kind == "sqlite" and ":memory:" not in url:
-            from filelock import FileLock
-
-            db = Path(url[len("sqlite:///") :]).expanduser()
+        if self.kind == "sqlite" and sqlite_path(url) is not None:
+            db = sqlite_path(url)
             self._file = FileLock(str(db) + f".{zlib.crc32(name.encode()):08x}.lock")
         elif self.kind in ("postgresql", "mysql", "mariadb"):
-            import sqlalchemy as sa
-
-            from autofuse.storage.sql import engine_kwargs_for
-
             # one dedicated connection for the worker's life: these locks belong to a session
             self._engine = sa.create_engine(
                 url,
@@ -58,8 +57,6 @@ class StudyLock:
         return self._conn
 
     def acquire(self) -> None:
-        import sqlalchemy as sa
-
         if self._held:
             return
         if self._file is not None:
@@ -71,15 +68,12 @@ class StudyLock:
                 if not e.connection_invalidated:
                     raise
                 # the idle lock connection was dropped (server restart, idle timeout): reconnect
-                first = (str(e.orig).strip().splitlines() or ["?"])[0]
-                log.warning("study lock connection lost (%s); reconnecting", first)
+                log.warning("study lock connection lost (%s); reconnecting", first_line(e))
                 self._conn = None
                 self._server_lock()
         self._held = True
 
     def _server_lock(self) -> None:
-        import sqlalchemy as sa
-
         conn = self._connection()
         if self.kind == "postgresql":
             conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": self._key})
@@ -89,8 +83,6 @@ class StudyLock:
             raise TimeoutError(f"could not lock study {self.study!r} within 600 s")
 
     def release(self) -> None:
-        import sqlalchemy as sa
-
         if not self._held:
             return
         self._held = False

@@ -76,6 +76,14 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import mlflow
+from filelock import FileLock
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag, ViewType
+from mlflow.exceptions import MlflowException
+
+from autofuse._util import first_line, sqlite_path
+
 log = logging.getLogger(__name__)
 
 ROLE_TAG = "autofuse.role"
@@ -263,39 +271,22 @@ def _is_http(uri: str) -> bool:
     return uri.startswith(("http://", "https://"))
 
 
-def _sqlite_path(uri: str) -> Path | None:
-    if uri.startswith("sqlite:///"):
-        p = uri[len("sqlite:///") :].split("?", 1)[0]
-        return Path(p) if p and p != ":memory:" else None
-    return None
-
-
 @contextlib.contextmanager
 def _file_lock(path: Path | None):
-    """Inter-process lock (POSIX); MLflow's SQLite schema creation breaks under concurrent starts."""
+    """Inter-process lock beside a SQLite store: MLflow's schema creation and the parent run's
+    get-or-create break under concurrent starts."""
     if path is None:
         yield
         return
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with FileLock(str(path)):
+        yield
 
 
 @contextlib.contextmanager
 def _global_tracking_uri(uri: str):
     """``mlflow.<flavor>.log_model`` only reads the global tracking URI: set it, then restore it."""
-    import mlflow
-
-    try:
+    try:  # a private helper: optional, with a public fallback below
         from mlflow.tracking._tracking_service.utils import _use_tracking_uri
     except ImportError:  # pragma: no cover - private helper moved
         _use_tracking_uri = None
@@ -389,7 +380,7 @@ class MlflowTracker:
         self._own_runs: set[str] = set()
         self._last_step: dict[str, int] = {}
         self._last_ts: dict[str, int] = {}
-        self._db = _sqlite_path(self.uri)
+        self._db = sqlite_path(self.uri)
         self._lock = self._db.with_name(self._db.name + ".lock") if self._db else None
         if artifact_location is None and self._db is not None:
             safe = re.sub(r"[^\w.\-]", "_", study_name) or "study"
@@ -403,8 +394,6 @@ class MlflowTracker:
                 if reason is not None:
                     self._off(f"no MLflow server at {self.uri} ({reason})")
                     return
-            from mlflow import MlflowClient
-
             with _file_lock(self._lock):
                 if self._db is not None:
                     self._db.parent.mkdir(parents=True, exist_ok=True)
@@ -412,7 +401,7 @@ class MlflowTracker:
                 self.client.search_experiments(max_results=1)  # creates / checks the schema now
             self.available = True
         except Exception as e:
-            self._off(f"cannot use MLflow at {self.uri} ({type(e).__name__}: {_first_line(e)})")
+            self._off(f"cannot use MLflow at {self.uri} ({type(e).__name__}: {first_line(e)})")
 
     # ------------------------------------------------------------------ failure handling
 
@@ -427,7 +416,7 @@ class MlflowTracker:
         if down:
             self._off(
                 f"MLflow at {self.uri} unreachable during {what} ({type(e).__name__}: "
-                f"{_first_line(e)})"
+                f"{first_line(e)})"
             )
         elif what not in self._warned:
             self._warned.add(what)
@@ -436,7 +425,7 @@ class MlflowTracker:
                 what,
                 self.study_name,
                 type(e).__name__,
-                _first_line(e),
+                first_line(e),
             )
         else:
             log.debug("MLflow %s failed again: %s", what, e)
@@ -450,8 +439,6 @@ class MlflowTracker:
         params: Mapping[str, Any] | None = None,
         tags: Mapping[str, Any] | None = None,
     ) -> None:
-        from mlflow.entities import Param, RunTag
-
         c = self.client
         ps = [Param(_key(k), _text(v, PARAM_VALUE_MAX)) for k, v in (params or {}).items()]
         ts = [RunTag(_key(k), _text(v, TAG_VALUE_MAX)) for k, v in (tags or {}).items()]
@@ -465,8 +452,6 @@ class MlflowTracker:
 
     @staticmethod
     def _metrics(values: Mapping[str, Any], step: int, ts: int, name=lambda k: k) -> list:
-        from mlflow.entities import Metric
-
         out = []
         for k, v in (values or {}).items():
             f = _as_float(v)
@@ -493,8 +478,6 @@ class MlflowTracker:
         return out
 
     def _search(self, filter_string: str = "", run_view_type: int | None = None) -> list:
-        from mlflow.entities import ViewType
-
         runs, token = [], None
         while True:
             page = self.client.search_runs(
@@ -513,8 +496,6 @@ class MlflowTracker:
     def _experiment(self) -> str:
         if self.experiment_id is not None:
             return self.experiment_id
-        from mlflow.exceptions import MlflowException
-
         c = self.client
         exp = c.get_experiment_by_name(self.study_name)
         if exp is None:
@@ -688,6 +669,12 @@ class MlflowTracker:
         self._last_step.pop(run_id, None)
         self._last_ts.pop(run_id, None)
 
+    def kill_run(self, run_id: str | None) -> None:
+        """End a trial run whose worker died as ``KILLED`` (reason ``killed``)."""
+        self.end_trial(
+            run_id, "KILLED", {}, {TAG_PREFIX + "status": "FAIL", TAG_PREFIX + "reason": "killed"}
+        )
+
     @_safe(default=list)
     def mark_stale_runs_killed(self, alive: Iterable[int] = ()) -> list[str]:
         """End trial runs of this study left ``RUNNING`` (a killed worker) as ``KILLED``.
@@ -736,7 +723,7 @@ class MlflowTracker:
         ``code_paths``), ``architecture.json`` as an extra file of the model and as run artifact
         ``best/architecture.json``; register it as ``registered_name`` when given.
         Returns the model URI (``models:/<model_id>``)."""
-        import mlflow.pytorch
+        import mlflow.pytorch  # the torch flavour loads only when a best model is logged
 
         pid = self._ensure_parent()
         arch = Path(architecture_json) if architecture_json is not None else None
@@ -878,13 +865,40 @@ class MlflowTracker:
         )
 
 
-def _first_line(e: BaseException) -> str:
-    s = str(e).strip()
-    return s.splitlines()[0][:300] if s else type(e).__name__
+class NullTracker:
+    """The tracker when MLflow is off (``--mlflow-uri off``): every call does nothing."""
+
+    available = False
+    experiment_id: str | None = None
+    parent_run_id: str | None = None
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return lambda *args, **kwargs: None
+
+
+def open_tracker(
+    uri: str | None,
+    trials_dir: str | Path,
+    study: str,
+    params: Mapping[str, Any] | None = None,
+    tags: Mapping[str, Any] | None = None,
+) -> MlflowTracker | NullTracker:
+    """The study's tracker with its parent run started: ``uri`` (default the SQLite store under
+    ``trials_dir``), or a :class:`NullTracker` for ``"off"``. Unreachable MLflow gives a
+    tracker whose calls are no-ops (``available`` False) and one warning."""
+    if uri == "off":
+        return NullTracker()
+    tracker = MlflowTracker(uri or default_tracking_uri(trials_dir), study)
+    tracker.start_study(params or {}, tags or {})
+    return tracker
 
 
 __all__ = [
     "MlflowTracker",
+    "NullTracker",
+    "open_tracker",
     "default_tracking_uri",
     "final_metrics",
     "flatten",

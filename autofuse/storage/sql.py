@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import logging
 
+import optuna
+import sqlalchemy.exc
+from sqlalchemy import event
+
+from autofuse._util import first_line, sqlite_path
 from autofuse.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -20,25 +25,20 @@ def engine_kwargs_for(url: str) -> dict:
 
 def ensure_sqlite_dir(url: str) -> None:
     """Create the folder of a SQLite database file (SQLite creates the file, not its folder)."""
-    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
-        from pathlib import Path
-
-        Path(url[len("sqlite:///") :]).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite_path(url)
+    if db is not None:
+        db.parent.mkdir(parents=True, exist_ok=True)
 
 
 def make_storage(url: str, **kwargs):
     """An ``optuna.storages.RDBStorage`` for ``url``; a bad URL or unreachable server is a ConfigError."""
-    import optuna
-    import sqlalchemy.exc
-
     ensure_sqlite_dir(url)
     try:
         storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs_for(url), **kwargs)
     except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError) as e:
         raise ConfigError(f"--storage {url!r}: not a usable SQLAlchemy URL ({e})") from None
     except sqlalchemy.exc.OperationalError as e:
-        first = str(e.orig if hasattr(e, "orig") else e).strip().splitlines()[0]
-        raise ConfigError(f"--storage {url!r}: cannot connect ({first})") from None
+        raise ConfigError(f"--storage {url!r}: cannot connect ({first_line(e)})") from None
     if url.startswith("sqlite") and ":memory:" not in url:  # one process only: nothing to race
         immediate_transactions(storage.engine)
     return storage
@@ -53,7 +53,6 @@ def immediate_transactions(engine) -> None:
     serialises the read-check-write (the busy timeout makes the others wait). This is the
     SQLAlchemy recipe for pysqlite transactions; no library setting does it.
     """
-    from sqlalchemy import event
 
     @event.listens_for(engine, "connect")
     def _no_driver_begin(dbapi_connection, _record) -> None:

@@ -6,6 +6,7 @@ import copy
 
 import torch
 
+from autofuse.fusion import FUSIONS, create_fusion
 from autofuse.types import FeatureShape, ModalityFeatures
 
 
@@ -51,8 +52,6 @@ def check_fusion_contract(name: str, n_modalities: int, point: str, out_dim: int
     Checks: output shape, finite values, finite aux loss, a gradient on every parameter, a batch
     with an absent modality, ``state_dict`` round trip and ``.to()``.
     """
-    from autofuse.fusion import FUSIONS, create_fusion
-
     entry = FUSIONS.get(name)
     torch.manual_seed(0)
     shapes = fake_shapes(n_modalities)

@@ -159,7 +159,7 @@ def _md_table(md: str, first_header: str) -> tuple[list[str], list[list[str]]]:
 
 
 def test_report_files_and_sections(study):
-    from autofuse.report.render import SECTIONS
+    from autofuse.report.sections import SECTIONS
 
     work, _, out = study
     assert out["html"] == work / "reports" / STUDY / "report.html"
@@ -257,10 +257,11 @@ def test_baselines_section_shows_difference(study):
 def test_robustness_is_evaluated_from_checkpoints(study, demo_dataset):
     import torch
 
+    from autofuse.checkpoints import CheckpointStore
     from autofuse.data import Dataset
     from autofuse.paths import Paths
-    from autofuse.report.collect import load_finalist, relative
-    from autofuse.study import CandidateRunner
+    from autofuse.report.robustness import load_finalist, relative
+    from autofuse.runner import CandidateRunner
     from autofuse.train import ablate, evaluate
 
     work, _, out = study
@@ -288,8 +289,9 @@ def test_robustness_is_evaluated_from_checkpoints(study, demo_dataset):
     f = fins[0]
     cond = next(c for c in f["conditions"] if c["how"] == "remove" and c["modality"] == "text")
     dev = torch.device("cpu")
-    runner = CandidateRunner(Dataset.load(demo_dataset), Paths.resolve(work), dev)
-    model, tdata = load_finalist(work / "trials" / STUDY / "checkpoints", f["trial"], runner, dev)
+    paths = Paths.resolve(work)
+    runner = CandidateRunner(Dataset.load(demo_dataset), paths.cache, dev)
+    model, tdata = load_finalist(CheckpointStore(paths.study_dir(STUDY)), f["trial"], runner, dev)
     clean = evaluate(model, tdata, "test", dev)
     ablated = evaluate(model, ablate(tdata, "text", "remove"), "test", dev)
     assert clean == pytest.approx(f["clean"])
@@ -351,7 +353,7 @@ def test_html_in_headless_chromium(study, tmp_path):
     )
     assert res.returncode == 0, res.stderr[-2000:]
     dom = res.stdout
-    from autofuse.report.render import SECTIONS
+    from autofuse.report.sections import SECTIONS
 
     for sid in SECTIONS:
         assert f'<section id="{sid}">' in dom, sid

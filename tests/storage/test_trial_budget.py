@@ -28,7 +28,7 @@ def _objective(trial: optuna.Trial) -> float:
 
 
 def _work(url: str, start, lock: bool = True) -> None:  # runs in a child process
-    from autofuse.workers import _optimize
+    from autofuse.workers import optimize_until
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     st = optuna.load_study(study_name="b", storage=make_storage(url))
@@ -40,7 +40,7 @@ def _work(url: str, start, lock: bool = True) -> None:  # runs in a child proces
 
     st._storage.create_new_trial = slow_create
     start.wait()
-    _optimize(st, _objective, N_TOTAL, "x", progress=False, storage_url=url if lock else None)
+    optimize_until(st, _objective, N_TOTAL, "x", progress=False, storage_url=url if lock else None)
 
 
 def test_workers_stop_at_the_requested_count(url):

@@ -17,6 +17,7 @@ import pytest
 from autofuse.errors import ConfigError
 from autofuse.storage.history import HistoryStore
 from autofuse.study import search
+from autofuse.testing.faults import InjectFaults
 
 HERE = Path(__file__).parent
 TINY_ALL = str(HERE.parent / "spaces" / "tiny_all.yaml")
@@ -187,9 +188,9 @@ def test_killing_one_of_several_workers(demo_dataset, tmp_path):
     assert any(r.retry_of == killed for r in recs.values())
 
 
-def test_injected_faults_end_as_pruned_with_reason(demo_dataset, tmp_path, monkeypatch):
+def test_injected_faults_end_as_pruned_with_reason(demo_dataset, tmp_path):
     # trials 0 and 1 are the enqueued baselines; inject into 2, 3, 4 and 5
-    monkeypatch.setenv("AUTOFUSE_INJECT_FAULT", "diverged@2,oom@3,timeout@4,invalid@5")
+    faults = InjectFaults({2: "diverged", 3: "oom", 4: "timeout", 5: "invalid"})
     res = search(
         demo_dataset,
         study="faults",
@@ -201,6 +202,7 @@ def test_injected_faults_end_as_pruned_with_reason(demo_dataset, tmp_path, monke
         trial_timeout=6.0,
         max_faults=10,
         report=False,
+        hooks=[faults],
     )
     url = f"sqlite:///{tmp_path / 'trials' / 'autofuse.db'}"
     recs = {r.number: r for r in HistoryStore(url).trials("faults")}
@@ -213,10 +215,10 @@ def test_injected_faults_end_as_pruned_with_reason(demo_dataset, tmp_path, monke
         assert res.summary["pruned_reasons"].get(reason, 0) >= 1
 
 
-def test_worker_stops_after_consecutive_faults(demo_dataset, tmp_path, monkeypatch):
+def test_worker_stops_after_consecutive_faults(demo_dataset, tmp_path):
     from autofuse.workers import WorkerStopped
 
-    monkeypatch.setenv("AUTOFUSE_INJECT_FAULT", "invalid@2,invalid@3,invalid@4")
+    faults = InjectFaults({2: "invalid", 3: "invalid", 4: "invalid"})
     with pytest.raises(WorkerStopped, match="3 consecutive faulty trials"):
         search(
             demo_dataset,
@@ -228,4 +230,5 @@ def test_worker_stops_after_consecutive_faults(demo_dataset, tmp_path, monkeypat
             mlflow_uri="off",
             max_faults=3,
             report=False,
+            hooks=[faults],
         )

@@ -1,0 +1,359 @@
+"""One trial execution: sample a candidate, train it, record it, with named hooks.
+
+:class:`TrialExecution` runs one Optuna trial from start to end, top to bottom::
+
+    start        sample the spec, record the trial RUNNING (SQL, Optuna, MLflow), load the epoch
+                 checkpoint of the attempt it retries
+    train        CandidateRunner.run(...) -> epoch_end / checkpoint after every epoch
+    end          complete | pruned | fault (pruned with a reason) | failed | interrupted
+
+Everything that happens at those points goes through hooks with Lightning-callback names
+(:class:`TrialHook`: ``on_trial_start``, ``on_epoch_end``, ``on_checkpoint``, ``on_fault``,
+``on_trial_end``). Tests install hooks of their own, e.g. :class:`autofuse.testing.InjectFaults`.
+
+:class:`TrialLog` is the one writer of a trial's record: the same fields go to autofuse's SQL
+history, to the trial's Optuna user attributes and to its MLflow run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+import torch
+
+from autofuse._util import first_line, utcnow
+from autofuse.checkpoints import CheckpointStore
+from autofuse.options import SearchOptions
+from autofuse.runner import CandidateResult, CandidateRunner
+from autofuse.space import SearchSpace, suggest_spec
+from autofuse.spec import ArchitectureSpec
+from autofuse.storage.history import TRIAL_FIELDS, HistoryStore
+from autofuse.storage.mlflow import final_metrics, trial_tags
+from autofuse.train import TrialFault
+
+log = logging.getLogger(__name__)
+
+#: record fields that are not Optuna attributes (Optuna keeps them itself, or they are SQL-only)
+_NOT_ATTRS = {"number", "status", "value", "started_at", "finished_at", "mlflow_run_id"}
+#: scalar record fields logged as final MLflow metrics
+_SCALARS = ("n_params", "latency_ms", "train_time_s", "epochs_run", "best_epoch")
+
+
+class TrialHook:
+    """Override what you need; every method is called with the running :class:`TrialExecution`.
+
+    A hook may raise :class:`~autofuse.train.TrialFault` (the trial ends as pruned with that
+    reason) or ``optuna.TrialPruned``.
+    """
+
+    def on_trial_start(self, ex: TrialExecution) -> None:
+        """The trial is recorded RUNNING; training has not started."""
+
+    def on_epoch_end(self, ex: TrialExecution, epoch: int, metrics: dict[str, float]) -> None:
+        """An epoch ended (its metrics are recorded; the pruner has not been asked yet)."""
+
+    def on_checkpoint(self, ex: TrialExecution, state: dict[str, Any]) -> None:
+        """The epoch checkpoint was written."""
+
+    def on_fault(self, ex: TrialExecution, fault: TrialFault) -> None:
+        """The candidate could not finish (diverged, oom, timeout, invalid)."""
+
+    def on_trial_end(self, ex: TrialExecution, status: str, fields: dict[str, Any]) -> None:
+        """The trial's final record was written (``status``: COMPLETE, PRUNED or FAIL)."""
+
+
+@dataclass
+class WorkerContext:
+    """What every trial of one worker shares."""
+
+    study: optuna.Study
+    ds: Any
+    space: SearchSpace
+    options: SearchOptions
+    runner: CandidateRunner
+    history: HistoryStore
+    tracker: Any  # MlflowTracker | NullTracker
+    store: CheckpointStore
+    metric: str
+    direction: str
+    hooks: list[TrialHook] = field(default_factory=list)
+    worker: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+
+    @property
+    def modalities(self) -> dict[str, str]:
+        return {m: self.ds.modality_type(m) for m in self.ds.modality_names}
+
+    @property
+    def device(self) -> torch.device:
+        return self.runner.device
+
+
+class TrialLog:
+    """The one writer of a trial's record: SQL history, Optuna user attributes and MLflow run.
+
+    ``overhead_s`` accumulates the time spent writing (storage + MLflow bookkeeping).
+    """
+
+    def __init__(self, ctx: WorkerContext, trial: optuna.Trial) -> None:
+        self.ctx, self.trial = ctx, trial
+        self.run_id: str | None = None
+        self.overhead_s = 0.0
+
+    def _timed(self, fn, *args, **kwargs):
+        t = time.monotonic()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self.overhead_s += time.monotonic() - t
+
+    def write(self, **fields: Any) -> None:
+        """Set record fields in SQL and as Optuna attributes (an unset field stays absent there)."""
+        for k, v in fields.items():
+            if k not in _NOT_ATTRS and v is not None:
+                self.trial.set_user_attr(k, v)
+        sql = {k: v for k, v in fields.items() if k in TRIAL_FIELDS}
+        self._timed(
+            self.ctx.history.record_trial, self.ctx.study.study_name, self.trial.number, **sql
+        )
+
+    def start(self, **fields: Any) -> None:
+        """Record the trial RUNNING and open its MLflow run."""
+        self.write(status="RUNNING", started_at=utcnow(), **fields)
+        tags = {**trial_tags(fields), "autofuse.baseline": fields.get("baseline") or ""}
+        params = {k: str(v) for k, v in self.trial.params.items()}
+        self.run_id = self._timed(self.ctx.tracker.start_trial, self.trial.number, params, tags)
+        if self.run_id:
+            self.write(mlflow_run_id=self.run_id)
+
+    def epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        study, n = self.ctx.study.study_name, self.trial.number
+        self._timed(self.ctx.history.log_epoch, study, n, epoch, metrics)
+        named = {(f"val_{k}" if k != "train_loss" else k): v for k, v in metrics.items()}
+        self._timed(self.ctx.tracker.log_epoch, self.run_id, epoch, named)
+
+    def end(self, status: str, mlflow_status: str | None = None, **fields: Any) -> None:
+        """The final record, everywhere at once."""
+        self.write(status=status, finished_at=utcnow(), **fields)
+        metrics = final_metrics(
+            fields.get("val_metrics"),
+            fields.get("test_metrics"),
+            **{k: fields.get(k) for k in _SCALARS},
+        )
+        tags = trial_tags({**fields, "status": status, "number": self.trial.number})
+        tags.setdefault("autofuse.reason", "")
+        mstatus = mlflow_status or ("FINISHED" if status in ("COMPLETE", "PRUNED") else "FAILED")
+        spec = self.trial.user_attrs.get("spec")
+        self._timed(self.ctx.tracker.end_trial, self.run_id, mstatus, metrics, tags, spec)
+
+
+class TrialExecution:
+    """Runs one trial of ``ctx.study`` (see the module docstring)."""
+
+    def __init__(self, ctx: WorkerContext, trial: optuna.Trial) -> None:
+        self.ctx, self.trial = ctx, trial
+        self.log = TrialLog(ctx, trial)
+        self.spec: ArchitectureSpec | None = None
+        self.retry_of: int | None = None
+        self.resume: dict | None = None
+        self.t0 = time.monotonic()
+
+    @property
+    def number(self) -> int:
+        return self.trial.number
+
+    def _hooks(self, name: str, *args: Any) -> None:
+        for hook in self.ctx.hooks:
+            getattr(hook, name)(self, *args)
+
+    # ---- the trial, top to bottom ----------------------------------------------------------------
+    def run(self) -> float:
+        """Train and record the trial; returns its objective value (Optuna's ``objective``)."""
+        self.start()
+        try:
+            self._hooks("on_trial_start")
+            result = self.ctx.runner.run(
+                self.spec,
+                on_epoch=self.epoch_end,
+                on_checkpoint=self.checkpoint,
+                deadline=self.deadline(),
+                resume=self.resume,
+                amp=self.ctx.options.amp,
+            )
+        except TrialFault as f:
+            self.fault(f)
+        except torch.OutOfMemoryError as e:
+            self.ctx.runner.release()  # free what the candidate held, then go on
+            if self.ctx.device.type == "cuda":
+                torch.cuda.empty_cache()
+            self.fault(TrialFault("oom", first_line(e) or "out of memory"))
+        except optuna.TrialPruned as e:
+            self.end("PRUNED", reason="pruned", error=str(e))
+            raise
+        except KeyboardInterrupt:
+            self.interrupted()
+            raise
+        except Exception as e:
+            log.warning("trial %d failed:\n%s", self.number, traceback.format_exc())
+            self.end("FAIL", reason="error", error=f"{type(e).__name__}: {e}")
+            raise
+        return self.complete(result)
+
+    def start(self) -> None:
+        """Sample the spec, record the trial RUNNING, find the checkpoint of a retried attempt."""
+        ctx, trial = self.ctx, self.trial
+        self.spec = suggest_spec(trial, ctx.space, ctx.modalities)
+        self.retry_of = retried_trial(ctx.study, trial)
+        if self.retry_of is not None:
+            reconcile_stale(ctx.study, ctx.history, ctx.tracker)
+        self.log.start(
+            spec=self.spec.model_dump(mode="json"),
+            family=self.spec.fusion.family,
+            method=self.spec.fusion.method,
+            point=self.spec.fusion.point,
+            encoders={m: f"{e.name}/{e.mode}" for m, e in self.spec.encoders.items()},
+            device=str(ctx.device),
+            worker=ctx.worker,
+            baseline=trial.user_attrs.get("baseline"),
+            retry_of=self.retry_of,
+        )
+        if self.retry_of is not None:
+            self.resume = ctx.store.load_running(self.retry_of)
+        if self.resume is not None:
+            log.info(
+                "trial %d resumes trial %d from epoch %d",
+                self.number,
+                self.retry_of,
+                self.resume["epoch"],
+            )
+            for h in self.resume["history"]:
+                self.log.epoch(h["epoch"], {k: v for k, v in h.items() if k != "epoch"})
+
+    def deadline(self) -> float | None:
+        timeout = self.ctx.options.trial_timeout
+        return self.t0 + timeout if timeout else None
+
+    # ---- during training -------------------------------------------------------------------------
+    def epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
+        """Record the epoch, call the hooks, then ask the pruner."""
+        self.log.epoch(epoch, metrics)
+        self._hooks("on_epoch_end", epoch, metrics)
+        self.trial.report(metrics[self.ctx.metric], epoch)
+        if self.trial.should_prune():
+            self.log.write(epochs_run=epoch)
+            raise optuna.TrialPruned(f"pruned at epoch {epoch}")
+
+    def checkpoint(self, state: dict[str, Any]) -> None:
+        """Keep the full training state, so a retry continues from this epoch."""
+        self.ctx.store.save_running(self.number, state)
+        self._hooks("on_checkpoint", state)
+
+    # ---- ends ------------------------------------------------------------------------------------
+    def end(self, status: str, *, keep_checkpoint: bool = False, **fields: Any) -> None:
+        fields.setdefault("trial_time_s", time.monotonic() - self.t0)
+        fields["overhead_s"] = self.log.overhead_s
+        self.log.end(status, **fields)
+        if not keep_checkpoint:
+            self.ctx.store.discard_running(self.number, self.retry_of)
+        self._hooks("on_trial_end", status, fields)
+
+    def fault(self, f: TrialFault) -> None:
+        """A candidate that cannot finish ends as pruned with the reason (TPE learns from it)."""
+        log.warning("trial %d ended as pruned (%s): %s", self.number, f.reason, f)
+        self._hooks("on_fault", f)
+        self.end("PRUNED", reason=f.reason, error=str(f))
+        raise optuna.TrialPruned(f.reason) from None
+
+    def interrupted(self) -> None:
+        """Stopped by the user: the trial fails and a copy is queued that resumes from its last
+        epoch checkpoint when the study runs again."""
+        self.end(
+            "FAIL",
+            keep_checkpoint=True,
+            mlflow_status="KILLED",
+            reason="interrupted",
+            error="stopped by the user",
+        )
+        baseline = self.trial.user_attrs.get("baseline")
+        self.ctx.study.enqueue_trial(
+            self.trial.params,
+            user_attrs={"retry_of": self.number, **({"baseline": baseline} if baseline else {})},
+        )
+
+    def complete(self, result: CandidateResult) -> float:
+        ctx = self.ctx
+        value = float(result.val_metrics[ctx.metric])
+        fields = result.metrics_fields()
+        if ctx.device.type == "cuda":
+            fields["peak_gpu_mb"] = torch.cuda.max_memory_allocated(ctx.device) / 2**20
+        others = [
+            t.value
+            for t in ctx.study.get_trials(
+                deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)
+            )
+        ]
+        t = time.monotonic()
+        ctx.store.save_if_top(
+            self.number,
+            value,
+            others,
+            ctx.direction,
+            result.model,
+            result.spec,
+            result.dataset_info,
+        )
+        self.log.overhead_s += time.monotonic() - t
+        cache = ctx.runner.feature_cache
+        self.end(
+            "COMPLETE",
+            value=value,
+            cache_hits=getattr(cache, "hits", None),
+            cache_misses=getattr(cache, "misses", None),
+            **fields,
+        )
+        return value
+
+
+def retried_trial(study: optuna.Study, trial: optuna.Trial) -> int | None:
+    """The number of the trial this one retries (a dead worker's, or an interrupted one)."""
+    frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number)
+    n = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
+    return n if n is not None else trial.user_attrs.get("retry_of")
+
+
+def reconcile_stale(study: optuna.Study, history: HistoryStore, tracker: Any) -> list[int]:
+    """Trials Optuna failed as stale (their worker died): record them as FAIL / killed and mark
+    their MLflow runs KILLED. Returns their numbers."""
+    failed = {
+        t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))
+    }
+    out = []
+    for rec in history.trials(study.study_name):
+        if rec.status == "RUNNING" and rec.number in failed:
+            history.record_trial(
+                study.study_name,
+                rec.number,
+                status="FAIL",
+                reason="killed",
+                error="worker stopped (missed heartbeats); trial retried",
+                finished_at=utcnow(),
+            )
+            tracker.kill_run(rec.mlflow_run_id)
+            out.append(rec.number)
+    return out
+
+
+__all__ = [
+    "TrialExecution",
+    "TrialHook",
+    "TrialLog",
+    "WorkerContext",
+    "reconcile_stale",
+    "retried_trial",
+]
