@@ -23,6 +23,10 @@ test: setup
 	$(BIN)/python -m pytest -q -m "not slow and not gpu"
 	$(BIN)/python -m pytest -q -m "slow and not gpu" || [ $$? -eq 5 ]
 
+# style, formatting, the import-layer contract (pyproject [tool.importlinter]) and the budget of
+# function-local imports; CI runs this before the tests
 lint: setup
-	$(BIN)/ruff check autofuse tests benchmarks
-	$(BIN)/ruff format --check autofuse tests benchmarks
+	$(BIN)/ruff check autofuse tests benchmarks .ci
+	$(BIN)/ruff format --check autofuse tests benchmarks .ci
+	$(BIN)/lint-imports
+	$(BIN)/python .ci/local_imports.py --max 60 > /dev/null

@@ -23,8 +23,10 @@ def local_imports() -> list[tuple[str, int, str, str]]:
                     mod = node.module if isinstance(node, ast.ImportFrom) else node.names[0].name
                     line = lines[node.lineno - 1]
                     prev = lines[node.lineno - 2] if node.lineno > 1 else ""
-                    why = line.split("#", 1)[1].strip() if "#" in line else (
-                        prev.split("#", 1)[1].strip() if prev.strip().startswith("#") else ""
+                    why = (
+                        line.split("#", 1)[1].strip()
+                        if "#" in line
+                        else (prev.split("#", 1)[1].strip() if prev.strip().startswith("#") else "")
                     )
                     out.append((str(path.relative_to(ROOT.parent)), node.lineno, mod or "", why))
     return out

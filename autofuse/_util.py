@@ -11,8 +11,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 import math
 import os
+import shutil
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -52,6 +55,48 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def atomic_write_dir(final: Path, write: Callable[[Path], None]) -> bool:
+    """Fill a temporary sibling folder with ``write(tmp)``, then rename it to ``final``.
+
+    Returns:
+        True if this call created ``final``; False if another process got there first (its
+        entry is kept and this one discarded).
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_sibling(final)
+    tmp.mkdir()
+    try:
+        write(tmp)
+        try:
+            os.rename(tmp, final)
+            return True
+        except OSError:
+            if final.exists():  # lost the race: the other writer's entry is complete
+                shutil.rmtree(tmp, ignore_errors=True)
+                return False
+            raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def discard_dir(folder: Path) -> None:
+    """Remove a cache folder safely: rename it aside first, so no reader sees it half-deleted."""
+    trash = folder.parent / f".{folder.name}.trash-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        os.rename(folder, trash)
+    except OSError:
+        return  # already gone (another process discarded it)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def stable_hash(obj: Any) -> str:
+    """sha256 hex of a JSON-able object (keys sorted, so dict order does not matter)."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:

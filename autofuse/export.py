@@ -29,6 +29,7 @@ import logging
 import os
 import shutil
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -358,13 +359,7 @@ def export_trial(
 
 
 def _version() -> str:
-    try:
-        from autofuse import __version__
-    except ImportError:  # pragma: no cover - a namespace import (unusual editable installs)
-        from importlib.metadata import version
-
-        return version("autofuse")
-    return __version__
+    return version("autofuse")
 
 
 def write_export(

@@ -95,7 +95,7 @@ def load(
             own, e.g. ``MLFLOW_TRACKING_URI``).
     """
     if is_mlflow_uri(path_or_uri):
-        import mlflow
+        import mlflow  # lazy: only MLflow model URIs need MLflow (seconds to import)
 
         if tracking_uri:
             mlflow.set_tracking_uri(tracking_uri)

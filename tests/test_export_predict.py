@@ -15,6 +15,7 @@ import optuna
 import pandas as pd
 import pytest
 import torch
+from ci import IN_CI
 from click.testing import CliRunner
 from PIL import Image
 
@@ -384,7 +385,7 @@ def registry(exported, tmp_path_factory):
     try:
         uri, proc = start_mlflow_server(tmp / "server", timeout=60)
     except Exception as e:  # noqa: BLE001 - no server binary / port: fall back to a SQLite store
-        if os.environ.get("CI", "").lower() == "true":
+        if IN_CI:
             pytest.fail(f"cannot start mlflow server: {e}")
         uri = f"sqlite:///{tmp / 'mlflow.db'}"
     try:

@@ -18,17 +18,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import shutil
 import time
-import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from autofuse._util import atomic_write_dir, discard_dir, stable_hash
 from autofuse.encoders.base import EncoderSpec, create_encoder, get_encoder_entry
 from autofuse.errors import ConfigError
 from autofuse.types import FeatureShape, ModalityFeatures
@@ -40,12 +37,6 @@ logger = logging.getLogger(__name__)
 
 #: Bump when the stored layout or the meaning of cached features changes.
 CACHE_VERSION = 1
-
-
-def stable_hash(obj: Any) -> str:
-    """sha256 hex of a JSON-able object (keys sorted, so dict order does not matter)."""
-    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()
 
 
 _FILE_HASHES: dict[tuple[str, int, int], str] = {}
@@ -63,42 +54,6 @@ def file_sha256(path: str | Path) -> str:
                 h.update(chunk)
         _FILE_HASHES[memo] = h.hexdigest()
     return _FILE_HASHES[memo]
-
-
-def atomic_write_dir(final: Path, write: Callable[[Path], None]) -> bool:
-    """Fill a temporary sibling folder with ``write(tmp)``, then rename it to ``final``.
-
-    Returns:
-        True if this call created ``final``; False if another process got there first (its
-        entry is kept and this one discarded).
-    """
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        write(tmp)
-        try:
-            os.rename(tmp, final)
-            return True
-        except OSError:
-            if final.exists():  # lost the race: the other writer's entry is complete
-                shutil.rmtree(tmp, ignore_errors=True)
-                return False
-            raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def discard_dir(folder: Path) -> None:
-    """Remove a cache folder safely: rename it aside first, so no reader sees it half-deleted."""
-    trash = folder.parent / f".{folder.name}.trash-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        os.rename(folder, trash)
-    except OSError:
-        return  # already gone (another process discarded it)
-    shutil.rmtree(trash, ignore_errors=True)
 
 
 class CachedFeatures:

@@ -163,7 +163,7 @@ class TimmEncoder(Encoder):
 
     def __init__(self, spec: EncoderSpec, state: dict) -> None:
         super().__init__(spec, state)
-        import timm
+        import timm  # lazy: timm takes seconds to import; only timm encoders need it
 
         p = self.params
         pretrained, weights_file = _pretrained_arg(p["pretrained"])
@@ -233,7 +233,7 @@ class TimmEncoder(Encoder):
 
     @staticmethod
     def _fixed_input_size(model_name: str) -> bool:
-        import timm
+        import timm  # lazy: timm takes seconds to import; only timm encoders need it
 
         try:
             cfg = timm.models.get_pretrained_cfg(model_name)

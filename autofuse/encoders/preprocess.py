@@ -38,8 +38,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from autofuse._util import atomic_write_dir, discard_dir, stable_hash
 from autofuse.encoders.base import EncoderSpec, get_encoder_entry
-from autofuse.encoders.cache import atomic_write_dir, discard_dir, stable_hash
 from autofuse.errors import AutofuseError, ConfigError
 
 logger = logging.getLogger(__name__)
@@ -192,7 +192,7 @@ def _parallel_map(fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
 
 # ---------------------------------------------------------------------------- image
 def _prepare_image(ds: Any, modality: str, params: dict, state: dict | None):
-    from PIL import Image
+    from PIL import Image  # lazy: PIL is slow to import; only image modalities need it
 
     size = int(params["image_size"])
     paths = ds.file_paths(modality)
@@ -251,8 +251,8 @@ def audio_frames(params: dict) -> int:
 
 def read_wav(path: Path, sample_rate: int, n_samples: int) -> np.ndarray:
     """Mono float32 waveform resampled to ``sample_rate``, cropped / zero-padded to ``n_samples``."""
-    from scipy.io import wavfile
-    from scipy.signal import resample_poly
+    from scipy.io import wavfile  # lazy: scipy is slow to import; only audio needs it
+    from scipy.signal import resample_poly  # (same)
 
     try:
         rate, data = wavfile.read(path)
@@ -369,7 +369,7 @@ def _category_key(v: Any) -> str | None:
 
 
 def _prepare_tabular(ds: Any, modality: str, params: dict, state: dict | None):
-    import pandas as pd
+    import pandas as pd  # lazy: only tabular modalities need pandas here
 
     frame = ds.tabular_frame(modality)
     num_cols, cat_cols = ds.tabular_columns(modality)

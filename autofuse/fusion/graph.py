@@ -15,6 +15,8 @@ torch_geometric is imported when a graph fusion is built, not when autofuse is i
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -27,13 +29,12 @@ GRAPH_POINTS = ("early", "mid", "late", "hybrid")
 
 
 def _dense_layers():
-    import warnings
-
     try:
         with warnings.catch_warnings():  # torch_geometric's import-time torch.jit.script use
             warnings.filterwarnings(
                 "ignore", message=".*torch.jit.script.*", category=FutureWarning
             )
+            # lazy: torch_geometric is slow to import; only graph fusions need it
             from torch_geometric.nn import DenseGATConv, DenseGCNConv
     except ImportError as e:  # pragma: no cover - torch_geometric is a dependency
         raise ImportError(

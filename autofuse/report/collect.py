@@ -26,6 +26,7 @@ from autofuse.checkpoints import CheckpointStore
 from autofuse.errors import ConfigError
 from autofuse.metrics import OBJECTIVES
 from autofuse.report.robustness import N_FINALISTS, evaluate_finalists
+from autofuse.report.rows import Row
 from autofuse.storage import make_storage
 from autofuse.storage.history import HistoryStore, StudyRecord, TrialRecord
 
@@ -102,40 +103,6 @@ def _from_optuna(study: str, storage: str) -> tuple[StudyRecord, list[TrialRecor
 
 
 # ---- plain data -------------------------------------------------------------------------------
-
-
-@dataclass
-class Row:
-    """One trial as the report shows it."""
-
-    number: int
-    status: str
-    reason: str | None
-    baseline: str | None
-    family: str | None
-    method: str | None
-    point: str | None
-    encoders: dict[str, str]
-    value: float | None
-    val_metrics: dict[str, float]
-    test_metrics: dict[str, float]
-    n_params: int | None
-    latency_ms: float | None
-    train_time_s: float | None
-    duration_s: float | None
-    epochs_run: int | None
-    worker: str | None
-    device: str | None
-    started_at: str | None
-    finished_at: str | None
-    cache_hits: int | None
-    cache_misses: int | None
-    has_checkpoint: bool = False
-    last_value: float | None = None  # the value, or a pruned trial's last reported score
-
-    @property
-    def fusion(self) -> str:
-        return f"{self.family}.{self.method}"
 
 
 @dataclass

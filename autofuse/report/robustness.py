@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import statistics
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -17,11 +17,9 @@ from autofuse.data import Dataset
 from autofuse.errors import ConfigError
 from autofuse.model import MultimodalModel, build_model
 from autofuse.paths import Paths
+from autofuse.report.rows import Row
 from autofuse.runner import CandidateRunner, default_device
 from autofuse.train import TrainData, ablate, evaluate
-
-if TYPE_CHECKING:  # collect.py calls this module: a runtime import would be a cycle
-    from autofuse.report.collect import Row
 
 #: finalists whose robustness is measured (the search keeps checkpoints of the top few)
 N_FINALISTS = KEEP_TOP_K

@@ -1,5 +1,19 @@
-"""Storage: Optuna RDB storage helpers (and, later, autofuse's own tables and MLflow)."""
+"""Storage: Optuna RDB storage (``sql``), autofuse's trial history (``history``), MLflow
+(``mlflow``) and the study lock (``lock``).
 
-from autofuse.storage.sql import make_storage
+``make_storage`` is resolved lazily: the MLflow pyfunc model imports ``storage.mlflow`` and must
+not pull in Optuna (which ``storage.sql`` imports).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __all__ = ["make_storage"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "make_storage":
+        return importlib.import_module("autofuse.storage.sql").make_storage
+    raise AttributeError(f"module 'autofuse.storage' has no attribute {name!r}")

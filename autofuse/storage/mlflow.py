@@ -287,6 +287,7 @@ def _file_lock(path: Path | None):
 def _global_tracking_uri(uri: str):
     """``mlflow.<flavor>.log_model`` only reads the global tracking URI: set it, then restore it."""
     try:  # a private helper: optional, with a public fallback below
+        # optional: MLflow's private helper (a public fallback follows)
         from mlflow.tracking._tracking_service.utils import _use_tracking_uri
     except ImportError:  # pragma: no cover - private helper moved
         _use_tracking_uri = None

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import gzip
 import hashlib
-import os
 import time
 import wave
 from collections import Counter
@@ -14,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from ci import need
 
 from autofuse.data.builders import DEFAULT_TEST_SPEAKERS, build_avmnist, build_demo
 from autofuse.data.builders.avmnist import read_idx
@@ -349,11 +349,10 @@ def test_avmnist_rejects_bad_params(fake_inputs: tuple[Path, Path], tmp_path: Pa
 
 @pytest.fixture(scope="module")
 def shared_datasets() -> Path:
-    if not (SHARED / "mnist").is_dir() or not (SHARED / "fsdd").is_dir():
-        reason = f"shared datasets (MNIST, FSDD) not found at {SHARED}"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
+    need(
+        (SHARED / "mnist").is_dir() and (SHARED / "fsdd").is_dir(),
+        f"shared datasets (MNIST, FSDD) not found at {SHARED}",
+    )
     return SHARED
 
 

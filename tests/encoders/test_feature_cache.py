@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
+from autofuse._util import atomic_write_dir
 from autofuse.encoders import EncoderSpec, FeatureCache, create_encoder, prepare_modality
-from autofuse.encoders.cache import atomic_write_dir
 from autofuse.errors import ConfigError
 
 GOOD = Path(__file__).resolve().parents[1] / "data" / "good"

@@ -436,7 +436,7 @@ def _write_images(
     image_size: int,
 ) -> None:
     """Degrade each row's MNIST image and save it as a grayscale PNG."""
-    from PIL import Image
+    from PIL import Image  # lazy: PIL is slow to import; only the builders draw images
 
     for mnist_set in MNIST_FILES:
         group = [r for r in rows if r.get("mnist_set") == mnist_set]

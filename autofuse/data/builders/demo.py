@@ -297,7 +297,7 @@ def draw_shape(shape_bit: int, size: int, rng: np.random.Generator) -> Any:
     Returns:
         A ``PIL.Image.Image`` in mode RGB.
     """
-    from PIL import Image, ImageDraw
+    from PIL import Image, ImageDraw  # lazy: PIL is slow to import; only drawing needs it
 
     background = tuple(int(v) for v in rng.integers(190, 256, 3))
     color = _PALETTE[int(rng.integers(0, len(_PALETTE)))]
