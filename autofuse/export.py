@@ -260,7 +260,39 @@ def export_trial(
     paths = Paths.resolve(workdir)
     st = _load_study(study, paths, storage)
     t = _pick_trial(st, trial)
-    attrs = t.user_attrs
+    folder = _dataset_folder(st, dataset, retrain)
+    meta = _search_meta(st, t, folder, retrain)
+    if not retrain:
+        try:
+            spec, info, state = CheckpointStore(paths.study_dir(study)).load_finalist(t.number)
+        except ConfigError as e:
+            raise ConfigError(
+                f"{e}; add --retrain to refit it on train + val and export that"
+            ) from None
+        model = full_model(spec, info, state, f"checkpoint of trial {t.number}")
+        info["config"] = read_dataset_config(folder)
+    else:
+        spec, info, model = _retrain(st, t, folder, paths, meta, finetune_encoders, device)
+    meta.update(
+        {
+            "family": spec.fusion.family,
+            "method": spec.fusion.method,
+            "point": spec.fusion.point,
+            "n_params": int(sum(p.numel() for p in model.parameters())),
+            "encoders": weight_sources(spec),
+            "autofuse_version": _version(),
+            "created": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
+    )
+    out = write_export(out, spec, info, model, meta)
+    final = meta.get("metrics_after_retrain") or meta["metrics"]
+    return ExportResult(out, study, t.number, retrain, final, meta["n_params"])
+
+
+def _dataset_folder(
+    st: optuna.Study, dataset: str | os.PathLike[str] | None, retrain: bool
+) -> str | os.PathLike[str] | None:
+    """The dataset folder to record (and to retrain on): ``--dataset`` or the study's."""
     folder = dataset or st.user_attrs.get("dataset_path")
     if dataset is not None and not Path(dataset).is_dir():
         raise ConfigError(f"--dataset {dataset}: no such folder")
@@ -275,19 +307,24 @@ def export_trial(
         folder = None
     if folder is None and retrain:
         raise ConfigError("--retrain needs the dataset: pass --dataset DIR")
-    metrics = {
-        "val": dict(attrs.get("val_metrics") or {}),
-        "test": dict(attrs.get("test_metrics") or {}),
-    }
-    meta: dict[str, Any] = {
-        "study": study,
+    return folder
+
+
+def _search_meta(st: optuna.Study, t: optuna.trial.FrozenTrial, folder, retrain: bool) -> dict:
+    """What the search recorded of trial ``t`` (the export's metadata before the model's)."""
+    attrs = t.user_attrs
+    return {
+        "study": st.study_name,
         "trial": t.number,
         "retrained": retrain,
         "baseline": attrs.get("baseline"),
         "metric": st.user_attrs.get("metric"),
         "direction": st.direction.name.lower(),
         "value": t.value,
-        "metrics": metrics,
+        "metrics": {
+            "val": dict(attrs.get("val_metrics") or {}),
+            "test": dict(attrs.get("test_metrics") or {}),
+        },
         "n_params_search": attrs.get("n_params"),
         "latency_ms": attrs.get("latency_ms"),
         "best_epoch": attrs.get("best_epoch"),
@@ -298,64 +335,52 @@ def export_trial(
             "path": str(folder) if folder else None,
         },
     }
-    if not retrain:
-        try:
-            spec, info, state = CheckpointStore(paths.study_dir(study)).load_finalist(t.number)
-        except ConfigError as e:
-            raise ConfigError(
-                f"{e}; add --retrain to refit it on train + val and export that"
-            ) from None
-        model = full_model(spec, info, state, f"checkpoint of trial {t.number}")
-        info["config"] = read_dataset_config(folder)
-    else:
-        spec = ArchitectureSpec.model_validate(attrs["spec"])
-        switched: list[str] = []
-        if finetune_encoders:
-            spec, switched = finetune_spec(spec)
-            if not switched:
-                log.warning(
-                    "--finetune-encoders: no frozen encoder of this trial can be fine-tuned"
-                )
-        ds = Dataset.load(folder)
-        expected = st.user_attrs.get("dataset_fingerprint")
-        if expected and ds.fingerprint() != expected:
-            log.warning(
-                "the dataset at %s differs from the one study %s ran on; retraining on it",
-                folder,
-                study,
-            )
-        epochs = int(attrs.get("best_epoch") or attrs.get("epochs_run") or spec.training.epochs)
-        dev = torch.device(device) if device else default_device()
-        log.info("retraining trial %d on train + val for %d epochs on %s", t.number, epochs, dev)
-        trained, info, test, latency, losses = retrain_trial(ds, spec, epochs, paths, dev)
-        model = full_model(spec, info, trainable_state_dict(trained), "retrained weights")
-        info["config"] = read_dataset_config(folder, required=True)
-        meta["retrain"] = {
-            "epochs": epochs,
-            "rows": int(len(ds.indices("train")) + len(ds.indices("val"))),
-            "splits": ["train", "val"],
-            "finetuned_encoders": switched,
-            "train_loss": losses,
-            "device": str(dev),
-        }
-        meta["metrics_after_retrain"] = {"test": test}
-        meta["latency_ms"] = latency
-        meta["device"] = str(dev)
-        meta["dataset"]["fingerprint"] = ds.fingerprint()
-    meta.update(
-        {
-            "family": spec.fusion.family,
-            "method": spec.fusion.method,
-            "point": spec.fusion.point,
-            "n_params": int(sum(p.numel() for p in model.parameters())),
-            "encoders": weight_sources(spec),
-            "autofuse_version": _version(),
-            "created": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        }
-    )
-    out = write_export(out, spec, info, model, meta)
-    final = meta.get("metrics_after_retrain") or metrics
-    return ExportResult(out, study, t.number, retrain, final, meta["n_params"])
+
+
+def _retrain(
+    st: optuna.Study,
+    t: optuna.trial.FrozenTrial,
+    folder,
+    paths: Paths,
+    meta: dict,
+    finetune_encoders: bool,
+    device: str | None,
+):
+    """Refit trial ``t`` on train + val; returns ``(spec, info, full model)`` and fills ``meta``."""
+    spec = ArchitectureSpec.model_validate(t.user_attrs["spec"])
+    switched: list[str] = []
+    if finetune_encoders:
+        spec, switched = finetune_spec(spec)
+        if not switched:
+            log.warning("--finetune-encoders: no frozen encoder of this trial can be fine-tuned")
+    ds = Dataset.load(folder)
+    expected = st.user_attrs.get("dataset_fingerprint")
+    if expected and ds.fingerprint() != expected:
+        log.warning(
+            "the dataset at %s differs from the one study %s ran on; retraining on it",
+            folder,
+            st.study_name,
+        )
+    attrs = t.user_attrs
+    epochs = int(attrs.get("best_epoch") or attrs.get("epochs_run") or spec.training.epochs)
+    dev = torch.device(device) if device else default_device()
+    log.info("retraining trial %d on train + val for %d epochs on %s", t.number, epochs, dev)
+    trained, info, test, latency, losses = retrain_trial(ds, spec, epochs, paths, dev)
+    model = full_model(spec, info, trainable_state_dict(trained), "retrained weights")
+    info["config"] = read_dataset_config(folder, required=True)
+    meta["retrain"] = {
+        "epochs": epochs,
+        "rows": int(len(ds.indices("train")) + len(ds.indices("val"))),
+        "splits": ["train", "val"],
+        "finetuned_encoders": switched,
+        "train_loss": losses,
+        "device": str(dev),
+    }
+    meta["metrics_after_retrain"] = {"test": test}
+    meta["latency_ms"] = latency
+    meta["device"] = str(dev)
+    meta["dataset"]["fingerprint"] = ds.fingerprint()
+    return spec, info, model
 
 
 def _version() -> str:
