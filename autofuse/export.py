@@ -38,7 +38,7 @@ import optuna
 import torch
 from safetensors.torch import save_file
 
-from autofuse._util import sqlite_path
+from autofuse._util import sqlite_path, temp_sibling
 from autofuse.checkpoints import CheckpointStore
 from autofuse.data import Dataset, DatasetError
 from autofuse.data.validate import find_config, read_config
@@ -399,8 +399,7 @@ def write_export(
             f"--out {out}: exists and is not an autofuse export folder; choose another"
         )
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = temp_sibling(out)
     tmp.mkdir()
     try:
         doc = {

@@ -6,6 +6,7 @@ from typing import Any
 
 import optuna
 
+from autofuse._util import best_first
 from autofuse.errors import ConfigError
 from autofuse.paths import Paths
 from autofuse.storage import make_storage
@@ -52,7 +53,7 @@ def leaderboard(
         known = ", ".join(s.name for s in hs.studies()) or "none"
         raise ConfigError(f"no study {study!r} in {hs.url} (studies: {known})")
     done = [t for t in hs.trials(study) if t.status == "COMPLETE" and t.value is not None]
-    done.sort(key=lambda t: t.value, reverse=(rec.direction != "minimize"))
+    done = best_first(done, lambda t: t.value, rec.direction or "maximize")
     if by:
         if by not in ("family", "method", "point"):
             raise ConfigError(f"--by {by!r}: choose family, method or point")

@@ -33,6 +33,7 @@ import pandas as pd
 from mlflow.models import ModelSignature
 from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
+from autofuse._util import sqlite_path
 from autofuse.errors import ConfigError
 from autofuse.predict import Predictor, find_export_dir
 from autofuse.storage.mlflow import _global_tracking_uri
@@ -133,9 +134,9 @@ def _requirements(bundle_code: bool) -> list[str]:
 def _artifact_location(uri: str, experiment: str) -> str | None:
     """For a SQLite store: ``<db folder>/mlartifacts/<experiment>`` (as the search's tracker does;
     MLflow would otherwise write into ``./mlruns`` of the current directory)."""
-    if not uri.startswith("sqlite:///"):
+    db = sqlite_path(uri)
+    if db is None:
         return None
-    db = Path(uri[len("sqlite:///") :].split("?", 1)[0])
     safe = re.sub(r"[^\w.\-]", "_", experiment) or "study"
     return (db.parent / "mlartifacts" / safe).resolve().as_uri()
 

@@ -41,6 +41,7 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file
 
+from autofuse._util import atomic_write, first_line
 from autofuse.data import Dataset, DatasetError
 from autofuse.data.validate import find_config, read_config
 from autofuse.encoders import get_encoder_entry, prepare_modality
@@ -105,8 +106,9 @@ def load(
                     artifact_uri=str(path_or_uri), dst_path=tmp
                 )
             except Exception as e:  # MlflowException, connection errors, ...
-                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                raise ConfigError(f"cannot fetch {path_or_uri} from MLflow: {first}") from None
+                raise ConfigError(
+                    f"cannot fetch {path_or_uri} from MLflow: {first_line(e)}"
+                ) from None
             return Predictor.from_dir(find_export_dir(Path(local)), device=device)  # all in memory
     folder = Path(path_or_uri).expanduser()
     if not folder.is_dir():
@@ -377,15 +379,9 @@ def frozen_features(encoder: torch.nn.Module, prepared, batch_size: int = FROZEN
 
 def write_predictions(df: pd.DataFrame, out: str | os.PathLike[str]) -> Path:
     """Write ``df`` as CSV atomically (a temporary file renamed into place)."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_write(out) as tmp:
         df.to_csv(tmp, index=False)
-        tmp.replace(out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return out
+    return Path(out)
 
 
 __all__ = ["Predictor", "frozen_features", "load", "write_predictions"]

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from autofuse._util import first_line
 from autofuse.encoders.base import Encoder, EncoderSpec, register_encoder
 from autofuse.encoders.cache import file_sha256
 from autofuse.errors import ConfigError
@@ -197,7 +198,7 @@ class TimmEncoder(Encoder):
         except OSError as e:  # hub unreachable (offline) or no such weights on the hub
             raise ConfigError(
                 f"cannot fetch pretrained weights for {p['model_name']!r} ({type(e).__name__}: "
-                f"{str(e).splitlines()[0] if str(e) else ''}); pass a local weights file as "
+                f"{first_line(e)}); pass a local weights file as "
                 f"pretrained=PATH or use pretrained=false"
             ) from None
         cfg = getattr(self.backbone, "pretrained_cfg", None) or {}

@@ -21,7 +21,7 @@ from typing import Any
 import optuna
 from optuna.distributions import CategoricalDistribution
 
-from autofuse._util import best_first, better, finite, sort_sign
+from autofuse._util import best_first, better, finite, sort_sign, sqlite_path
 from autofuse.checkpoints import CheckpointStore
 from autofuse.errors import ConfigError
 from autofuse.metrics import OBJECTIVES
@@ -46,10 +46,9 @@ def load_history(study: str, storage: str) -> tuple[StudyRecord, list[TrialRecor
     Both give the same fields (the search writes them to both); Optuna's user attributes are the
     fallback for databases written before the history tables existed.
     """
-    if storage.startswith("sqlite:///") and storage != "sqlite:///:memory:":
-        db = Path(storage[len("sqlite:///") :]).expanduser()
-        if not db.exists():  # do not create an empty database just to find nothing in it
-            raise ConfigError(f"no study database at {db}; run a search first or pass --storage")
+    db = sqlite_path(storage)
+    if db is not None and not db.exists():  # do not create an empty database to find nothing
+        raise ConfigError(f"no study database at {db}; run a search first or pass --storage")
     try:
         hs = HistoryStore(storage, create=False)  # a report never changes the database
         rec = hs.study(study)
