@@ -141,8 +141,9 @@ class TrialLog:
     def end(self, status: str, mlflow_status: str | None = None, **fields: Any) -> None:
         """The final record, everywhere at once."""
         self.write(status=status, finished_at=utcnow(), **fields)
+        val = {k: v for k, v in (fields.get("val_metrics") or {}).items() if k != "train_loss"}
         metrics = final_metrics(
-            fields.get("val_metrics"),
+            val,
             fields.get("test_metrics"),
             **{k: fields.get(k) for k in _SCALARS},
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -42,3 +43,27 @@ class InjectFaults(TrialHook):
             raise torch.OutOfMemoryError("CUDA out of memory (injected)")
         if reason == "timeout":
             time.sleep((ex.ctx.options.trial_timeout or 0) + 0.5)
+
+
+@dataclass
+class HoldTrial(TrialHook):
+    """Hold trial ``number`` after its epoch-``epoch`` checkpoint, until the process is killed.
+
+    It first writes its trial number to ``marker``: a test waits for that file, then kills the
+    worker, knowing the trial is mid-way and its checkpoint on disk (no race with the machine's
+    load). ``timeout_s`` bounds the wait, so a forgotten hook cannot hang a run forever.
+    """
+
+    marker: str
+    number: int = 1
+    epoch: int = 2
+    timeout_s: float = 600.0
+
+    def on_checkpoint(self, ex: TrialExecution, state: dict) -> None:
+        if ex.number != self.number or state["epoch"] < self.epoch:
+            return
+        Path(self.marker).write_text(str(ex.number))
+        deadline = time.monotonic() + self.timeout_s
+        while time.monotonic() < deadline:
+            time.sleep(0.1)
+        raise TrialFault("timeout", "HoldTrial: the test never killed this worker")

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from autofuse.storage.history import HistoryStore
 
@@ -41,28 +40,29 @@ def _cmd(dataset, work, mlflow_uri):
     ]
 
 
-def _wait_for_running_trial(work: Path, proc, url: str, timeout: float = 240) -> int:
-    """Wait until one trial has finished and another has checkpointed at least 2 epochs."""
-    running = work / "trials" / "k" / "running"
+#: the first run holds trial HELD after its 2nd epoch (its checkpoint on disk) until killed
+HELD = 2
+
+FIRST_RUN = """
+import sys
+from autofuse.study import search
+from autofuse.testing.faults import HoldTrial
+dataset, work, mlflow_uri, marker = sys.argv[1:]
+search(dataset, study="k", trials={n}, space={space!r}, workdir=work, heartbeat_interval=1,
+       progress=False, mlflow_uri=mlflow_uri, report=False,
+       hooks=[HoldTrial(marker, number={held}, epoch=2)])
+"""
+
+
+def _wait_for_marker(marker: Path, proc, timeout: float = 300) -> int:
+    """Wait until the hold hook says trial HELD is held mid-way (after epoch 2)."""
     t0 = time.monotonic()
-    hs = None
     while time.monotonic() - t0 < timeout:
         assert proc.poll() is None, "search ended before it could be killed"
-        if (work / "trials" / "autofuse.db").exists():
-            try:
-                hs = hs or HistoryStore(url)
-                recs = hs.trials("k")
-            except Exception:
-                recs = []
-            if any(r.status == "COMPLETE" for r in recs):
-                for ck in running.glob("trial_*.pt") if running.exists() else []:
-                    try:
-                        if torch.load(ck, map_location="cpu", weights_only=False)["epoch"] >= 2:
-                            return int(ck.stem.split("_")[1])
-                    except Exception:
-                        pass  # being replaced right now
-        time.sleep(0.2)
-    raise AssertionError("no trial reached epoch 2 in time")
+        if marker.exists() and marker.read_text().strip():
+            return int(marker.read_text())
+        time.sleep(0.1)
+    raise AssertionError("the held trial did not reach epoch 2 in time")
 
 
 @pytest.mark.slow
@@ -71,14 +71,16 @@ def test_kill9_mid_trial_then_resume(demo_dataset, tmp_path):
     url = f"sqlite:///{work / 'trials' / 'autofuse.db'}"
     mlflow_uri = f"sqlite:///{work / 'trials' / 'mlflow.db'}"
     env = dict(os.environ, OMP_NUM_THREADS="1")
+    marker = tmp_path / "held"
+    script = FIRST_RUN.format(n=N_TRIALS, space=SPACE, held=HELD)
     proc = subprocess.Popen(
-        _cmd(demo_dataset, work, mlflow_uri),
+        [sys.executable, "-c", script, str(demo_dataset), str(work), mlflow_uri, str(marker)],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
     try:
-        killed = _wait_for_running_trial(work, proc, url)
+        killed = _wait_for_marker(marker, proc)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
@@ -86,7 +88,8 @@ def test_kill9_mid_trial_then_resume(demo_dataset, tmp_path):
             proc.kill()
     hs = HistoryStore(url)
     finished_before = {r.number: r for r in hs.trials("k") if r.status in ("COMPLETE", "PRUNED")}
-    assert finished_before and killed not in finished_before
+    assert killed == HELD
+    assert sorted(finished_before) == list(range(HELD))  # the trials before it finished
     assert hs.trials("k")[killed].status == "RUNNING"  # nobody told the database
 
     time.sleep(5)  # > grace period (4 heartbeats of 1 s): the killed trial is now stale
