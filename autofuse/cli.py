@@ -154,6 +154,7 @@ SEARCH_OPTIONS = (
     "devices",
     "amp",
     "max_faults",
+    "checkpoint_every_s",
     "progress",
     "workdir",
 )

@@ -31,6 +31,7 @@ STORED = (
     "max_retry",
     "max_faults",
     "amp",
+    "checkpoint_every_s",
 )
 
 
@@ -143,6 +144,12 @@ class SearchOptions(BaseModel):
         False, description="Mixed precision (bfloat16) on CUDA.", json_schema_extra=_cli("--amp")
     )
     report: bool = Field(True, description="Write the comparison report at the end.")
+    checkpoint_every_s: float = Field(
+        30.0,
+        ge=0,
+        description="Seconds between a running trial's epoch checkpoints (0: every epoch).",
+        json_schema_extra=_cli("--checkpoint-every"),
+    )
 
     @classmethod
     def parse(cls, base: SearchOptions | None = None, **changes: Any) -> SearchOptions:

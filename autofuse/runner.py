@@ -187,7 +187,7 @@ class CandidateRunner:
         spec: ArchitectureSpec,
         *,
         on_epoch: Callable[[int, dict[str, float]], None] | None = None,
-        on_checkpoint: Callable[[dict], None] | None = None,
+        on_checkpoint: Callable[[int, Callable[[], dict]], None] | None = None,
         deadline: float | None = None,
         resume: dict | None = None,
         amp: bool = False,
@@ -212,6 +212,7 @@ class CandidateRunner:
             on_checkpoint=on_checkpoint,
             resume=resume,
             amp=amp,
+            encoder_lr_scale=t.encoder_lr_scale,
         )
         return CandidateResult(
             spec=spec,

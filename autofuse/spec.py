@@ -50,6 +50,8 @@ class TrainingSpec(BaseModel):
     modality_dropout: float = 0.0
     aux_weight: float = 0.1
     seed: int = 0
+    #: the encoders train at ``lr * encoder_lr_scale`` (fine-tuning stage-1 encoders end to end)
+    encoder_lr_scale: float = 1.0
 
 
 class ArchitectureSpec(BaseModel):

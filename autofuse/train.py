@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import logging
 import math
 import time
@@ -153,9 +154,10 @@ def fit(
     device: torch.device,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
     deadline: float | None = None,
-    on_checkpoint: Callable[[dict], None] | None = None,
+    on_checkpoint: Callable[[int, Callable[[], dict]], None] | None = None,
     resume: dict | None = None,
     amp: bool = False,
+    encoder_lr_scale: float = 1.0,
 ) -> FitResult:
     """Train with AdamW and early stopping; keep the best validation epoch's weights in ``model``.
 
@@ -163,10 +165,14 @@ def fit(
         on_epoch: called after every epoch with ``(epoch, val_metrics)``; may raise (e.g. Optuna's
             ``TrialPruned``) to stop the candidate.
         deadline: ``time.monotonic()`` value after which the candidate ends with reason ``timeout``.
-        on_checkpoint: called after every epoch with the full training state (model, optimiser,
-            best weights so far, history, RNG) so a killed trial can continue where it stopped.
+        on_checkpoint: called after every epoch with ``(epoch, make_state)``; ``make_state()``
+            returns the full training state (model, optimiser, best weights so far, history, RNG)
+            so a killed trial can continue where it stopped. It is built only when asked for:
+            copying the state every epoch is not free.
         resume: such a state; training continues from the epoch after it.
         amp: bfloat16 autocast for the forward pass on CUDA (ignored on CPU).
+        encoder_lr_scale: the encoders' learning rate is ``lr`` times this (fine-tuning trained
+            encoders with a lower rate than the fusion and the head).
 
     Raises:
         TrialFault: ``diverged`` on a non-finite loss, ``timeout`` past the deadline.
@@ -174,7 +180,9 @@ def fit(
     metric, direction = OBJECTIVES[data.task]
     g = torch.Generator().manual_seed(seed)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    opt = torch.optim.AdamW(
+        param_groups(model, lr, encoder_lr_scale), lr=lr, weight_decay=weight_decay
+    )
     criterion = loss_fn(data.task)
     best_val: float | None = None
     best_state = copy.deepcopy(model.state_dict())
@@ -221,17 +229,19 @@ def fit(
             stale += 1
         if on_checkpoint is not None:
             on_checkpoint(
-                {
-                    "epoch": epoch,
-                    "model": copy.deepcopy(model.state_dict()),
-                    "optimizer": copy.deepcopy(opt.state_dict()),
-                    "generator": g.get_state(),
-                    "best_state": best_state,
-                    "best_val": best_val,
-                    "best_epoch": best_epoch,
-                    "history": history,
-                    "stale": stale,
-                }
+                epoch,
+                functools.partial(
+                    training_state,
+                    model,
+                    opt,
+                    g,
+                    epoch=epoch,
+                    best_state=best_state,
+                    best_val=best_val,
+                    best_epoch=best_epoch,
+                    history=history,
+                    stale=stale,
+                ),
             )
         if on_epoch is not None:
             on_epoch(epoch, val)
@@ -252,6 +262,31 @@ def fit(
         resumed_from_epoch=start - 1 if resume is not None else 0,
         epochs_trained=trained,
     )
+
+
+def training_state(
+    model: nn.Module, opt: torch.optim.Optimizer, g: torch.Generator, **progress
+) -> dict:
+    """Everything ``fit(resume=...)`` needs to continue after ``progress["epoch"]``."""
+    return {
+        "model": copy.deepcopy(model.state_dict()),
+        "optimizer": copy.deepcopy(opt.state_dict()),
+        "generator": g.get_state(),
+        **progress,
+    }
+
+
+def param_groups(model: nn.Module, lr: float, encoder_lr_scale: float = 1.0) -> list[dict]:
+    """Trainable parameters in AdamW groups: the encoders' at ``lr * encoder_lr_scale``, the rest
+    (fusion, head) at ``lr``."""
+    enc = getattr(model, "encoders", None)
+    enc_ids = {id(p) for p in enc.parameters()} if enc is not None else set()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in trainable if id(p) not in enc_ids], "lr": lr},
+        {"params": [p for p in trainable if id(p) in enc_ids], "lr": lr * encoder_lr_scale},
+    ]
+    return [gr for gr in groups if gr["params"]]
 
 
 def train_epoch(

@@ -22,6 +22,7 @@ import os
 import socket
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -164,6 +165,7 @@ class TrialExecution:
         self.retry_of: int | None = None
         self.resume: dict | None = None
         self.t0 = time.monotonic()
+        self.last_checkpoint = self.t0
 
     @property
     def number(self) -> int:
@@ -250,9 +252,16 @@ class TrialExecution:
             self.log.write(epochs_run=epoch)
             raise optuna.TrialPruned(f"pruned at epoch {epoch}")
 
-    def checkpoint(self, state: dict[str, Any]) -> None:
-        """Keep the full training state, so a retry continues from this epoch."""
+    def checkpoint(self, epoch: int, make_state: Callable[[], dict[str, Any]]) -> None:
+        """Keep the full training state, so a retry continues from this epoch: at most every
+        ``options.checkpoint_every_s`` seconds (copying the state each epoch is not free, and a
+        trial of a few seconds gains nothing from it)."""
+        every = self.ctx.options.checkpoint_every_s
+        if every and time.monotonic() - self.last_checkpoint < every:
+            return
+        state = make_state()
         self.ctx.store.save_running(self.number, state)
+        self.last_checkpoint = time.monotonic()
         self._hooks("on_checkpoint", state)
 
     # ---- ends ------------------------------------------------------------------------------------

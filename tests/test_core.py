@@ -133,6 +133,7 @@ def test_hooks_see_every_step_of_a_trial(demo_dataset, tmp_path):
         mlflow_uri="off",
         report=False,
         hooks=[rec],
+        checkpoint_every_s=0,
     )
     for n in (0, 1):
         steps = [s for m, s in rec.calls if m == n]

@@ -40,6 +40,8 @@ def test_sigterm_stops_workers_and_resume_continues(demo_dataset, tmp_path):
         "--mlflow-uri",
         "off",
         "--no-progress",
+        "--checkpoint-every",
+        "0",
         "--workdir",
         str(tmp_path),
     ]

@@ -49,7 +49,7 @@ from autofuse.study import search
 from autofuse.testing.faults import HoldTrial
 dataset, work, mlflow_uri, marker = sys.argv[1:]
 search(dataset, study="k", trials={n}, space={space!r}, workdir=work, heartbeat_interval=1,
-       progress=False, mlflow_uri=mlflow_uri, report=False,
+       progress=False, mlflow_uri=mlflow_uri, report=False, checkpoint_every_s=0,
        hooks=[HoldTrial(marker, number={held}, epoch=2)])
 """
 
