@@ -16,10 +16,12 @@ re-evaluates them, ``export`` exports them without retraining). Every write is a
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -94,12 +96,20 @@ class CheckpointStore:
         return out
 
     def save_finalist(
-        self, number: int, model: MultimodalModel, spec: ArchitectureSpec, info: dict
+        self,
+        number: int,
+        model: MultimodalModel,
+        spec: ArchitectureSpec,
+        info: dict,
+        extra: dict[str, torch.Tensor] | None = None,
     ) -> None:
+        """Spec + weights of trial ``number``; ``extra`` adds state entries the model does not
+        hold itself (a stage-1 encoder it used frozen)."""
         arch, weights = self.finalist_paths(number)
         save_architecture(arch, spec, info)
+        state = {**trainable_state_dict(model), **(extra or {})}
         with atomic_write(weights) as tmp:
-            save_file(trainable_state_dict(model), str(tmp))
+            save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
 
     def save_if_top(
         self,
@@ -110,14 +120,30 @@ class CheckpointStore:
         model: MultimodalModel,
         spec: ArchitectureSpec,
         info: dict,
+        extra: dict[str, torch.Tensor] | None = None,
     ) -> bool:
         """Keep trial ``number``'s weights when ``value`` is among the top :data:`KEEP_TOP_K`
         of the completed ``others``; returns whether it was kept."""
         ranked = sorted(others, key=lambda v: sort_sign(direction) * v)
         if len(ranked) >= KEEP_TOP_K and not better(value, ranked[KEEP_TOP_K - 1], direction):
             return False
-        self.save_finalist(number, model, spec, info)
+        self.save_finalist(number, model, spec, info, extra)
         return True
+
+    def outputs_path(self, number: int) -> Path:
+        return self.finalist_dir / f"trial_{number}.outputs.npz"
+
+    def save_outputs(self, number: int, **splits: np.ndarray) -> None:
+        """A finalist model's raw outputs per split (for the greedy ensemble and its report)."""
+        with atomic_write(self.outputs_path(number)) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, **splits)
+
+    def has_outputs(self, number: int) -> bool:
+        return self.outputs_path(number).is_file()
+
+    def load_outputs(self, number: int) -> dict[str, np.ndarray]:
+        with np.load(self.outputs_path(number)) as z:
+            return {k: z[k] for k in z.files}
 
     def prune(self, keep: Iterable[int]) -> None:
         """Delete the finalist checkpoints of every trial not in ``keep``."""
@@ -146,13 +172,20 @@ class CheckpointStore:
     # ---- the best trial ------------------------------------------------------------------------
     def export_best(self, number: int) -> Path:
         """Write trial ``number`` as a full model (frozen encoders included) into ``best/``."""
+        if (self.best_dir / "ensemble.json").exists():  # an earlier winner was an ensemble
+            shutil.rmtree(self.best_dir)
+        return self.export_full(number, self.best_dir)
+
+    def export_full(self, number: int, folder: Path) -> Path:
+        """Write trial ``number`` as a full model (``architecture.json`` + ``model.safetensors``,
+        frozen encoders included) into ``folder``."""
         spec, info, state = self.load_finalist(number)
         model = full_model(spec, info, state, what=f"checkpoint of trial {number}")
-        save_architecture(self.best_dir / "architecture.json", spec, info)
+        save_architecture(folder / "architecture.json", spec, info)
         full = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-        with atomic_write(self.best_dir / "model.safetensors") as tmp:
+        with atomic_write(folder / "model.safetensors") as tmp:
             save_file(full, str(tmp))
-        return self.best_dir
+        return folder
 
     def load_best(self) -> tuple[ArchitectureSpec, dict, MultimodalModel] | None:
         """The exported best model, or ``None`` when there is none."""

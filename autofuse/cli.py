@@ -123,6 +123,8 @@ def search_options(*names: str):
             return click.option(flag, name, is_flag=True, **kw)
         if get_origin(kind) is Literal:
             kw["type"] = click.Choice(get_args(kind))
+        elif extra.get("text"):  # parsed by the model (e.g. a duration like 20m)
+            kw["type"] = str
         elif kind in (int, float):
             kw["type"] = kind
         kw["show_default"] = f.default is not None
@@ -139,6 +141,7 @@ def search_options(*names: str):
 #: the options of `autofuse search` (in --help order)
 SEARCH_OPTIONS = (
     "trials",
+    "time_budget",
     "storage",
     "space",
     "sampler",

@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -38,15 +39,16 @@ import optuna
 import torch
 from safetensors.torch import save_file
 
-from autofuse._util import sqlite_path, temp_sibling
+from autofuse._util import first_line, sqlite_path, temp_sibling
 from autofuse.checkpoints import CheckpointStore
 from autofuse.data import Dataset, DatasetError
 from autofuse.data.validate import find_config, read_config
 from autofuse.encoders import get_encoder_entry
+from autofuse.ensemble import ENSEMBLE_FILE, ENSEMBLE_FORMAT, ENSEMBLE_VERSION
 from autofuse.errors import AutofuseError, ConfigError
 from autofuse.model import full_model, trainable_state_dict
 from autofuse.paths import Paths, check_study_name
-from autofuse.predict import EXPORT_KEY
+from autofuse.predict import EXPORT_KEY, check_compatible
 from autofuse.runner import CandidateRunner, default_device
 from autofuse.spec import ARCHITECTURE_FORMAT, SPEC_VERSION, ArchitectureSpec
 from autofuse.storage import make_storage
@@ -387,14 +389,23 @@ def _version() -> str:
     return version("autofuse")
 
 
-def write_export(
-    out: str | os.PathLike[str], spec: ArchitectureSpec, info: dict, model, meta: dict
-) -> Path:
-    """Write the export folder atomically (a temporary sibling renamed into place)."""
+def _is_export_dir(folder: Path) -> bool:
+    """Whether ``folder`` holds an autofuse export (a single model or an ensemble)."""
+    return (folder / "architecture.json").exists() or (folder / ENSEMBLE_FILE).exists()
+
+
+def _write_dir_atomically(out: str | os.PathLike[str], fill: Callable[[Path], None]) -> Path:
+    """Fill a temporary sibling of ``out`` with ``fill(tmp)``, then rename it into place.
+
+    An existing export folder at ``out`` (single model or ensemble) is replaced; anything else
+    there (a file, a non-empty folder that is no export) is refused, and on any error nothing at
+    ``out`` changes. Returns the absolute ``out``.
+
+    Raises:
+        ConfigError: ``out`` exists and is not an autofuse export folder.
+    """
     out = Path(out).expanduser().absolute()
-    if out.exists() and (
-        not out.is_dir() or (any(out.iterdir()) and not (out / "architecture.json").exists())
-    ):
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not _is_export_dir(out))):
         raise ConfigError(
             f"--out {out}: exists and is not an autofuse export folder; choose another"
         )
@@ -402,17 +413,7 @@ def write_export(
     tmp = temp_sibling(out)
     tmp.mkdir()
     try:
-        doc = {
-            "format": ARCHITECTURE_FORMAT,
-            "version": SPEC_VERSION,
-            "spec": spec.model_dump(mode="json"),
-            "dataset_info": info,
-            EXPORT_KEY: meta,
-        }
-        (tmp / "architecture.json").write_text(json.dumps(doc, indent=2, default=str))
-        state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-        save_file(state, str(tmp / "model.safetensors"))
-        (tmp / "model_card.md").write_text(model_card(spec, info, meta))
+        fill(tmp)
         if out.exists():
             old = out.parent / f".{out.name}.old-{os.getpid()}"
             os.rename(out, old)
@@ -424,6 +425,115 @@ def write_export(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def write_export(
+    out: str | os.PathLike[str], spec: ArchitectureSpec, info: dict, model, meta: dict
+) -> Path:
+    """Write the export folder atomically (a temporary sibling renamed into place)."""
+
+    def fill(tmp: Path) -> None:
+        doc = {
+            "format": ARCHITECTURE_FORMAT,
+            "version": SPEC_VERSION,
+            "spec": spec.model_dump(mode="json"),
+            "dataset_info": info,
+            EXPORT_KEY: meta,
+        }
+        (tmp / "architecture.json").write_text(json.dumps(doc, indent=2, default=str))
+        state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / "model.safetensors"))
+        (tmp / "model_card.md").write_text(model_card(spec, info, meta))
+
+    return _write_dir_atomically(out, fill)
+
+
+def _read_member(folder: Path) -> dict:
+    """``architecture.json`` of an ensemble member (a single-model export folder)."""
+    if (folder / ENSEMBLE_FILE).exists():
+        raise ConfigError(f"ensemble member {folder} is itself an ensemble; list its members")
+    arch = folder / "architecture.json"
+    if not arch.is_file() or not (folder / "model.safetensors").is_file():
+        raise ConfigError(
+            f"ensemble member {folder}: not an autofuse export folder "
+            "(needs architecture.json and model.safetensors)"
+        )
+    try:
+        doc = json.loads(arch.read_text())
+        info = doc["dataset_info"]
+        info["task"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"{arch}: unreadable ({first_line(e)})") from None
+    return doc
+
+
+def write_ensemble_export(
+    out: str | os.PathLike[str], members: list[Path], weights: list[float], meta: dict
+) -> Path:
+    """Write a weighted ensemble of exported models as one export folder, atomically.
+
+    ``out/`` holds ``ensemble.json``::
+
+        {"format": "autofuse.ensemble", "version": 1, "task": "classification",
+         "members": [{"path": "member_0", "weight": 0.6}, ...], "meta": {...}}
+
+    one folder ``member_<k>`` per member with a weight > 0 (a copy of that member's export
+    folder; members with weight 0 are left out, the others numbered in the given order), and a
+    ``model_card.md``. Weights are stored normalised to sum 1. ``autofuse.load(out)`` returns an
+    :class:`~autofuse.predict.EnsemblePredictor`.
+
+    Args:
+        out: output folder; created, or replaced when it holds an earlier export (it may even be
+            one of the members: they are copied before anything is replaced).
+        members: the members' export folders (written by :func:`export_trial`).
+        weights: one weight per member, ``>= 0``, not all 0 (e.g. from
+            :func:`autofuse.ensemble.greedy_selection`).
+        meta: JSON-able metadata kept as ``meta`` (e.g. ``study``, ``metric``, ``direction``,
+            ``metrics: {"val": {...}, "test": {...}}`` of the ensemble, which the model card
+            shows); ``autofuse_version`` and ``created`` are added when absent.
+
+    Raises:
+        ConfigError: ``out`` is not an export folder, a member is not a single-model export
+            folder, members differ in task or classes, or the weights are unusable.
+    """
+    if len(members) != len(weights):
+        raise ConfigError(f"{len(weights)} weight(s) for {len(members)} ensemble member(s)")
+    w = np.asarray(weights, dtype=np.float64)
+    if len(w) == 0 or not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
+        raise ConfigError(f"ensemble weights must be >= 0 and not all 0, got {list(weights)}")
+    w = w / w.sum()
+    kept = [
+        (Path(m).expanduser().absolute(), float(wk))
+        for m, wk in zip(members, w, strict=True)
+        if wk > 0
+    ]
+    docs = [_read_member(folder) for folder, _ in kept]
+    task, classes = check_compatible(
+        [
+            (str(folder), d["dataset_info"]["task"], d["dataset_info"].get("classes"))
+            for (folder, _), d in zip(kept, docs, strict=True)
+        ]
+    )
+    meta = {
+        "autofuse_version": _version(),
+        "created": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        **meta,
+    }
+    doc = {
+        "format": ENSEMBLE_FORMAT,
+        "version": ENSEMBLE_VERSION,
+        "task": task,
+        "members": [{"path": f"member_{k}", "weight": wk} for k, (_, wk) in enumerate(kept)],
+        "meta": meta,
+    }
+
+    def fill(tmp: Path) -> None:
+        for k, (folder, _) in enumerate(kept):
+            shutil.copytree(folder, tmp / f"member_{k}")
+        (tmp / ENSEMBLE_FILE).write_text(json.dumps(doc, indent=2, default=str))
+        (tmp / "model_card.md").write_text(ensemble_model_card(doc, docs, classes))
+
+    return _write_dir_atomically(out, fill)
 
 
 def _fmt_metrics(m: dict | None) -> str:
@@ -531,12 +641,88 @@ def model_card(spec: ArchitectureSpec, info: dict, meta: dict) -> str:
     return "\n".join(lines)
 
 
+def ensemble_model_card(doc: dict, members: list[dict], classes: list[str] | None) -> str:
+    """A short Markdown card for an ensemble export: members, weights, each member's fusion
+    architecture and metrics, the ensemble's metrics when ``doc["meta"]`` has them."""
+    meta = doc["meta"]
+    title = f"# Ensemble of {len(members)} model{'s' if len(members) != 1 else ''}"
+    if meta.get("study"):
+        title += f" from study {meta['study']}"
+    lines = [
+        title,
+        "",
+        f"Exported by autofuse {meta.get('autofuse_version')} on {meta.get('created')}. "
+        "The members' probabilities (classification, multilabel) or values (regression) are "
+        "averaged with the weights below.",
+        "",
+        f"- task: {doc['task']}",
+    ]
+    if classes is not None:
+        lines.append(
+            f"- classes ({len(classes)}): {', '.join(map(str, classes[:20]))}"
+            f"{' ...' if len(classes) > 20 else ''}"
+        )
+    if meta.get("method"):
+        lines.append(f"- weights from: {meta['method']}")
+    lines += [
+        "",
+        "## Members",
+        "",
+        "| member | weight | study | trial | family | method | point | val | test |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for entry, d in zip(doc["members"], members, strict=True):
+        em = d.get(EXPORT_KEY) or {}
+        fusion = (d.get("spec") or {}).get("fusion") or {}
+        metrics = em.get("metrics") or {}
+        test = (em.get("metrics_after_retrain") or {}).get("test") or metrics.get("test")
+        lines.append(
+            f"| {entry['path']} | {entry['weight']:.4f} | {em.get('study', '-')} | "
+            f"{em.get('trial', '-')}{' (retrained)' if em.get('retrained') else ''} | "
+            f"{em.get('family') or fusion.get('family', '-')} | "
+            f"{em.get('method') or fusion.get('method', '-')} | "
+            f"{em.get('point') or fusion.get('point', '-')} | "
+            f"{_fmt_metrics(metrics.get('val'))} | {_fmt_metrics(test)} |"
+        )
+    ens = meta.get("metrics") or {}
+    if ens:
+        lines += ["", "## Metrics", ""]
+        if meta.get("metric"):
+            lines += [
+                f"Objective: {meta['metric']} ({meta.get('direction', '?')}) on the validation "
+                "split.",
+                "",
+            ]
+        lines += ["| model | split | metrics |", "|---|---|---|"]
+        for split in ("val", "test"):
+            if ens.get(split):
+                lines.append(f"| ensemble | {split} | {_fmt_metrics(ens[split])} |")
+    lines += [
+        "",
+        "## Use",
+        "",
+        "```bash",
+        "autofuse predict THIS_FOLDER DATASET_FOLDER --out predictions.csv",
+        "```",
+        "",
+        "```python",
+        "import autofuse",
+        'model = autofuse.load("THIS_FOLDER")  # an EnsemblePredictor',
+        'predictions = model.predict("DATASET_FOLDER")  # or a pandas DataFrame',
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
 __all__ = [
     "ExportResult",
     "RetrainError",
+    "ensemble_model_card",
     "export_trial",
     "full_model",
     "model_card",
     "retrain_trial",
     "train_fixed",
+    "write_ensemble_export",
 ]

@@ -4,9 +4,12 @@
     model = mlflow.pyfunc.load_model("models:/demo/1")
     model.predict(df)                                             # a pandas DataFrame
 
-The export folder (``autofuse export``) travels as the model's artifact ``export`` and this file
-as the model's code (MLflow "models from code": nothing is pickled); :class:`AutofusePyfunc` loads it with :class:`autofuse.predict.Predictor`, so loading and
-predicting import no search code (no Optuna). The environment that loads the model needs autofuse
+The export folder (``autofuse export``, or an ensemble export written by
+:func:`autofuse.export.write_ensemble_export`) travels as the model's artifact ``export`` and this
+file as the model's code (MLflow "models from code": nothing is pickled); :class:`AutofusePyfunc`
+loads it with :func:`autofuse.predict.load_dir` (a :class:`~autofuse.predict.Predictor`, or an
+:class:`~autofuse.predict.EnsemblePredictor` for an ensemble), so loading and predicting import no
+search code (no Optuna). The environment that loads the model needs autofuse
 installed (its requirements are recorded), or log with ``bundle_code=True`` to ship autofuse's
 source inside the model.
 
@@ -14,7 +17,8 @@ Input: one row per sample with the training dataset's columns (the target column
 an id column is optional); file-path columns hold absolute paths, or paths relative to the
 ``root`` given as a predict parameter (``model.predict(df, params={"root": "/data/new"})``) or as
 ``model_config={"root": ...}`` at load time. Empty cells are missing modalities. Output: the
-prediction table of :meth:`Predictor.predict` (id, ``prediction``, ``proba_<class>``).
+prediction table of :meth:`Predictor.predict` (id, ``prediction``, ``proba_<class>``), the same
+for an ensemble.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
 from autofuse._util import sqlite_path
 from autofuse.errors import ConfigError
-from autofuse.predict import Predictor, find_export_dir
+from autofuse.predict import EnsemblePredictor, Predictor, find_export_dir, load_dir
 from autofuse.storage.mlflow import _global_tracking_uri
 
 log = logging.getLogger(__name__)
@@ -54,7 +58,7 @@ class AutofusePyfunc(mlflow.pyfunc.PythonModel):
         self.root = cfg.get("root") or None
         self.bad_files = cfg.get("bad_files") or "error"
         folder = find_export_dir(Path(context.artifacts[ARTIFACT]))
-        self.predictor = Predictor.from_dir(folder, device=cfg.get("device") or None)
+        self.predictor = load_dir(folder, device=cfg.get("device") or None)
 
     def predict(
         self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None
@@ -68,33 +72,48 @@ class AutofusePyfunc(mlflow.pyfunc.PythonModel):
         )
 
 
-def _signature_and_example(predictor) -> tuple[Any, Any]:
+def _members(predictor: Predictor | EnsemblePredictor) -> list[Predictor]:
+    """The single models behind ``predictor`` (itself, or an ensemble's members)."""
+    return predictor.members if isinstance(predictor, EnsemblePredictor) else [predictor]
+
+
+def _describe(mi: dict, cols: list[str], inputs: list[ColSpec], example: dict) -> None:
+    """Add the input columns ``cols`` of a modality (``dataset_info["modalities"][m]``) to the
+    schema ``inputs`` and two example values each to ``example``; columns already there are
+    left as they are."""
+    state = mi["state"]
+    for c in cols:
+        if c in example:
+            continue
+        if mi["type"] == "tabular" and c in state.get("numeric", []):
+            j = state["numeric"].index(c)
+            inputs.append(ColSpec("double", c))
+            example[c] = [float(state["mean"][j]), float(state["mean"][j] + state["std"][j])]
+            continue
+        inputs.append(ColSpec("string", c))
+        if mi["type"] == "tabular":
+            cats = state.get("categorical", {}).get(c) or ["unknown"]
+            example[c] = [cats[0], cats[-1]]
+        elif mi["type"] == "text":
+            words = state.get("vocab", [])[:6]
+            example[c] = [" ".join(words) or "an example", "another example"]
+        else:  # a file: left empty (the modality is missing in the example rows)
+            example[c] = [None, None]
+
+
+def _signature_and_example(predictor: Predictor | EnsemblePredictor) -> tuple[Any, Any]:
     """Input / output schema from the training dataset's columns, and a two-row input example
     built from the saved preprocessing state (file columns left empty: missing modalities, so the
-    example predicts without any file)."""
+    example predicts without any file). For an ensemble: every column some member reads, each
+    described by the first member that reads it."""
     cfg = predictor.dataset_config
     inputs, example = [], {}
     if cfg.get("id_column"):
         inputs.append(ColSpec("string", cfg["id_column"], required=False))
         example[cfg["id_column"]] = ["example-1", "example-2"]
-    for m, cols in predictor.input_columns().items():
-        mi = predictor.info["modalities"][m]
-        state = mi["state"]
-        for c in cols:
-            if mi["type"] == "tabular" and c in state.get("numeric", []):
-                j = state["numeric"].index(c)
-                inputs.append(ColSpec("double", c))
-                example[c] = [float(state["mean"][j]), float(state["mean"][j] + state["std"][j])]
-                continue
-            inputs.append(ColSpec("string", c))
-            if mi["type"] == "tabular":
-                cats = state.get("categorical", {}).get(c) or ["unknown"]
-                example[c] = [cats[0], cats[-1]]
-            elif mi["type"] == "text":
-                words = state.get("vocab", [])[:6]
-                example[c] = [" ".join(words) or "an example", "another example"]
-            else:  # a file: left empty (the modality is missing in the example rows)
-                example[c] = [None, None]
+    for member in _members(predictor):
+        for m, cols in member.input_columns().items():
+            _describe(member.info["modalities"][m], cols, inputs, example)
     outputs = []
     if cfg.get("id_column"):
         outputs.append(ColSpec("string", cfg["id_column"], required=False))
@@ -141,6 +160,31 @@ def _artifact_location(uri: str, experiment: str) -> str | None:
     return (db.parent / "mlartifacts" / safe).resolve().as_uri()
 
 
+_DESCRIBED = ("study", "trial", "family", "method", "point", "retrained")
+
+
+def _describe_run(predictor: Predictor | EnsemblePredictor) -> tuple[str, dict[str, str], dict]:
+    """Run name, run tags and the model's ``autofuse`` metadata for ``predictor``'s export: the
+    trial's study, number and architecture; for an ensemble, those of every member with its
+    weight."""
+    meta = predictor.export
+    if not isinstance(predictor, EnsemblePredictor):
+        tags = {
+            "autofuse.role": "export",
+            "autofuse.study": str(meta.get("study")),
+            "autofuse.trial": str(meta.get("trial")),
+        }
+        return f"export-trial-{meta.get('trial')}", tags, {k: meta.get(k) for k in _DESCRIBED}
+    members = [
+        {**{k: m.export.get(k) for k in _DESCRIBED}, "weight": w}
+        for m, w in zip(predictor.members, predictor.weights, strict=True)
+    ]
+    study = meta.get("study") or members[0]["study"]
+    trials = ",".join(str(m["trial"]) for m in members)
+    tags = {"autofuse.role": "export", "autofuse.study": str(study), "autofuse.ensemble": trials}
+    return f"export-ensemble-{trials}", tags, {"study": study, "ensemble": members}
+
+
 def log_pyfunc(
     export_dir: str | os.PathLike[str],
     registered_name: str | None = None,
@@ -155,7 +199,8 @@ def log_pyfunc(
     """Log an export folder as an MLflow pyfunc model and register it.
 
     Args:
-        export_dir: a folder written by ``autofuse export``.
+        export_dir: a folder written by ``autofuse export``, or an ensemble export
+            (:func:`autofuse.export.write_ensemble_export`).
         registered_name: register the model under this name (a new version each call); None
             only logs it.
         run_id: log into this run; default: the active run, else a new run ``export-trial-<n>``
@@ -170,14 +215,14 @@ def log_pyfunc(
         ``models:/<registered_name>/<version>`` when registered, else the logged model's URI.
     """
     folder = find_export_dir(Path(export_dir).expanduser().absolute())
-    predictor = Predictor.from_dir(folder, device="cpu")
-    if predictor.dataset_config is None:
+    predictor = load_dir(folder, device="cpu")
+    if any(m.dataset_config is None for m in _members(predictor)):
         raise ConfigError(
             f"{folder}: the export has no dataset config, so a DataFrame cannot be "
             "mapped to modalities; re-export with --dataset DIR"
         )
     sig, example = _signature_and_example(predictor)
-    meta = predictor.export
+    run_name, tags, described = _describe_run(predictor)
     code = [str(Path(__file__).resolve().parent)] if bundle_code else None
     scope = _global_tracking_uri(tracking_uri) if tracking_uri else contextlib.nullcontext()
     with scope:
@@ -187,7 +232,7 @@ def log_pyfunc(
             run_ctx = contextlib.nullcontext(mlflow.active_run())
         else:
             client = mlflow.MlflowClient()
-            name = experiment or meta.get("study") or "autofuse"
+            name = experiment or described.get("study") or "autofuse"
             exp = client.get_experiment_by_name(name)
             eid = (
                 exp.experiment_id
@@ -196,15 +241,7 @@ def log_pyfunc(
                     name, artifact_location=_artifact_location(mlflow.get_tracking_uri(), name)
                 )
             )
-            run_ctx = mlflow.start_run(
-                experiment_id=eid,
-                run_name=f"export-trial-{meta.get('trial')}",
-                tags={
-                    "autofuse.role": "export",
-                    "autofuse.study": str(meta.get("study")),
-                    "autofuse.trial": str(meta.get("trial")),
-                },
-            )
+            run_ctx = mlflow.start_run(experiment_id=eid, run_name=run_name, tags=tags)
         with run_ctx:
             info = mlflow.pyfunc.log_model(
                 name="model",
@@ -216,12 +253,7 @@ def log_pyfunc(
                 pip_requirements=_requirements(bundle_code),
                 code_paths=code,
                 model_config={"root": root or "", "bad_files": "error", "device": device or ""},
-                metadata={
-                    "autofuse": {
-                        k: meta.get(k)
-                        for k in ("study", "trial", "family", "method", "point", "retrained")
-                    }
-                },
+                metadata={"autofuse": described},
             )
     if registered_name:
         return f"models:/{registered_name}/{info.registered_model_version}"

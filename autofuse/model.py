@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from autofuse.encoders import create_encoder
+from autofuse.encoders.base import segment_mean
 from autofuse.errors import ConfigError
 from autofuse.fusion import create_fusion
 from autofuse.spec import ArchitectureSpec
@@ -42,8 +43,10 @@ class MultimodalModel(nn.Module):
         n_outputs: int,
         head_dropout: float = 0.1,
         modality_dropout: float = 0.0,
+        max_tokens: int | None = None,
     ) -> None:
         super().__init__()
+        self.max_tokens = max_tokens
         self.modalities = list(encoders)
         self.encoders = nn.ModuleDict(encoders)
         self.fusion = fusion
@@ -55,6 +58,8 @@ class MultimodalModel(nn.Module):
         for m in self.modalities:
             item = batch[m]
             feats[m] = item if isinstance(item, ModalityFeatures) else self.encoders[m](*item)
+        if self.max_tokens is not None:
+            feats = {m: cap_tokens(f, self.max_tokens) for m, f in feats.items()}
         if self.training and self.modality_dropout > 0 and len(feats) > 1:
             feats = self._modality_dropout(feats)
         return feats
@@ -73,6 +78,31 @@ class MultimodalModel(nn.Module):
         """Returns ``(outputs [B, n_outputs], aux_loss scalar)``."""
         out = self.fusion(self.encode(batch))  # z: [B, fused_dim]
         return self.head(out.z), out.aux_loss
+
+
+def cap_tokens(f: ModalityFeatures, k: int) -> ModalityFeatures:
+    """At most ``k`` tokens per sequence (``tokens`` and every level): longer ones are pooled
+    into ``k`` consecutive groups of real tokens (:func:`segment_mean`)."""
+    if f.tokens.shape[1] <= k and all(lv.shape[1] <= k for lv in f.levels):
+        return f
+    tokens, mask = f.tokens, f.token_mask
+    if tokens.shape[1] > k:
+        tokens = segment_mean(tokens, mask, k)
+        if mask is not None:  # a group is real when it pooled at least one real token
+            mask = segment_mean(mask[:, :, None].float(), mask, k)[:, :, 0] > 0
+    levels = [segment_mean(lv, None, k) if lv.shape[1] > k else lv for lv in f.levels]
+    return ModalityFeatures(f.pooled, tokens, levels, f.present, mask)
+
+
+def capped_shape(shape: FeatureShape, k: int | None) -> FeatureShape:
+    """The feature shape a fusion sees under :func:`cap_tokens`."""
+    if k is None:
+        return shape
+    return FeatureShape(
+        dim=shape.dim,
+        n_tokens=min(shape.n_tokens, k),
+        levels=tuple((min(n, k), d) for n, d in shape.levels),
+    )
 
 
 def n_outputs_for(dataset_info: dict) -> int:
@@ -107,7 +137,7 @@ def build_model(
             encoders[m] = FrozenPlaceholder(FeatureShape.from_dict(shape))
         else:
             encoders[m] = create_frozen_or_trainable(espec, state)
-        shapes[m] = encoders[m].feature_shape
+        shapes[m] = capped_shape(encoders[m].feature_shape, spec.fusion.max_tokens)
     fusion = create_fusion(
         spec.fusion.name, shapes, spec.head.fused_dim, spec.fusion.point, **spec.fusion.params
     )
@@ -118,6 +148,7 @@ def build_model(
         n_outputs_for(dataset_info),
         head_dropout=spec.head.dropout,
         modality_dropout=spec.training.modality_dropout,
+        max_tokens=spec.fusion.max_tokens,
     )
 
 
@@ -132,7 +163,9 @@ def full_model(
     """
     model = build_model(spec, info)
     missing, unexpected = model.load_state_dict(state, strict=False)
-    frozen = {m for m, e in spec.encoders.items() if e.mode == "frozen"}
+    # frozen encoders rebuild from the spec (seeded random init or pretrained weights); one that
+    # stage 1 trained (``source``) has its weights in ``state`` like any trained one
+    frozen = {m for m, e in spec.encoders.items() if e.mode == "frozen" and e.source is None}
     bad = [k for k in missing if not any(k.startswith(f"encoders.{m}.") for m in frozen)]
     if bad or unexpected:
         raise ConfigError(f"{what} do not match the spec: {(bad or unexpected)[:5]}")

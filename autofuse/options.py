@@ -8,9 +8,10 @@ naming the option.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from autofuse.errors import ConfigError
 
@@ -22,6 +23,7 @@ PRUNER_NAMES: tuple[str, ...] = get_args(PrunerName)
 #: options stored with the study, so a worker joining it runs the same search
 STORED = (
     "trials",
+    "time_budget",
     "sampler",
     "pruner",
     "trial_timeout",
@@ -93,6 +95,13 @@ class SearchOptions(BaseModel):
         description="Seconds per trial; a slower trial ends as pruned (timeout).",
         json_schema_extra=_cli("--trial-timeout"),
     )
+    time_budget: float | None = Field(
+        None,
+        gt=0,
+        description="Wall-clock budget of a staged search, e.g. 20m, 2h, 90s (split across "
+        "the stages by the space's stages.budget: 25% unimodal, 55% fusion, 20% finalists).",
+        json_schema_extra=_cli("--time-budget", text=True),
+    )
     force: bool = Field(
         False,
         description="Resume even if the dataset or the space changed.",
@@ -151,6 +160,11 @@ class SearchOptions(BaseModel):
         json_schema_extra=_cli("--checkpoint-every"),
     )
 
+    @field_validator("time_budget", mode="before")
+    @classmethod
+    def _duration(cls, v: Any) -> Any:
+        return parse_duration(v) if isinstance(v, str) else v
+
     @classmethod
     def parse(cls, base: SearchOptions | None = None, **changes: Any) -> SearchOptions:
         """``base`` (or the defaults) with ``changes``; a bad value or an unknown option is a
@@ -179,6 +193,20 @@ class SearchOptions(BaseModel):
             values["trials"] = stored["n_total"]
         values.update({k: v for k, v in changes.items() if v is not None})
         return cls.parse(**values)
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """``"20m"``, ``"2h"``, ``"1h30m"``, ``"90s"`` or ``"3600"`` (seconds) -> seconds."""
+    t = text.strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", t):
+        return float(t)
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([smhd])", t)
+    if not parts or "".join(n + u for n, u in parts) != re.sub(r"\s+", "", t):
+        raise ValueError(f"{text!r} is not a duration (use e.g. 90s, 20m, 2h, 1h30m)")
+    return sum(float(n) * _UNITS[u] for n, u in parts)
 
 
 def flag(name: str) -> str:

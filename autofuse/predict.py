@@ -6,6 +6,11 @@ and ``model.safetensors`` (every weight, frozen encoders included). This module 
 from them and predicts; it imports no search code (no Optuna), so it is what the MLflow pyfunc
 model runs too.
 
+An ensemble export (:func:`autofuse.export.write_ensemble_export`) holds ``ensemble.json`` (the
+members' folders and weights) and one such export folder per member; :func:`load` recognises it
+and returns an :class:`EnsemblePredictor`, which predicts with every member and combines their
+outputs (:func:`autofuse.ensemble.combine`) into the same prediction table.
+
 What ``predict`` does with imperfect input:
 
 - a row without a modality (empty cell, or every cell of a multi-column modality empty) is
@@ -47,6 +52,7 @@ from autofuse.data.validate import find_config, read_config
 from autofuse.encoders import get_encoder_entry, prepare_modality
 from autofuse.encoders.cache import encoder_features
 from autofuse.encoders.preprocess import PreprocessError, _category_key
+from autofuse.ensemble import ENSEMBLE_FILE, ENSEMBLE_FORMAT, ENSEMBLE_VERSION, combine
 from autofuse.errors import ConfigError
 from autofuse.model import build_model
 from autofuse.spec import load_architecture
@@ -68,15 +74,38 @@ def is_mlflow_uri(s: str | os.PathLike[str]) -> bool:
     return s.split(":", 1)[0] in ("models", "runs", "mlflow-artifacts") and ":/" in s
 
 
+def _shallowest(hits: list[Path]) -> Path:
+    return min(hits, key=lambda p: (len(p.parts), str(p)))
+
+
 def find_export_dir(folder: Path) -> Path:
-    """The folder holding ``architecture.json``: ``folder`` itself or one below it (an MLflow
-    pyfunc model keeps the export under ``artifacts/``)."""
-    if (folder / "architecture.json").is_file():
-        return folder
-    hits = sorted(folder.rglob("architecture.json"))
-    if not hits:
-        raise ConfigError(f"{folder}: no architecture.json (not an autofuse export)")
-    return hits[0].parent
+    """The export folder in ``folder``: ``folder`` itself or the shallowest one below it (an MLflow
+    pyfunc model keeps the export under ``artifacts/``). An ensemble export (``ensemble.json``)
+    comes before a single-model one (``architecture.json``), so an ensemble is not mistaken for
+    one of its members."""
+    for marker in (ENSEMBLE_FILE, "architecture.json"):
+        if (folder / marker).is_file():
+            return folder
+    for marker in (ENSEMBLE_FILE, "architecture.json"):
+        hits = list(folder.rglob(marker))
+        if hits:
+            return _shallowest(hits).parent
+    raise ConfigError(f"{folder}: no architecture.json or {ENSEMBLE_FILE} (not an autofuse export)")
+
+
+def is_ensemble_dir(folder: str | os.PathLike[str]) -> bool:
+    """Whether ``folder`` is an ensemble export (holds ``ensemble.json``)."""
+    return (Path(folder) / ENSEMBLE_FILE).is_file()
+
+
+def load_dir(
+    folder: str | os.PathLike[str], device: str | None = None
+) -> Predictor | EnsemblePredictor:
+    """Load an export folder as found by :func:`find_export_dir`: an :class:`EnsemblePredictor`
+    for an ensemble export, else a :class:`Predictor`."""
+    if is_ensemble_dir(folder):
+        return EnsemblePredictor.from_dir(folder, device=device)
+    return Predictor.from_dir(folder, device=device)
 
 
 def load(
@@ -84,11 +113,12 @@ def load(
     *,
     device: str | None = None,
     tracking_uri: str | None = None,
-) -> Predictor:
-    """Load an exported model for prediction.
+) -> Predictor | EnsemblePredictor:
+    """Load an exported model (one model, or an ensemble of models) for prediction.
 
     Args:
-        path_or_uri: an export folder (``autofuse export --out DIR``), or an MLflow model URI
+        path_or_uri: an export folder (``autofuse export --out DIR``, or an ensemble export
+            written by :func:`autofuse.export.write_ensemble_export`), or an MLflow model URI
             (``models:/NAME/1``, ``runs:/RUN_ID/model``) of a model logged by
             :func:`autofuse.mlflow_model.log_pyfunc`.
         device: ``cpu``, ``cuda``, ``cuda:1`` (default: CUDA when available).
@@ -109,11 +139,11 @@ def load(
                 raise ConfigError(
                     f"cannot fetch {path_or_uri} from MLflow: {first_line(e)}"
                 ) from None
-            return Predictor.from_dir(find_export_dir(Path(local)), device=device)  # all in memory
+            return load_dir(find_export_dir(Path(local)), device=device)  # all in memory
     folder = Path(path_or_uri).expanduser()
     if not folder.is_dir():
         raise ConfigError(f"{folder}: no such export folder")
-    return Predictor.from_dir(find_export_dir(folder), device=device)
+    return load_dir(find_export_dir(folder), device=device)
 
 
 def _loadable_spec(spec):
@@ -132,7 +162,112 @@ class _Quiet(logging.Filter):
         return "starts from random weights" not in record.getMessage()
 
 
-class Predictor:
+def format_predictions(
+    outputs: np.ndarray,
+    ds,
+    task: str,
+    classes: list[str] | None,
+    separator: str = "|",
+) -> pd.DataFrame:
+    """The prediction table for raw ``outputs`` of ``ds``'s rows (see :meth:`BasePredictor.predict`).
+
+    ``outputs`` are logits (classification, multilabel; log-probabilities work too) or values on
+    the target's scale (regression); float32 outputs are turned into probabilities in float32
+    (what a single model's search evaluation does), float64 ones in float64.
+    """
+    cols: dict[str, Any] = {}
+    id_col = ds.config.id_column
+    if id_col is not None:
+        cols[id_col] = ds.frame[id_col].tolist()
+    if task == "regression":
+        cols["prediction"] = outputs.reshape(-1).astype(np.float64)
+        return pd.DataFrame(cols)
+    classes = list(classes or [])
+    dtype = np.float64 if outputs.dtype == np.float64 else np.float32
+    logits = torch.from_numpy(np.ascontiguousarray(outputs, dtype=dtype))
+    if task == "classification":
+        proba = torch.softmax(logits, dim=1).numpy()
+        cols["prediction"] = [classes[k] for k in outputs.argmax(axis=1)]
+    else:
+        proba = torch.sigmoid(logits).numpy()
+        cols["prediction"] = [
+            separator.join(c for c, on in zip(classes, row, strict=True) if on)
+            for row in outputs > 0
+        ]
+    for k, c in enumerate(classes):
+        cols[f"proba_{c}"] = proba[:, k].astype(np.float64)
+    return pd.DataFrame(cols)
+
+
+class BasePredictor:
+    """What :class:`Predictor` and :class:`EnsemblePredictor` share: :meth:`predict` (read the
+    data, run the model, format the table) on top of the subclass's :meth:`dataset` and
+    :meth:`predict_outputs`.
+
+    Attributes:
+        task / classes: the task and the label encoding (class names, index order).
+        skipped: messages for the cells the last ``predict`` treated as missing
+            (``bad_files="missing"``).
+        warnings: the last ``predict``'s warnings (unseen categories, skipped files).
+    """
+
+    task: str
+    classes: list[str] | None
+    skipped: list[str]
+    warnings: list[str]
+
+    @property
+    def dataset_config(self) -> dict | None:
+        """The training dataset's config (which columns hold which modality), if exported."""
+        raise NotImplementedError
+
+    def dataset(
+        self, data: Any, *, root: str | os.PathLike[str] | None = None, bad_files: str = "error"
+    ):
+        """``data`` as a prediction-mode :class:`~autofuse.data.Dataset` for this model."""
+        raise NotImplementedError
+
+    def predict_outputs(self, ds) -> np.ndarray:
+        """Raw outputs for every row of a prediction-mode dataset."""
+        raise NotImplementedError
+
+    def predict(
+        self, data: Any, *, root: str | os.PathLike[str] | None = None, bad_files: str = "error"
+    ) -> pd.DataFrame:
+        """Predict every row of ``data``.
+
+        Args:
+            data: a dataset folder, a table file, or a DataFrame (columns as in the training
+                dataset; the target column is optional, empty cells are missing modalities).
+            root: for a DataFrame, the folder relative file paths are resolved against.
+            bad_files: ``"error"`` or ``"missing"`` (see the module docstring).
+
+        Returns:
+            One row per input row, in input order: the id column first (when the dataset has
+            one), then ``prediction`` (class label / value / labels joined by the target's
+            separator) and, for classification and multilabel, ``proba_<class>`` per class.
+        """
+        self.warnings, self.skipped = [], []
+        ds = self.dataset(data, root=root, bad_files=bad_files)
+        self.skipped = list(getattr(ds, "skipped", []))
+        if self.skipped:
+            self.warnings.append(
+                f"{len(self.skipped)} unreadable file(s) treated as missing: "
+                + "; ".join(self.skipped[:10])
+                + (" ..." if len(self.skipped) > 10 else "")
+            )
+        outputs = self.predict_outputs(ds)
+        for w in self.warnings:
+            log.warning("%s", w)
+        return self.format(outputs, ds)
+
+    def format(self, outputs: np.ndarray, ds) -> pd.DataFrame:
+        """The prediction table for raw ``outputs`` of ``ds``'s rows."""
+        sep = (self.dataset_config or {}).get("target", {}).get("separator", "|")
+        return format_predictions(outputs, ds, self.task, self.classes, sep)
+
+
+class Predictor(BasePredictor):
     """An exported model ready to predict (see :func:`load`).
 
     Attributes:
@@ -248,6 +383,11 @@ class Predictor:
         """``data`` as an :class:`~autofuse.data.Dataset` in prediction mode (see
         :meth:`Dataset.for_prediction`), checked against what the model needs."""
         ds = Dataset.for_prediction(data, self._config_for(data), root=root, bad_files=bad_files)
+        self._check_dataset(ds)
+        return ds
+
+    def _check_dataset(self, ds) -> None:
+        """Tabular columns numeric in training must be numeric in ``ds``."""
         for m, mi in self.info["modalities"].items():
             state = mi["state"]
             if mi["type"] == "tabular" and state.get("kind") == "tabular":
@@ -258,7 +398,6 @@ class Predictor:
                         f"modality {m!r}: column(s) {wrong} hold non-numeric values "
                         "but were numeric in training"
                     )
-        return ds
 
     # ------------------------------------------------------------------ inference
     def _inputs(self, ds) -> dict[str, Any]:
@@ -316,59 +455,154 @@ class Predictor:
         )
         return predict_outputs(self.model, data, idx, self.device)
 
-    def predict(
-        self, data: Any, *, root: str | os.PathLike[str] | None = None, bad_files: str = "error"
-    ) -> pd.DataFrame:
-        """Predict every row of ``data``.
 
-        Args:
-            data: a dataset folder, a table file, or a DataFrame (columns as in the training
-                dataset; the target column is optional, empty cells are missing modalities).
-            root: for a DataFrame, the folder relative file paths are resolved against.
-            bad_files: ``"error"`` or ``"missing"`` (see the module docstring).
+def check_compatible(
+    members: list[tuple[str, str, list[str] | None]],
+) -> tuple[str, list[str] | None]:
+    """The common ``(task, classes)`` of ensemble members given as ``(name, task, classes)``.
 
-        Returns:
-            One row per input row, in input order: the id column first (when the dataset has
-            one), then ``prediction`` (class label / value / labels joined by the target's
-            separator) and, for classification and multilabel, ``proba_<class>`` per class.
-        """
-        self.warnings, self.skipped = [], []
-        ds = self.dataset(data, root=root, bad_files=bad_files)
-        self.skipped = list(getattr(ds, "skipped", []))
-        if self.skipped:
-            self.warnings.append(
-                f"{len(self.skipped)} unreadable file(s) treated as missing: "
-                + "; ".join(self.skipped[:10])
-                + (" ..." if len(self.skipped) > 10 else "")
+    Raises:
+        ConfigError: no members, or a member whose task or classes (names and order: the
+            output columns) differ from the first member's.
+    """
+    if not members:
+        raise ConfigError("an ensemble needs at least one member")
+    name0, task, classes = members[0]
+    for name, t, c in members[1:]:
+        if t != task:
+            raise ConfigError(f"ensemble member {name} is a {t} model but {name0} is {task}")
+        if list(c or []) != list(classes or []):
+            raise ConfigError(
+                f"ensemble member {name} has classes {c} but {name0} has {classes}; "
+                "members must share the label encoding"
             )
-        outputs = self.predict_outputs(ds)
-        for w in self.warnings:
-            log.warning("%s", w)
-        return self.format(outputs, ds)
+    return task, classes
 
-    def format(self, outputs: np.ndarray, ds) -> pd.DataFrame:
-        """The prediction table for raw ``outputs`` of ``ds``'s rows."""
-        cols: dict[str, Any] = {}
-        id_col = ds.config.id_column
-        if id_col is not None:
-            cols[id_col] = ds.frame[id_col].tolist()
-        if self.task == "regression":
-            cols["prediction"] = outputs.reshape(-1).astype(np.float64)
-            return pd.DataFrame(cols)
-        classes = list(self.classes or [])
-        logits = torch.from_numpy(np.ascontiguousarray(outputs, dtype=np.float32))
-        if self.task == "classification":
-            proba = torch.softmax(logits, dim=1).numpy()
-            cols["prediction"] = [classes[k] for k in outputs.argmax(axis=1)]
-        else:
-            proba = torch.sigmoid(logits).numpy()
-            sep = (self.dataset_config or {}).get("target", {}).get("separator", "|")
-            cols["prediction"] = [
-                sep.join(c for c, on in zip(classes, row, strict=True) if on) for row in outputs > 0
-            ]
-        for k, c in enumerate(classes):
-            cols[f"proba_{c}"] = proba[:, k].astype(np.float64)
-        return pd.DataFrame(cols)
+
+class EnsemblePredictor(BasePredictor):
+    """A weighted ensemble of exported models (an ensemble export, see :func:`load`), with the
+    public interface of :class:`Predictor`: every member predicts the same rows and their raw
+    outputs are combined by :func:`autofuse.ensemble.combine` (probabilities averaged for
+    classification and multilabel, values for regression).
+
+    Attributes:
+        members: the member :class:`Predictor` objects.
+        weights: their weights (normalised to sum 1).
+        export: the ensemble's metadata (``meta`` of ``ensemble.json``).
+        task / classes: the members' common task and label encoding.
+        skipped / warnings: as for :class:`Predictor` (members' warnings merged, each once).
+    """
+
+    def __init__(
+        self, members: list[Predictor], weights: list[float], export: dict | None = None
+    ) -> None:
+        if len(members) != len(weights):
+            raise ConfigError(f"{len(weights)} weight(s) for {len(members)} ensemble member(s)")
+        w = np.asarray(weights, dtype=np.float64)
+        if len(w) == 0 or not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
+            raise ConfigError(f"ensemble weights must be >= 0 and not all 0, got {list(weights)}")
+        self.task, self.classes = check_compatible(
+            [(f"member_{k}", m.task, m.classes) for k, m in enumerate(members)]
+        )
+        self.members = list(members)
+        self.weights = [float(x) for x in w / w.sum()]
+        self.export = export or {}
+        self.device = members[0].device
+        self.skipped: list[str] = []
+        self.warnings: list[str] = []
+
+    @classmethod
+    def from_dir(
+        cls, folder: str | os.PathLike[str], device: str | None = None
+    ) -> EnsemblePredictor:
+        """Read an ensemble export folder (``ensemble.json`` + one export folder per member)."""
+        folder = Path(folder)
+        try:
+            doc = json.loads((folder / ENSEMBLE_FILE).read_text())
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"{folder / ENSEMBLE_FILE}: unreadable ({first_line(e)})") from None
+        if not isinstance(doc, dict) or doc.get("format") != ENSEMBLE_FORMAT:
+            raise ConfigError(f"{folder / ENSEMBLE_FILE}: not an {ENSEMBLE_FORMAT} file")
+        if not isinstance(doc.get("version"), int) or doc["version"] > ENSEMBLE_VERSION:
+            raise ConfigError(
+                f"{folder / ENSEMBLE_FILE}: version {doc.get('version')!r}; this autofuse reads "
+                f"up to {ENSEMBLE_VERSION} (upgrade autofuse)"
+            )
+        entries = doc.get("members")
+        if not isinstance(entries, list) or not entries:
+            raise ConfigError(f"{folder / ENSEMBLE_FILE}: no members")
+        root = folder.resolve()
+        members, weights = [], []
+        for k, e in enumerate(entries):
+            if not isinstance(e, dict) or "path" not in e or "weight" not in e:
+                raise ConfigError(f"{folder / ENSEMBLE_FILE}: member {k} needs a path and a weight")
+            sub = (root / str(e["path"])).resolve()
+            if not sub.is_relative_to(root):
+                raise ConfigError(f"{folder / ENSEMBLE_FILE}: member path {e['path']!r} is outside")
+            if not (sub / "architecture.json").is_file():
+                raise ConfigError(
+                    f"{folder}: ensemble member {e['path']} has no architecture.json "
+                    "(members are single-model exports)"
+                )
+            members.append(Predictor.from_dir(sub, device=device))
+            weights.append(e["weight"])
+        pred = cls(members, weights, doc.get("meta"))
+        if doc.get("task") not in (None, pred.task):
+            raise ConfigError(
+                f"{folder / ENSEMBLE_FILE}: task {doc['task']} but the members are {pred.task}"
+            )
+        return pred
+
+    # ------------------------------------------------------------------ data
+    @property
+    def dataset_config(self) -> dict | None:
+        """The training dataset's config (that of the first member)."""
+        return self.members[0].dataset_config
+
+    def input_columns(self) -> dict[str, list[str]]:
+        """Columns each modality reads, over all members."""
+        out: dict[str, list[str]] = {}
+        for m in self.members:
+            for mod, cols in m.input_columns().items():
+                out.setdefault(mod, cols)
+        return out
+
+    def dataset(
+        self, data: Any, *, root: str | os.PathLike[str] | None = None, bad_files: str = "error"
+    ):
+        """``data`` as a prediction-mode :class:`~autofuse.data.Dataset` holding every modality
+        a member needs, checked against each member."""
+        config: dict | None = None
+        for k, m in enumerate(self.members):
+            cfg = m._config_for(data)
+            if config is None:
+                config = cfg
+                continue
+            for name, mod in cfg["modalities"].items():
+                have = config["modalities"].setdefault(name, mod)
+                if have != mod:
+                    raise ConfigError(
+                        f"ensemble member_{k} reads modality {name!r} differently from the "
+                        f"members before it ({mod} vs {have})"
+                    )
+        ds = Dataset.for_prediction(data, config, root=root, bad_files=bad_files)
+        for m in self.members:
+            m._check_dataset(ds)
+        return ds
+
+    # ------------------------------------------------------------------ inference
+    def predict_outputs(self, ds) -> np.ndarray:
+        """The ensemble's raw outputs for every row (see :func:`autofuse.ensemble.combine`):
+        log-probabilities ``[N, C]`` (classification), logits ``[N, C]`` (multilabel) or values
+        ``[N, 1]`` (regression); float64."""
+        outputs = []
+        for m in self.members:
+            m.warnings = []
+            outputs.append(m.predict_outputs(ds))
+            for w in m.warnings:  # members reading the same column report the same thing
+                if w not in self.warnings:
+                    self.warnings.append(w)
+        return combine(outputs, self.weights, self.task)
 
 
 @torch.no_grad()
@@ -384,4 +618,16 @@ def write_predictions(df: pd.DataFrame, out: str | os.PathLike[str]) -> Path:
     return Path(out)
 
 
-__all__ = ["Predictor", "frozen_features", "load", "write_predictions"]
+__all__ = [
+    "BasePredictor",
+    "EnsemblePredictor",
+    "Predictor",
+    "check_compatible",
+    "find_export_dir",
+    "format_predictions",
+    "frozen_features",
+    "is_ensemble_dir",
+    "load",
+    "load_dir",
+    "write_predictions",
+]

@@ -9,15 +9,20 @@ Optuna, SQL or MLflow: the trial execution (:mod:`autofuse.trial`) wires those a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 
+from autofuse._util import atomic_write_dir
 from autofuse.encoders import FeatureCache, prepare_modality
+from autofuse.encoders.cache import CachedFeatures, encoder_features
 from autofuse.errors import ConfigError
 from autofuse.model import MultimodalModel, build_model
 from autofuse.spec import ArchitectureSpec
@@ -93,6 +98,10 @@ class CandidateResult:
     train_time_s: float
     n_params: int
     latency_ms: float
+    #: training stopped at the time limit: the best epoch so far (a low-fidelity result)
+    timed_out: bool = False
+    #: stage-1 encoder weights a frozen-with-source encoder uses (checkpoints must keep them)
+    source_state: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def metrics_fields(self) -> dict[str, Any]:
         """The result as trial-record fields (what SQL, Optuna and MLflow store)."""
@@ -107,6 +116,7 @@ class CandidateResult:
             "best_epoch": self.best_epoch,
             "epochs_trained": self.epochs_trained,
             "resumed_from_epoch": self.resumed_from_epoch or None,
+            **({"low_fidelity": True, "reason": "timeout"} if self.timed_out else {}),
         }
 
 
@@ -147,35 +157,106 @@ class CandidateRunner:
         info = {"type": self.ds.modality_type(m), "state": prepared.state}
         if espec.mode != "frozen":
             return prepared, info
-        fkey = pkey + ("frozen",)
+        fkey = pkey + ("frozen", espec.source)
         if fkey not in self._features:
-            self._features[fkey] = self.feature_cache.features(
-                self.ds, m, espec, prepared, device=self.device
-            )
+            if espec.source is not None:  # a stage-1 encoder's stored outputs
+                self._features[fkey] = self.stage1_features(espec.source)
+            else:
+                self._features[fkey] = self.feature_cache.features(
+                    self.ds, m, espec, prepared, device=self.device
+                )
         feats = self._features[fkey]
         info["feature_shape"] = feats.feature_shape.to_dict()
         return feats, info
 
-    def prepare(self, spec: ArchitectureSpec) -> tuple[TrainData, dict[str, Any]]:
-        """The training data of ``spec`` (its modalities' inputs) and its dataset info."""
+    def prepared(self, m: str, espec) -> Any:
+        """The decoded inputs of modality ``m`` for ``espec`` (prepared once per process)."""
+        self.modality_input(m, espec.model_copy(update={"mode": "scratch", "source": None}))
+        return self._prepared[(m, espec.name, json.dumps(espec.params, sort_keys=True, default=str))]
+
+    def stage1_dir(self, key: str) -> Path:
+        return self.cache_root / key
+
+    def stage1_features(self, key: str) -> CachedFeatures:
+        """Outputs of a stage-1-trained encoder (every row), stored by :meth:`store_stage1`."""
+        folder = self.stage1_dir(key)
+        if not (folder / "stage1.json").is_file():
+            raise TrialFault("invalid", f"stage-1 features {key[:12]} are missing from {folder}")
+        return CachedFeatures.load(folder)
+
+    def source_state(self, spec: ArchitectureSpec) -> dict[str, torch.Tensor]:
+        """Weights of the stage-1 encoders ``spec`` uses frozen, as model state-dict entries (a
+        search checkpoint must hold them: the model cannot be rebuilt without them)."""
+        out = {}
+        for m, e in spec.encoders.items():
+            if e.mode == "frozen" and e.source is not None:
+                weights = load_file(str(self.stage1_dir(e.source) / "encoder.safetensors"))
+                out.update({f"encoders.{m}.{k}": v for k, v in weights.items()})
+        return out
+
+    def store_stage1(
+        self, key: str, m: str, espec, encoder: torch.nn.Module, record: dict[str, Any]
+    ) -> None:
+        """Keep a stage-1-trained encoder: its outputs for every row (the feature cache's format,
+        computed as prediction computes them), its weights and its record (``stage1.json``)."""
+        feats = encoder_features(encoder, self.prepared(m, espec), self.feature_cache.batch_size)
+        weights = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
+        meta = {
+            "key": key,
+            "feature_shape": feats.feature_shape.to_dict(),
+            "n_rows": len(feats),
+            "n_levels": len(feats.levels),
+        }
+
+        def write(tmp: Path) -> None:
+            save_file(feats.tensors(), str(tmp / "features.safetensors"))
+            save_file(weights, str(tmp / "encoder.safetensors"))
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
+            (tmp / "stage1.json").write_text(json.dumps(record, indent=2, default=str))
+
+        atomic_write_dir(self.stage1_dir(key), write)
+
+    def stage1_record(self, key: str) -> dict[str, Any] | None:
+        """The record of an earlier stage-1 run with this key (another study's), if kept."""
+        path = self.stage1_dir(key) / "stage1.json"
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except ValueError:
+            return None
+
+    def prepare(
+        self, spec: ArchitectureSpec, train_rows: np.ndarray | None = None
+    ) -> tuple[TrainData, dict[str, Any]]:
+        """The training data of ``spec`` (its modalities' inputs) and its dataset info;
+        ``train_rows`` replaces the training split (stage 1 / stage 2 of a staged search)."""
         inputs, infos = {}, {}
         for m, espec in spec.encoders.items():
             inputs[m], infos[m] = self.modality_input(m, espec)
         data = self.template.with_inputs(inputs)
+        if train_rows is not None:
+            data = dataclasses.replace(data, splits={**data.splits, "train": train_rows})
         info = DatasetInfo.for_dataset(self.ds, data.target_stats, infos)
         return data, info.to_dict()
 
     def build(self, spec: ArchitectureSpec, info: dict[str, Any]) -> MultimodalModel:
-        """The search model (frozen encoders as placeholders) on the device, seeded by the spec.
+        """The search model (frozen encoders as placeholders) on the device, seeded by the spec;
+        a trainable encoder with a stage-1 ``source`` starts from that run's weights.
 
         Raises:
             TrialFault: ``invalid`` when the architecture cannot be built.
         """
         torch.manual_seed(spec.training.seed)
         try:
-            return build_model(spec, info, skip_frozen=True).to(self.device)
+            model = build_model(spec, info, skip_frozen=True)
         except (ConfigError, ValueError, RuntimeError, TypeError) as e:
             raise TrialFault("invalid", f"architecture cannot be built: {e}") from e
+        for m, e in spec.encoders.items():
+            if e.mode != "frozen" and e.source is not None:
+                weights = load_file(str(self.stage1_dir(e.source) / "encoder.safetensors"))
+                model.encoders[m].load_state_dict(weights)
+        return model.to(self.device)
 
     def release(self) -> None:
         """Drop the in-memory inputs (after an out-of-memory error); they reload from disk."""
@@ -191,10 +272,24 @@ class CandidateRunner:
         deadline: float | None = None,
         resume: dict | None = None,
         amp: bool = False,
+        train_rows: np.ndarray | None = None,
+        init_state: dict[str, torch.Tensor] | None = None,
     ) -> CandidateResult:
-        """Build, train (early stopping on validation) and evaluate one candidate."""
-        data, info = self.prepare(spec)
+        """Build, train (early stopping on validation) and evaluate one candidate.
+
+        Args:
+            train_rows: train on these rows instead of the training split.
+            init_state: start from these weights (a stage-2 design's fusion and head, stage-1
+                encoders); the model is validated before training and kept if no epoch beats it.
+        """
+        data, info = self.prepare(spec, train_rows)
         model = self.build(spec, info)
+        if init_state:
+            own = model.state_dict()
+            model.load_state_dict(
+                {k: v for k, v in init_state.items() if k in own and own[k].shape == v.shape},
+                strict=False,
+            )
         t = spec.training
         res = fit(
             model,
@@ -213,6 +308,7 @@ class CandidateRunner:
             resume=resume,
             amp=amp,
             encoder_lr_scale=t.encoder_lr_scale,
+            validate_start=bool(init_state),
         )
         return CandidateResult(
             spec=spec,
@@ -229,6 +325,8 @@ class CandidateRunner:
             train_time_s=res.train_time_s,
             n_params=count_params(model),
             latency_ms=measure_latency_ms(model, data, self.device),
+            timed_out=res.timed_out,
+            source_state=self.source_state(spec),
         )
 
 

@@ -93,6 +93,39 @@ class PrunerConfig(BaseModel):
     n_warmup_steps: int = 2
 
 
+class BudgetSplit(BaseModel):
+    """Shares of ``--time-budget`` per stage (AutoGluon-style: one wall-clock budget)."""
+
+    model_config = ConfigDict(extra="forbid")
+    unimodal: float = Field(0.25, ge=0)
+    fusion: float = Field(0.55, ge=0)
+    finalists: float = Field(0.20, ge=0)
+
+
+class StagesConfig(BaseModel):
+    """The staged search (``stages:`` in a space file)."""
+
+    model_config = ConfigDict(extra="forbid")
+    #: stage 1 unimodal encoders, stage 2 fusion search on their features, stage 3 finalists;
+    #: off: every candidate trains its own encoders (the single-stage search)
+    enabled: bool = True
+    #: share of the training rows the stage-1 encoders do NOT see: stage-2 fusion heads train
+    #: on these rows, whose features are honest (not memorised by the encoder)
+    fusion_rows: float = Field(0.4, gt=0, lt=1)
+    #: search the modality subset (``keep.<modality>``) in stage 2
+    subset: bool = True
+    #: token-level fusions see at most this many tokens per modality
+    max_tokens: int = Field(16, ge=1)
+    #: stage 3: the best designs fine-tuned end to end, each with this many seeds
+    finalists: int = Field(3, ge=0)
+    seeds: int = Field(3, ge=1)
+    #: stage 3: encoders learn at lr times this
+    finetune_lr_scale: float = Field(0.1, gt=0)
+    #: stage 3: a greedy ensemble of the finalists' models when it beats the best one
+    ensemble: bool = True
+    budget: BudgetSplit = Field(default_factory=BudgetSplit)
+
+
 class SearchSpace(BaseModel):
     """A search space file (``search_spaces/*.yaml``)."""
 
@@ -109,6 +142,7 @@ class SearchSpace(BaseModel):
     #: so no family is judged on zero or one sample before the sampler concentrates
     coverage: int = Field(default=2, ge=0)
     trials: int = 20
+    stages: StagesConfig = Field(default_factory=StagesConfig)
 
     @field_validator("fusion")
     @classmethod
@@ -287,16 +321,53 @@ def valid_methods(space: SearchSpace, n_modalities: int) -> dict[str, dict[str, 
     return out
 
 
-def suggest_spec(trial, space: SearchSpace, modalities: dict[str, str]):
-    """Sample one ArchitectureSpec (define-by-run) for a dataset's ``{modality: type}``."""
-    methods = valid_methods(space, len(modalities))
+def _suggest_fusion(trial, space: SearchSpace, n_modalities: int) -> tuple[FusionSpec, dict]:
+    """family -> method -> point -> the branch's hyperparameters; also the branch."""
+    methods = valid_methods(space, n_modalities)
     family = suggest_value(trial, "family", list(methods))
     method = suggest_value(trial, f"{family}.method", list(methods[family]))
     branch = methods[family][method]
     ns = f"{family}.{method}"
     point = suggest_value(trial, f"{ns}.point", branch["points"])
     fparams = {p: suggest_value(trial, f"{ns}.{p}", v) for p, v in branch["params"].items()}
+    return FusionSpec(family=family, method=method, point=point, params=fparams), branch
 
+
+def _suggest_training(
+    trial, space: SearchSpace, fusion: FusionSpec, branch: dict, n_modalities: int
+) -> tuple[TrainingSpec, HeadSpec]:
+    t = space.training
+    training = TrainingSpec(
+        lr=suggest_value(trial, "train.lr", t.lr),
+        weight_decay=suggest_value(trial, "train.weight_decay", t.weight_decay),
+        batch_size=suggest_value(trial, "train.batch_size", t.batch_size),
+        epochs=suggest_value(trial, "train.epochs", t.epochs),
+        patience=suggest_value(trial, "train.patience", t.patience),
+        # robustness to missing modalities only means something with several modalities
+        modality_dropout=(
+            suggest_value(trial, "train.modality_dropout", t.modality_dropout)
+            if n_modalities > 1
+            else 0.0
+        ),
+        # the auxiliary-loss weight is a parameter only of methods that have an auxiliary loss
+        aux_weight=(
+            suggest_value(trial, f"{fusion.name}.aux_weight", t.aux_weight)
+            if branch["aux_loss"]
+            else 0.0
+        ),
+        seed=trial.number,
+    )
+    head = HeadSpec(
+        fused_dim=suggest_value(trial, "head.fused_dim", t.fused_dim),
+        dropout=suggest_value(trial, "head.dropout", t.head_dropout),
+    )
+    return training, head
+
+
+def suggest_spec(trial, space: SearchSpace, modalities: dict[str, str]) -> ArchitectureSpec:
+    """Sample one ArchitectureSpec (define-by-run) for a dataset's ``{modality: type}``: the
+    single-stage search, where every candidate trains its encoders."""
+    fusion, branch = _suggest_fusion(trial, space, len(modalities))
     encoders = {}
     for m, mtype in modalities.items():
         choices = space.encoder_choices(mtype)
@@ -311,32 +382,80 @@ def suggest_spec(trial, space: SearchSpace, modalities: dict[str, str]):
         }
         dim = params.pop("dim", 64)
         encoders[m] = EncoderSpec(name=ename, mode=mode, dim=int(dim), params=params)
+    training, head = _suggest_training(trial, space, fusion, branch, len(modalities))
+    return ArchitectureSpec(encoders=encoders, fusion=fusion, head=head, training=training)
 
+
+def suggest_fusion_spec(
+    trial,
+    space: SearchSpace,
+    choices: dict[str, dict[str, EncoderSpec]],
+    fallback: str,
+) -> ArchitectureSpec:
+    """Stage 2 of a staged search: one conditional space over the fusion design, each
+    modality's encoder (a choice among the stage-1 encoders, by label) and the modality subset
+    (``keep.<modality>``; when nothing is kept, ``fallback`` is). Candidates train only the
+    fusion and the head, on the stage-1 encoders' stored features."""
+    kept = [
+        m
+        for m in choices
+        if not space.stages.subset
+        or len(choices) == 1
+        or suggest_value(trial, f"keep.{m}", [True, False])
+    ] or [fallback]
+    fusion, branch = _suggest_fusion(trial, space, len(kept))
+    encoders = {}
+    for m in kept:
+        label = suggest_value(trial, f"enc.{m}", sorted(choices[m]))
+        encoders[m] = choices[m][label]
+    training, head = _suggest_training(trial, space, fusion, branch, len(kept))
+    fusion.max_tokens = space.stages.max_tokens
+    return ArchitectureSpec(encoders=encoders, fusion=fusion, head=head, training=training)
+
+
+def default_value(value: Any) -> Any:
+    """The value a fixed (not searched) run takes from a space entry: a list's first choice, a
+    range's middle (geometric for log ranges), a scalar itself."""
+    if isinstance(value, dict):
+        value = Range.model_validate(value)
+    if isinstance(value, Range):
+        lo, hi = float(value.low), float(value.high)
+        mid = (lo * hi) ** 0.5 if value.log else (lo + hi) / 2
+        return int(round(mid)) if value.is_int else mid
+    if isinstance(value, list):
+        return value[0]
+    return value
+
+
+def unimodal_specs(space: SearchSpace, modalities: dict[str, str]) -> list[tuple[str, ArchitectureSpec]]:
+    """Stage 1 of a staged search: one unimodal model per modality and encoder choice (each mode
+    the space allows), with the choice's default settings and a plain linear head."""
     t = space.training
     training = TrainingSpec(
-        lr=suggest_value(trial, "train.lr", t.lr),
-        weight_decay=suggest_value(trial, "train.weight_decay", t.weight_decay),
-        batch_size=suggest_value(trial, "train.batch_size", t.batch_size),
-        epochs=suggest_value(trial, "train.epochs", t.epochs),
-        patience=suggest_value(trial, "train.patience", t.patience),
-        # robustness to missing modalities only means something with several modalities
-        modality_dropout=(
-            suggest_value(trial, "train.modality_dropout", t.modality_dropout)
-            if len(modalities) > 1
-            else 0.0
-        ),
-        # the auxiliary-loss weight is a parameter only of methods that have an auxiliary loss
-        aux_weight=(
-            suggest_value(trial, f"{ns}.aux_weight", t.aux_weight) if branch["aux_loss"] else 0.0
-        ),
-        seed=trial.number,
+        lr=default_value(t.lr),
+        weight_decay=default_value(t.weight_decay),
+        batch_size=default_value(t.batch_size),
+        epochs=default_value(t.epochs),
+        patience=default_value(t.patience),
+        aux_weight=0.0,
+        seed=0,
     )
-    head = HeadSpec(
-        fused_dim=suggest_value(trial, "head.fused_dim", t.fused_dim),
-        dropout=suggest_value(trial, "head.dropout", t.head_dropout),
+    head = HeadSpec(fused_dim=default_value(t.fused_dim), dropout=default_value(t.head_dropout))
+    fusion = FusionSpec(
+        family="encoder_decoder", method="decision", point="late", params={"combine": "mean"}
     )
-    fusion = FusionSpec(family=family, method=method, point=point, params=fparams)
-    return ArchitectureSpec(encoders=encoders, fusion=fusion, head=head, training=training)
+    out = []
+    for m, mtype in modalities.items():
+        for ch in space.encoder_choices(mtype):
+            params = {p: default_value(v) for p, v in ch["params"].items()}
+            dim = int(params.pop("dim", 64))
+            for mode in ch["modes"]:
+                enc = EncoderSpec(name=ch["name"], mode=mode, dim=dim, params=params)
+                spec = ArchitectureSpec(
+                    encoders={m: enc}, fusion=fusion, head=head, training=training
+                )
+                out.append((m, spec))
+    return out
 
 
 # ---- baselines ---------------------------------------------------------------------------------
@@ -438,4 +557,5 @@ def describe(space: SearchSpace) -> dict:
         "baselines": space.baselines,
         "coverage": space.coverage,
         "trials": space.trials,
+        "stages": space.stages.model_dump(),
     }

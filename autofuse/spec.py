@@ -12,7 +12,7 @@ from autofuse._util import atomic_write_text
 from autofuse.encoders.base import EncoderSpec
 from autofuse.errors import ConfigError
 
-SPEC_VERSION = 1
+SPEC_VERSION = 2  # 2: EncoderSpec.source, TrainingSpec.encoder_lr_scale, FusionSpec.max_tokens
 ARCHITECTURE_FORMAT = "autofuse.architecture"
 
 
@@ -24,6 +24,9 @@ class FusionSpec(BaseModel):
     method: str
     point: str = "late"
     params: dict[str, Any] = Field(default_factory=dict)
+    #: token-level fusions see at most this many tokens per modality and level (the rest are
+    #: pooled in order-preserving groups), so a 240-column table cannot blow up attention
+    max_tokens: int | None = Field(default=None, ge=1)
 
     @property
     def name(self) -> str:

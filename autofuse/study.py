@@ -34,10 +34,22 @@ from autofuse.paths import Paths, check_study_name
 from autofuse.report import write_report
 from autofuse.samplers import make_pruner, make_sampler
 from autofuse.space import SearchSpace, baseline_params, coverage_params, describe, load_space
+from autofuse.stages import (
+    FINALIST,
+    FUSION,
+    UNIMODAL,
+    choose_winner,
+    enqueue_finalists,
+    enqueue_unimodal,
+    export_winner,
+    fusion_baselines,
+    stage_of,
+)
 from autofuse.storage.history import HistoryStore
 from autofuse.storage.lock import StudyLock
 from autofuse.storage.mlflow import open_tracker
 from autofuse.summary import write_json, write_summary
+from autofuse.train import TrainData
 from autofuse.trial import TrialHook
 from autofuse.workers import (
     WorkerConfig,
@@ -80,11 +92,17 @@ class StudyPlan:
 
     @property
     def n_total(self) -> int:
-        return int(self.options.trials or 0)
+        """Finished trials wanted (the fusion search's, in a staged search; unbounded when only
+        a time budget bounds it)."""
+        return int(self.options.trials or UNBOUNDED)
 
     @property
     def store(self) -> CheckpointStore:
         return CheckpointStore(self.paths.study_dir(self.name))
+
+    def runner_template(self) -> TrainData:
+        """The dataset's targets and splits (no inputs)."""
+        return TrainData.from_dataset(self.ds, inputs={})
 
 
 def search(
@@ -136,11 +154,13 @@ def prepare(
                 f"search space {sp.name!r} has no encoder for modality {m!r} "
                 f"({ds.modality_type(m)})"
             )
+    timed = sp.stages.enabled and opts.time_budget is not None
     opts = SearchOptions.parse(
         opts,
         storage=opts.storage or paths.default_storage,
         workdir=str(paths.root),
-        trials=opts.trials or sp.trials,
+        # a staged search with a time budget runs the fusion search until its share is spent
+        trials=opts.trials or (None if timed else sp.trials),
     )
     devices = _devices(opts)
     check_storage_for_workers(str(opts.storage), len(devices))
@@ -192,9 +212,11 @@ def open_study(
                 st.set_user_attr("dataset", ds.info())
                 st.set_user_attr("space", describe(sp))
                 st.set_user_attr("metric", OBJECTIVES[ds.task][0])
-                for bname, params in baseline_params(sp, _modalities(ds)):
-                    st.enqueue_trial(params, user_attrs={"baseline": bname})
-            _enqueue_coverage(st, sp, _modalities(ds), int(opts.trials or 0))
+                if not sp.stages.enabled:  # staged: enqueued when the fusion search opens
+                    for bname, params in baseline_params(sp, _modalities(ds)):
+                        st.enqueue_trial(params, user_attrs={"baseline": bname})
+            if not sp.stages.enabled:
+                _enqueue_coverage(st, sp, _modalities(ds), int(opts.trials or 0))
     finally:
         lock.close()
     return st
@@ -277,15 +299,101 @@ def _record(
 
 
 def dispatch(plan: StudyPlan, hooks: tuple[TrialHook, ...] = ()) -> None:
-    """Run the workers: one in this process, or one process per planned device."""
+    """Run the search: one stage, or the three stages of a staged search in turn."""
+    if not plan.space.stages.enabled:
+        run_stage(plan, hooks, None, plan.n_total)
+        return
+    st, sp, cfg = plan.study, plan.space, plan.space.stages
+    budget = StageBudget(plan.options.time_budget, cfg.budget)
+    n1 = _locked(plan, enqueue_unimodal, st, sp, _modalities(plan.ds))
+    run_stage(plan, hooks, UNIMODAL, n1, trial_timeout=budget.per_trial(UNIMODAL, n1, plan))
+    if not any(stage_of(t) == FINALIST for t in st.get_trials(deepcopy=False)):
+        _locked(plan, open_fusion_search, plan)
+        run_stage(plan, hooks, FUSION, plan.n_total, deadline=budget.deadline(FUSION))
+    if cfg.finalists:
+        n3 = len(_locked(plan, enqueue_finalists, st, sp)) * cfg.seeds
+        run_stage(plan, hooks, FINALIST, n3, trial_timeout=budget.per_trial(FINALIST, n3, plan))
+
+
+#: "no trial count": a fusion search bounded by its time budget only
+UNBOUNDED = 1_000_000
+
+
+class StageBudget:
+    """A staged search's time budget, split across the stages (``stages.budget`` shares)."""
+
+    def __init__(self, total_s: float | None, shares: Any) -> None:
+        self.total_s, self.shares = total_s, shares
+
+    def seconds(self, stage: str) -> float | None:
+        if self.total_s is None:
+            return None
+        return self.total_s * getattr(self.shares, stage)
+
+    def deadline(self, stage: str) -> float | None:
+        s = self.seconds(stage)
+        return None if s is None else time.time() + s
+
+    def per_trial(self, stage: str, n: int, plan: StudyPlan) -> float | None:
+        """The time limit of one trial of a stage whose ``n`` trials share its budget."""
+        s, limit = self.seconds(stage), plan.options.trial_timeout
+        if s is None or n < 1:
+            return limit
+        return min(s / n, limit) if limit else s / n
+
+
+def _locked(plan: StudyPlan, fn: Any, *args: Any) -> Any:
+    """Run ``fn`` under the study lock (what several coordinators must do once)."""
+    lock = StudyLock(str(plan.options.storage), plan.name)
+    try:
+        with lock:
+            return fn(*args)
+    finally:
+        lock.close()
+
+
+def open_fusion_search(plan: StudyPlan) -> None:
+    """Stage 2 opens: its baselines (each with the best stage-1 encoders) and coverage trials."""
+    st, sp = plan.study, plan.space
+    fusion_baselines(st, sp, baseline_params(sp, _modalities(plan.ds)))
+    trials = [t for t in st.get_trials(deepcopy=False) if stage_of(t) == FUSION]
+    existing = [
+        {"family": t.params.get("family") or (t.system_attrs.get("fixed_params") or {}).get("family")}
+        for t in trials
+    ]
+    used = sum(t.state != optuna.trial.TrialState.FAIL for t in trials)
+    room = max(0, min(plan.n_total, UNBOUNDED - 1) - used)
+    for params in coverage_params(sp, _modalities(plan.ds), existing, room):
+        st.enqueue_trial(params, user_attrs={"coverage": params["family"], "stage": FUSION})
+
+
+def run_stage(
+    plan: StudyPlan,
+    hooks: tuple[TrialHook, ...],
+    stage: str | None,
+    target: int,
+    *,
+    trial_timeout: float | None = None,
+    deadline: float | None = None,
+) -> None:
+    """Run the workers on one stage: one in this process, or one process per planned device."""
+    opts = plan.options
+    if trial_timeout is not None:
+        opts = opts.model_copy(update={"trial_timeout": trial_timeout})
+    plan.study.set_user_attr(
+        "stage_plan",
+        {"stage": stage, "target": target, "deadline": deadline, "trial_timeout": trial_timeout},
+    )
     base = WorkerConfig(
         study=plan.name,
         dataset=str(getattr(plan.ds, "root", "")),
         space=plan.space.model_dump(mode="json"),
-        options=plan.options,
-        n_total=plan.n_total,
+        options=opts,
+        n_total=target,
         device=plan.devices[0],
         hooks=hooks,
+        stage=stage,
+        deadline=deadline,
     )
     if len(plan.devices) == 1:
         run_worker(base, ds=plan.ds, progress=plan.options.progress)
@@ -303,8 +411,23 @@ def finish(plan: StudyPlan, wall_time_s: float) -> SearchResult:
     """Keep the top checkpoints, export the best, write the summary, close MLflow, report."""
     st, store = plan.study, plan.store
     done = st.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    store.prune(t.number for t in best_first(done, lambda t: t.value, plan.direction)[:KEEP_TOP_K])
-    summary = write_summary(st, store, plan.ds.info(), plan.metric, plan.direction, wall_time_s)
+    searched = [t for t in done if stage_of(t) == FUSION]
+    keep = {t.number for t in best_first(searched, lambda t: t.value, plan.direction)[:KEEP_TOP_K]}
+    keep |= {t.number for t in done if stage_of(t) == FINALIST}
+    store.prune(keep)
+    winner = None
+    if plan.space.stages.enabled:
+        t = plan.runner_template()
+        found = choose_winner(st, store, plan.ds.task, t.y_raw, t.splits, plan.metric)
+        if found is not None:
+            meta = {"study": plan.name, "metric": plan.metric, "direction": plan.direction}
+            meta["metrics"] = {"val": {plan.metric: found.val}, "test": found.test}
+            export_winner(store, found, meta)
+            winner = found.to_dict()
+            st.set_user_attr("winner", winner)
+    summary = write_summary(
+        st, store, plan.ds.info(), plan.metric, plan.direction, wall_time_s, winner
+    )
     _finish_tracker(plan, summary)
     if plan.options.report:
         try:

@@ -58,8 +58,10 @@ def write_summary(
     metric: str,
     direction: str,
     wall_time_s: float,
+    winner: dict | None = None,
 ) -> dict[str, Any]:
-    """Export the best trial to ``best/`` and write ``summary.json``; returns the summary."""
+    """Write ``summary.json`` (and, for a single-stage search, export the best trial to
+    ``best/``); returns the summary. ``winner``: a staged search's result (already exported)."""
     trials = st.get_trials(deepcopy=False)
     counts, reasons = _counts(trials)
     summary: dict[str, Any] = {
@@ -72,31 +74,47 @@ def write_summary(
         "wall_time_s": round(wall_time_s, 2),
         "best_trial": None,
     }
+    stages = _per_stage(trials)
+    if stages:
+        summary["stages"] = stages
+    note = _all_timed_out(trials)
+    if note:
+        summary["warning"] = note
     completed = [t for t in trials if t.state == TS.COMPLETE]
-    if completed:
-        best = st.best_trial
-        u = best.user_attrs
-        summary.update(
-            {
-                "best_trial": best.number,
-                "best_value": best.value,
-                "spec": u.get("spec"),
-                "val_metrics": u.get("val_metrics"),
-                "test_metrics": u.get("test_metrics"),
-                "n_params": u.get("n_params"),
-                "latency_ms": u.get("latency_ms"),
-                "per_family_best": _per_family(completed, direction),
-                "baselines": {
-                    t.user_attrs["baseline"]: {
-                        "trial": t.number,
-                        "value": t.value,
-                        "test_metrics": t.user_attrs.get("test_metrics"),
-                    }
-                    for t in completed
-                    if "baseline" in t.user_attrs
-                },
-            }
-        )
+    if not completed:
+        write_json(store.study_dir / "summary.json", summary)
+        return summary
+    best = _best(st, completed, winner)
+    u = best.user_attrs
+    summary.update(
+        {
+            "best_trial": best.number,
+            "best_value": best.value,
+            "spec": u.get("spec"),
+            "val_metrics": u.get("val_metrics"),
+            "test_metrics": u.get("test_metrics"),
+            "n_params": u.get("n_params"),
+            "latency_ms": u.get("latency_ms"),
+            "per_family_best": _per_family(completed, direction),
+            "baselines": {
+                t.user_attrs["baseline"]: {
+                    "trial": t.number,
+                    "value": t.value,
+                    "test_metrics": t.user_attrs.get("test_metrics"),
+                }
+                for t in completed
+                if "baseline" in t.user_attrs
+            },
+        }
+    )
+    if winner is not None:
+        summary["winner"] = winner
+        summary["best_dir"] = str(store.best_dir) if store.best_dir.exists() else None
+        if winner["kind"] == "ensemble":
+            summary["best_value"] = winner["val"]
+            summary["val_metrics"] = {metric: winner["val"]}
+            summary["test_metrics"] = winner["test"]
+    else:
         try:
             summary["best_dir"] = str(store.export_best(best.number))
         except ConfigError as e:  # e.g. a study resumed in another work directory
@@ -104,6 +122,41 @@ def write_summary(
             summary["best_dir"] = None
     write_json(store.study_dir / "summary.json", summary)
     return summary
+
+
+def _best(st: optuna.Study, completed: list, winner: dict | None) -> optuna.trial.FrozenTrial:
+    """The trial the summary describes: the winner's (best) model, else Optuna's best."""
+    if winner is not None:
+        by_number = {t.number: t for t in completed}
+        return by_number[winner["trials"][0]]
+    return st.best_trial
+
+
+def _per_stage(trials: list) -> dict[str, dict]:
+    """Trials and time per stage of a staged search (empty for a single-stage one)."""
+    out: dict[str, dict] = {}
+    for t in trials:
+        stage = t.user_attrs.get("stage")
+        if stage is None:
+            continue
+        d = out.setdefault(stage, {"trials": 0, "completed": 0, "pruned": 0, "time_s": 0.0})
+        d["trials"] += 1
+        d["completed"] += t.state == TS.COMPLETE
+        d["pruned"] += t.state == TS.PRUNED
+        if t.datetime_start and t.datetime_complete:
+            d["time_s"] += (t.datetime_complete - t.datetime_start).total_seconds()
+    return out
+
+
+def _all_timed_out(trials: list) -> str | None:
+    """A note when every finished trial reached its time limit (the budget is too small)."""
+    ended = [t for t in trials if t.state in (TS.COMPLETE, TS.PRUNED)]
+    if ended and all(t.user_attrs.get("reason") == "timeout" for t in ended):
+        return (
+            f"every trial ({len(ended)}) reached its time limit: the results are low-fidelity; "
+            "give the search more time (--time-budget / --trial-timeout) or use a smaller space"
+        )
+    return None
 
 
 __all__ = ["write_json", "write_summary"]

@@ -85,6 +85,8 @@ class FitResult:
     train_time_s: float = 0.0
     resumed_from_epoch: int = 0  # > 0 when a checkpoint of an earlier attempt was continued
     epochs_trained: int = 0  # epochs actually run by this call
+    #: stopped by the deadline after at least one epoch: a low-fidelity result (best so far)
+    timed_out: bool = False
 
 
 def make_batch(data: TrainData, idx: np.ndarray, device: torch.device) -> dict:
@@ -158,13 +160,16 @@ def fit(
     resume: dict | None = None,
     amp: bool = False,
     encoder_lr_scale: float = 1.0,
+    validate_start: bool = False,
 ) -> FitResult:
     """Train with AdamW and early stopping; keep the best validation epoch's weights in ``model``.
 
     Args:
         on_epoch: called after every epoch with ``(epoch, val_metrics)``; may raise (e.g. Optuna's
             ``TrialPruned``) to stop the candidate.
-        deadline: ``time.monotonic()`` value after which the candidate ends with reason ``timeout``.
+        deadline: ``time.monotonic()`` value after which training stops: after at least one
+            epoch the best epoch so far is the result (``timed_out``, a low-fidelity result);
+            before the first epoch ends it is a ``TrialFault("timeout")``.
         on_checkpoint: called after every epoch with ``(epoch, make_state)``; ``make_state()``
             returns the full training state (model, optimiser, best weights so far, history, RNG)
             so a killed trial can continue where it stopped. It is built only when asked for:
@@ -173,9 +178,12 @@ def fit(
         amp: bfloat16 autocast for the forward pass on CUDA (ignored on CPU).
         encoder_lr_scale: the encoders' learning rate is ``lr`` times this (fine-tuning trained
             encoders with a lower rate than the fusion and the head).
+        validate_start: score the starting weights first (``best_epoch`` 0 when no epoch beats
+            them; the model then keeps them).
 
     Raises:
-        TrialFault: ``diverged`` on a non-finite loss, ``timeout`` past the deadline.
+        TrialFault: ``diverged`` on a non-finite loss, ``timeout`` past the deadline before the
+            first epoch ended.
     """
     metric, direction = OBJECTIVES[data.task]
     g = torch.Generator().manual_seed(seed)
@@ -196,26 +204,37 @@ def fit(
         best_state, best_val = resume["best_state"], resume["best_val"]
         best_epoch, history, stale = resume["best_epoch"], list(resume["history"]), resume["stale"]
         start = resume["epoch"] + 1
+    start_metrics: dict[str, float] = {}
+    if validate_start and resume is None:  # fine-tuning: keep the start if no epoch beats it
+        start_metrics = evaluate(model, data, "val", device)
+        best_val = start_metrics.get(metric)
     epoch = start - 1
     if resume is not None and stale >= patience:
         start = epochs + 1  # it had already stopped early
     trained = 0
+    timed_out = False
     for epoch in range(start, epochs + 1):
         trained += 1
-        train_loss = train_epoch(
-            model,
-            data,
-            opt,
-            criterion,
-            params,
-            g,
-            batch_size=batch_size,
-            aux_weight=aux_weight,
-            device=device,
-            amp=amp,
-            deadline=deadline,
-            epoch=epoch,
-        )
+        try:
+            train_loss = train_epoch(
+                model,
+                data,
+                opt,
+                criterion,
+                params,
+                g,
+                batch_size=batch_size,
+                aux_weight=aux_weight,
+                device=device,
+                amp=amp,
+                deadline=deadline,
+                epoch=epoch,
+            )
+        except TrialFault as f:
+            if f.reason != "timeout" or not history:
+                raise
+            timed_out = True  # the epoch in progress is dropped; the best one so far stands
+            break
         val = evaluate(model, data, "val", device)
         val["train_loss"] = train_loss
         history.append({"epoch": epoch, **val})
@@ -246,13 +265,15 @@ def fit(
         if on_epoch is not None:
             on_epoch(epoch, val)
         if deadline is not None and time.monotonic() > deadline:
-            raise TrialFault("timeout", f"trial time limit reached after epoch {epoch}")
+            timed_out = epoch < epochs and stale < patience
+            break
         if stale >= patience:
             break
     model.load_state_dict(best_state)
-    val_metrics = (
-        {k: v for k, v in history[best_epoch - 1].items() if k != "epoch"} if history else {}
-    )
+    if best_epoch == 0:  # nothing beat the starting weights (or nothing ran)
+        val_metrics = dict(start_metrics)
+    else:
+        val_metrics = {k: v for k, v in history[best_epoch - 1].items() if k != "epoch"}
     return FitResult(
         val_metrics=val_metrics,
         best_epoch=best_epoch,
@@ -261,6 +282,7 @@ def fit(
         train_time_s=time.monotonic() - t0,
         resumed_from_epoch=start - 1 if resume is not None else 0,
         epochs_trained=trained,
+        timed_out=timed_out,
     )
 
 

@@ -33,8 +33,17 @@ from autofuse._util import first_line, utcnow
 from autofuse.checkpoints import CheckpointStore
 from autofuse.options import SearchOptions
 from autofuse.runner import CandidateResult, CandidateRunner
-from autofuse.space import SearchSpace, suggest_spec
+from autofuse.space import SearchSpace
 from autofuse.spec import ArchitectureSpec
+from autofuse.stages import (
+    FINALIST,
+    FUSION,
+    UNIMODAL,
+    StagePlan,
+    Stages,
+    finalist_outputs,
+    stage_of,
+)
 from autofuse.storage.history import TRIAL_FIELDS, HistoryStore
 from autofuse.storage.mlflow import final_metrics, trial_tags
 from autofuse.train import TrialFault
@@ -84,6 +93,7 @@ class WorkerContext:
     store: CheckpointStore
     metric: str
     direction: str
+    stages: Stages
     hooks: list[TrialHook] = field(default_factory=list)
     worker: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
 
@@ -161,6 +171,7 @@ class TrialExecution:
     def __init__(self, ctx: WorkerContext, trial: optuna.Trial) -> None:
         self.ctx, self.trial = ctx, trial
         self.log = TrialLog(ctx, trial)
+        self.plan: StagePlan | None = None
         self.spec: ArchitectureSpec | None = None
         self.retry_of: int | None = None
         self.resume: dict | None = None
@@ -179,6 +190,8 @@ class TrialExecution:
     def run(self) -> float:
         """Train and record the trial; returns its objective value (Optuna's ``objective``)."""
         self.start()
+        if self.plan.reused is not None:
+            return self.reuse(self.plan.reused)
         try:
             self._hooks("on_trial_start")
             result = self.ctx.runner.run(
@@ -188,6 +201,8 @@ class TrialExecution:
                 deadline=self.deadline(),
                 resume=self.resume,
                 amp=self.ctx.options.amp,
+                train_rows=self.plan.train_rows,
+                init_state=self.plan.init_state,
             )
         except TrialFault as f:
             self.fault(f)
@@ -211,20 +226,29 @@ class TrialExecution:
     def start(self) -> None:
         """Sample the spec, record the trial RUNNING, find the checkpoint of a retried attempt."""
         ctx, trial = self.ctx, self.trial
-        self.spec = suggest_spec(trial, ctx.space, ctx.modalities)
+        self.plan = ctx.stages.plan(trial)
+        self.spec = self.plan.spec
         self.retry_of = retried_trial(ctx.study, trial)
         if self.retry_of is not None:
             reconcile_stale(ctx.study, ctx.history, ctx.tracker)
+        design = {
+            "family": self.spec.fusion.family,
+            "method": self.spec.fusion.method,
+            "point": self.spec.fusion.point,
+        }
+        if self.plan.stage == UNIMODAL:  # a unimodal model: family "unimodal", its modality
+            (m,) = self.spec.encoders
+            design = {"family": UNIMODAL, "method": m, "point": "late"}
         self.log.start(
             spec=self.spec.model_dump(mode="json"),
-            family=self.spec.fusion.family,
-            method=self.spec.fusion.method,
-            point=self.spec.fusion.point,
+            **design,
             encoders={m: f"{e.name}/{e.mode}" for m, e in self.spec.encoders.items()},
             device=str(ctx.device),
             worker=ctx.worker,
             baseline=trial.user_attrs.get("baseline"),
             retry_of=self.retry_of,
+            stage=self.plan.stage if ctx.space.stages.enabled else None,
+            **self.plan.record,
         )
         if self.retry_of is not None:
             self.resume = ctx.store.load_running(self.retry_of)
@@ -247,6 +271,8 @@ class TrialExecution:
         """Record the epoch, call the hooks, then ask the pruner."""
         self.log.epoch(epoch, metrics)
         self._hooks("on_epoch_end", epoch, metrics)
+        if not self.plan.prunable:
+            return
         self.trial.report(metrics[self.ctx.metric], epoch)
         if self.trial.should_prune():
             self.log.write(epochs_run=epoch)
@@ -302,22 +328,8 @@ class TrialExecution:
         fields = result.metrics_fields()
         if ctx.device.type == "cuda":
             fields["peak_gpu_mb"] = torch.cuda.max_memory_allocated(ctx.device) / 2**20
-        others = [
-            t.value
-            for t in ctx.study.get_trials(
-                deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)
-            )
-        ]
         t = time.monotonic()
-        ctx.store.save_if_top(
-            self.number,
-            value,
-            others,
-            ctx.direction,
-            result.model,
-            result.spec,
-            result.dataset_info,
-        )
+        self.keep(result, value)
         self.log.overhead_s += time.monotonic() - t
         cache = ctx.runner.feature_cache
         self.end(
@@ -328,6 +340,43 @@ class TrialExecution:
             **fields,
         )
         return value
+
+
+    def keep(self, result: CandidateResult, value: float) -> None:
+        """What a completed trial leaves behind: a stage-1 encoder's features and weights, every
+        finalist's checkpoint and outputs, a top fusion design's checkpoint."""
+        ctx, stage = self.ctx, self.plan.stage
+        if stage == UNIMODAL:
+            ctx.stages.after_unimodal(self.plan, result)
+            return
+        args = (result.model, result.spec, result.dataset_info, result.source_state)
+        if stage == FINALIST:
+            ctx.store.save_finalist(self.number, *args)
+            ctx.store.save_outputs(self.number, **finalist_outputs(result, ctx.device))
+            return
+        done = ctx.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        others = [t.value for t in done if stage_of(t) == FUSION]
+        ctx.store.save_if_top(self.number, value, others, ctx.direction, *args)
+
+    def reuse(self, rec: dict[str, Any]) -> float:
+        """A stage-1 run an earlier study already made (same dataset, encoder and settings)."""
+        value = float(rec["val_metrics"][self.ctx.metric])
+        fields = {k: rec.get(k) for k in _REUSED}
+        self.end("COMPLETE", value=value, reused=True, **fields)
+        return value
+
+
+#: the fields of a reused stage-1 record
+_REUSED = (
+    "val_metrics",
+    "test_metrics",
+    "history",
+    "n_params",
+    "latency_ms",
+    "train_time_s",
+    "epochs_run",
+    "best_epoch",
+)
 
 
 def retried_trial(study: optuna.Study, trial: optuna.Trial) -> int | None:

@@ -38,6 +38,7 @@ from autofuse.paths import Paths
 from autofuse.runner import CandidateRunner, default_device
 from autofuse.samplers import make_pruner, make_sampler
 from autofuse.space import SearchSpace
+from autofuse.stages import Stages, stage_of
 from autofuse.storage import make_storage
 from autofuse.storage.history import HistoryStore
 from autofuse.storage.lock import StudyLock
@@ -48,8 +49,9 @@ log = logging.getLogger(__name__)
 
 #: SQLite is not safe for many concurrent writers: warn above 1 worker, refuse above this
 MAX_SQLITE_WORKERS = 4
-#: reasons that count as a fault for the consecutive-fault stop
-FAULT_REASONS = ("oom", "diverged", "timeout", "invalid", "error")
+#: reasons that count as a fault for the consecutive-fault stop (a trial that reached its time
+#: limit is not one: it ends with its best epoch so far, or as pruned before its first epoch)
+FAULT_REASONS = ("oom", "diverged", "invalid", "error")
 
 
 @dataclass
@@ -67,6 +69,10 @@ class WorkerConfig:
     threads: int | None = None
     #: trial hooks (picklable :class:`~autofuse.trial.TrialHook` instances), e.g. fault injection
     hooks: tuple[TrialHook, ...] = ()
+    #: the stage this worker runs (staged search), and the wall-clock time (``time.time()``)
+    #: after which it starts no new trial
+    stage: str | None = None
+    deadline: float | None = None
 
     @property
     def storage(self) -> str:
@@ -116,11 +122,6 @@ def interrupt_on_signals():
             signal.signal(sig, handler)
 
 
-def finished_count(study) -> int:
-    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    return len(study.get_trials(deepcopy=False, states=states))
-
-
 class FaultCounter:
     """Optuna callback counting consecutive faulty trials (any FAIL, or pruned for a fault)."""
 
@@ -154,17 +155,20 @@ def worker_context(cfg: WorkerConfig, ds: Any = None) -> WorkerContext:
         pruner=make_pruner(sp, opts.pruner),
     )
     metric, direction = OBJECTIVES[ds.task]
+    runner = CandidateRunner(ds, paths.cache, torch.device(cfg.device))
+    store = CheckpointStore(paths.study_dir(cfg.study))
     return WorkerContext(
         study=st,
         ds=ds,
         space=sp,
         options=opts,
-        runner=CandidateRunner(ds, paths.cache, torch.device(cfg.device)),
+        runner=runner,
         history=HistoryStore(cfg.storage),
         tracker=open_tracker(opts.mlflow_uri, paths.trials, cfg.study),
-        store=CheckpointStore(paths.study_dir(cfg.study)),
+        store=store,
         metric=metric,
         direction=direction,
+        stages=Stages(st, sp, runner, store),
         hooks=list(cfg.hooks),
     )
 
@@ -186,6 +190,8 @@ def run_worker(cfg: WorkerConfig, ds: Any = None, progress: bool = False) -> Non
             extra_callbacks=[faults],
             should_stop=faults.tripped,
             storage_url=cfg.storage,
+            stage=cfg.stage,
+            deadline=cfg.deadline,
         )
     if faults.tripped():
         raise WorkerStopped(
@@ -204,9 +210,12 @@ def optimize_until(
     extra_callbacks=(),
     should_stop=lambda: False,
     storage_url: str | None = None,
+    stage: str | None = None,
+    deadline: float | None = None,
 ) -> None:
     """Run trials one ``study.optimize(n_trials=1)`` at a time until the study holds ``n_total``
-    finished trials.
+    finished trials (of ``stage``, when given) or the wall clock passes ``deadline``
+    (``time.time()``; the running trial finishes).
 
     Optuna's ``MaxTrialsCallback`` stops a worker only after its own trial ends, so N workers
     overshoot by up to N - 1 trials. Here a worker starts a trial only while finished + running
@@ -223,13 +232,13 @@ def optimize_until(
         return objective(trial)
 
     callbacks = list(extra_callbacks)
-    bar_cm = StudyProgress(st, n_total, metric) if progress else contextlib.nullcontext()
+    bar_cm = StudyProgress(st, n_total, metric, stage) if progress else contextlib.nullcontext()
     try:
         with bar_cm as bar:
-            while not should_stop():
+            while not should_stop() and (deadline is None or time.time() < deadline):
                 with lock:
                     # one snapshot: with two reads a trial finishing in between counts as neither
-                    states = [t.state for t in st.get_trials(deepcopy=False)]
+                    states = _states(st, stage)
                     done = states.count(TrialState.COMPLETE) + states.count(TrialState.PRUNED)
                     if done >= n_total:
                         break
@@ -247,11 +256,22 @@ def optimize_until(
             lock.close()
 
 
+def _states(st: optuna.Study, stage: str | None) -> list[TrialState]:
+    return [
+        t.state for t in st.get_trials(deepcopy=False) if stage is None or stage_of(t) == stage
+    ]
+
+
+def finished_count(st: optuna.Study, stage: str | None = None) -> int:
+    states = _states(st, stage)
+    return states.count(TrialState.COMPLETE) + states.count(TrialState.PRUNED)
+
+
 class StudyProgress:
     """A rich progress bar over the study's finished trials, current best and elapsed time."""
 
-    def __init__(self, st, n_total: int, metric: str) -> None:
-        self.st, self.metric = st, metric
+    def __init__(self, st, n_total: int, metric: str, stage: str | None = None) -> None:
+        self.st, self.metric, self.stage = st, metric, stage
         self.bar = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -260,7 +280,10 @@ class StudyProgress:
             TextColumn("{task.fields[best]}"),
         )
         self.task = self.bar.add_task(
-            f"study {st.study_name}", total=n_total, completed=finished_count(st), best=""
+            f"study {st.study_name}" + (f" ({stage})" if stage else ""),
+            total=n_total,
+            completed=finished_count(st, stage),
+            best="",
         )
 
     def __enter__(self) -> StudyProgress:
@@ -278,7 +301,9 @@ class StudyProgress:
         except ValueError:
             best = ""
         self.bar.update(
-            self.task, completed=finished_count(self.st), best=f"{best} {extra}".strip()
+            self.task,
+            completed=finished_count(self.st, self.stage),
+            best=f"{best} {extra}".strip(),
         )
 
 
@@ -373,7 +398,7 @@ def run_workers(cfgs: list[WorkerConfig], progress: bool, metric: str) -> None:
         _stop(procs)
         raise
     failed = [p for p in procs if p.exitcode not in (0, None)]
-    if failed and finished_count(st) < first.n_total:
+    if failed and finished_count(st, first.stage) < first.n_total:
         codes = ", ".join(f"{p.name}: exit {p.exitcode}" for p in failed)
         raise AutofuseError(f"workers stopped before the study finished ({codes})")
 

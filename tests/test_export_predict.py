@@ -50,6 +50,7 @@ training:
   fused_dim: [32]
 sampler: {name: tpe, n_startup_trials: 2}
 pruner: {name: none}
+stages: {enabled: false}
 """
 
 

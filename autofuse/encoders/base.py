@@ -52,6 +52,9 @@ class EncoderSpec(BaseModel):
             weights trained further) or ``scratch`` (random init, trained).
         dim: output width of trainable encoders (frozen encoders keep their native width).
         params: encoder-specific settings; unknown keys are an error at ``create_encoder``.
+        source: the feature-cache entry of a stage-1 training run of this encoder (staged search):
+            with ``mode="frozen"`` its stored outputs are the features (and its weights the
+            encoder's); with a trainable mode the encoder starts from its weights.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -59,6 +62,7 @@ class EncoderSpec(BaseModel):
     mode: Literal["frozen", "finetune", "scratch"]
     dim: int = Field(default=64, ge=1)
     params: dict[str, Any] = Field(default_factory=dict)
+    source: str | None = None
 
     @field_validator("params")
     @classmethod
@@ -255,7 +259,9 @@ def create_encoder(spec: EncoderSpec, state: dict | None = None) -> Encoder:
         ConfigError: unknown encoder, mode not supported by it, or unknown params.
     """
     entry = get_encoder_entry(spec.name)
-    if spec.mode not in entry.meta["modes"]:
+    # any encoder can be frozen once trained (stage 1 of a staged search): ``source`` says so
+    trained_then_frozen = spec.mode == "frozen" and spec.source is not None
+    if spec.mode not in entry.meta["modes"] and not trained_then_frozen:
         raise ConfigError(
             f"encoder {spec.name} does not support mode {spec.mode!r} (supports {entry.meta['modes']})"
         )

@@ -380,6 +380,9 @@ class MultiStreamFusion(Fusion):
             new = {}
             for m in self.modalities:
                 others = [o for o in self.modalities if o != m]
+                if not others:  # one modality (a subset of one): no co-attention partner
+                    new[m] = xs[m]
+                    continue
                 context = torch.cat([xs[o] for o in others], dim=1)  # [B, N_others, d]
                 context_valid = torch.cat([valid[o] for o in others], dim=1)  # [B, N_others]
                 new[m] = co_blocks[m](xs[m], context, context_valid)  # [B, N_m, d]

@@ -93,6 +93,8 @@ class TrialModel(Base):
     mlflow_run_id = sa.Column(sa.String(64))
     cache_hits = sa.Column(sa.Integer)
     cache_misses = sa.Column(sa.Integer)
+    stage = sa.Column(sa.String(16))
+    low_fidelity = sa.Column(sa.Boolean)
 
 
 class EpochModel(Base):
@@ -152,6 +154,8 @@ class TrialRecord:
     mlflow_run_id: str | None = None
     cache_hits: int | None = None
     cache_misses: int | None = None
+    stage: str | None = None
+    low_fidelity: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)

@@ -1,0 +1,509 @@
+"""The staged search: train encoders once, search fusion designs on their features, then
+fine-tune, re-seed and ensemble the finalists (MFAS / BM-NAS search over features of unimodal
+encoders trained once; AutoGluon-style greedy ensemble selection at the end).
+
+All three stages are trials of one Optuna study (user attribute ``stage``), recorded in SQL and
+MLflow like any trial::
+
+    unimodal   one trial per modality and encoder choice of the space: the encoder is trained
+               once with a linear head (the unimodal baselines); its outputs for every row and its
+               weights are kept in the feature cache under a key of the training run, so a later
+               study on the same dataset reuses them
+    fusion     the fusion search: family, method, point, hyperparameters, each modality's stage-1
+               encoder and the modality subset; a trial trains only the fusion and the head on
+               the stored features (seconds); multi-fidelity pruning over epochs
+    finalist   the best ``finalists`` designs fine-tuned end to end (stage-1 encoders unfrozen at
+               a lower learning rate, starting from the stage-2 weights), ``seeds`` times each
+
+**Honest features.** An encoder's outputs for the rows it was trained on are over-fit: a fusion
+head trained on them learns to trust whichever modality memorised best. Out-of-fold features do
+not solve this for embeddings: K fold models embed into K different spaces, and the validation
+and test rows would be embedded by yet another model. So a stage-1 encoder trains on a share of
+the training rows (``1 - stages.fusion_rows``) and stage-2 heads train on the rest, whose
+features are what unseen rows look like; stage 3 then fine-tunes the finalists on every training
+row. Frozen (pretrained) encoders never saw the data, so heads over them use every training row.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import torch
+
+from autofuse._util import best_first, better, finite, stable_hash
+from autofuse.checkpoints import CheckpointStore
+from autofuse.encoders import EncoderSpec
+from autofuse.ensemble import combine, greedy_selection
+from autofuse.errors import ConfigError
+from autofuse.export import write_ensemble_export
+from autofuse.metrics import compute_metrics
+from autofuse.runner import CandidateResult, CandidateRunner
+from autofuse.space import SearchSpace, suggest_fusion_spec, suggest_spec, unimodal_specs
+from autofuse.spec import ArchitectureSpec
+from autofuse.train import predict_outputs
+
+log = logging.getLogger(__name__)
+
+UNIMODAL, FUSION, FINALIST = "unimodal", "fusion", "finalist"
+STAGES = (UNIMODAL, FUSION, FINALIST)
+#: bumped when the meaning of a stage-1 training run changes (its cache key includes it)
+STAGE1_VERSION = 1
+
+TS = optuna.trial.TrialState
+
+
+def stage_of(trial: Any) -> str:
+    """A trial's stage (``fusion`` for trials of a single-stage search and sampled ones)."""
+    return trial.user_attrs.get("stage", FUSION)
+
+
+# ---- honest rows ---------------------------------------------------------------------------------
+
+
+def split_train_rows(
+    train: np.ndarray, y: np.ndarray, task: str, fusion_share: float, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(encoder rows, fusion rows)``: a seeded split of the training rows, stratified by class
+    for classification, ``fusion_share`` of them for the fusion heads."""
+    rng = np.random.default_rng(seed)
+    train = np.asarray(train)
+    if task == "classification":
+        groups = [train[y[train] == c] for c in np.unique(y[train])]
+    else:
+        groups = [train]
+    enc, fus = [], []
+    for g in groups:
+        g = g[rng.permutation(len(g))]
+        k = int(round(len(g) * fusion_share))
+        k = min(max(k, 1), len(g) - 1) if len(g) > 1 else 0
+        fus.append(g[:k])
+        enc.append(g[k:])
+    return np.sort(np.concatenate(enc)), np.sort(np.concatenate(fus))
+
+
+def encoder_label(spec: ArchitectureSpec, m: str) -> str:
+    e = spec.encoders[m]
+    return f"{e.name}/{e.mode}"
+
+
+def trains_encoder(spec: ArchitectureSpec) -> bool:
+    return any(e.mode != "frozen" for e in spec.encoders.values())
+
+
+# ---- what one trial trains -----------------------------------------------------------------------
+
+
+@dataclass
+class StagePlan:
+    """What a trial trains: its spec, rows and starting weights, and what it records."""
+
+    stage: str
+    spec: ArchitectureSpec
+    record: dict[str, Any] = field(default_factory=dict)
+    train_rows: np.ndarray | None = None
+    init_state: dict[str, torch.Tensor] | None = None
+    #: stage 1: the key of the training run in the feature cache
+    stage1_key: str | None = None
+    #: stage 1: an earlier study's identical run (its record), reused without training
+    reused: dict[str, Any] | None = None
+
+    @property
+    def prunable(self) -> bool:
+        """Only fusion-search trials report to the pruner (the others must finish)."""
+        return self.stage == FUSION
+
+
+class Stages:
+    """Stage logic of one worker (its runner, space and study)."""
+
+    def __init__(
+        self,
+        study: optuna.Study,
+        space: SearchSpace,
+        runner: CandidateRunner,
+        store: CheckpointStore,
+    ) -> None:
+        self.study, self.space, self.runner, self.store = study, space, runner, store
+        self._choices: tuple[dict[str, dict], str] | None = None
+        cfg = space.stages
+        t = runner.template
+        self.encoder_rows, self.fusion_rows = split_train_rows(
+            t.splits["train"], t.y_raw, runner.task, cfg.fusion_rows
+        )
+
+    @property
+    def modalities(self) -> dict[str, str]:
+        ds = self.runner.ds
+        return {m: ds.modality_type(m) for m in ds.modality_names}
+
+    def plan(self, trial: optuna.Trial) -> StagePlan:
+        stage = stage_of(trial)
+        if not self.space.stages.enabled:
+            return StagePlan(FUSION, suggest_spec(trial, self.space, self.modalities))
+        if stage == UNIMODAL:
+            return self._unimodal(trial)
+        if stage == FINALIST:
+            return self._finalist(trial)
+        return self._fusion(trial)
+
+    # ---- stage 1 ---------------------------------------------------------------------------------
+    def stage1_key(self, m: str, spec: ArchitectureSpec) -> str:
+        """The feature-cache key of a stage-1 training run: dataset, modality, encoder, its
+        preprocessing, the training settings and the honest split."""
+        enc = spec.encoders[m]
+        return stable_hash(
+            {
+                "stage1": STAGE1_VERSION,
+                "dataset": self.runner.ds.fingerprint(),
+                "modality": m,
+                "spec": spec.model_dump(mode="json"),
+                "state": self.runner.modality_input(m, enc)[1]["state"],
+                "fusion_rows": self.space.stages.fusion_rows,
+            }
+        )
+
+    def _unimodal(self, trial: optuna.Trial) -> StagePlan:
+        spec = ArchitectureSpec.model_validate(trial.user_attrs["spec_fixed"])
+        (m,) = spec.encoders
+        record = {"unimodal": {"modality": m, "label": encoder_label(spec, m)}}
+        if not trains_encoder(spec):  # a frozen encoder: its features are honest already
+            return StagePlan(UNIMODAL, spec, record)
+        key = self.stage1_key(m, spec)
+        record["unimodal"]["source"] = key
+        return StagePlan(
+            UNIMODAL,
+            spec,
+            record,
+            train_rows=self.encoder_rows,
+            stage1_key=key,
+            reused=self.runner.stage1_record(key),
+        )
+
+    def after_unimodal(self, plan: StagePlan, result: CandidateResult) -> None:
+        """Keep a trained encoder's outputs and weights for stage 2 (and later studies)."""
+        if plan.stage1_key is None:
+            return
+        (m,) = plan.spec.encoders
+        rec = {
+            "val_metrics": result.val_metrics,
+            "test_metrics": result.test_metrics,
+            "history": result.history,
+            "n_params": result.n_params,
+            "latency_ms": result.latency_ms,
+            "train_time_s": result.train_time_s,
+            "epochs_run": result.epochs_run,
+            "best_epoch": result.best_epoch,
+            "spec": plan.spec.model_dump(mode="json"),
+        }
+        self.runner.store_stage1(
+            plan.stage1_key, m, plan.spec.encoders[m], result.model.encoders[m], rec
+        )
+
+    # ---- stage 2 ---------------------------------------------------------------------------------
+    def choices(self) -> tuple[dict[str, dict], str]:
+        """Per modality, the stage-1 encoders a fusion trial may use (label -> EncoderSpec), and
+        the modality of the best unimodal model (kept when a subset would be empty)."""
+        if self._choices is None:
+            self._choices = fusion_choices(self.study)
+        return self._choices
+
+    def _fusion(self, trial: optuna.Trial) -> StagePlan:
+        choices, best = self.choices()
+        if not choices:
+            raise RuntimeError("no stage-1 encoder finished: the fusion search has nothing to fuse")
+        spec = suggest_fusion_spec(trial, self.space, choices, best)
+        trained = any(e.source is not None for e in spec.encoders.values())
+        rows = self.fusion_rows if trained else None
+        return StagePlan(FUSION, spec, {"kept": sorted(spec.encoders)}, train_rows=rows)
+
+    # ---- stage 3 ---------------------------------------------------------------------------------
+    def _finalist(self, trial: optuna.Trial) -> StagePlan:
+        of, seed = int(trial.user_attrs["finalist_of"]), int(trial.user_attrs["seed"])
+        design = ArchitectureSpec.model_validate(trial.user_attrs["spec_fixed"])
+        origins = {
+            m: e for m, e in (trial.user_attrs.get("origins") or {}).items() if e is not None
+        }
+        encoders = {}
+        for m, e in design.encoders.items():
+            origin = origins.get(m)
+            if e.source is not None and origin is not None and origin["mode"] != "frozen":
+                e = e.model_copy(update={"mode": origin["mode"]})  # unfrozen, from stage-1 weights
+            encoders[m] = e
+        training = design.training.model_copy(
+            update={"seed": seed, "encoder_lr_scale": self.space.stages.finetune_lr_scale}
+        )
+        spec = design.model_copy(update={"encoders": encoders, "training": training})
+        init = trial.user_attrs.get("init_from")
+        state = self.design_state(init) if init is not None else None
+        return StagePlan(FINALIST, spec, {"finalist_of": of, "seed": seed}, init_state=state)
+
+    def design_state(self, number: int) -> dict[str, torch.Tensor] | None:
+        """The stage-2 weights a finalist starts from (fusion, head, stage-1 encoders)."""
+        try:
+            return self.store.load_finalist(number)[2]
+        except ConfigError as e:  # no checkpoint: fine-tune from the stage-1 encoders only
+            log.warning("finalist: no stage-2 weights of trial %d (%s)", number, e)
+            return None
+
+
+# ---- study-level: what each stage enqueues and decides ---------------------------------------
+
+
+def enqueue_unimodal(st: optuna.Study, space: SearchSpace, modalities: dict[str, str]) -> int:
+    """Enqueue the stage-1 trials not yet in the study; returns the stage's size."""
+    have = {
+        t.user_attrs.get("unimodal_label")
+        for t in st.get_trials(deepcopy=False)
+        if stage_of(t) == UNIMODAL
+    }
+    specs = unimodal_specs(space, modalities)
+    for m, spec in specs:
+        label = f"{m}:{encoder_label(spec, m)}"
+        if label not in have:
+            st.enqueue_trial(
+                {},
+                user_attrs={
+                    "stage": UNIMODAL,
+                    "unimodal_label": label,
+                    "spec_fixed": spec.model_dump(mode="json"),
+                },
+            )
+    return len(specs)
+
+
+def fusion_choices(st: optuna.Study) -> tuple[dict[str, dict], str]:
+    """Stage-1 encoders that finished, per modality (label -> the EncoderSpec stage 2 uses)."""
+    done = [
+        t for t in st.get_trials(deepcopy=False, states=(TS.COMPLETE,)) if stage_of(t) == UNIMODAL
+    ]
+    choices: dict[str, dict] = {}
+    best: dict[str, float] = {}
+    sign = 1.0 if st.direction == optuna.study.StudyDirection.MAXIMIZE else -1.0
+    for t in sorted(done, key=lambda t: t.number):
+        u = t.user_attrs["unimodal"]
+        spec = ArchitectureSpec.model_validate(t.user_attrs["spec"])
+        enc = spec.encoders[u["modality"]]
+        if u.get("source"):
+            enc = EncoderSpec(
+                name=enc.name, mode="frozen", dim=enc.dim, params=enc.params, source=u["source"]
+            )
+        choices.setdefault(u["modality"], {})[u["label"]] = enc
+        best[u["modality"]] = max(best.get(u["modality"], -math.inf), sign * t.value)
+    fallback = max(best, key=best.get) if best else ""
+    return choices, fallback
+
+
+def fusion_baselines(
+    st: optuna.Study, space: SearchSpace, baseline_params: list[tuple[str, dict]]
+) -> None:
+    """Enqueue the hand-designed baselines for stage 2 (every modality, each with its best
+    stage-1 encoder), once."""
+    if any(stage_of(t) == FUSION and "baseline" in t.user_attrs for t in st.trials):
+        return
+    choices, _ = fusion_choices(st)
+    best_label = _best_labels(st)
+    for name, params in baseline_params:
+        p = {k: v for k, v in params.items() if not k.startswith("enc.")}
+        for m in choices:
+            if space.stages.subset and len(choices) > 1:
+                p[f"keep.{m}"] = True
+            if m in best_label:
+                p[f"enc.{m}"] = best_label[m]
+        st.enqueue_trial(p, user_attrs={"baseline": name, "stage": FUSION})
+
+
+def _best_labels(st: optuna.Study) -> dict[str, str]:
+    done = [
+        t for t in st.get_trials(deepcopy=False, states=(TS.COMPLETE,)) if stage_of(t) == UNIMODAL
+    ]
+    direction = st.direction.name.lower()
+    out: dict[str, str] = {}
+    for t in best_first(done, lambda t: t.value, direction):
+        u = t.user_attrs["unimodal"]
+        out.setdefault(u["modality"], u["label"])
+    return out
+
+
+def enqueue_finalists(st: optuna.Study, space: SearchSpace) -> list[int]:
+    """Enqueue stage 3 for the best ``finalists`` fusion designs (``seeds`` each), once; returns
+    the designs' trial numbers."""
+    cfg = space.stages
+    existing = [t for t in st.trials if stage_of(t) == FINALIST]
+    if existing:
+        return sorted({int(t.user_attrs["finalist_of"]) for t in existing})
+    done = [
+        t
+        for t in st.get_trials(deepcopy=False, states=(TS.COMPLETE,))
+        if stage_of(t) == FUSION and finite(t.value)
+    ]
+    top = best_first(done, lambda t: t.value, st.direction.name.lower())[: cfg.finalists]
+    origins = _origins(st)
+    for t in top:
+        spec = t.user_attrs["spec"]
+        for seed in range(cfg.seeds):
+            st.enqueue_trial(
+                {},
+                user_attrs={
+                    "stage": FINALIST,
+                    "finalist_of": t.number,
+                    "seed": seed,
+                    "init_from": t.number,
+                    "spec_fixed": spec,
+                    "origins": {
+                        m: origins.get(e.get("source")) for m, e in spec["encoders"].items()
+                    },
+                },
+            )
+    return [t.number for t in top]
+
+
+def _origins(st: optuna.Study) -> dict[str, dict]:
+    """stage-1 source key -> the encoder spec it was trained as (its trainable mode)."""
+    out = {}
+    for t in st.get_trials(deepcopy=False, states=(TS.COMPLETE,)):
+        if stage_of(t) == UNIMODAL and (t.user_attrs.get("unimodal") or {}).get("source"):
+            spec = t.user_attrs["spec"]
+            (enc,) = spec["encoders"].values()
+            out[t.user_attrs["unimodal"]["source"]] = enc
+    return out
+
+
+@dataclass
+class Winner:
+    """The study's result: one design's best seed, or a greedy ensemble of finalist models."""
+
+    kind: str  # "single" | "ensemble"
+    trials: list[int]
+    weights: list[float]
+    design: int  # the winning stage-2 design
+    val: float
+    test: dict[str, float]
+    why: str
+    designs: list[dict] = field(default_factory=list)  # per finalist design: seeds' values
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+def choose_winner(
+    st: optuna.Study, store: Any, task: str, y_raw: np.ndarray, splits: dict, metric: str
+) -> Winner | None:
+    """The winning design by mean validation metric over its seeds (ties: fewer parameters,
+    then lower latency); then a greedy ensemble of all finalist models, chosen when it beats the
+    best single model on validation."""
+    direction = st.direction.name.lower()
+    sign = -1.0 if direction == "maximize" else 1.0
+    done = [
+        t
+        for t in st.get_trials(deepcopy=False, states=(TS.COMPLETE,))
+        if stage_of(t) == FINALIST and finite(t.value)
+    ]
+    if not done:
+        return None
+    by_design: dict[int, list] = {}
+    for t in done:
+        by_design.setdefault(int(t.user_attrs["finalist_of"]), []).append(t)
+    designs = []
+    for d, ts in by_design.items():
+        vals = [t.value for t in ts]
+        designs.append(
+            {
+                "design": d,
+                "trials": [t.number for t in ts],
+                "values": vals,
+                "mean": float(np.mean(vals)),
+                "std": float(np.std(vals)),
+                "n_params": min(t.user_attrs.get("n_params") or 0 for t in ts),
+                "latency_ms": min(t.user_attrs.get("latency_ms") or 0.0 for t in ts),
+            }
+        )
+    designs.sort(key=lambda g: (sign * g["mean"], g["n_params"], g["latency_ms"]))
+    win = designs[0]
+    best_seed = min(
+        (t for t in by_design[win["design"]]), key=lambda t: (sign * t.value, t.number)
+    )
+    single = Winner(
+        "single",
+        [best_seed.number],
+        [1.0],
+        win["design"],
+        float(best_seed.value),
+        dict(best_seed.user_attrs.get("test_metrics") or {}),
+        f"design {win['design']} has the best mean validation {metric} over its seeds "
+        f"({win['mean']:.4f} +/- {win['std']:.4f}); its best seed is trial {best_seed.number}",
+        designs,
+    )
+    members = [t for t in sorted(done, key=lambda t: t.number) if store.has_outputs(t.number)]
+    if len(members) < 2:
+        return single
+    outs = [store.load_outputs(t.number) for t in members]
+    y_val, y_test = y_raw[splits["val"]], y_raw[splits["test"]]
+    weights, score = greedy_selection([o["val"] for o in outs], y_val, task, metric, direction)
+    best_single = best_first(members, lambda t: t.value, direction)[0].value
+    if not better(score, best_single, direction) or abs(score - best_single) < 1e-12:
+        single.why += f"; the greedy ensemble ({score:.4f}) did not beat it on validation"
+        return single
+    used = [(t, w, o) for t, w, o in zip(members, weights, outs, strict=True) if w > 0]
+    test = (
+        compute_metrics(
+            task, y_test, combine([o["test"] for _, _, o in used], [w for _, w, _ in used], task)
+        )
+        if len(y_test)
+        else {}
+    )
+    return Winner(
+        "ensemble",
+        [t.number for t, _, _ in used],
+        [float(w) for _, w, _ in used],
+        win["design"],
+        float(score),
+        test,
+        f"a greedy ensemble of {len(used)} finalist models reaches validation {metric} "
+        f"{score:.4f}, better than the best single model ({best_single:.4f})",
+        designs,
+    )
+
+
+def export_winner(store: CheckpointStore, winner: Winner, meta: dict[str, Any]) -> Path:
+    """Write the winner into ``best/``: the single model, or the ensemble (``ensemble.json`` and
+    one full model per member, see :func:`autofuse.export.write_ensemble_export`)."""
+    if winner.kind == "single":
+        return store.export_best(winner.trials[0])
+    with tempfile.TemporaryDirectory(prefix=".members-", dir=store.study_dir) as tmp:
+        members = [store.export_full(n, Path(tmp) / f"trial_{n}") for n in winner.trials]
+        meta = {**meta, "trials": winner.trials, "why": winner.why}
+        return write_ensemble_export(store.best_dir, members, winner.weights, meta)
+
+
+def finalist_outputs(result: CandidateResult, device: torch.device) -> dict[str, np.ndarray]:
+    """A finalist model's raw outputs on the validation and test rows (ensemble selection)."""
+    data = result.data
+    return {
+        s: predict_outputs(result.model, data, data.splits[s], device) for s in ("val", "test")
+    }
+
+
+__all__ = [
+    "FINALIST",
+    "FUSION",
+    "STAGES",
+    "UNIMODAL",
+    "StagePlan",
+    "Stages",
+    "Winner",
+    "choose_winner",
+    "enqueue_finalists",
+    "enqueue_unimodal",
+    "export_winner",
+    "fusion_baselines",
+    "fusion_choices",
+    "split_train_rows",
+    "stage_of",
+]
