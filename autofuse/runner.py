@@ -258,6 +258,23 @@ class CandidateRunner:
                 model.encoders[m].load_state_dict(weights)
         return model.to(self.device)
 
+    def restore(
+        self, spec: ArchitectureSpec, info: dict[str, Any], state: dict[str, torch.Tensor]
+    ) -> MultimodalModel:
+        """The search model of a checkpoint (frozen encoders as placeholders, fed from the
+        feature cache), in eval mode; entries for the frozen encoders are not needed.
+
+        Raises:
+            ConfigError: the checkpoint lacks weights the model needs.
+        """
+        model = build_model(spec, info, skip_frozen=True)
+        own = model.state_dict()
+        missing = sorted(k for k in own if k not in state)
+        if missing:
+            raise ConfigError(f"checkpoint lacks {len(missing)} weight(s), e.g. {missing[:3]}")
+        model.load_state_dict({k: v for k, v in state.items() if k in own})
+        return model.to(self.device).eval()
+
     def release(self) -> None:
         """Drop the in-memory inputs (after an out-of-memory error); they reload from disk."""
         self._prepared.clear()

@@ -15,7 +15,7 @@ from autofuse._util import finite
 from autofuse.checkpoints import KEEP_TOP_K, CheckpointStore
 from autofuse.data import Dataset
 from autofuse.errors import ConfigError
-from autofuse.model import MultimodalModel, build_model
+from autofuse.model import MultimodalModel
 from autofuse.paths import Paths
 from autofuse.report.rows import Row
 from autofuse.runner import CandidateRunner, default_device
@@ -50,10 +50,7 @@ def load_finalist(
     """
     spec, info, state = store.load_finalist(number)
     data, _ = runner.prepare(spec)
-    model = build_model(spec, info, skip_frozen=True)
-    model.load_state_dict(state)
-    model.to(device).eval()
-    return model, data
+    return runner.restore(spec, info, state).to(device).eval(), data
 
 
 def _conditions(
