@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import version
@@ -261,6 +262,15 @@ def export_trial(
         raise ConfigError("--finetune-encoders needs --retrain (fine-tuning means training again)")
     paths = Paths.resolve(workdir)
     st = _load_study(study, paths, storage)
+    winner = st.user_attrs.get("winner") if trial is None else None
+    if winner is not None and winner["kind"] == "ensemble":
+        if retrain:
+            raise ConfigError(
+                "the study's winner is an ensemble; --retrain refits one trial: pass --trial N"
+            )
+        return _export_ensemble(study, out, winner, workdir, storage, dataset)
+    if winner is not None:
+        trial = winner["trials"][0]
     t = _pick_trial(st, trial)
     folder = _dataset_folder(st, dataset, retrain)
     meta = _search_meta(st, t, folder, retrain)
@@ -289,6 +299,33 @@ def export_trial(
     out = write_export(out, spec, info, model, meta)
     final = meta.get("metrics_after_retrain") or meta["metrics"]
     return ExportResult(out, study, t.number, retrain, final, meta["n_params"])
+
+
+def _export_ensemble(
+    study: str, out, winner: dict, workdir, storage: str | None, dataset
+) -> ExportResult:
+    """A staged search's winning ensemble: each member exported as a trial, then combined."""
+    with tempfile.TemporaryDirectory(prefix=".autofuse-members-") as tmp:
+        members = [
+            export_trial(
+                study, Path(tmp) / f"trial_{n}", trial=n, workdir=workdir, storage=storage,
+                dataset=dataset,
+            ).out
+            for n in winner["trials"]
+        ]  # fmt: skip
+        meta = {
+            "study": study,
+            "trials": winner["trials"],
+            "why": winner.get("why"),
+            "metrics": {"val": {"value": winner["val"]}, "test": winner["test"]},
+        }
+        out = write_ensemble_export(out, members, winner["weights"], meta)
+    n_params = 0
+    for m in sorted(out.glob("member_*")):
+        doc = json.loads((m / "architecture.json").read_text())
+        n_params += int(doc.get(EXPORT_KEY, {}).get("n_params") or 0)
+    metrics = {"val": {"value": winner["val"]}, "test": dict(winner["test"])}
+    return ExportResult(out, study, winner["trials"][0], False, metrics, n_params)
 
 
 def _dataset_folder(

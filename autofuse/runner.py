@@ -300,6 +300,14 @@ class CandidateRunner:
                 encoders); the model is validated before training and kept if no epoch beats it.
         """
         data, info = self.prepare(spec, train_rows)
+        # frozen features go to the device once for this trial, not batch by batch (the result
+        # keeps the host copy: device memory is held only while the trial runs)
+        trial_data = data.with_inputs(
+            {
+                m: x.on_device(self.device) if isinstance(x, CachedFeatures) else x
+                for m, x in data.inputs.items()
+            }
+        )
         model = self.build(spec, info)
         if init_state:
             own = model.state_dict()
@@ -310,7 +318,7 @@ class CandidateRunner:
         t = spec.training
         res = fit(
             model,
-            data,
+            trial_data,
             lr=t.lr,
             weight_decay=t.weight_decay,
             batch_size=t.batch_size,
@@ -333,7 +341,7 @@ class CandidateRunner:
             data=data,
             dataset_info=info,
             val_metrics=res.val_metrics,
-            test_metrics=evaluate(model, data, "test", self.device),
+            test_metrics=evaluate(model, trial_data, "test", self.device),
             history=res.history,
             best_epoch=res.best_epoch,
             epochs_run=res.epochs_run,
@@ -341,7 +349,7 @@ class CandidateRunner:
             resumed_from_epoch=res.resumed_from_epoch,
             train_time_s=res.train_time_s,
             n_params=count_params(model),
-            latency_ms=measure_latency_ms(model, data, self.device),
+            latency_ms=measure_latency_ms(model, trial_data, self.device),
             timed_out=res.timed_out,
             source_state=self.source_state(spec),
         )

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import functools
 import logging
 import math
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -89,14 +91,26 @@ class FitResult:
     timed_out: bool = False
 
 
-def make_batch(data: TrainData, idx: np.ndarray, device: torch.device) -> dict:
-    """Slice every modality at ``idx`` and move it to ``device``."""
+def make_batch(
+    data: TrainData,
+    idx: np.ndarray | torch.Tensor,
+    device: torch.device,
+    idx_on_device: torch.Tensor | None = None,
+) -> dict:
+    """Slice every modality at ``idx`` and move it to ``device``.
+
+    Args:
+        idx: row indices (array or CPU LongTensor).
+        idx_on_device: the same indices already on ``device``, given to sources that live there
+            (features copied to the device for a trial), so a batch copies no indices over.
+    """
     t = torch.as_tensor(idx, dtype=torch.long)
     batch = {}
     for m, src in data.inputs.items():
-        item = src.batch(t)
+        on_device = idx_on_device is not None and _same_device(getattr(src, "device", None), device)
+        item = src.batch(idx_on_device if on_device else t)
         if isinstance(item, ModalityFeatures):
-            batch[m] = item.to(device)
+            batch[m] = item if _same_device(item.pooled.device, device) else item.to(device)
         else:
             x, present = item
             x = {k: v.to(device) for k, v in x.items()} if isinstance(x, dict) else _to(x, device)
@@ -106,6 +120,21 @@ def make_batch(data: TrainData, idx: np.ndarray, device: torch.device) -> dict:
 
 def _to(x, device):
     return x.to(device) if torch.is_tensor(x) else x
+
+
+def _same_device(a: torch.device | None, b: torch.device) -> bool:
+    """Whether tensors on ``a`` are on ``b`` (``cuda`` matches ``cuda:0`` and the like)."""
+    if a is None or a.type != b.type:
+        return False
+    return a.index is None or b.index is None or a.index == b.index
+
+
+def _row_indices(
+    idx: np.ndarray | torch.Tensor, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``idx`` as a CPU LongTensor and on ``device`` (the same tensor on the CPU)."""
+    t = torch.as_tensor(idx, dtype=torch.long)
+    return t, t.to(device)
 
 
 def loss_fn(task: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -122,13 +151,15 @@ def predict_outputs(
 ) -> np.ndarray:
     """Raw outputs for rows ``idx`` (regression de-standardised to the original scale)."""
     model.eval()
+    rows, rows_dev = _row_indices(idx, device)
     outs = []
-    for s in range(0, len(idx), batch_size):
-        out, _ = model(make_batch(data, idx[s : s + batch_size], device))
-        outs.append(out.float().cpu())
+    for s in range(0, len(rows), batch_size):
+        sl = slice(s, s + batch_size)
+        out, _ = model(make_batch(data, rows[sl], device, rows_dev[sl]))
+        outs.append(out.float())
     if not outs:
         return np.zeros((0, 1), dtype=np.float32)
-    res = torch.cat(outs).numpy()
+    res = torch.cat(outs).cpu().numpy()
     if data.task == "regression":
         mean, std = data.target_stats
         res = res * std + mean
@@ -193,7 +224,7 @@ def fit(
     )
     criterion = loss_fn(data.task)
     best_val: float | None = None
-    best_state = copy.deepcopy(model.state_dict())
+    best_state = snapshot_state(model)
     best_epoch, history, stale = 0, [], 0
     t0 = time.monotonic()
     start = 1
@@ -201,6 +232,10 @@ def fit(
         model.load_state_dict(resume["model"])
         opt.load_state_dict(resume["optimizer"])
         g.set_state(resume["generator"])
+        if "rng" in resume:  # the global generators (dropout) as they were: the same masks
+            torch.set_rng_state(resume["rng"])
+        if "cuda_rng" in resume and device.type == "cuda":
+            torch.cuda.set_rng_state(resume["cuda_rng"], device)
         best_state, best_val = resume["best_state"], resume["best_val"]
         best_epoch, history, stale = resume["best_epoch"], list(resume["history"]), resume["stale"]
         start = resume["epoch"] + 1
@@ -243,7 +278,7 @@ def fit(
             raise TrialFault("diverged", f"non-finite validation {metric} at epoch {epoch}")
         if is_better(score, best_val, direction):
             best_val, best_epoch, stale = score, epoch, 0
-            best_state = copy.deepcopy(model.state_dict())
+            best_state = snapshot_state(model)
         else:
             stale += 1
         if on_checkpoint is not None:
@@ -286,16 +321,35 @@ def fit(
     )
 
 
+def snapshot_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of ``model.state_dict()`` that later training does not change (what
+    ``copy.deepcopy`` of it gives, the module metadata included, without its per-tensor cost)."""
+    state = model.state_dict()
+    out: OrderedDict[str, torch.Tensor] = OrderedDict(
+        (k, v.detach().clone()) for k, v in state.items()
+    )
+    meta = getattr(state, "_metadata", None)
+    if meta is not None:
+        out._metadata = copy.deepcopy(meta)  # type: ignore[attr-defined]
+    return out
+
+
 def training_state(
     model: nn.Module, opt: torch.optim.Optimizer, g: torch.Generator, **progress
 ) -> dict:
-    """Everything ``fit(resume=...)`` needs to continue after ``progress["epoch"]``."""
-    return {
-        "model": copy.deepcopy(model.state_dict()),
+    """Everything ``fit(resume=...)`` needs to continue after ``progress["epoch"]``: weights,
+    optimiser, the batch-order generator and the global ones (dropout draws), progress."""
+    state = {
+        "model": snapshot_state(model),
         "optimizer": copy.deepcopy(opt.state_dict()),
         "generator": g.get_state(),
-        **progress,
+        "rng": torch.get_rng_state(),
+        **{k: list(v) if isinstance(v, list) else v for k, v in progress.items()},
     }
+    device = next((p.device for p in model.parameters()), None)
+    if device is not None and device.type == "cuda":
+        state["cuda_rng"] = torch.cuda.get_rng_state(device)
+    return state
 
 
 def param_groups(model: nn.Module, lr: float, encoder_lr_scale: float = 1.0) -> list[dict]:
@@ -328,36 +382,65 @@ def train_epoch(
 ) -> float:
     """One pass over the training rows in a seeded random order; returns the mean loss.
 
+    The batch losses stay on the device and are read once, at the end of the epoch (one
+    synchronisation per epoch instead of one per batch); a non-finite one then ends the
+    candidate as ``diverged``, and so it does when the deadline or an error stops the epoch.
+
     Raises:
         TrialFault: ``diverged`` on a non-finite loss, ``timeout`` past the deadline.
     """
     model.train()
     train_idx = data.splits["train"]
-    perm = train_idx[torch.randperm(len(train_idx), generator=g).numpy()]
-    total, n = 0.0, 0
-    for s in range(0, len(perm), batch_size):
-        idx = perm[s : s + batch_size]
-        if len(idx) < 2 and len(perm) > 2:
-            continue  # a batch of one breaks batch statistics; skip the remainder
-        with torch.autocast(
-            device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"
-        ):
-            out, aux = model(make_batch(data, idx, device))
-        loss = (
-            criterion(out.float(), data.y[torch.as_tensor(idx)].to(device))
-            + aux_weight * aux.float()
-        )
-        if not torch.isfinite(loss):
-            raise TrialFault("diverged", f"non-finite loss at epoch {epoch}")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(params, 5.0)
-        opt.step()
-        total += loss.item() * len(idx)
-        n += len(idx)
-        if deadline is not None and time.monotonic() > deadline:
-            raise TrialFault("timeout", f"trial time limit reached in epoch {epoch}")
-    return total / max(n, 1)
+    perm, perm_dev = _row_indices(
+        train_idx[torch.randperm(len(train_idx), generator=g).numpy()], device
+    )
+    y = data.y.to(device)
+    use_amp = amp and device.type == "cuda"
+    losses: list[torch.Tensor] = []
+    sizes: list[int] = []
+    try:
+        for s in range(0, len(perm), batch_size):
+            idx, idx_dev = perm[s : s + batch_size], perm_dev[s : s + batch_size]
+            if len(idx) < 2 and len(perm) > 2:
+                continue  # a batch of one breaks batch statistics; skip the remainder
+            with (
+                torch.autocast(device.type, dtype=torch.bfloat16)
+                if use_amp
+                else contextlib.nullcontext()
+            ):
+                out, aux = model(make_batch(data, idx, device, idx_dev))
+            loss = criterion(out.float(), y.index_select(0, idx_dev)) + aux_weight * aux.float()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(params, 5.0)
+            opt.step()
+            losses.append(loss.detach())
+            sizes.append(len(idx))
+            if deadline is not None and time.monotonic() > deadline:
+                if _any_nonfinite(losses):
+                    raise TrialFault("diverged", f"non-finite loss at epoch {epoch}")
+                raise TrialFault("timeout", f"trial time limit reached in epoch {epoch}")
+    except TrialFault:
+        raise
+    except Exception as e:  # e.g. an error caused by weights a non-finite loss already spoilt
+        if _any_nonfinite(losses):
+            raise TrialFault("diverged", f"non-finite loss at epoch {epoch}") from e
+        raise
+    values = torch.stack(losses).tolist() if losses else []  # the epoch's one synchronisation
+    if not all(math.isfinite(v) for v in values):
+        raise TrialFault("diverged", f"non-finite loss at epoch {epoch}")
+    total = 0.0
+    for v, k in zip(values, sizes, strict=True):
+        total += v * k  # in batch order, in double precision: as a per-batch loss.item() sum
+    return total / max(sum(sizes), 1)
+
+
+def _any_nonfinite(losses: list[torch.Tensor]) -> bool:
+    """Whether a batch loss is NaN or infinite (False when they cannot be read)."""
+    try:
+        return bool(losses) and not bool(torch.isfinite(torch.stack(losses)).all())
+    except Exception:  # reading them failed too (e.g. out of device memory): not a divergence
+        return False
 
 
 @torch.no_grad()
@@ -369,7 +452,8 @@ def measure_latency_ms(
     if len(idx) == 0:
         return float("nan")
     model.eval()
-    batch = make_batch(data, idx, device)
+    rows, rows_dev = _row_indices(idx, device)
+    batch = make_batch(data, rows, device, rows_dev)
     model(batch)  # warm-up
     times = []
     for _ in range(repeats):
@@ -406,7 +490,8 @@ class _Ablated:
 
             def noisy(x: torch.Tensor) -> torch.Tensor:
                 scale = x.float().std().clamp_min(1e-6) * self.sigma
-                return x + torch.randn(x.shape, generator=g).to(x.dtype) * scale
+                noise = torch.randn(x.shape, generator=g).to(device=x.device, dtype=x.dtype)
+                return x + noise * scale
 
             return ModalityFeatures(
                 pooled=noisy(item.pooled),
@@ -429,7 +514,8 @@ class _Ablated:
             if not v.is_floating_point() and v.dtype != torch.uint8:
                 return v  # token ids / category indices: noise is not defined on them
             vf = v.float()
-            out = vf + torch.randn(vf.shape, generator=g) * vf.std().clamp_min(1e-6) * self.sigma
+            noise = torch.randn(vf.shape, generator=g).to(vf.device)
+            out = vf + noise * vf.std().clamp_min(1e-6) * self.sigma
             return out.clamp(0, 255).to(v.dtype) if v.dtype == torch.uint8 else out.to(v.dtype)
 
         if isinstance(x, dict):

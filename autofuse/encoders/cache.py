@@ -89,15 +89,33 @@ class CachedFeatures:
     def __len__(self) -> int:
         return int(self.pooled.shape[0])
 
+    @property
+    def device(self) -> torch.device:
+        """Where the stored tensors are (:meth:`batch` slices there)."""
+        return self.pooled.device
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the stored tensors."""
+        stored = [self.pooled, self.tokens, self.present, *self.levels]
+        if self.token_mask is not None:
+            stored.append(self.token_mask)
+        return sum(t.numel() * t.element_size() for t in stored)
+
     def batch(self, idx: torch.Tensor) -> ModalityFeatures:
-        """Features of rows ``idx`` (LongTensor ``[B]``) as float32 ModalityFeatures."""
+        """Features of rows ``idx`` (LongTensor ``[B]``) as float32 ModalityFeatures.
+
+        ``index_select`` (several times faster than advanced indexing on the CPU) on the stored
+        tensors, then float16 -> float32 on the ``B`` rows only: the values are exactly those of
+        the stored rows. ``idx`` is best already on :attr:`device` (it is moved otherwise).
+        """
         idx = torch.as_tensor(idx, dtype=torch.long, device=self.pooled.device)
         return ModalityFeatures(
-            pooled=self.pooled[idx].float(),
-            tokens=self.tokens[idx].float(),
-            levels=[lv[idx].float() for lv in self.levels],
-            present=self.present[idx],
-            token_mask=None if self.token_mask is None else self.token_mask[idx],
+            pooled=self.pooled.index_select(0, idx).float(),
+            tokens=self.tokens.index_select(0, idx).float(),
+            levels=[lv.index_select(0, idx).float() for lv in self.levels],
+            present=self.present.index_select(0, idx),
+            token_mask=None if self.token_mask is None else self.token_mask.index_select(0, idx),
         )
 
     def to(self, device: torch.device | str) -> CachedFeatures:
@@ -111,6 +129,25 @@ class CachedFeatures:
             self.feature_shape,
             self.key,
         )
+
+    def on_device(self, device: torch.device | str, max_bytes: int | None = None) -> CachedFeatures:
+        """These features on ``device`` for a trial's batches (still float16 tokens and levels).
+
+        ``self`` when they are already there, or when the copy would take more than
+        ``max_bytes`` (default: a quarter of the free memory of a CUDA device, 1 GiB on another
+        accelerator): batches are then sliced here and copied over one at a time.
+        """
+        device = torch.device(device)
+        here = self.device
+        if here.type == device.type and (device.index is None or here.index == device.index):
+            return self
+        if max_bytes is None:
+            max_bytes = 1 << 30
+            if device.type == "cuda":
+                max_bytes = torch.cuda.mem_get_info(device)[0] // 4
+        if self.nbytes > max_bytes:
+            return self
+        return self.to(device)
 
     # ------------------------------------------------------------------ storage
     def tensors(self) -> dict[str, torch.Tensor]:
