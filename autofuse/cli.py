@@ -84,6 +84,13 @@ def _print_result(res) -> None:
     if s.get("best_trial") is None:
         click.echo("no trial completed; nothing exported")
         return
+    if s.get("warning"):
+        click.secho(f"warning: {s['warning']}", fg="yellow")
+    w = s.get("winner")
+    if w:
+        kind = "a greedy ensemble of trials " + ", ".join(map(str, w["trials"]))
+        click.echo(f"winner: {kind if w['kind'] == 'ensemble' else 'trial ' + str(w['trials'][0])}")
+        click.echo(f"  why: {w['why']}")
     spec = s["spec"]
     f = spec["fusion"]
     encs = ", ".join(f"{m}={e['name']}/{e['mode']}" for m, e in spec["encoders"].items())

@@ -16,6 +16,7 @@ from autofuse.storage.mlflow import MlflowTracker, default_tracking_uri
 COLUMNS = [
     "rank",
     "trial",
+    "stage",
     "family",
     "method",
     "point",
@@ -70,6 +71,7 @@ def leaderboard(
             {
                 "rank": rank,
                 "trial": t.number,
+                "stage": t.stage or "",
                 "family": t.family,
                 "method": t.method,
                 "point": t.point,

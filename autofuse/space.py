@@ -455,7 +455,9 @@ def unimodal_specs(space: SearchSpace, modalities: dict[str, str]) -> list[tuple
                     encoders={m: enc}, fusion=fusion, head=head, training=training
                 )
                 out.append((m, spec))
-    return out
+    # frozen encoders first: they only fit a head (seconds), so under a time budget the time
+    # they leave over goes to the encoders that train
+    return sorted(out, key=lambda x: x[1].encoders[x[0]].mode != "frozen")
 
 
 # ---- baselines ---------------------------------------------------------------------------------

@@ -64,6 +64,14 @@ def stage_of(trial: Any) -> str:
     return trial.user_attrs.get("stage", FUSION)
 
 
+def finished_in_stage(st: optuna.Study, stage: str) -> int:
+    """Trials of ``stage`` that ended (complete or pruned)."""
+    return sum(
+        t.state in (TS.COMPLETE, TS.PRUNED) and stage_of(t) == stage
+        for t in st.get_trials(deepcopy=False)
+    )
+
+
 # ---- honest rows ---------------------------------------------------------------------------------
 
 
@@ -503,6 +511,7 @@ __all__ = [
     "enqueue_unimodal",
     "export_winner",
     "fusion_baselines",
+    "finished_in_stage",
     "fusion_choices",
     "split_train_rows",
     "stage_of",

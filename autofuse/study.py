@@ -306,13 +306,15 @@ def dispatch(plan: StudyPlan, hooks: tuple[TrialHook, ...] = ()) -> None:
     st, sp, cfg = plan.study, plan.space, plan.space.stages
     budget = StageBudget(plan.options.time_budget, cfg.budget)
     n1 = _locked(plan, enqueue_unimodal, st, sp, _modalities(plan.ds))
-    run_stage(plan, hooks, UNIMODAL, n1, trial_timeout=budget.per_trial(UNIMODAL, n1, plan))
+    run_stage(plan, hooks, UNIMODAL, n1, **budget.shared(UNIMODAL, n1))
     if not any(stage_of(t) == FINALIST for t in st.get_trials(deepcopy=False)):
         _locked(plan, open_fusion_search, plan)
-        run_stage(plan, hooks, FUSION, plan.n_total, deadline=budget.deadline(FUSION))
+        end = budget.deadline(FUSION)
+        # no trial runs past the fusion stage's end (one started late ends low-fidelity)
+        run_stage(plan, hooks, FUSION, plan.n_total, deadline=end, budget_end=end)
     if cfg.finalists:
         n3 = len(_locked(plan, enqueue_finalists, st, sp)) * cfg.seeds
-        run_stage(plan, hooks, FINALIST, n3, trial_timeout=budget.per_trial(FINALIST, n3, plan))
+        run_stage(plan, hooks, FINALIST, n3, **budget.shared(FINALIST, n3))
 
 
 #: "no trial count": a fusion search bounded by its time budget only
@@ -328,18 +330,20 @@ class StageBudget:
     def seconds(self, stage: str) -> float | None:
         if self.total_s is None:
             return None
-        return self.total_s * getattr(self.shares, stage)
+        share = {UNIMODAL: self.shares.unimodal, FUSION: self.shares.fusion}
+        return self.total_s * share.get(stage, self.shares.finalists)
 
     def deadline(self, stage: str) -> float | None:
         s = self.seconds(stage)
         return None if s is None else time.time() + s
 
-    def per_trial(self, stage: str, n: int, plan: StudyPlan) -> float | None:
-        """The time limit of one trial of a stage whose ``n`` trials share its budget."""
-        s, limit = self.seconds(stage), plan.options.trial_timeout
+    def shared(self, stage: str, n: int) -> dict[str, float]:
+        """A stage whose ``n`` trials all run and share its budget: when it ends, and the least
+        time one trial gets (a quarter of an even share)."""
+        s = self.seconds(stage)
         if s is None or n < 1:
-            return limit
-        return min(s / n, limit) if limit else s / n
+            return {}
+        return {"budget_end": time.time() + s, "min_trial_s": 0.25 * s / n}
 
 
 def _locked(plan: StudyPlan, fn: Any, *args: Any) -> Any:
@@ -373,16 +377,15 @@ def run_stage(
     stage: str | None,
     target: int,
     *,
-    trial_timeout: float | None = None,
     deadline: float | None = None,
+    budget_end: float | None = None,
+    min_trial_s: float = 0.0,
 ) -> None:
     """Run the workers on one stage: one in this process, or one process per planned device."""
     opts = plan.options
-    if trial_timeout is not None:
-        opts = opts.model_copy(update={"trial_timeout": trial_timeout})
     plan.study.set_user_attr(
         "stage_plan",
-        {"stage": stage, "target": target, "deadline": deadline, "trial_timeout": trial_timeout},
+        {"stage": stage, "target": target, "deadline": deadline, "budget_end": budget_end},
     )
     base = WorkerConfig(
         study=plan.name,
@@ -394,6 +397,8 @@ def run_stage(
         hooks=hooks,
         stage=stage,
         deadline=deadline,
+        budget_end=budget_end,
+        min_trial_s=min_trial_s,
     )
     if len(plan.devices) == 1:
         run_worker(base, ds=plan.ds, progress=plan.options.progress)

@@ -9,7 +9,7 @@ from typing import Any
 
 import optuna
 
-from autofuse._util import atomic_write_text, better
+from autofuse._util import atomic_write_text, best_first, better
 from autofuse.checkpoints import CheckpointStore
 from autofuse.errors import ConfigError
 
@@ -129,6 +129,9 @@ def _best(st: optuna.Study, completed: list, winner: dict | None) -> optuna.tria
     if winner is not None:
         by_number = {t.number: t for t in completed}
         return by_number[winner["trials"][0]]
+    searched = [t for t in completed if t.user_attrs.get("stage") != "unimodal"]
+    if len(searched) < len(completed) and searched:  # a staged search without a winner
+        return best_first(searched, lambda t: t.value, st.direction.name.lower())[0]
     return st.best_trial
 
 

@@ -266,7 +266,7 @@ def fit(
                 epoch=epoch,
             )
         except TrialFault as f:
-            if f.reason != "timeout" or not history:
+            if f.reason != "timeout" or not (history or start_metrics):
                 raise
             timed_out = True  # the epoch in progress is dropped; the best one so far stands
             break

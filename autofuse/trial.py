@@ -42,6 +42,7 @@ from autofuse.stages import (
     StagePlan,
     Stages,
     finalist_outputs,
+    finished_in_stage,
     stage_of,
 )
 from autofuse.storage.history import TRIAL_FIELDS, HistoryStore
@@ -95,6 +96,11 @@ class WorkerContext:
     direction: str
     stages: Stages
     hooks: list[TrialHook] = field(default_factory=list)
+    #: a stage with a time budget: when it ends (``time.time()``), its trial count, and the
+    #: least time a trial gets
+    budget_end: float | None = None
+    stage_target: int | None = None
+    min_trial_s: float = 0.0
     worker: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
 
     @property
@@ -263,8 +269,18 @@ class TrialExecution:
                 self.log.epoch(h["epoch"], {k: v for k, v in h.items() if k != "epoch"})
 
     def deadline(self) -> float | None:
-        timeout = self.ctx.options.trial_timeout
-        return self.t0 + timeout if timeout else None
+        """When training stops: ``--trial-timeout``, and in a stage with a time budget this
+        trial's share of what is left (the remaining time over the stage's unfinished trials,
+        so time a quick trial leaves over goes to the slower ones)."""
+        ctx = self.ctx
+        limits = [self.t0 + ctx.options.trial_timeout] if ctx.options.trial_timeout else []
+        if ctx.budget_end is not None and ctx.stage_target:
+            left = ctx.stage_target - finished_in_stage(ctx.study, self.plan.stage)
+            share = ctx.budget_end - time.time()
+            if self.plan.stage != FUSION:  # every trial of the stage runs: share what is left
+                share /= max(left, 1)
+            limits.append(self.t0 + max(share, ctx.min_trial_s))
+        return min(limits) if limits else None
 
     # ---- during training -------------------------------------------------------------------------
     def epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:

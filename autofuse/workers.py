@@ -73,6 +73,10 @@ class WorkerConfig:
     #: after which it starts no new trial
     stage: str | None = None
     deadline: float | None = None
+    #: a stage whose trials share a time budget: its end (``time.time()``) and the least time a
+    #: trial gets (see :meth:`autofuse.trial.TrialExecution.deadline`)
+    budget_end: float | None = None
+    min_trial_s: float = 0.0
 
     @property
     def storage(self) -> str:
@@ -170,6 +174,9 @@ def worker_context(cfg: WorkerConfig, ds: Any = None) -> WorkerContext:
         direction=direction,
         stages=Stages(st, sp, runner, store),
         hooks=list(cfg.hooks),
+        budget_end=cfg.budget_end,
+        stage_target=cfg.n_total,
+        min_trial_s=cfg.min_trial_s,
     )
 
 

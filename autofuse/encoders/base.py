@@ -267,7 +267,14 @@ def create_encoder(spec: EncoderSpec, state: dict | None = None) -> Encoder:
         )
     cls = entry.obj
     cls.resolve_params(spec.params)  # fail early on unknown params
-    if spec.mode == "frozen":
+    if trained_then_frozen:
+        # the architecture it was trained with (a trainable mode's, e.g. with its projection to
+        # ``dim``); its weights come from the stage-1 run
+        trained = "scratch" if "scratch" in entry.meta["modes"] else "finetune"
+        enc = cls(spec.model_copy(update={"mode": trained, "source": None}), state or {})
+        enc.spec = spec  # frozen from here on (eval mode, no gradients)
+        enc.freeze_()
+    elif spec.mode == "frozen":
         with _SEED_LOCK, torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             enc = cls(spec, state or {})

@@ -27,6 +27,17 @@ from autofuse.errors import ConfigError
 from autofuse.metrics import OBJECTIVES
 from autofuse.report.robustness import N_FINALISTS, evaluate_finalists
 from autofuse.report.rows import Row
+from autofuse.report.staged import (
+    FUSION,
+    annotate,
+    collect_stages,
+    is_staged,
+    read_winner,
+    searched_board,
+    stage_attrs,
+    stage_of,
+    winner_best,
+)
 from autofuse.storage import make_storage
 from autofuse.storage.history import HistoryStore, StudyRecord, TrialRecord
 
@@ -121,8 +132,10 @@ class ReportData:
     pruned_reasons: dict[str, int]
     failed: list[dict]
     trials: list[Row]
-    leaderboard: list[int]  # trial numbers, best first (completed only)
-    best: dict | None  # best trial: number, spec, metrics, params, latency
+    leaderboard: list[
+        int
+    ]  # trial numbers, best first (completed only; a staged study's winner first)
+    best: dict | None  # best design: trial number, spec, metrics, params, latency (kind, members)
     groups: dict[str, list[dict]]  # family / method / point / encoder -> rows
     baselines: list[dict]
     importances: dict[str, float]
@@ -131,6 +144,11 @@ class ReportData:
     robustness: dict | None
     robustness_note: str | None
     cost: dict = field(default_factory=dict)
+    stages: dict | None = None  # a staged study's stages section (None: single-stage)
+
+    @property
+    def staged(self) -> bool:
+        return self.stages is not None
 
     def trial(self, number: int) -> Row:
         return next(r for r in self.trials if r.number == number)
@@ -177,6 +195,8 @@ def _row(t: TrialRecord, checkpoints: set[int], metric: str) -> Row:
         cache_misses=t.cache_misses,
         has_checkpoint=t.number in checkpoints,
         last_value=last if finite(last) else None,
+        stage=t.stage,
+        low_fidelity=t.low_fidelity,
     )
 
 
@@ -223,6 +243,13 @@ def collect(
     checkpoints = store.finalists()
     rows = [_row(t, checkpoints, metric) for t in records]
     summary = _read_json(study_dir / "summary.json")
+    try:
+        st = _optuna_study(study, storage)
+    except ConfigError:
+        st = None
+    annotate(rows, stage_attrs(st))
+    staged = is_staged(rows)
+    winner = read_winner(st, summary) if staged else None
 
     counts = {"completed": 0, "pruned": 0, "failed": 0, "running": 0}
     pruned_reasons: dict[str, int] = {}
@@ -239,37 +266,21 @@ def collect(
             failed.append({"trial": r.number, "reason": r.reason, "error": t.error})
 
     board = ranked(rows, direction)
-    best = None
-    if board:
-        b = board[0]
-        spec = next(t.spec for t in records if t.number == b.number)
-        best = {
-            "trial": b.number,
-            "spec": spec,
-            "value": b.value,
-            "val_metrics": b.val_metrics,
-            "test_metrics": b.test_metrics,
-            "n_params": b.n_params,
-            "latency_ms": b.latency_ms,
-            "baseline": b.baseline,
-            "fusion": b.fusion,
-            "point": b.point,
-            "encoders": b.encoders,
-        }
+    best = _best(board, rows, {t.number: t.spec for t in records}, winner, metric, staged)
+    # a staged study's comparisons are the fusion search's (stage 2): its trials and baselines
+    searched = [r for r in rows if stage_of(r) == FUSION] if staged else rows
 
     starts = [t.started_at for t in records if t.started_at]
     ends = [t.finished_at for t in records if t.finished_at]
     span = (max(ends) - min(starts)).total_seconds() if starts and ends else None
     space = rec.space or {}
-    try:
-        st = _optuna_study(study, storage)
-    except ConfigError:
-        st = None
     # the number of trials asked for (the lead records it in the study's search options;
     # databases written before it was called "trials" have "n_total")
     opts = (st.user_attrs.get("search_options") or {}) if st else {}
     budget = opts.get("trials") or opts.get("n_total") or space.get("trials")
-    importances, imp_note = _importances(st, rows) if st else ({}, "the Optuna study is missing")
+    importances, imp_note = (
+        _importances(st, searched) if st else ({}, "the Optuna study is missing")
+    )
     data = ReportData(
         study=study,
         source=source,
@@ -286,28 +297,32 @@ def collect(
         pruned_reasons=pruned_reasons,
         failed=failed,
         trials=rows,
-        leaderboard=[r.number for r in board],
+        leaderboard=_leaderboard(board, best, staged),
         best=best,
-        groups=_groups(rows, board, direction),
-        baselines=_baselines(rows, board, metric, direction),
+        groups=_groups(searched, ranked(searched, direction), direction),
+        baselines=_baselines(searched, best, metric),
         importances=importances,
         importances_note=imp_note,
         pareto=_pareto(board, direction),
         robustness=None,
         robustness_note=None,
         cost=_cost(rows),
+        stages=collect_stages(rows, winner, best, summary, metric, direction),
     )
     if robustness:
         path = dataset or rec.dataset_path
-        if board and path is None:
+        targets, ensemble = _finalists(board, rows, best, staged)
+        if not board:
+            data.robustness_note = "no trial completed"
+        elif path is None:
             data.robustness_note = (
                 "the study did not record its dataset folder; pass --dataset DIR "
                 "to evaluate the finalists"
             )
-        elif board:
+        else:
             try:
                 data.robustness = evaluate_finalists(
-                    [r for r in board if r.has_checkpoint][:N_FINALISTS],
+                    targets,
                     store,
                     path,
                     workdir=workdir,
@@ -315,14 +330,83 @@ def collect(
                     direction=direction,
                     fingerprint=rec.dataset_fingerprint,
                     device=device,
+                    ensemble=ensemble,
                 )
             except ConfigError as e:
                 data.robustness_note = str(e)
-        else:
-            data.robustness_note = "no trial completed"
     else:
         data.robustness_note = "robustness evaluation skipped"
     return data
+
+
+def _best(
+    board: list[Row],
+    rows: list[Row],
+    specs: dict[int, dict | None],
+    winner: dict | None,
+    metric: str,
+    staged: bool,
+) -> dict | None:
+    """The best design: a staged study's winner (its single model or its ensemble), else the
+    best completed trial (of a staged study without a winner: the best finalist, else the best
+    fusion-search trial; never a stage-1 unimodal model)."""
+    if winner is not None:
+        best = winner_best(winner, rows, specs, metric)
+        if best is not None:
+            return best
+        log.warning("the study's winner %s is not in its history; ignored", winner.get("trials"))
+    pool = searched_board(board) if staged else board
+    if not pool:
+        return None
+    b = pool[0]
+    return {
+        "kind": "trial",
+        "trial": b.number,
+        "spec": specs.get(b.number),
+        "value": b.value,
+        "val_metrics": b.val_metrics,
+        "test_metrics": b.test_metrics,
+        "n_params": b.n_params,
+        "latency_ms": b.latency_ms,
+        "baseline": b.baseline,
+        "fusion": b.fusion,
+        "point": b.point,
+        "encoders": b.encoders,
+        "stage": b.stage,
+    }
+
+
+def _leaderboard(board: list[Row], best: dict | None, staged: bool) -> list[int]:
+    """Completed trials best first; a staged study's best design (the winner's trials) first."""
+    if not staged or best is None:
+        return [r.number for r in board]
+    done = {r.number for r in board}
+    first = [n for n in best.get("trials") or [best["trial"]] if n in done]
+    return first + [r.number for r in board if r.number not in first]
+
+
+def _finalists(
+    board: list[Row], rows: list[Row], best: dict | None, staged: bool
+) -> tuple[list[Row], dict | None]:
+    """The trials whose robustness is measured, and the ensemble to measure as a whole.
+
+    A staged study's winner: its single model, or the ensemble's members (and the ensemble, when
+    every member kept its checkpoint). Otherwise the top :data:`N_FINALISTS` with a checkpoint.
+    """
+    by_number = {r.number: r for r in rows}
+    if staged and best is not None and best.get("members"):
+        members = [by_number[n] for n in best["trials"]]
+        kept = [r for r in members if r.has_checkpoint]
+        if best["kind"] != "ensemble" or len(kept) < len(members):
+            return kept, None
+        ensemble = {
+            "trials": best["trials"],
+            "weights": best["weights"],
+            "recorded_test": best["test_metrics"],
+        }
+        return kept, ensemble
+    pool = searched_board(board) if staged else board
+    return [r for r in pool if r.has_checkpoint][:N_FINALISTS], None
 
 
 def _read_json(path: Path) -> dict:
@@ -390,11 +474,10 @@ def _groups(rows: list[Row], board: list[Row], direction: str) -> dict[str, list
     return out
 
 
-def _baselines(rows: list[Row], board: list[Row], metric: str, direction: str) -> list[dict]:
+def _baselines(rows: list[Row], best: dict | None, metric: str) -> list[dict]:
     """Each enqueued baseline next to the best design (difference = best - baseline)."""
-    if not board:
+    if best is None:
         return []
-    best = board[0]
     out = []
     for r in rows:
         if not r.baseline:
@@ -416,8 +499,8 @@ def _baselines(rows: list[Row], board: list[Row], metric: str, direction: str) -
         if r.status == "COMPLETE" and finite(r.value):
             d["val"] = r.value
             d["test"] = r.test_metrics.get(metric)
-            d["val_diff"] = best.value - r.value
-            bt = best.test_metrics.get(metric)
+            d["val_diff"] = best["value"] - r.value if finite(best["value"]) else None
+            bt = best["test_metrics"].get(metric)
             d["test_diff"] = bt - d["test"] if finite(bt) and finite(d["test"]) else None
         out.append(d)
     return out

@@ -225,21 +225,13 @@ def fig_group(d: ReportData, kind: str, title: str) -> bytes | None:
     return _png(fig)
 
 
-def fig_baselines(d: ReportData) -> bytes | None:
-    """Validation and test metric of each completed baseline and of the best design."""
-    rows = [b for b in d.baselines if b["val"] is not None]
-    if not rows or not d.best:
-        return None
-    names = [f"{b['baseline']} (#{b['trial']})" for b in rows]
-    val = [b["val"] for b in rows]
-    test = [b["test"] if b["test"] is not None else np.nan for b in rows]
-    best = d.best
-    names.append(f"best: {best['fusion']} (#{best['trial']})")
-    val.append(best["value"])
-    test.append(best["test_metrics"].get(d.metric, np.nan))
+def _val_test_bars(
+    d: ReportData, names: list[str], val: list[float], test: list[float], colors: list[str]
+) -> bytes:
+    """Validation (solid) and test (hatched) bars, one pair per name, the first on top."""
+    names, val, test, colors = names[::-1], val[::-1], test[::-1], colors[::-1]
     fig, ax = _axes(8, 0.55 * len(names) + 1.3)
     y = np.arange(len(names))
-    colors = [C_BASE] * len(rows) + [C_BEST]
     ax.barh(y + 0.2, val, 0.38, color=colors, label="validation")
     ax.barh(y - 0.2, test, 0.38, color=colors, alpha=0.5, hatch="//", label="test")
     ax.set_yticks(y, names, fontsize=8)
@@ -251,6 +243,104 @@ def fig_baselines(d: ReportData) -> bytes | None:
     ax.set_xlim(
         max(0.0, lo - 0.1 * (hi - lo + 1e-9)) if lo >= 0 else lo, hi + 0.05 * (abs(hi) + 1e-9)
     )
+    return _png(fig)
+
+
+def _best_name(d: ReportData) -> str:
+    b = d.best or {}
+    if b.get("kind") == "ensemble":
+        return "best: ensemble (" + "+".join(f"#{n}" for n in b["trials"]) + ")"
+    return f"best: {b.get('fusion')} (#{b.get('trial')})"
+
+
+def fig_baselines(d: ReportData) -> bytes | None:
+    """Validation and test metric of each completed baseline and of the best design."""
+    rows = [b for b in d.baselines if b["val"] is not None]
+    if not rows or not d.best:
+        return None
+    best = d.best
+    return _val_test_bars(
+        d,
+        [_best_name(d)] + [f"{b['baseline']} (#{b['trial']})" for b in rows][::-1],
+        [best["value"]] + [b["val"] for b in rows][::-1],
+        [best["test_metrics"].get(d.metric, np.nan)]
+        + [b["test"] if b["test"] is not None else np.nan for b in rows][::-1],
+        [C_BEST] + [C_BASE] * len(rows),
+    )
+
+
+def fig_stage_models(d: ReportData) -> bytes | None:
+    """A staged study: each modality's best unimodal model, the best fusion-search design, the
+    best single finalist and the winner, validation and test metric."""
+    s = d.stages
+    if not s:
+        return None
+    names, val, test, colors = [], [], [], []
+
+    def add(name: str, v: float | None, t: float | None, color: str) -> None:
+        if v is not None:
+            names.append(name)
+            val.append(v)
+            test.append(np.nan if t is None else t)
+            colors.append(color)
+
+    w = s.get("winner")
+    if w:
+        add(
+            f"winner: {w['kind']} (" + "+".join(f"#{n}" for n in w["trials"]) + ")",
+            w["val"],
+            w["test"],
+            C_BEST,
+        )
+        bs = w.get("best_single")
+        if bs and w["kind"] == "ensemble":
+            add(f"best single finalist (#{bs['trial']})", bs["val"], bs["test"], "#009E73")
+    bf = s.get("best_fusion")
+    if bf:
+        add(f"best fusion design, stage 2 (#{bf['trial']})", bf["val"], bf["test"], C_MAIN)
+    for u in s.get("unimodal", []):
+        add(f"{u['modality']} alone (#{u['trial']})", u["val"], u["test"], C_BASE)
+    if not names:
+        return None
+    return _val_test_bars(d, names, val, test, colors)
+
+
+def fig_seeds(d: ReportData) -> bytes | None:
+    """A staged study: every finalist design's seeds (dots), their mean +/- std (bar), the
+    stage-2 value of the design (hollow diamond); the winning design starred."""
+    groups = [g for g in (d.stages or {}).get("seeds", []) if g["values"]]
+    if not groups:
+        return None
+    fig, ax = _axes(8, 0.6 * len(groups) + 1.4)
+    rng = np.random.default_rng(0)
+    labels = []
+    for i, g in enumerate(groups[::-1], start=1):
+        v = g["values"]
+        ax.errorbar(
+            g["mean"], i, xerr=g["std"], fmt="|", color="#333333", ms=14, capsize=4, zorder=2
+        )
+        ax.scatter(v, i + rng.uniform(-0.12, 0.12, len(v)), s=26, color=C_MAIN, alpha=0.8, zorder=3)
+        if g.get("design_val") is not None:
+            ax.scatter(
+                [g["design_val"]],
+                [i + 0.3],
+                marker="D",
+                s=30,
+                facecolor="none",
+                edgecolor=C_BASE,
+                zorder=3,
+            )
+        if g["chosen"]:
+            ax.scatter([g["mean"]], [i - 0.3], marker="*", s=110, color=C_BEST, zorder=4)
+        labels.append(f"design #{g['design']}\n{g['fusion']}@{g['point']}")
+    ax.set_yticks(range(1, len(labels) + 1), labels, fontsize=8)
+    ax.set_ylim(0.4, len(labels) + 0.6)
+    ax.set_xlabel(_metric_label(d))
+    ax.set_title(
+        "seeds (dots), mean +/- std (bar), stage-2 value (diamond), winning design (star)",
+        fontsize=9,
+    )
+    ax.grid(axis="x", alpha=0.3)
     return _png(fig)
 
 
@@ -380,7 +470,10 @@ def fig_robustness(d: ReportData) -> bytes | None:
         return None
     conds = [(c["modality"], c["how"]) for c in rb["finalists"][0]["conditions"]]
     labels = [f"{m}\n{'removed' if h == 'remove' else 'noise'}" for m, h in conds]
-    fins = rb["finalists"]
+    fins = list(rb["finalists"])
+    if rb.get("ensemble"):
+        e = rb["ensemble"]
+        fins.append({**e, "trial": "+".join(str(n) for n in e["trials"]), "fusion": "ensemble"})
     fig, ax = _axes(max(7, 1.0 * len(conds) + 2), 3.8)
     x = np.arange(len(conds))
     w = 0.8 / len(fins)
@@ -392,7 +485,7 @@ def fig_robustness(d: ReportData) -> bytes | None:
             vals,
             w,
             color=colors[i % len(colors)],
-            label=f"#{f['trial']} {f['fusion']}@{f['point']}",
+            label=f"#{f['trial']} {f['fusion']}" + (f"@{f['point']}" if f.get("point") else ""),
         )
     ax.axhline(1.0, color="#333333", lw=0.8, ls="--")
     ax.set_xticks(x, labels, fontsize=8)
@@ -443,4 +536,6 @@ __all__ = [
     "fig_importances",
     "fig_pareto",
     "fig_robustness",
+    "fig_seeds",
+    "fig_stage_models",
 ]

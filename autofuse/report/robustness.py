@@ -1,6 +1,10 @@
 """Robustness of the finalists: each rebuilt from its checkpoint and evaluated on the test split
 clean, with every modality removed and with noise added to it (MultiBench-style relative
 robustness). The only part of the report that runs models.
+
+A staged study's winner may be a weighted ensemble of finalist models: its members are evaluated
+one by one, and the ensemble as a whole by combining the members' outputs under each condition
+with the winner's weights (:func:`autofuse.ensemble.combine`, as the search scored it).
 """
 
 from __future__ import annotations
@@ -9,17 +13,20 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from autofuse._util import finite
 from autofuse.checkpoints import KEEP_TOP_K, CheckpointStore
 from autofuse.data import Dataset
+from autofuse.ensemble import combine
 from autofuse.errors import ConfigError
+from autofuse.metrics import compute_metrics
 from autofuse.model import MultimodalModel
 from autofuse.paths import Paths
 from autofuse.report.rows import Row
 from autofuse.runner import CandidateRunner, default_device
-from autofuse.train import TrainData, ablate, evaluate
+from autofuse.train import TrainData, ablate, predict_outputs
 
 #: finalists whose robustness is measured (the search keeps checkpoints of the top few)
 N_FINALISTS = KEEP_TOP_K
@@ -53,30 +60,65 @@ def load_finalist(
     return runner.restore(spec, info, state).to(device).eval(), data
 
 
-def _conditions(
+#: the perturbations, in report order
+HOW = ("remove", "noise")
+
+
+def _outputs(
     model: MultimodalModel,
     data: TrainData,
-    clean: dict[str, float],
+    modalities: list[str],
     device: torch.device,
+    sigma: float,
+) -> dict[tuple[str, str] | None, np.ndarray]:
+    """The model's test outputs clean (key ``None``) and under each ``(modality, how)``; a
+    modality the model does not read leaves its outputs as they are."""
+    idx = data.splits["test"]
+    clean = predict_outputs(model, data, idx, device)
+    out: dict[tuple[str, str] | None, np.ndarray] = {None: clean}
+    for m in modalities:
+        for how in HOW:
+            out[(m, how)] = (
+                predict_outputs(model, ablate(data, m, how, sigma=sigma), idx, device)
+                if m in data.inputs
+                else clean
+            )
+    return out
+
+
+def _scored(
+    outputs: dict[tuple[str, str] | None, np.ndarray],
+    task: str,
+    y: np.ndarray,
+    used: set[str],
     *,
     metric: str,
     direction: str,
-    sigma: float,
-) -> list[dict[str, Any]]:
-    """Test metrics with each modality removed and noised, and their relative robustness."""
+) -> tuple[dict[str, float], list[dict[str, Any]], float | None, float | None]:
+    """``(clean metrics, conditions, mean relative, worst relative)`` of a model's outputs."""
+    clean = compute_metrics(task, y, outputs[None])
     conds = []
-    for m in sorted(data.inputs):
-        for how in ("remove", "noise"):
-            met = evaluate(model, ablate(data, m, how, sigma=sigma), "test", device)
-            conds.append(
-                {
-                    "modality": m,
-                    "how": how,
-                    "metrics": met,
-                    "relative": relative(clean[metric], met[metric], direction),
-                }
-            )
-    return conds
+    for key, out in outputs.items():
+        if key is None:
+            continue
+        m, how = key
+        met = compute_metrics(task, y, out)
+        conds.append(
+            {
+                "modality": m,
+                "how": how,
+                "metrics": met,
+                "relative": relative(clean[metric], met[metric], direction),
+                "used": m in used,
+            }
+        )
+    rel = [c["relative"] for c in conds if c["used"] and finite(c["relative"])]
+    return (
+        clean,
+        conds,
+        statistics.fmean(rel) if rel else None,
+        min(rel) if rel else None,
+    )
 
 
 def evaluate_finalists(
@@ -90,8 +132,13 @@ def evaluate_finalists(
     fingerprint: str | None = None,
     device: str | None = None,
     sigma: float = NOISE_SIGMA,
+    ensemble: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate each finalist's checkpoint on the test split: clean, each modality removed, noised.
+
+    Every finalist gets one condition per dataset modality and perturbation, in the same order
+    (``used`` False and the clean metrics where the finalist does not read the modality, as a
+    stage-2 design fusing a subset of the modalities), so the finalists line up column by column.
 
     Args:
         finalists: the trials to evaluate (each with a checkpoint in ``store``).
@@ -103,6 +150,8 @@ def evaluate_finalists(
         fingerprint: the dataset fingerprint the study recorded (checked when given).
         device: where to evaluate (default CUDA when available).
         sigma: the noise level, times each input's standard deviation.
+        ensemble: ``{"trials", "weights", "recorded_test"}``: a weighted ensemble of the
+            finalists (all of them in ``finalists``) also evaluated as a whole.
 
     Raises:
         ConfigError: no finalist, or the dataset folder is missing or is not the one the study
@@ -122,14 +171,20 @@ def evaluate_finalists(
         )
     dev = torch.device(device) if device else default_device()
     runner = CandidateRunner(ds, Paths.resolve(workdir).cache, dev)
+    modalities = sorted(ds.modality_names)
     out = []
+    member_outputs: dict[int, dict] = {}
+    member_inputs: dict[int, set[str]] = {}
+    task, y = "", np.zeros(0)
     for r in finalists:
         model, data = load_finalist(store, r.number, runner, dev)
-        clean = evaluate(model, data, "test", dev)
-        conds = _conditions(
-            model, data, clean, dev, metric=metric, direction=direction, sigma=sigma
+        outputs = _outputs(model, data, modalities, dev, sigma)
+        task, y = data.task, data.y_raw[data.splits["test"]]
+        clean, conds, mean_rel, worst_rel = _scored(
+            outputs, task, y, set(data.inputs), metric=metric, direction=direction
         )
-        rel = [c["relative"] for c in conds if finite(c["relative"])]
+        member_outputs[r.number] = outputs
+        member_inputs[r.number] = set(data.inputs)
         out.append(
             {
                 "trial": r.number,
@@ -139,18 +194,41 @@ def evaluate_finalists(
                 "clean": clean,
                 "recorded_test": r.test_metrics,
                 "conditions": conds,
-                "mean_relative": statistics.fmean(rel) if rel else None,
-                "worst_relative": min(rel) if rel else None,
+                "mean_relative": mean_rel,
+                "worst_relative": worst_rel,
             }
         )
+    ens = None
+    if ensemble is not None and all(n in member_outputs for n in ensemble["trials"]):
+        keys = list(member_outputs[ensemble["trials"][0]])
+        combined = {
+            k: combine(
+                [member_outputs[n][k] for n in ensemble["trials"]], ensemble["weights"], task
+            )
+            for k in keys
+        }
+        used = set().union(*(member_inputs[n] for n in ensemble["trials"]))
+        clean, conds, mean_rel, worst_rel = _scored(
+            combined, task, y, used, metric=metric, direction=direction
+        )
+        ens = {
+            "trials": list(ensemble["trials"]),
+            "weights": list(ensemble["weights"]),
+            "clean": clean,
+            "recorded_test": dict(ensemble.get("recorded_test") or {}),
+            "conditions": conds,
+            "mean_relative": mean_rel,
+            "worst_relative": worst_rel,
+        }
     return {
         "metric": metric,
         "direction": direction,
         "sigma": sigma,
         "device": str(dev),
         "dataset": str(dataset),
-        "modalities": sorted(ds.modality_names),
+        "modalities": modalities,
         "finalists": out,
+        "ensemble": ens,
     }
 
 

@@ -33,6 +33,13 @@ class Row:
     cache_misses: int | None
     has_checkpoint: bool = False
     last_value: float | None = None  # the value, or a pruned trial's last reported score
+    # a staged search (None in a single-stage one): the stage, and what the stage records
+    stage: str | None = None  # "unimodal" | "fusion" | "finalist"
+    low_fidelity: bool | None = None  # reached its time limit: scored at its best epoch so far
+    unimodal: str | None = None  # stage 1: the modality trained alone
+    kept: list[str] | None = None  # stage 2: the modalities the design fuses
+    design: int | None = None  # stage 3: the stage-2 design it fine-tunes (trial number)
+    seed: int | None = None  # stage 3: its seed
 
     @property
     def fusion(self) -> str:

@@ -35,18 +35,21 @@ from autofuse.report.figures import (
     fig_importances,
     fig_pareto,
     fig_robustness,
+    fig_seeds,
+    fig_stage_models,
 )
 
 #: section ids in report order (``<section id=...>`` in the HTML, anchors in the Markdown)
 SECTIONS = {
     "summary": "1. Summary",
     "best": "2. Best architecture",
-    "leaderboard": "3. Leaderboard",
-    "comparison": "4. Family and fusion-point comparison",
-    "baselines": "5. Search versus baselines",
-    "dynamics": "6. Search dynamics",
-    "robustness": "7. Robustness of the finalists",
-    "cost": "8. Cost",
+    "stages": "3. Stages",
+    "leaderboard": "4. Leaderboard",
+    "comparison": "5. Family and fusion-point comparison",
+    "baselines": "6. Search versus baselines",
+    "dynamics": "7. Search dynamics",
+    "robustness": "8. Robustness of the finalists",
+    "cost": "9. Cost",
 }
 
 NO_TRIAL = "No trial completed."
@@ -99,15 +102,33 @@ def _metric_keys(dicts: list[dict], metric: str) -> list[str]:
     return keys
 
 
+def _trials(numbers: list[int]) -> str:
+    """``9``, ``9 and 12``, ``3, 9 and 12``."""
+    s = [str(n) for n in numbers]
+    return s[0] if len(s) == 1 else ", ".join(s[:-1]) + " and " + s[-1]
+
+
+def _member_str(m: dict) -> str:
+    return f"trial {m['trial']} ({m['fusion']}@{m['point']}, weight {fmt(m['weight'], 2)})"
+
+
+def _best_what(b: dict) -> str:
+    """The best design in a few words (the winner's ensemble, or one trial)."""
+    if b.get("kind") == "ensemble":
+        return "the greedy ensemble of " + ", ".join(_member_str(m) for m in b["members"])
+    return f"{b['fusion']} fused at the {b['point']} point (trial {b['trial']})"
+
+
 def _verdict(d: ReportData) -> str:
     if not d.best:
         return "No trial completed, so there is no recommendation yet."
     b = d.best
     test = b["test_metrics"].get(d.metric)
     text = (
-        f"Use {b['fusion']} fused at the {b['point']} point (trial {b['trial']}): "
-        f"validation {d.metric} {fmt(b['value'])}, test {d.metric} {fmt(test)}"
+        f"Use {_best_what(b)}: validation {d.metric} {fmt(b['value'])}, test {d.metric} {fmt(test)}"
     )
+    if b.get("why"):
+        text = f"{text} (the staged search's winner: {b['why']})"
     done = [x for x in d.baselines if x["val"] is not None and x["trial"] != b["trial"]]
     if b.get("baseline"):
         text += (
@@ -145,13 +166,25 @@ def section_summary(d: ReportData) -> Section:
         ),
         ("Trials", trials),
     ]
+    if d.stages:
+        items.append(
+            (
+                "Stages",
+                "; ".join(
+                    f"{x['stage']} {x['trials']} trials ({fmt_s(x['trial_time_s'])})"
+                    for x in d.stages["stages"]
+                ),
+            )
+        )
     if d.best:
         b = d.best
+        arch = (
+            _best_what(b)
+            if b.get("kind") == "ensemble"
+            else f"trial {b['trial']}: {b['fusion']} at {b['point']} [{enc_str(b['encoders'])}]"
+        )
         items += [
-            (
-                "Best architecture",
-                f"trial {b['trial']}: {b['fusion']} at {b['point']} [{enc_str(b['encoders'])}]",
-            ),
+            ("Best architecture", arch),
             ("Best test metrics", _metrics_line(b["test_metrics"])),
         ]
     items += [
@@ -168,6 +201,18 @@ def section_best(d: ReportData) -> Section:
         return sec.note(NO_TRIAL)
     b, spec = d.best, d.best.get("spec") or {}
     f = spec.get("fusion", {})
+    if b.get("kind") == "ensemble":
+        sec.add(
+            P(
+                f"The winner is a greedy ensemble of {len(b['members'])} finalist models (their "
+                f"outputs averaged with the weights below): validation {d.metric} "
+                f"{fmt(b['value'])}, test {_metrics_line(b['test_metrics'])}; "
+                f"{fmt_int(b.get('n_params'))} parameters and {fmt(b.get('latency_ms'), 3)} ms "
+                f"per sample over all members. {b.get('why') or ''}".rstrip()
+            ),
+            _members_table(d, b["members"]),
+            P(f"Below: its heaviest member, trial {b['trial']}."),
+        )
     items = [
         (
             "Fusion",
@@ -190,11 +235,22 @@ def section_best(d: ReportData) -> Section:
     items += [
         ("Head", _params(spec.get("head", {}))),
         ("Training", _params(spec.get("training", {}))),
-        ("Parameters", fmt_int(b.get("n_params"))),
-        ("Latency", f"{fmt(b.get('latency_ms'), 3)} ms per sample"),
-        ("Validation metrics", _metrics_line(b["val_metrics"])),
-        ("Test metrics", _metrics_line(b["test_metrics"])),
     ]
+    if b.get("kind") == "ensemble":
+        m = d.trial(b["trial"])
+        items += [
+            ("Parameters", fmt_int(m.n_params)),
+            ("Latency", f"{fmt(m.latency_ms, 3)} ms per sample"),
+            ("Validation metrics", _metrics_line(m.val_metrics)),
+            ("Test metrics", _metrics_line(m.test_metrics)),
+        ]
+    else:
+        items += [
+            ("Parameters", fmt_int(b.get("n_params"))),
+            ("Latency", f"{fmt(b.get('latency_ms'), 3)} ms per sample"),
+            ("Validation metrics", _metrics_line(b["val_metrics"])),
+            ("Test metrics", _metrics_line(b["test_metrics"])),
+        ]
     sec.add(KV(items))
     sec.figure(
         "architecture",
@@ -209,33 +265,294 @@ def section_best(d: ReportData) -> Section:
     return sec.add(Pre(json.dumps(spec, indent=2)))
 
 
+# ---- stages ----------------------------------------------------------------------------------
+
+STAGE_MEANING = {
+    "unimodal": "each modality's encoder trained alone with a linear head",
+    "fusion": "fusion designs searched on the stage-1 encoders' features",
+    "finalist": "the best designs fine-tuned end to end, several seeds each",
+}
+
+
+def _members_table(d: ReportData, members: list[dict]) -> Table:
+    """The winner's models: trial, design, seed, fusion, weight, validation and test metric."""
+    rows = [
+        [str(m["trial"]), str(m["design"] if m["design"] is not None else "-")]
+        + [str(m["seed"] if m["seed"] is not None else "-"), f"{m['fusion']}@{m['point']}"]
+        + [fmt(m["weight"], 2), fmt(m["value"]), fmt(m["test"]), fmt_int(m["n_params"])]
+        for m in members
+    ]
+    headers = ["trial", "design", "seed", "fusion", "weight", f"val {d.metric}"]
+    return Table(
+        [*headers, f"test {d.metric}", "params"],
+        rows,
+        name="winner_members",
+        numeric={0, 1, 2, 4, 5, 6, 7},
+    )
+
+
+def _stage_time_table(s: dict) -> Table:
+    rows = [
+        [x["stage"], str(x["trials"]), str(x["completed"]), str(x["pruned"]), str(x["failed"])]
+        + [str(x["low_fidelity"]), fmt_s(x["trial_time_s"]), fmt_s(x["train_time_s"])]
+        + [fmt_s(x["span_s"])]
+        for x in s["stages"]
+    ]
+    headers = ["stage", "trials", "completed", "pruned", "failed", "low fidelity"]
+    return Table(
+        [*headers, "trial time", "training time", "wall span"],
+        rows,
+        name="stages",
+        numeric=set(range(1, 9)),
+    )
+
+
+def _models_table(d: ReportData, s: dict) -> Table:
+    """Each modality's best unimodal model, the best stage-2 design, the best single finalist
+    and the winner; difference = model - best unimodal model (validation)."""
+    uni_best = next((u for u in s["unimodal"] if u["modality"] == s["best_unimodal"]), None)
+    ref = uni_best["val"] if uni_best else None
+
+    def diff(v: float | None) -> str:
+        return fmt_signed(v - ref) if v is not None and ref is not None else "-"
+
+    rows, hl = [], set()
+    for u in s["unimodal"]:
+        rows.append(
+            [f"{u['modality']} alone", str(u["trial"] if u["trial"] is not None else "-")]
+            + ["unimodal", u["encoder"], fmt(u["val"]), fmt(u["test"]), diff(u["val"])]
+        )
+    bf = s.get("best_fusion")
+    if bf:
+        kept = f" on {', '.join(bf['kept'])}" if bf.get("kept") else ""
+        rows.append(
+            ["best fusion design", str(bf["trial"]), "fusion"]
+            + [f"{bf['fusion']}@{bf['point']}{kept}", fmt(bf["val"]), fmt(bf["test"])]
+            + [diff(bf["val"])]
+        )
+    w = s.get("winner")
+    bs = (w or {}).get("best_single") or s.get("best_finalist")
+    if bs:
+        rows.append(
+            ["best single finalist", str(bs["trial"]), "finalist"]
+            + [f"{bs['fusion']}@{bs['point']} (design {bs['design']}, seed {bs['seed']})"]
+            + [fmt(bs["val"]), fmt(bs["test"]), diff(bs["val"])]
+        )
+    if w:
+        hl.add(len(rows))
+        rows.append(
+            [f"winner ({w['kind']})", "+".join(str(n) for n in w["trials"]), "finalist"]
+            + [", ".join(f"{m['fusion']}@{m['point']}" for m in w["members"])]
+            + [fmt(w["val"]), fmt(w["test"]), diff(w["val"])]
+        )
+    headers = ["model", "trial", "stage", "design", f"val {d.metric}", f"test {d.metric}"]
+    return Table(
+        [*headers, "val difference to best unimodal"],
+        rows,
+        name="unimodal_vs_fused",
+        numeric={1, 4, 5, 6},
+        highlight=hl,
+    )
+
+
+def _single_vs_ensemble(d: ReportData, sec: Section, s: dict) -> None:
+    w = s.get("winner")
+    if not w:
+        sec.note("No winner recorded: the finalist stage did not finish (no completed finalist).")
+        return
+    chosen = (
+        f"a greedy ensemble of {len(w['members'])} finalist models"
+        if w["kind"] == "ensemble"
+        else f"a single model, trial {w['trials'][0]}"
+    )
+    sec.add(P(f"Chosen: {chosen}. Why: {w.get('why') or '(not recorded)'}."))
+    sec.add(_members_table(d, w["members"]))
+    bs = w.get("best_single")
+    rows = [
+        [f"winner ({w['kind']})", "+".join(str(n) for n in w["trials"]), fmt(w["val"])]
+        + [fmt(w["test"]), fmt_int(w.get("n_params")), fmt(w.get("latency_ms"), 3)]
+    ]
+    if bs and w["kind"] == "ensemble":
+        r = d.trial(bs["trial"])
+        rows.append(
+            ["best single finalist", str(bs["trial"]), fmt(bs["val"]), fmt(bs["test"])]
+            + [fmt_int(r.n_params), fmt(r.latency_ms, 3)]
+        )
+        rows.append(
+            ["difference", "", fmt_signed(w["val"] - bs["val"])]
+            + [
+                fmt_signed(w["test"] - bs["test"])
+                if w["test"] is not None and bs["test"] is not None
+                else "-",
+                "",
+                "",
+            ]
+        )
+    headers = ["model", "trials", f"val {d.metric}", f"test {d.metric}", "params"]
+    sec.add(
+        Table(
+            [*headers, "latency ms"],
+            rows,
+            name="single_vs_ensemble",
+            numeric={2, 3, 4, 5},
+            highlight={0},
+        )
+    )
+
+
+def _seeds_table(d: ReportData, s: dict) -> Table:
+    rows = []
+    for g in s["seeds"]:
+        vals = ", ".join(
+            f"{fmt(v)} (seed {sd}, #{n})"
+            for v, sd, n in zip(g["values"], g["seeds"], g["trials"], strict=True)
+        )
+        role = "winning design" if g["chosen"] else ""
+        if g["in_winner"]:
+            role = ", ".join(
+                x for x in (role, "in winner: " + ", ".join(f"#{n}" for n in g["in_winner"])) if x
+            )
+        rows.append(
+            [str(g["design"]), f"{g['fusion']}@{g['point']}", ", ".join(g["kept"] or []) or "-"]
+            + [g["baseline"] or "", fmt(g["design_val"]), str(len(g["values"])), vals or "-"]
+            + [f"{fmt(g['mean'])} +/- {fmt(g['std'])}" if g["mean"] is not None else "-"]
+            + [fmt(g["test_mean"]), role]
+        )
+    headers = ["design", "fusion", "modalities", "baseline", f"stage-2 val {d.metric}", "seeds"]
+    return Table(
+        [*headers, f"val {d.metric} per seed", "mean +/- std", f"mean test {d.metric}", "role"],
+        rows,
+        name="seeds",
+        numeric={0, 4, 5, 8},
+        highlight={i for i, g in enumerate(s["seeds"]) if g["chosen"]},
+    )
+
+
+def section_stages(d: ReportData) -> Section:
+    sec = _section("stages")
+    s = d.stages
+    if not s:
+        return sec.note(
+            "A single-stage search: every trial trained its whole design end to end, so there "
+            "are no stages to compare."
+        )
+    sec.add(
+        P(
+            "A staged search: "
+            + "; ".join(
+                f"{x['stage']} ({STAGE_MEANING.get(x['stage'], 'stage')})" for x in s["stages"]
+            )
+            + ". All stages are trials of one study."
+        )
+    )
+    if s.get("warning"):
+        sec.note(f"Warning: {s['warning']}.")
+    sec.add(H3("Time and trials per stage"))
+    sec.add(
+        P(
+            "From the trial history: trial time sums each trial's wall time, training time its "
+            "time in the training loop, wall span runs from the stage's first start to its last "
+            "end. Low fidelity: trials that reached their time limit and report their best epoch "
+            "so far."
+        )
+    )
+    sec.add(_stage_time_table(s))
+    sec.add(H3("Unimodal versus fused"))
+    sec.add(
+        P(
+            f"Each modality's best stage-1 model (its encoder alone) next to the best fusion "
+            f"design of stage 2 and the finalists; validation {d.metric} (what the search "
+            f"chose by) and test {d.metric} (for reference)."
+            + (
+                f" The winner is {fmt_signed(s['winner_vs_unimodal'])} validation {d.metric} "
+                f"from the best unimodal model ({s['best_unimodal']})."
+                if s.get("winner_vs_unimodal") is not None
+                else ""
+            )
+        )
+    )
+    sec.add(_models_table(d, s))
+    sec.figure(
+        "stage_models",
+        fig_stage_models(d),
+        f"Validation (solid) and test (hatched) {d.metric}: the winner, the best single "
+        "finalist, the best stage-2 design and each modality alone.",
+        "No completed model to compare.",
+    )
+    sec.add(H3("Single model versus ensemble"))
+    _single_vs_ensemble(d, sec, s)
+    sec.add(H3("Seed spread of the finalists"))
+    if not s["seeds"]:
+        return sec.note("No finalist trial: the search did not reach stage 3.")
+    sec.add(
+        P(
+            f"Each finalist design (a stage-2 trial) fine-tuned with several seeds: the seeds' "
+            f"validation {d.metric}, their mean +/- standard deviation (population, as the "
+            "winner's choice computes it) and the design's stage-2 value. The winning design has "
+            "the best mean over its seeds."
+        )
+    )
+    sec.add(_seeds_table(d, s))
+    return sec.figure(
+        "seeds",
+        fig_seeds(d),
+        f"Validation {d.metric} of each finalist design's seeds.",
+        "No finalist completed.",
+    )
+
+
+def _role(d: ReportData, number: int) -> str:
+    """A trial's part in a staged study's winner ("" when it has none)."""
+    b = d.best or {}
+    if number not in (b.get("trials") or []):
+        return ""
+    if b.get("kind") == "ensemble":
+        w = b["weights"][b["trials"].index(number)]
+        return f"ensemble member, weight {fmt(w, 2)}"
+    return "winner"
+
+
 def leaderboard_table(d: ReportData, limit: int | None = None) -> Table:
-    """Completed trials best first: fusion, point, encoders, validation and test metrics."""
+    """Completed trials best first: fusion, point, encoders, validation and test metrics.
+
+    A staged study's table has a ``stage`` and a ``winner`` column and starts with its winner: a
+    row for the ensemble (its members next), or the winning single model.
+    """
     board = [d.trial(n) for n in d.leaderboard[: limit or LEADERBOARD_ROWS]]
     val_keys = _metric_keys([r.val_metrics for r in board], d.metric)
     test_keys = _metric_keys([r.test_metrics for r in board], d.metric)
+    staged = d.staged
+    extra = ["stage"] if staged else []
     headers = (
-        ["rank", "trial", "family", "method", "point", "encoders", "baseline"]
+        ["rank", "trial", *extra, "family", "method", "point", "encoders", "baseline"]
+        + (["winner"] if staged else [])
         + [f"val {k}" for k in val_keys]
         + [f"test {k}" for k in test_keys]
         + ["params", "latency ms"]
     )
-    rows = [
-        [
-            str(i),
-            str(r.number),
-            r.family or "-",
-            r.method or "-",
-            r.point or "-",
-            enc_str(r.encoders),
-            r.baseline or "",
-        ]
-        + [fmt(r.val_metrics.get(k)) for k in val_keys]
-        + [fmt(r.test_metrics.get(k)) for k in test_keys]
-        + [fmt_int(r.n_params), fmt(r.latency_ms, 3)]
-        for i, r in enumerate(board, start=1)
-    ]
-    numeric = {0, 1} | set(range(7, len(headers)))
+    rows = []
+    b = d.best or {}
+    if staged and b.get("kind") == "ensemble":
+        rows.append(
+            ["1", "+".join(str(n) for n in b["trials"]), "ensemble", "ensemble", "-", "-"]
+            + [f"{len(b['trials'])} finalist models", "", "winner (ensemble)"]
+            + [fmt(b["value"]) if k == d.metric else "-" for k in val_keys]
+            + [fmt(b["test_metrics"].get(k)) for k in test_keys]
+            + [fmt_int(b.get("n_params")), fmt(b.get("latency_ms"), 3)]
+        )
+    for r in board:
+        rows.append(
+            [str(len(rows) + 1), str(r.number)]
+            + ([r.stage or "-"] if staged else [])
+            + [r.family or "-", r.method or "-", r.point or "-", enc_str(r.encoders)]
+            + [r.baseline or ""]
+            + ([_role(d, r.number)] if staged else [])
+            + [fmt(r.val_metrics.get(k)) for k in val_keys]
+            + [fmt(r.test_metrics.get(k)) for k in test_keys]
+            + [fmt_int(r.n_params), fmt(r.latency_ms, 3)]
+        )
+    first = 9 if staged else 7
+    numeric = {0, 1} | set(range(first, len(headers)))
     return Table(
         headers, rows, name="leaderboard", numeric=numeric, highlight={0} if rows else set()
     )
@@ -253,6 +570,12 @@ def section_leaderboard(d: ReportData) -> Section:
             + "; test metrics are for reference only (the search never sees them)."
         )
     )
+    if d.staged:
+        sec.note(
+            "A staged study: its best design is the winner the search chose (listed first, "
+            "whatever its rank by value), not whichever trial scored highest: a stage-1 unimodal "
+            "model or one seed of a finalist may score higher on the validation split by chance."
+        )
     return sec.add(leaderboard_table(d))
 
 
@@ -290,6 +613,11 @@ def section_comparison(d: ReportData) -> Section:
             "no final score."
         )
     )
+    if d.staged:
+        sec.note(
+            "A staged study: the fusion search's trials (stage 2) only; the unimodal models "
+            "(stage 1) and the fine-tuned finalists (stage 3) are in the Stages section."
+        )
     for kind, title in GROUP_TITLES.items():
         groups = d.groups.get(kind, [])
         sec.add(H3(title[0].upper() + title[1:]))
@@ -314,11 +642,20 @@ def section_baselines(d: ReportData) -> Section:
     if not d.best:
         return sec.note(NO_TRIAL)
     b = d.best
+    what = (
+        f"the winner, {_best_what(b)}"
+        if b.get("kind") == "ensemble"
+        else f"trial {b['trial']} ({b['fusion']} at {b['point']})"
+    )
+    stage2 = (
+        " (a staged study: the baselines of the fusion search, stage 2, on the stage-1 features)"
+        if d.staged
+        else ""
+    )
     sec.add(
         P(
-            f"The hand-designed baselines (enqueued first, same encoders as the space's "
-            f"first choice) against the best design found, trial {b['trial']} "
-            f"({b['fusion']} at {b['point']}). Difference = best - baseline"
+            f"The hand-designed baselines{stage2} (enqueued first, same encoders as the space's "
+            f"first choice) against the best design found, {what}. Difference = best - baseline"
             + (
                 " (positive: the search wins)."
                 if d.direction == "maximize"
@@ -340,11 +677,12 @@ def section_baselines(d: ReportData) -> Section:
         ]
         for x in d.baselines
     ]
+    ens = b.get("kind") == "ensemble"
     rows.append(
         [
             "best found",
-            str(b["trial"]),
-            f"{b['fusion']}@{b['point']}",
+            "+".join(str(n) for n in b["trials"]) if ens else str(b["trial"]),
+            "ensemble" if ens else f"{b['fusion']}@{b['point']}",
             "complete",
             fmt(b["value"]),
             fmt(b["test_metrics"].get(d.metric)),
@@ -429,6 +767,30 @@ def section_dynamics(d: ReportData) -> Section:
     return sec
 
 
+def _robust_entries(rb: dict) -> list[dict]:
+    """The evaluated models, the ensemble last (labelled by its members' trials)."""
+    fins = list(rb["finalists"])
+    if rb.get("ensemble"):
+        e = rb["ensemble"]
+        fins.append(
+            {**e, "trial": "+".join(str(n) for n in e["trials"]), "fusion": "ensemble", "point": ""}
+        )
+    return fins
+
+
+def _robust_intro(d: ReportData, n: int) -> str:
+    b = d.best or {}
+    if not d.staged or not b.get("members"):
+        return f"The top {n} designs"
+    if b.get("kind") == "ensemble":
+        return (
+            f"The winner's ensemble: its {len(b['members'])} members (trials "
+            f"{_trials(b['trials'])}), and the ensemble itself (the members' outputs under each "
+            "perturbation combined with the winner's weights),"
+        )
+    return f"The winner's single model (trial {b['trial']})"
+
+
 def section_robustness(d: ReportData) -> Section:
     sec = _section("robustness")
     rb = d.robustness
@@ -437,16 +799,17 @@ def section_robustness(d: ReportData) -> Section:
     worse = "below 1 = worse"
     sec.add(
         P(
-            f"The top {len(rb['finalists'])} designs, rebuilt from their checkpoints and evaluated on the "
-            f"test split ({rb['device']}) with each modality removed (every sample marked absent) and "
-            f"with Gaussian noise of {rb['sigma']} times the input's standard deviation added to it. "
-            f"Relative robustness (MultiBench) = {d.metric} under the perturbation / clean {d.metric} "
+            f"{_robust_intro(d, len(rb['finalists']))} rebuilt from their checkpoints and "
+            f"evaluated on the test split ({rb['device']}) with each modality removed (every "
+            f"sample marked absent) and with Gaussian noise of {rb['sigma']} times the input's "
+            "standard deviation added to it. Relative robustness (MultiBench) = "
+            f"{d.metric} under the perturbation / clean {d.metric} "
             + ("" if d.direction == "maximize" else "(inverted, as lower is better) ")
             + f"({worse}). Noise leaves token ids and category codes unchanged, so it only "
             "perturbs continuous inputs (pixels, audio, numbers, time series, frozen features)."
         )
     )
-    fins = rb["finalists"]
+    fins = _robust_entries(rb)
     rows = [
         [str(f["trial"]), f["fusion"], f["point"] or "-", fmt(f["clean"].get(d.metric))]
         + [fmt(f["recorded_test"].get(d.metric)), fmt(f["mean_relative"], 3)]
@@ -464,16 +827,15 @@ def section_robustness(d: ReportData) -> Section:
     )
     conds = [(c["modality"], c["how"]) for c in fins[0]["conditions"]]
     crow = [["clean"] + [fmt(f["clean"].get(d.metric)) for f in fins]]
+
+    def cell(c: dict) -> str:
+        if not c.get("used", True):
+            return "not used"
+        return f"{fmt(c['metrics'].get(d.metric))} ({fmt(c['relative'], 3)})"
+
     for i, (m, how) in enumerate(conds):
         label = f"{m} removed" if how == "remove" else f"{m} + noise (sigma {rb['sigma']})"
-        crow.append(
-            [label]
-            + [
-                f"{fmt(f['conditions'][i]['metrics'].get(d.metric))} "
-                f"({fmt(f['conditions'][i]['relative'], 3)})"
-                for f in fins
-            ]
-        )
+        crow.append([label] + [cell(f["conditions"][i]) for f in fins])
     sec.add(
         Table(
             ["condition"] + [f"#{f['trial']} {d.metric} (relative)" for f in fins],
@@ -555,6 +917,7 @@ def section_cost(d: ReportData) -> Section:
 BUILDERS = (
     section_summary,
     section_best,
+    section_stages,
     section_leaderboard,
     section_comparison,
     section_baselines,
