@@ -208,9 +208,9 @@ def section_best(d: ReportData) -> Section:
                 f"outputs averaged with the weights below): validation {d.metric} "
                 f"{fmt(b['value'])}, test {_metrics_line(b['test_metrics'])}; "
                 f"{fmt_int(b.get('n_params'))} parameters and {fmt(b.get('latency_ms'), 3)} ms "
-                f"per sample over all members. {b.get('why') or ''}".rstrip()
+                f"per sample over all members." + (f" Why: {b['why']}." if b.get("why") else "")
             ),
-            _members_table(d, b["members"]),
+            _members_table(d, b["members"], name="best_members"),
             P(f"Below: its heaviest member, trial {b['trial']}."),
         )
     items = [
@@ -274,7 +274,7 @@ STAGE_MEANING = {
 }
 
 
-def _members_table(d: ReportData, members: list[dict]) -> Table:
+def _members_table(d: ReportData, members: list[dict], name: str = "winner_members") -> Table:
     """The winner's models: trial, design, seed, fusion, weight, validation and test metric."""
     rows = [
         [str(m["trial"]), str(m["design"] if m["design"] is not None else "-")]
@@ -286,7 +286,7 @@ def _members_table(d: ReportData, members: list[dict]) -> Table:
     return Table(
         [*headers, f"test {d.metric}", "params"],
         rows,
-        name="winner_members",
+        name=name,
         numeric={0, 1, 2, 4, 5, 6, 7},
     )
 
@@ -489,7 +489,7 @@ def section_stages(d: ReportData) -> Section:
             f"Each finalist design (a stage-2 trial) fine-tuned with several seeds: the seeds' "
             f"validation {d.metric}, their mean +/- standard deviation (population, as the "
             "winner's choice computes it) and the design's stage-2 value. The winning design has "
-            "the best mean over its seeds."
+            "the best mean over its seeds (ties: fewer parameters, then lower latency)."
         )
     )
     sec.add(_seeds_table(d, s))
@@ -647,15 +647,15 @@ def section_baselines(d: ReportData) -> Section:
         if b.get("kind") == "ensemble"
         else f"trial {b['trial']} ({b['fusion']} at {b['point']})"
     )
-    stage2 = (
-        " (a staged study: the baselines of the fusion search, stage 2, on the stage-1 features)"
+    how = (
+        "of the fusion search (stage 2, trained on the stage-1 encoders' features; enqueued first)"
         if d.staged
-        else ""
+        else "(enqueued first, same encoders as the space's first choice)"
     )
     sec.add(
         P(
-            f"The hand-designed baselines{stage2} (enqueued first, same encoders as the space's "
-            f"first choice) against the best design found, {what}. Difference = best - baseline"
+            f"The hand-designed baselines {how} against the best design found, {what}. "
+            "Difference = best - baseline"
             + (
                 " (positive: the search wins)."
                 if d.direction == "maximize"

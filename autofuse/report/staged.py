@@ -282,7 +282,10 @@ def seed_spread(
                 "in_winner": [r.number for r in done if r.number in in_winner],
             }
         )
+    # the winner's order (best mean, ties broken by size and latency), else best mean first
+    order = [g.get("design") for g in (winner or {}).get("designs") or []]
     scored = best_first([g for g in out if g["mean"] is not None], lambda g: g["mean"], direction)
+    scored.sort(key=lambda g: order.index(g["design"]) if g["design"] in order else len(order))
     return scored + [g for g in out if g["mean"] is None]
 
 

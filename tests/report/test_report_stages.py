@@ -1,0 +1,285 @@
+"""The report of a staged study: the stages section against the SQL history, and the leaderboard,
+baselines, comparison and robustness sections reading the winner, not the top trial by value.
+
+One staged study is searched once for the module (demo data, tests/spaces/staged.yaml: 3 unimodal
+trials, 6 fusion-search trials, 2 finalist designs x 2 seeds), then its report is written.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import statistics
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+STUDY = "staged_report"
+
+
+@pytest.fixture(scope="module")
+def staged(tmp_path_factory, demo_dataset):
+    """A finished staged study and its report: ``(workdir, storage url, report paths, data)``."""
+    import torch
+
+    from autofuse.report import write_report
+    from autofuse.study import search
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        work = tmp_path_factory.mktemp("staged_report")
+        search(
+            demo_dataset,
+            study=STUDY,
+            space=REPO / "tests" / "spaces" / "staged.yaml",
+            workdir=work,
+            progress=False,
+            device="cpu",
+            mlflow_uri="off",
+            report=False,
+        )
+        url = f"sqlite:///{work / 'trials' / 'autofuse.db'}"
+        out = write_report(STUDY, workdir=work, device="cpu")
+        yield work, url, out, json.loads(out["data"].read_text())
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def history(staged):
+    """The SQL history (autofuse's tables) and each trial's Optuna user attributes."""
+    import optuna
+
+    from autofuse.storage.history import HistoryStore
+
+    _, url, _, _ = staged
+    recs = HistoryStore(url, create=False).trials(STUDY)
+    st = optuna.load_study(study_name=STUDY, storage=url)
+    attrs = {t.number: t.user_attrs for t in st.trials}
+    return recs, attrs, st.user_attrs["winner"]
+
+
+def _md_table(md: str, first_header: str) -> tuple[list[str], list[list[str]]]:
+    lines = md.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith(f"| {first_header} |"):
+            headers = [c.strip() for c in line.strip("|").split("|")]
+            rows = []
+            for row in lines[i + 2 :]:
+                if not row.startswith("|"):
+                    break
+                rows.append([c.strip() for c in re.split(r"(?<!\\)\|", row.strip().strip("|"))])
+            return headers, rows
+    raise AssertionError(f"no table starting with {first_header!r}")
+
+
+# ---- the stages section ----------------------------------------------------------------------
+
+
+def test_stage_counts_match_sql_history(staged, history):
+    _, _, _, data = staged
+    recs, _, _ = history
+    assert {r.stage for r in recs} == {"unimodal", "fusion", "finalist"}
+    by_stage = {x["stage"]: x for x in data["stages"]["stages"]}
+    assert list(by_stage) == ["unimodal", "fusion", "finalist"]  # search order
+    for stage, x in by_stage.items():
+        rs = [r for r in recs if r.stage == stage]
+        assert x["trials"] == len(rs)
+        assert x["completed"] == sum(r.status == "COMPLETE" for r in rs)
+        assert x["pruned"] == sum(r.status == "PRUNED" for r in rs)
+        assert x["failed"] == sum(r.status == "FAIL" for r in rs)
+        assert x["low_fidelity"] == sum(bool(r.low_fidelity) for r in rs)
+        wall = sum((r.finished_at - r.started_at).total_seconds() for r in rs)
+        assert x["trial_time_s"] == pytest.approx(wall)
+        assert x["train_time_s"] == pytest.approx(sum(r.train_time_s or 0 for r in rs))
+        span = max(r.finished_at for r in rs) - min(r.started_at for r in rs)
+        assert x["span_s"] == pytest.approx(span.total_seconds(), abs=1.0)  # seconds precision
+    # staged.yaml: one stage-1 trial per modality, 2 finalist designs x 2 seeds
+    assert by_stage["unimodal"]["trials"] == 3
+    assert by_stage["finalist"]["trials"] == 4
+    # the Markdown table shows the same counts
+    md = staged[2]["markdown"].read_text()
+    headers, rows = _md_table(md, "stage")
+    col = {h: i for i, h in enumerate(headers)}
+    for row in rows:
+        x = by_stage[row[0]]
+        assert int(row[col["trials"]]) == x["trials"]
+        assert int(row[col["completed"]]) == x["completed"]
+        assert int(row[col["low fidelity"]]) == x["low_fidelity"]
+
+
+def test_unimodal_versus_fused(staged, history):
+    _, _, _, data = staged
+    recs, attrs, winner = history
+    s = data["stages"]
+    uni = {u["modality"]: u for u in s["unimodal"]}
+    assert set(uni) == {"image", "text", "tabular"}
+    for m, u in uni.items():
+        rs = [
+            r
+            for r in recs
+            if r.stage == "unimodal"
+            and r.status == "COMPLETE"
+            and attrs[r.number]["unimodal"]["modality"] == m
+        ]
+        best = max(rs, key=lambda r: (r.value, -r.number))
+        assert u["trial"] == best.number
+        assert u["val"] == pytest.approx(best.value)
+        assert u["test"] == pytest.approx(best.test_metrics["accuracy"])
+    fusion = [r for r in recs if r.stage == "fusion" and r.status == "COMPLETE"]
+    best_fusion = max(fusion, key=lambda r: (r.value, -r.number))
+    assert s["best_fusion"]["trial"] == best_fusion.number
+    assert s["best_fusion"]["val"] == pytest.approx(best_fusion.value)
+    best_uni = max(u["val"] for u in uni.values())
+    assert s["winner_vs_unimodal"] == pytest.approx(winner["val"] - best_uni)
+
+
+def test_winner_kind_and_members(staged, history):
+    _, _, out, data = staged
+    recs, attrs, winner = history
+    w = data["stages"]["winner"]
+    assert w["kind"] == winner["kind"] and w["why"] == winner["why"]
+    assert w["trials"] == winner["trials"]
+    assert w["weights"] == pytest.approx(winner["weights"])
+    assert w["val"] == pytest.approx(winner["val"])
+    assert w["test_metrics"] == pytest.approx(winner["test"])
+    by_number = {r.number: r for r in recs}
+    for m in w["members"]:
+        r = by_number[m["trial"]]
+        assert r.stage == "finalist"
+        assert m["design"] == attrs[r.number]["finalist_of"]
+        assert m["seed"] == attrs[r.number]["seed"]
+        assert m["value"] == pytest.approx(r.value)
+    finals = [r for r in recs if r.stage == "finalist" and r.status == "COMPLETE"]
+    assert w["best_single"]["val"] == pytest.approx(max(r.value for r in finals))
+    # the report's best design is the winner, not the top trial by value
+    best = data["best"]
+    assert best["kind"] == winner["kind"] and best["trials"] == winner["trials"]
+    assert best["value"] == pytest.approx(winner["val"])
+    md = out["markdown"].read_text()
+    assert f"Chosen: {'a greedy ensemble' if w['kind'] == 'ensemble' else 'a single model'}" in md
+    assert winner["why"] in md
+    headers, rows = _md_table(md, "trial")  # the winner's members
+    assert [int(r[0]) for r in rows] == winner["trials"]
+
+
+def test_seed_values_per_design(staged, history):
+    _, _, out, data = staged
+    recs, attrs, winner = history
+    designs: dict[int, list] = {}
+    for r in sorted(recs, key=lambda r: (attrs[r.number].get("seed", 0), r.number)):
+        if r.stage == "finalist" and r.status == "COMPLETE":
+            designs.setdefault(attrs[r.number]["finalist_of"], []).append(r)
+    seeds = {g["design"]: g for g in data["stages"]["seeds"]}
+    assert set(seeds) == set(designs) and len(designs) == 2
+    recorded = {g["design"]: g for g in winner["designs"]}
+    for design, rs in designs.items():
+        g = seeds[design]
+        assert g["trials"] == [r.number for r in rs]
+        assert g["seeds"] == [attrs[r.number]["seed"] for r in rs]
+        assert g["values"] == pytest.approx([r.value for r in rs])
+        assert g["mean"] == pytest.approx(statistics.fmean(r.value for r in rs))
+        assert g["std"] == pytest.approx(statistics.pstdev(r.value for r in rs))
+        # the same numbers the search chose its winner by
+        assert g["mean"] == pytest.approx(recorded[design]["mean"])
+        assert g["std"] == pytest.approx(recorded[design]["std"])
+        assert g["chosen"] == (design == winner["design"])
+        src = next(r for r in recs if r.number == design)
+        assert src.stage == "fusion" and g["design_val"] == pytest.approx(src.value)
+    headers, rows = _md_table(out["markdown"].read_text(), "design")
+    col = {h: i for i, h in enumerate(headers)}
+    for row in rows:
+        g = seeds[int(row[0])]
+        assert row[col["mean +/- std"]] == f"{g['mean']:.4f} +/- {g['std']:.4f}"
+        for v in g["values"]:
+            assert f"{v:.4f}" in row[col["val accuracy per seed"]]
+
+
+def test_html_and_markdown_have_the_stages_section(staged):
+    from autofuse.report.sections import SECTIONS
+
+    _, _, out, _ = staged
+    html = out["html"].read_text()
+    md = out["markdown"].read_text()
+    for sid, title in SECTIONS.items():
+        assert f'<section id="{sid}">' in html
+        assert f"## {title}" in md
+    sec = html.split('<section id="stages">', 1)[1].split("</section>", 1)[0]
+    for h in (
+        "Time and trials per stage",
+        "Unimodal versus fused",
+        "Single model versus ensemble",
+        "Seed spread of the finalists",
+    ):
+        assert f"<h3>{h}</h3>" in sec and f"### {h}" in md
+    for table in ("stages", "unimodal_vs_fused", "winner_members", "seeds"):
+        assert f'id="table-{table}"' in sec
+    assert '<figure id="fig-seeds"><img' in sec and '<figure id="fig-stage_models"><img' in sec
+    for name in ("seeds", "stage_models"):
+        assert f"(figures/{name}.png)" in md
+        assert (out["figures"] / f"{name}.png").read_bytes().startswith(b"\x89PNG")
+    assert "A single-stage search" not in md
+
+
+# ---- the other sections read the stages ----------------------------------------------------
+
+
+def test_leaderboard_starts_with_the_winner(staged, history):
+    _, _, out, data = staged
+    recs, _, winner = history
+    assert data["leaderboard"][: len(winner["trials"])] == winner["trials"]
+    headers, rows = _md_table(out["markdown"].read_text(), "rank")
+    col = {h: i for i, h in enumerate(headers)}
+    assert "stage" in col and "winner" in col
+    stage = {r.number: r.stage for r in recs}
+    if winner["kind"] == "ensemble":
+        first = rows.pop(0)
+        assert first[col["trial"]] == "+".join(str(n) for n in winner["trials"])
+        assert first[col["val accuracy"]] == f"{winner['val']:.4f}"
+        assert first[col["test accuracy"]] == f"{winner['test']['accuracy']:.4f}"
+    else:
+        assert rows[0][col["winner"]] == "winner"
+    assert [int(r[col["trial"]]) for r in rows[: len(winner["trials"])]] == winner["trials"]
+    for row in rows:
+        assert row[col["stage"]] == stage[int(row[col["trial"]])]
+
+
+def test_baselines_and_comparison_are_stage_2(staged, history):
+    _, _, _, data = staged
+    recs, _, winner = history
+    stage = {r.number: r.stage for r in recs}
+    baselines = [r for r in recs if r.baseline]
+    assert baselines and {b["trial"] for b in data["baselines"]} == {r.number for r in baselines}
+    assert all(stage[b["trial"]] == "fusion" for b in data["baselines"])
+    for b in data["baselines"]:
+        if b["val"] is not None:  # against the winner
+            assert math.isclose(b["val_diff"], winner["val"] - b["val"])
+    fusion = [r for r in recs if r.stage == "fusion"]
+    for groups in data["groups"].values():
+        assert sum(g["trials"] for g in groups) >= len(fusion)
+        for g in groups:
+            assert g["best_trial"] is None or stage[g["best_trial"]] == "fusion"
+    assert "unimodal" not in {g["name"] for g in data["groups"]["family"]}
+    assert sum(g["trials"] for g in data["groups"]["family"]) == len(fusion)
+
+
+def test_robustness_evaluates_the_winner(staged, history):
+    _, _, _, data = staged
+    _, _, winner = history
+    rb = data["robustness"]
+    assert rb is not None, data["robustness_note"]
+    assert [f["trial"] for f in rb["finalists"]] == winner["trials"]
+    for f in rb["finalists"]:
+        assert len(f["conditions"]) == 2 * len(rb["modalities"])
+        for k, v in f["recorded_test"].items():
+            assert f["clean"][k] == pytest.approx(v, abs=1e-9)
+    if winner["kind"] == "ensemble":
+        e = rb["ensemble"]
+        assert e["trials"] == winner["trials"]
+        # the members' outputs combined with the winner's weights score what the search recorded
+        assert e["clean"] == pytest.approx(winner["test"], abs=1e-9)
+    else:
+        assert rb["ensemble"] is None
