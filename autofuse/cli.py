@@ -199,7 +199,8 @@ def search(dataset, study, **options) -> None:
 @_workdir
 def worker(study, storage, mlflow_uri, device, dataset, trials, seed, workdir) -> None:
     """Join an existing study as one more worker (from this or any machine)."""
-    from autofuse.workers import run_worker, worker_config_from_study
+    from autofuse.space import SearchSpace
+    from autofuse.workers import join_stages, run_worker, worker_config_from_study
 
     _quiet_optuna()
     cfg = worker_config_from_study(
@@ -212,8 +213,12 @@ def worker(study, storage, mlflow_uri, device, dataset, trials, seed, workdir) -
         trials=trials,
         seed=seed,
     )
-    click.echo(f"worker joins study {study} on {cfg.device} (target {cfg.n_total} finished trials)")
-    run_worker(cfg, progress=sys.stdout.isatty())
+    if SearchSpace.model_validate(cfg.space).stages.enabled:
+        click.echo(f"worker joins the staged study {study} on {cfg.device}")
+        join_stages(cfg, progress=sys.stdout.isatty())
+    else:
+        click.echo(f"worker joins study {study} on {cfg.device} (target {cfg.n_total} trials)")
+        run_worker(cfg, progress=sys.stdout.isatty())
     click.echo("study target reached; worker done")
 
 

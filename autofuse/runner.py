@@ -172,7 +172,9 @@ class CandidateRunner:
     def prepared(self, m: str, espec) -> Any:
         """The decoded inputs of modality ``m`` for ``espec`` (prepared once per process)."""
         self.modality_input(m, espec.model_copy(update={"mode": "scratch", "source": None}))
-        return self._prepared[(m, espec.name, json.dumps(espec.params, sort_keys=True, default=str))]
+        return self._prepared[
+            (m, espec.name, json.dumps(espec.params, sort_keys=True, default=str))
+        ]
 
     def stage1_dir(self, key: str) -> Path:
         return self.cache_root / key

@@ -427,7 +427,9 @@ def default_value(value: Any) -> Any:
     return value
 
 
-def unimodal_specs(space: SearchSpace, modalities: dict[str, str]) -> list[tuple[str, ArchitectureSpec]]:
+def unimodal_specs(
+    space: SearchSpace, modalities: dict[str, str]
+) -> list[tuple[str, ArchitectureSpec]]:
     """Stage 1 of a staged search: one unimodal model per modality and encoder choice (each mode
     the space allows), with the choice's default settings and a plain linear head."""
     t = space.training

@@ -434,9 +434,7 @@ def choose_winner(
         )
     designs.sort(key=lambda g: (sign * g["mean"], g["n_params"], g["latency_ms"]))
     win = designs[0]
-    best_seed = min(
-        (t for t in by_design[win["design"]]), key=lambda t: (sign * t.value, t.number)
-    )
+    best_seed = min((t for t in by_design[win["design"]]), key=lambda t: (sign * t.value, t.number))
     single = Winner(
         "single",
         [best_seed.number],
@@ -493,9 +491,7 @@ def export_winner(store: CheckpointStore, winner: Winner, meta: dict[str, Any]) 
 def finalist_outputs(result: CandidateResult, device: torch.device) -> dict[str, np.ndarray]:
     """A finalist model's raw outputs on the validation and test rows (ensemble selection)."""
     data = result.data
-    return {
-        s: predict_outputs(result.model, data, data.splits[s], device) for s in ("val", "test")
-    }
+    return {s: predict_outputs(result.model, data, data.splits[s], device) for s in ("val", "test")}
 
 
 __all__ = [

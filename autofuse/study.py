@@ -362,7 +362,10 @@ def open_fusion_search(plan: StudyPlan) -> None:
     fusion_baselines(st, sp, baseline_params(sp, _modalities(plan.ds)))
     trials = [t for t in st.get_trials(deepcopy=False) if stage_of(t) == FUSION]
     existing = [
-        {"family": t.params.get("family") or (t.system_attrs.get("fixed_params") or {}).get("family")}
+        {
+            "family": t.params.get("family")
+            or (t.system_attrs.get("fixed_params") or {}).get("family")
+        }
         for t in trials
     ]
     used = sum(t.state != optuna.trial.TrialState.FAIL for t in trials)

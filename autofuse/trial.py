@@ -357,7 +357,6 @@ class TrialExecution:
         )
         return value
 
-
     def keep(self, result: CandidateResult, value: float) -> None:
         """What a completed trial leaves behind: a stage-1 encoder's features and weights, every
         finalist's checkpoint and outputs, a top fusion design's checkpoint."""

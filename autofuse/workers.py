@@ -13,6 +13,7 @@ pinned to its own device; on CPU, N processes with the torch thread count split 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import multiprocessing as mp
 import os
@@ -208,6 +209,34 @@ def run_worker(cfg: WorkerConfig, ds: Any = None, progress: bool = False) -> Non
         )
 
 
+def join_stages(cfg: WorkerConfig, progress: bool = False, wait_s: float = 120.0) -> None:
+    """``autofuse worker`` on a staged study: follow the coordinator (the ``autofuse search``
+    process) from stage to stage. It announces each stage in the study attribute ``stage_plan``
+    (stage, trial target, deadline); this worker runs trials of that stage until its target or
+    deadline, then waits up to ``wait_s`` seconds for the next stage, and stops when the study
+    has its winner."""
+    st = optuna.load_study(study_name=cfg.study, storage=make_storage(cfg.storage))
+    done: set[str | None] = set()
+    idle = time.monotonic()
+    while "winner" not in st.user_attrs and time.monotonic() - idle < wait_s:
+        plan = st.user_attrs.get("stage_plan") or {}
+        if not plan or plan.get("stage") in done:
+            time.sleep(2.0)
+            continue
+        run_worker(
+            dataclasses.replace(
+                cfg,
+                stage=plan["stage"],
+                n_total=int(plan["target"]),
+                deadline=plan.get("deadline"),
+                budget_end=plan.get("budget_end"),
+            ),
+            progress=progress,
+        )
+        done.add(plan["stage"])
+        idle = time.monotonic()
+
+
 def optimize_until(
     st,
     objective,
@@ -264,9 +293,7 @@ def optimize_until(
 
 
 def _states(st: optuna.Study, stage: str | None) -> list[TrialState]:
-    return [
-        t.state for t in st.get_trials(deepcopy=False) if stage is None or stage_of(t) == stage
-    ]
+    return [t.state for t in st.get_trials(deepcopy=False) if stage is None or stage_of(t) == stage]
 
 
 def finished_count(st: optuna.Study, stage: str | None = None) -> int:

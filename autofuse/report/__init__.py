@@ -1,14 +1,16 @@
 """The comparison report: which fusion design to use, and why.
 
 ``write_report(study)`` reads the study's trial history (SQL), re-evaluates the top-3 finalists
-from their checkpoints for robustness, and writes ``reports/<study>/report.html`` (one
-self-contained file), ``report.md`` with its PNG figures in ``figures/``, and ``report.json``
-(the numbers behind both).
+(of a staged study: the winner's model or its ensemble's members) from their checkpoints for
+robustness, and writes ``reports/<study>/report.html`` (one self-contained file), ``report.md``
+with its PNG figures in ``figures/``, and ``report.json`` (the numbers behind both).
 
 The package, in the order the data flows:
 
 - :mod:`~autofuse.report.collect`: the trial history -> :class:`~autofuse.report.collect.ReportData`
   (plain, JSON-able numbers);
+- :mod:`~autofuse.report.staged`: a staged study read as data (stages, unimodal models, the
+  winner, the finalists' seeds): its best design is the winner, its stages section the numbers;
 - :mod:`~autofuse.report.robustness`: the finalists re-evaluated from their checkpoints (torch);
 - :mod:`~autofuse.report.figures`: the matplotlib figures, as PNG bytes;
 - :mod:`~autofuse.report.blocks` and :mod:`~autofuse.report.sections`: the layout, sections of

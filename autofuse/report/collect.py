@@ -5,6 +5,11 @@ the numbers in ``report.html`` / ``report.md`` can be checked against the SQL hi
 place that reads the history is :func:`load_history`; the robustness of the finalists is measured
 by :func:`autofuse.report.robustness.evaluate_finalists`, which rebuilds each finalist from its
 checkpoint and evaluates it on the test split with every modality removed and with noise added.
+
+A staged study (:mod:`autofuse.report.staged`) is read the same way, plus its stage attributes:
+its best design is the winner (one finalist model or the ensemble), the leaderboard starts with
+it, the comparisons and baselines are the fusion search's (stage 2), and ``ReportData.stages``
+holds the stages section's numbers.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from autofuse.report.staged import (
     FUSION,
     annotate,
     collect_stages,
+    end_to_end,
     is_staged,
     read_winner,
     searched_board,
@@ -303,7 +309,7 @@ def collect(
         baselines=_baselines(searched, best, metric),
         importances=importances,
         importances_note=imp_note,
-        pareto=_pareto(board, direction),
+        pareto=_pareto(end_to_end(board) if staged else board, direction),
         robustness=None,
         robustness_note=None,
         cost=_cost(rows),

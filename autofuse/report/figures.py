@@ -22,6 +22,7 @@ from matplotlib.ticker import MaxNLocator, NullFormatter
 from autofuse._util import better
 from autofuse.report.blocks import POINT_FEEDS, fmt
 from autofuse.report.collect import ReportData, Row
+from autofuse.report.staged import end_to_end
 
 # colours (Okabe-Ito, readable for colour-blind readers)
 C_MAIN, C_BASE, C_BEST, C_PRUNED, C_FAIL = "#0072B2", "#E69F00", "#D55E00", "#999999", "#CC79A7"
@@ -408,6 +409,8 @@ def fig_importances(d: ReportData) -> bytes | None:
 def fig_pareto(d: ReportData) -> bytes | None:
     """Metric against parameters and against latency, the Pareto front of each joined."""
     board = [d.trial(n) for n in d.leaderboard]
+    if d.staged:
+        board = end_to_end(board)
     if not board:
         return None
     fig = _figure(10, 3.8)

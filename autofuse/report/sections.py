@@ -129,6 +129,11 @@ def _verdict(d: ReportData) -> str:
     )
     if b.get("why"):
         text = f"{text} (the staged search's winner: {b['why']})"
+    elif d.staged:
+        text += (
+            f" (the staged search recorded no winner: this is its best {b.get('stage') or 'fusion'}"
+            " trial)"
+        )
     done = [x for x in d.baselines if x["val"] is not None and x["trial"] != b["trial"]]
     if b.get("baseline"):
         text += (
@@ -735,6 +740,7 @@ def section_dynamics(d: ReportData) -> Section:
             P(
                 "fANOVA importances (Optuna) over the choices every completed trial made: "
                 "fusion method, fusion point, encoders and the shared hyperparameters."
+                + (" A staged study: the fusion search's trials (stage 2)." if d.staged else "")
             )
         )
         sec.figure("importances", fig_importances(d), "Parameter importances.", "")
@@ -753,6 +759,13 @@ def section_dynamics(d: ReportData) -> Section:
         P(
             f"Completed trials by validation {d.metric} against their size and their "
             "latency; the line joins the designs no other design beats on both."
+            + (
+                " A staged study: the models that run end to end, the unimodal models (stage 1) "
+                "and the finalists (stage 3); a fusion-search trial's size and latency leave out "
+                "the stage-1 encoders it reads."
+                if d.staged
+                else ""
+            )
         )
     )
     sec.figure(
@@ -781,14 +794,14 @@ def _robust_entries(rb: dict) -> list[dict]:
 def _robust_intro(d: ReportData, n: int) -> str:
     b = d.best or {}
     if not d.staged or not b.get("members"):
-        return f"The top {n} designs"
+        return f"The top {n} designs,"
     if b.get("kind") == "ensemble":
         return (
             f"The winner's ensemble: its {len(b['members'])} members (trials "
             f"{_trials(b['trials'])}), and the ensemble itself (the members' outputs under each "
             "perturbation combined with the winner's weights),"
         )
-    return f"The winner's single model (trial {b['trial']})"
+    return f"The winner's single model (trial {b['trial']}),"
 
 
 def section_robustness(d: ReportData) -> Section:
@@ -799,7 +812,7 @@ def section_robustness(d: ReportData) -> Section:
     worse = "below 1 = worse"
     sec.add(
         P(
-            f"{_robust_intro(d, len(rb['finalists']))} rebuilt from their checkpoints and "
+            f"{_robust_intro(d, len(rb['finalists']))} rebuilt from the checkpoints and "
             f"evaluated on the test split ({rb['device']}) with each modality removed (every "
             f"sample marked absent) and with Gaussian noise of {rb['sigma']} times the input's "
             "standard deviation added to it. Relative robustness (MultiBench) = "
@@ -809,6 +822,16 @@ def section_robustness(d: ReportData) -> Section:
             "perturbs continuous inputs (pixels, audio, numbers, time series, frozen features)."
         )
     )
+    missing = [
+        n
+        for n in (d.best or {}).get("trials") or []
+        if n not in {f["trial"] for f in rb["finalists"]}
+    ]
+    if d.staged and missing:
+        sec.note(
+            f"Trial(s) {_trials(missing)} of the winner kept no checkpoint: not evaluated"
+            + ("; nor the ensemble as a whole." if d.best.get("kind") == "ensemble" else ".")
+        )
     fins = _robust_entries(rb)
     rows = [
         [str(f["trial"]), f["fusion"], f["point"] or "-", fmt(f["clean"].get(d.metric))]

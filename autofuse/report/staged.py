@@ -162,6 +162,12 @@ def winner_best(
     }
 
 
+def end_to_end(rows: list[Row]) -> list[Row]:
+    """A staged study's models that run end to end on raw inputs: the unimodal models and the
+    finalists (a stage-2 trial's size and latency leave out the stage-1 encoders it reads)."""
+    return [r for r in rows if stage_of(r) != FUSION]
+
+
 def searched_board(board: list[Row]) -> list[Row]:
     """The designs a staged study stands behind when it has no winner: finalists, else the fusion
     search's trials (a stage-1 unimodal model is a baseline, never the answer)."""
@@ -359,6 +365,7 @@ __all__ = [
     "UNIMODAL",
     "annotate",
     "collect_stages",
+    "end_to_end",
     "is_staged",
     "per_stage",
     "read_winner",

@@ -222,6 +222,7 @@ def test_markdown_leaderboard_matches_sql_history(study):
     headers, rows = _md_table(out["markdown"].read_text(), "rank")
     assert len(rows) == len(expected)
     col = {h: i for i, h in enumerate(headers)}
+    assert "stage" not in col and "winner" not in col  # a single-stage study
     for rank, (row, t) in enumerate(zip(rows, expected, strict=True), start=1):
         assert int(row[col["rank"]]) == rank
         assert int(row[col["trial"]]) == t["number"]
@@ -422,6 +423,10 @@ def test_report_of_a_one_trial_study(study, demo_dataset):
     assert "Parameter importances are not available: needs at least 3 completed trials" in md
     assert "No hand-designed baselines were enqueued" in md
     assert "robustness evaluation skipped" in md
+    # a single-stage study: the stages section is one short note, report.json has no stages
+    stages = md.split('<a id="stages"></a>', 1)[1].split("<a id=", 1)[0]
+    assert "A single-stage search" in stages and "|" not in stages
+    assert json.loads(out["data"].read_text())["stages"] is None
     headers, rows = _md_table(md, "rank")
     assert len(rows) == 1
 
