@@ -293,6 +293,7 @@ class CandidateRunner:
         amp: bool = False,
         train_rows: np.ndarray | None = None,
         init_state: dict[str, torch.Tensor] | None = None,
+        first_epoch_free: bool = False,
     ) -> CandidateResult:
         """Build, train (early stopping on validation) and evaluate one candidate.
 
@@ -336,6 +337,7 @@ class CandidateRunner:
             amp=amp,
             encoder_lr_scale=t.encoder_lr_scale,
             validate_start=bool(init_state),
+            first_epoch_free=first_epoch_free,
         )
         return CandidateResult(
             spec=spec,

@@ -457,9 +457,14 @@ def unimodal_specs(
                     encoders={m: enc}, fusion=fusion, head=head, training=training
                 )
                 out.append((m, spec))
-    # frozen encoders first: they only fit a head (seconds), so under a time budget the time
-    # they leave over goes to the encoders that train
-    return sorted(out, key=lambda x: x[1].encoders[x[0]].mode != "frozen")
+    # frozen encoders first (they only fit a head), then small trainable ones before timm
+    # models, modalities in turn: under a time budget each modality gets an encoder early, and
+    # the time cheap runs leave over goes to the costly ones
+    def cost(item: tuple[str, ArchitectureSpec]) -> tuple[bool, bool]:
+        e = item[1].encoders[item[0]]
+        return (e.mode != "frozen", "timm" in e.name)
+
+    return sorted(out, key=cost)
 
 
 # ---- baselines ---------------------------------------------------------------------------------

@@ -121,6 +121,8 @@ class StagePlan:
     stage1_key: str | None = None
     #: stage 1: an earlier study's identical run (its record), reused without training
     reused: dict[str, Any] | None = None
+    #: the time limit applies from the second epoch (a modality's first encoder must give one)
+    first_epoch_free: bool = False
 
     @property
     def prunable(self) -> bool:
@@ -181,8 +183,12 @@ class Stages:
         spec = ArchitectureSpec.model_validate(trial.user_attrs["spec_fixed"])
         (m,) = spec.encoders
         record = {"unimodal": {"modality": m, "label": encoder_label(spec, m)}}
+        first = not any(
+            stage_of(t) == UNIMODAL and t.user_attrs.get("unimodal", {}).get("modality") == m
+            for t in self.study.get_trials(deepcopy=False, states=(TS.COMPLETE,))
+        )
         if not trains_encoder(spec):  # a frozen encoder: its features are honest already
-            return StagePlan(UNIMODAL, spec, record)
+            return StagePlan(UNIMODAL, spec, record, first_epoch_free=first)
         key = self.stage1_key(m, spec)
         record["unimodal"]["source"] = key
         return StagePlan(
@@ -192,6 +198,7 @@ class Stages:
             train_rows=self.encoder_rows,
             stage1_key=key,
             reused=self.runner.stage1_record(key),
+            first_epoch_free=first,
         )
 
     def after_unimodal(self, plan: StagePlan, result: CandidateResult) -> None:

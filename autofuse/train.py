@@ -192,6 +192,7 @@ def fit(
     amp: bool = False,
     encoder_lr_scale: float = 1.0,
     validate_start: bool = False,
+    first_epoch_free: bool = False,
 ) -> FitResult:
     """Train with AdamW and early stopping; keep the best validation epoch's weights in ``model``.
 
@@ -209,6 +210,8 @@ def fit(
         amp: bfloat16 autocast for the forward pass on CUDA (ignored on CPU).
         encoder_lr_scale: the encoders' learning rate is ``lr`` times this (fine-tuning trained
             encoders with a lower rate than the fusion and the head).
+        first_epoch_free: the deadline applies from the second epoch on (a run that must give a
+            result, such as a modality's only encoder, trains at least one epoch).
         validate_start: score the starting weights first (``best_epoch`` 0 when no epoch beats
             them; the model then keeps them).
 
@@ -262,7 +265,8 @@ def fit(
                 aux_weight=aux_weight,
                 device=device,
                 amp=amp,
-                deadline=deadline,
+                # the first epoch of a run that must give a result finishes past the deadline
+                deadline=None if first_epoch_free and not history else deadline,
                 epoch=epoch,
             )
         except TrialFault as f:

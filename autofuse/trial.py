@@ -209,6 +209,7 @@ class TrialExecution:
                 amp=self.ctx.options.amp,
                 train_rows=self.plan.train_rows,
                 init_state=self.plan.init_state,
+                first_epoch_free=self.plan.first_epoch_free,
             )
         except TrialFault as f:
             self.fault(f)
