@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from ci import need
+from report_helpers import md_table
 
 REPO = Path(__file__).resolve().parents[2]
 STUDY = "report_demo"
@@ -139,21 +140,6 @@ def _history(url: str) -> list[dict]:
     ]
 
 
-def _md_table(md: str, first_header: str) -> tuple[list[str], list[list[str]]]:
-    """The first Markdown table whose header row starts with ``first_header``."""
-    lines = md.splitlines()
-    for i, line in enumerate(lines):
-        if line.startswith(f"| {first_header} |"):
-            headers = [c.strip() for c in line.strip("|").split("|")]
-            rows = []
-            for row in lines[i + 2 :]:
-                if not row.startswith("|"):
-                    break
-                rows.append([c.strip() for c in re.split(r"(?<!\\)\|", row.strip().strip("|"))])
-            return headers, rows
-    raise AssertionError(f"no table starting with {first_header!r}")
-
-
 # ---- files -----------------------------------------------------------------------------------
 
 
@@ -219,7 +205,7 @@ def test_markdown_leaderboard_matches_sql_history(study):
     done = [t for t in history if t["status"] == "COMPLETE"]
     assert len(done) >= 3
     expected = sorted(done, key=lambda t: (-t["value"], t["number"]))[:LEADERBOARD_ROWS]
-    headers, rows = _md_table(out["markdown"].read_text(), "rank")
+    headers, rows = md_table(out["markdown"].read_text(), "rank")
     assert len(rows) == len(expected)
     col = {h: i for i, h in enumerate(headers)}
     assert "stage" not in col and "winner" not in col  # a single-stage study
@@ -247,7 +233,7 @@ def test_baselines_section_shows_difference(study):
     for b in data["baselines"]:
         if b["val"] is not None:
             assert math.isclose(b["val_diff"], best["value"] - b["val"])
-    headers, rows = _md_table(out["markdown"].read_text(), "design")
+    headers, rows = md_table(out["markdown"].read_text(), "design")
     assert rows[-1][0] == "best found" and int(rows[-1][1]) == best["trial"]
 
 
@@ -427,7 +413,7 @@ def test_report_of_a_one_trial_study(study, demo_dataset):
     stages = md.split('<a id="stages"></a>', 1)[1].split("<a id=", 1)[0]
     assert "A single-stage search" in stages and "|" not in stages
     assert json.loads(out["data"].read_text())["stages"] is None
-    headers, rows = _md_table(md, "rank")
+    headers, rows = md_table(md, "rank")
     assert len(rows) == 1
 
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import statistics
 from pathlib import Path
 
 import pytest
+from report_helpers import md_table
 
 REPO = Path(__file__).resolve().parents[2]
 STUDY = "staged_report"
@@ -62,20 +62,6 @@ def history(staged):
     return recs, attrs, st.user_attrs["winner"]
 
 
-def _md_table(md: str, first_header: str) -> tuple[list[str], list[list[str]]]:
-    lines = md.splitlines()
-    for i, line in enumerate(lines):
-        if line.startswith(f"| {first_header} |"):
-            headers = [c.strip() for c in line.strip("|").split("|")]
-            rows = []
-            for row in lines[i + 2 :]:
-                if not row.startswith("|"):
-                    break
-                rows.append([c.strip() for c in re.split(r"(?<!\\)\|", row.strip().strip("|"))])
-            return headers, rows
-    raise AssertionError(f"no table starting with {first_header!r}")
-
-
 # ---- the stages section ----------------------------------------------------------------------
 
 
@@ -102,7 +88,7 @@ def test_stage_counts_match_sql_history(staged, history):
     assert by_stage["finalist"]["trials"] == 4
     # the Markdown table shows the same counts
     md = staged[2]["markdown"].read_text()
-    headers, rows = _md_table(md, "stage")
+    headers, rows = md_table(md, "stage")
     col = {h: i for i, h in enumerate(headers)}
     for row in rows:
         x = by_stage[row[0]]
@@ -162,7 +148,7 @@ def test_winner_kind_and_members(staged, history):
     md = out["markdown"].read_text()
     assert f"Chosen: {'a greedy ensemble' if w['kind'] == 'ensemble' else 'a single model'}" in md
     assert winner["why"] in md
-    headers, rows = _md_table(md, "trial")  # the winner's members
+    headers, rows = md_table(md, "trial")  # the winner's members
     assert [int(r[0]) for r in rows] == winner["trials"]
 
 
@@ -189,7 +175,7 @@ def test_seed_values_per_design(staged, history):
         assert g["chosen"] == (design == winner["design"])
         src = next(r for r in recs if r.number == design)
         assert src.stage == "fusion" and g["design_val"] == pytest.approx(src.value)
-    headers, rows = _md_table(out["markdown"].read_text(), "design")
+    headers, rows = md_table(out["markdown"].read_text(), "design")
     col = {h: i for i, h in enumerate(headers)}
     for row in rows:
         g = seeds[int(row[0])]
@@ -231,7 +217,7 @@ def test_leaderboard_starts_with_the_winner(staged, history):
     _, _, out, data = staged
     recs, _, winner = history
     assert data["leaderboard"][: len(winner["trials"])] == winner["trials"]
-    headers, rows = _md_table(out["markdown"].read_text(), "rank")
+    headers, rows = md_table(out["markdown"].read_text(), "rank")
     col = {h: i for i, h in enumerate(headers)}
     assert "stage" in col and "winner" in col
     stage = {r.number: r.stage for r in recs}
