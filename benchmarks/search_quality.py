@@ -41,7 +41,8 @@ from autofuse.stages import FUSION, UNIMODAL, stage_of  # noqa: E402
 from autofuse.study import search  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "datasets"
+#: the shared datasets (MNIST, FSDD) beside the repository, or where AUTOFUSE_SHARED says
+SHARED = Path(os.environ.get("AUTOFUSE_SHARED", REPO.parent / "shared" / "datasets"))
 
 
 def dataset(name: str, root: Path) -> Path:
@@ -178,7 +179,7 @@ def main() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     args.workdir.mkdir(parents=True, exist_ok=True)
     report = []
-    for name in args.datasets.split(","):
+    for name in filter(None, args.datasets.split(",")):
         report.append(table(name, measure(name, args, args.workdir)))
         print(report[-1], flush=True)
     if args.long:
