@@ -162,6 +162,7 @@ SEARCH_OPTIONS = (
     "heartbeat_interval",
     "workers",
     "devices",
+    "workers_per_device",
     "amp",
     "max_faults",
     "checkpoint_every_s",

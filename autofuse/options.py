@@ -143,6 +143,13 @@ class SearchOptions(BaseModel):
         description="Devices for the workers: cuda:0,cuda:1,... or cpu.",
         json_schema_extra=_cli("--devices"),
     )
+    workers_per_device: int | None = Field(
+        None,
+        ge=1,
+        description="Worker processes per device (default on CUDA: as many as fit in its memory "
+        "by the study's measured peak per trial, 1 without history).",
+        json_schema_extra=_cli("--workers-per-device"),
+    )
     max_faults: int = Field(
         5,
         ge=1,
@@ -150,7 +157,9 @@ class SearchOptions(BaseModel):
         json_schema_extra=_cli("--max-faults"),
     )
     amp: bool = Field(
-        False, description="Mixed precision (bfloat16) on CUDA.", json_schema_extra=_cli("--amp")
+        False,
+        description="Mixed precision: bfloat16 autocast on a CUDA device that supports it.",
+        json_schema_extra=_cli("--amp"),
     )
     report: bool = Field(True, description="Write the comparison report at the end.")
     checkpoint_every_s: float = Field(

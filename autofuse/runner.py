@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from autofuse._util import atomic_write_dir
-from autofuse.encoders import FeatureCache, prepare_modality
+from autofuse.encoders import FeatureCache, PreparedModality, prepare_modality
 from autofuse.encoders.cache import CachedFeatures, encoder_features
 from autofuse.errors import ConfigError
 from autofuse.model import MultimodalModel, build_model
@@ -39,6 +39,34 @@ from autofuse.train import (
 def default_device() -> torch.device:
     """CUDA when a GPU is visible, else the CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class PinnedBatches:
+    """A prepared modality whose batches are gathered into page-locked memory: on a CUDA device,
+    their copies to the device (``make_batch``, ``non_blocking``) overlap the computation."""
+
+    def __init__(self, prepared: PreparedModality) -> None:
+        self.prepared = prepared
+
+    def __len__(self) -> int:
+        return len(self.prepared)
+
+    def batch(self, idx: torch.Tensor) -> tuple[Any, torch.Tensor]:
+        return self.prepared.batch(idx, pin_memory=True)
+
+
+def trial_inputs(inputs: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """A trial's inputs on its device: frozen features copied there once (not batch by batch),
+    raw inputs for a CUDA device batched into page-locked memory."""
+    out = {}
+    for m, x in inputs.items():
+        if isinstance(x, CachedFeatures):
+            out[m] = x.on_device(device)
+        elif isinstance(x, PreparedModality) and device.type == "cuda":
+            out[m] = PinnedBatches(x)
+        else:
+            out[m] = x
+    return out
 
 
 @dataclass
@@ -294,10 +322,13 @@ class CandidateRunner:
         train_rows: np.ndarray | None = None,
         init_state: dict[str, torch.Tensor] | None = None,
         first_epoch_free: bool = False,
+        amp_on_cpu: bool = False,
     ) -> CandidateResult:
         """Build, train (early stopping on validation) and evaluate one candidate.
 
         Args:
+            amp: bfloat16 autocast in training on a CUDA device that supports it
+                (:func:`autofuse.train.amp_dtype`); ``amp_on_cpu`` too on the CPU (tests).
             train_rows: train on these rows instead of the training split.
             init_state: start from these weights (a stage-2 design's fusion and head, stage-1
                 encoders); the model is validated before training and kept if no epoch beats it.
@@ -305,12 +336,7 @@ class CandidateRunner:
         data, info = self.prepare(spec, train_rows)
         # frozen features go to the device once for this trial, not batch by batch (the result
         # keeps the host copy: device memory is held only while the trial runs)
-        trial_data = data.with_inputs(
-            {
-                m: x.on_device(self.device) if isinstance(x, CachedFeatures) else x
-                for m, x in data.inputs.items()
-            }
-        )
+        trial_data = data.with_inputs(trial_inputs(data.inputs, self.device))
         model = self.build(spec, info)
         if init_state:
             own = model.state_dict()
@@ -338,6 +364,7 @@ class CandidateRunner:
             encoder_lr_scale=t.encoder_lr_scale,
             validate_start=bool(init_state),
             first_epoch_free=first_epoch_free,
+            amp_on_cpu=amp_on_cpu,
         )
         return CandidateResult(
             spec=spec,
@@ -359,4 +386,11 @@ class CandidateRunner:
         )
 
 
-__all__ = ["CandidateResult", "CandidateRunner", "DatasetInfo", "default_device"]
+__all__ = [
+    "CandidateResult",
+    "CandidateRunner",
+    "DatasetInfo",
+    "PinnedBatches",
+    "default_device",
+    "trial_inputs",
+]

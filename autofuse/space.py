@@ -457,6 +457,7 @@ def unimodal_specs(
                     encoders={m: enc}, fusion=fusion, head=head, training=training
                 )
                 out.append((m, spec))
+
     # frozen encoders first (they only fit a head), then small trainable ones before timm
     # models, modalities in turn: under a time budget each modality gets an encoder early, and
     # the time cheap runs leave over goes to the costly ones

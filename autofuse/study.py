@@ -162,7 +162,7 @@ def prepare(
         # a staged search with a time budget runs the fusion search until its share is spent
         trials=opts.trials or (None if timed else sp.trials),
     )
-    devices = _devices(opts)
+    devices = _devices(opts, study)
     check_storage_for_workers(str(opts.storage), len(devices))
     make_sampler(sp, opts.sampler, opts.seed)  # a bad --sampler / --pruner before any write
     make_pruner(sp, opts.pruner)
@@ -186,10 +186,18 @@ def prepare(
     return StudyPlan(study, ds, sp, opts, paths, devices, metric, direction, st, history, tracker)
 
 
-def _devices(opts: SearchOptions) -> list[str]:
-    if opts.device and (opts.workers or 0) <= 1 and not opts.devices:
+def _devices(opts: SearchOptions, study: str) -> list[str]:
+    """One device per worker (``--device`` names the device of every worker when no
+    ``--devices`` list is given)."""
+    if opts.device and (opts.workers or 0) <= 1 and not (opts.devices or opts.workers_per_device):
         return [opts.device]
-    return plan_devices(opts.workers, opts.devices)
+    return plan_devices(
+        opts.workers,
+        opts.devices or opts.device,
+        opts.workers_per_device,
+        study=study,
+        storage=str(opts.storage),
+    )
 
 
 def open_study(

@@ -103,6 +103,10 @@ def make_batch(
         idx: row indices (array or CPU LongTensor).
         idx_on_device: the same indices already on ``device``, given to sources that live there
             (features copied to the device for a trial), so a batch copies no indices over.
+
+    Raw inputs go to a CUDA device with ``non_blocking=True``: asynchronous when the source
+    gathers its batches into page-locked memory (``CandidateRunner`` wraps prepared inputs so),
+    an ordinary copy otherwise.
     """
     t = torch.as_tensor(idx, dtype=torch.long)
     batch = {}
@@ -113,13 +117,41 @@ def make_batch(
             batch[m] = item if _same_device(item.pooled.device, device) else item.to(device)
         else:
             x, present = item
-            x = {k: v.to(device) for k, v in x.items()} if isinstance(x, dict) else _to(x, device)
-            batch[m] = (x, present.to(device))
+            x = {k: _to(v, device) for k, v in x.items()} if isinstance(x, dict) else _to(x, device)
+            batch[m] = (x, _to(present, device))
     return batch
 
 
-def _to(x, device):
-    return x.to(device) if torch.is_tensor(x) else x
+def _to(x: torch.Tensor | list, device: torch.device) -> torch.Tensor | list:
+    """``x`` on ``device`` (host-to-GPU copies asynchronous; a list of strings stays as is)."""
+    if not torch.is_tensor(x):
+        return x
+    return x.to(device, non_blocking=device.type == "cuda")
+
+
+def amp_dtype(device: torch.device, amp: bool, on_cpu: bool = False) -> torch.dtype | None:
+    """The autocast dtype of a training forward pass, or None (float32).
+
+    bfloat16 with ``amp`` on a CUDA device that supports it natively (no float16: it would need a
+    gradient scaler); on the CPU only when ``on_cpu`` is asked for as well (tests compare mixed
+    precision with float32 there), so ``--amp`` changes nothing on a CPU worker.
+    """
+    if not amp:
+        return None
+    if device.type == "cuda":
+        with torch.cuda.device(device):
+            if torch.cuda.is_bf16_supported(including_emulation=False):
+                return torch.bfloat16
+        log.info("--amp: %s has no native bfloat16; training in float32", device)
+        return None
+    return torch.bfloat16 if device.type == "cpu" and on_cpu else None
+
+
+def autocast(dtype: torch.dtype | None, device: torch.device) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` to ``dtype`` on ``device``, or a null context for None."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
 
 
 def _same_device(a: torch.device | None, b: torch.device) -> bool:
@@ -193,6 +225,7 @@ def fit(
     encoder_lr_scale: float = 1.0,
     validate_start: bool = False,
     first_epoch_free: bool = False,
+    amp_on_cpu: bool = False,
 ) -> FitResult:
     """Train with AdamW and early stopping; keep the best validation epoch's weights in ``model``.
 
@@ -207,7 +240,9 @@ def fit(
             so a killed trial can continue where it stopped. It is built only when asked for:
             copying the state every epoch is not free.
         resume: such a state; training continues from the epoch after it.
-        amp: bfloat16 autocast for the forward pass on CUDA (ignored on CPU).
+        amp: bfloat16 autocast for the training forward pass on a CUDA device that supports
+            it (see :func:`amp_dtype`; validation and test stay in float32, as prediction runs).
+        amp_on_cpu: with ``amp``, autocast on the CPU too (tests).
         encoder_lr_scale: the encoders' learning rate is ``lr`` times this (fine-tuning trained
             encoders with a lower rate than the fusion and the head).
         first_epoch_free: the deadline applies from the second epoch on (a run that must give a
@@ -265,6 +300,7 @@ def fit(
                 aux_weight=aux_weight,
                 device=device,
                 amp=amp,
+                amp_on_cpu=amp_on_cpu,
                 # the first epoch of a run that must give a result finishes past the deadline
                 deadline=None if first_epoch_free and not history else deadline,
                 epoch=epoch,
@@ -383,6 +419,7 @@ def train_epoch(
     amp: bool = False,
     deadline: float | None = None,
     epoch: int = 0,
+    amp_on_cpu: bool = False,
 ) -> float:
     """One pass over the training rows in a seeded random order; returns the mean loss.
 
@@ -399,7 +436,7 @@ def train_epoch(
         train_idx[torch.randperm(len(train_idx), generator=g).numpy()], device
     )
     y = data.y.to(device)
-    use_amp = amp and device.type == "cuda"
+    dtype = amp_dtype(device, amp, amp_on_cpu)
     losses: list[torch.Tensor] = []
     sizes: list[int] = []
     try:
@@ -407,11 +444,7 @@ def train_epoch(
             idx, idx_dev = perm[s : s + batch_size], perm_dev[s : s + batch_size]
             if len(idx) < 2 and len(perm) > 2:
                 continue  # a batch of one breaks batch statistics; skip the remainder
-            with (
-                torch.autocast(device.type, dtype=torch.bfloat16)
-                if use_amp
-                else contextlib.nullcontext()
-            ):
+            with autocast(dtype, device):
                 out, aux = model(make_batch(data, idx, device, idx_dev))
             loss = criterion(out.float(), y.index_select(0, idx_dev)) + aux_weight * aux.float()
             opt.zero_grad(set_to_none=True)

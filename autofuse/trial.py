@@ -11,12 +11,18 @@ Everything that happens at those points goes through hooks with Lightning-callba
 (:class:`TrialHook`: ``on_trial_start``, ``on_epoch_end``, ``on_checkpoint``, ``on_fault``,
 ``on_trial_end``). Tests install hooks of their own, e.g. :class:`autofuse.testing.InjectFaults`.
 
+Out of device memory: the candidate's memory is freed (nothing keeps the failed attempt's model
+alive, then ``torch.cuda.empty_cache``) and the same design is retried once with half the batch
+size (``oom_retry``, ``batch_size`` in the record); a second out-of-memory error ends the trial
+as pruned with the reason ``oom``. The worker goes on either way.
+
 :class:`TrialLog` is the one writer of a trial's record: the same fields go to autofuse's SQL
 history, to the trial's Optuna user attributes and to its MLflow run.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import socket
@@ -54,7 +60,7 @@ log = logging.getLogger(__name__)
 #: record fields that are not Optuna attributes (Optuna keeps them itself, or they are SQL-only)
 _NOT_ATTRS = {"number", "status", "value", "started_at", "finished_at", "mlflow_run_id"}
 #: scalar record fields logged as final MLflow metrics
-_SCALARS = ("n_params", "latency_ms", "train_time_s", "epochs_run", "best_epoch")
+_SCALARS = ("n_params", "latency_ms", "train_time_s", "epochs_run", "best_epoch", "peak_gpu_mb")
 
 
 class TrialHook:
@@ -183,6 +189,9 @@ class TrialExecution:
         self.resume: dict | None = None
         self.t0 = time.monotonic()
         self.last_checkpoint = self.t0
+        #: 1, or 2 for the retry with half the batch size after an out-of-memory error
+        self.attempt = 1
+        self.attempt_t0 = self.t0
 
     @property
     def number(self) -> int:
@@ -198,26 +207,15 @@ class TrialExecution:
         self.start()
         if self.plan.reused is not None:
             return self.reuse(self.plan.reused)
+        oom = None
         try:
             self._hooks("on_trial_start")
-            result = self.ctx.runner.run(
-                self.spec,
-                on_epoch=self.epoch_end,
-                on_checkpoint=self.checkpoint,
-                deadline=self.deadline(),
-                resume=self.resume,
-                amp=self.ctx.options.amp,
-                train_rows=self.plan.train_rows,
-                init_state=self.plan.init_state,
-                first_epoch_free=self.plan.first_epoch_free,
-            )
+            result = self.train()
         except TrialFault as f:
             self.fault(f)
-        except torch.OutOfMemoryError as e:
-            self.ctx.runner.release()  # free what the candidate held, then go on
-            if self.ctx.device.type == "cuda":
-                torch.cuda.empty_cache()
-            self.fault(TrialFault("oom", first_line(e) or "out of memory"))
+        except torch.OutOfMemoryError as e:  # outside training (a hook): no retry
+            oom = first_line(e) or "out of memory"
+            traceback.clear_frames(e.__traceback__)
         except optuna.TrialPruned as e:
             self.end("PRUNED", reason="pruned", error=str(e))
             raise
@@ -228,11 +226,74 @@ class TrialExecution:
             log.warning("trial %d failed:\n%s", self.number, traceback.format_exc())
             self.end("FAIL", reason="error", error=f"{type(e).__name__}: {e}")
             raise
+        if oom is not None:
+            self.free_memory()
+            self.fault(TrialFault("oom", oom))
         return self.complete(result)
+
+    def train(self) -> CandidateResult:
+        """``CandidateRunner.run`` on the spec; after an out-of-memory error, once more with half
+        the batch size (from scratch, with the full ``--trial-timeout`` again).
+
+        Raises:
+            TrialFault: ``oom`` when the retry runs out of memory too (or the batch cannot be
+                halved).
+        """
+        while True:
+            oom = None
+            try:
+                return self.ctx.runner.run(
+                    self.spec,
+                    on_epoch=self.epoch_end,
+                    on_checkpoint=self.checkpoint,
+                    deadline=self.deadline(),
+                    resume=self.resume if self.attempt == 1 else None,
+                    amp=self.ctx.options.amp,
+                    train_rows=self.plan.train_rows,
+                    init_state=self.plan.init_state,
+                    first_epoch_free=self.plan.first_epoch_free,
+                )
+            except torch.OutOfMemoryError as e:
+                oom = first_line(e) or "out of memory"
+                # the traceback's frames hold the model, its activations and the optimiser
+                traceback.clear_frames(e.__traceback__)
+            # here, outside the except block, the exception and its frames are gone
+            self.free_memory()
+            batch_size = self.spec.training.batch_size
+            if self.attempt > 1 or batch_size < 2:
+                raise TrialFault("oom", oom)
+            self.attempt += 1
+            self.attempt_t0 = time.monotonic()
+            if self.ctx.device.type == "cuda":  # the peak of the attempt that completes
+                torch.cuda.reset_peak_memory_stats(self.ctx.device)
+            training = self.spec.training.model_copy(update={"batch_size": batch_size // 2})
+            self.spec = self.spec.model_copy(update={"training": training})
+            log.warning(
+                "trial %d ran out of memory (%s); retrying with batch size %d",
+                self.number,
+                oom,
+                training.batch_size,
+            )
+            self.log.write(
+                oom_retry=True,
+                batch_size=training.batch_size,
+                spec=self.spec.model_dump(mode="json"),
+            )
+
+    def free_memory(self) -> None:
+        """After an out-of-memory error: drop the runner's in-memory inputs, collect what the
+        failed attempt left (reference cycles included) and return the CUDA cache's blocks, so
+        the next attempt, and the other workers on the device, get them."""
+        self.ctx.runner.release()
+        gc.collect()
+        if self.ctx.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     def start(self) -> None:
         """Sample the spec, record the trial RUNNING, find the checkpoint of a retried attempt."""
         ctx, trial = self.ctx, self.trial
+        if ctx.device.type == "cuda":  # peak_gpu_mb is this trial's
+            torch.cuda.reset_peak_memory_stats(ctx.device)
         self.plan = ctx.stages.plan(trial)
         self.spec = self.plan.spec
         self.retry_of = retried_trial(ctx.study, trial)
@@ -270,11 +331,11 @@ class TrialExecution:
                 self.log.epoch(h["epoch"], {k: v for k, v in h.items() if k != "epoch"})
 
     def deadline(self) -> float | None:
-        """When training stops: ``--trial-timeout``, and in a stage with a time budget this
-        trial's share of what is left (the remaining time over the stage's unfinished trials,
-        so time a quick trial leaves over goes to the slower ones)."""
+        """When training stops: ``--trial-timeout`` (from the start of this attempt), and in a
+        stage with a time budget this trial's share of what is left (the remaining time over the
+        stage's unfinished trials, so time a quick trial leaves over goes to the slower ones)."""
         ctx = self.ctx
-        limits = [self.t0 + ctx.options.trial_timeout] if ctx.options.trial_timeout else []
+        limits = [self.attempt_t0 + ctx.options.trial_timeout] if ctx.options.trial_timeout else []
         if ctx.budget_end is not None and ctx.stage_target:
             left = ctx.stage_target - finished_in_stage(ctx.study, self.plan.stage)
             share = ctx.budget_end - time.time()
@@ -320,8 +381,15 @@ class TrialExecution:
         """A candidate that cannot finish ends as pruned with the reason (TPE learns from it)."""
         log.warning("trial %d ended as pruned (%s): %s", self.number, f.reason, f)
         self._hooks("on_fault", f)
-        self.end("PRUNED", reason=f.reason, error=str(f))
+        self.end("PRUNED", reason=f.reason, error=str(f), **self.peak_memory())
         raise optuna.TrialPruned(f.reason) from None
+
+    def peak_memory(self) -> dict[str, float]:
+        """``{"peak_gpu_mb": ...}``: the most CUDA memory this trial allocated (MiB); empty on
+        the CPU."""
+        if self.ctx.device.type != "cuda":
+            return {}
+        return {"peak_gpu_mb": torch.cuda.max_memory_allocated(self.ctx.device) / 2**20}
 
     def interrupted(self) -> None:
         """Stopped by the user: the trial fails and a copy is queued that resumes from its last
@@ -342,9 +410,7 @@ class TrialExecution:
     def complete(self, result: CandidateResult) -> float:
         ctx = self.ctx
         value = float(result.val_metrics[ctx.metric])
-        fields = result.metrics_fields()
-        if ctx.device.type == "cuda":
-            fields["peak_gpu_mb"] = torch.cuda.max_memory_allocated(ctx.device) / 2**20
+        fields = {**result.metrics_fields(), **self.peak_memory()}
         t = time.monotonic()
         self.keep(result, value)
         self.log.overhead_s += time.monotonic() - t

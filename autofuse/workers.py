@@ -6,21 +6,29 @@ machines through ``autofuse worker``) share one study through its SQL storage: O
 of them different trials, heartbeats mark the trials of a dead worker for retry, and every worker
 seeds its sampler differently (base seed + rank) so they do not repeat each other.
 
-Device assignment (Optuna leaves it to the user): one worker per visible GPU by default, each
-pinned to its own device; on CPU, N processes with the torch thread count split between them.
+Device assignment (Optuna leaves it to the user): ``--workers-per-device K`` (or a device
+repeated in ``--devices``) runs K workers on one GPU, each limited to its share of the device's
+memory (``torch.cuda.set_per_process_memory_fraction``), so one runaway trial cannot starve the
+others. By default, K per visible GPU is what its memory holds by the study's measured peak memory
+per trial (:func:`workers_per_device`; 1 for a study without history). On CPU, N processes with
+the torch thread count split between them.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import logging
+import math
 import multiprocessing as mp
 import os
 import signal
+import statistics
 import threading
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +61,11 @@ MAX_SQLITE_WORKERS = 4
 #: reasons that count as a fault for the consecutive-fault stop (a trial that reached its time
 #: limit is not one: it ends with its best epoch so far, or as pruned before its first epoch)
 FAULT_REASONS = ("oom", "diverged", "invalid", "error")
+#: the share of a GPU's memory the workers on it may use together (the rest: CUDA contexts,
+#: fragmentation)
+SHARED_MEMORY_FRACTION = 0.95
+#: at most this many workers per GPU by default
+MAX_WORKERS_PER_DEVICE = 8
 
 
 @dataclass
@@ -78,6 +91,9 @@ class WorkerConfig:
     #: trial gets (see :meth:`autofuse.trial.TrialExecution.deadline`)
     budget_end: float | None = None
     min_trial_s: float = 0.0
+    #: how many workers share this worker's device (set by :func:`run_workers`); above 1 on a
+    #: CUDA device, each limits itself to its share of the device's memory
+    device_share: int = 1
 
     @property
     def storage(self) -> str:
@@ -145,10 +161,26 @@ class FaultCounter:
         return self.n >= self.limit
 
 
+def limit_device_memory(device: str, share: int) -> float | None:
+    """A CUDA device shared by ``share`` workers: cap this process at ``0.95 / share`` of its
+    memory (an allocation beyond it raises ``torch.OutOfMemoryError`` in this process only, so a
+    runaway trial ends as ``oom`` and the other workers go on). Returns the fraction set, or
+    None (the CPU, or a device of its own)."""
+    dev = torch.device(device)
+    if dev.type != "cuda" or share <= 1:
+        return None
+    fraction = SHARED_MEMORY_FRACTION / share
+    torch.cuda.set_per_process_memory_fraction(fraction, dev)
+    return fraction
+
+
 def worker_context(cfg: WorkerConfig, ds: Any = None) -> WorkerContext:
     """Load the study and everything its trials share in this process."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    fraction = limit_device_memory(cfg.device, cfg.device_share)
+    if fraction is not None:
+        log.info("worker %d: at most %.0f%% of %s's memory", cfg.rank, 100 * fraction, cfg.device)
     ds = ds if ds is not None else Dataset.load(cfg.dataset)
     sp = SearchSpace.model_validate(cfg.space)
     opts = cfg.options
@@ -344,9 +376,46 @@ class StudyProgress:
 # ---- several worker processes ------------------------------------------------------------------
 
 
-def plan_devices(workers: int | None, devices: str | None) -> list[str]:
-    """One device string per worker: ``--devices cuda:0,cuda:1`` / ``cpu``; default one worker per
-    visible GPU, else ``workers`` CPU processes."""
+def workers_per_device(
+    total_mb: float, peak_mb: Sequence[float], cap: int = MAX_WORKERS_PER_DEVICE
+) -> int:
+    """How many trials one GPU of ``total_mb`` MiB runs at once, by the peak memory of the
+    study's trials so far: ``floor(0.8 * total / (1.5 * median peak))`` (headroom for the CUDA
+    contexts and for trials larger than the median), at least 1, at most ``cap``; 1 without
+    history."""
+    peaks = [float(p) for p in peak_mb if p is not None and math.isfinite(p) and p > 0]
+    if not peaks or total_mb <= 0:
+        return 1
+    k = math.floor(0.8 * total_mb / (1.5 * statistics.median(peaks)))
+    return max(1, min(int(cap), k))
+
+
+def study_peaks(storage: str, study: str) -> list[float]:
+    """Peak GPU memory (MiB) of the completed trials of ``study`` (empty for a new study)."""
+    try:
+        recs = HistoryStore(storage, create=False).trials(study)
+    except ConfigError:  # no autofuse tables yet (a new database) or an old schema: no history
+        return []
+    return [r.peak_gpu_mb for r in recs if r.status == "COMPLETE" and r.peak_gpu_mb]
+
+
+def plan_devices(
+    workers: int | None,
+    devices: str | None,
+    per_device: int | None = None,
+    *,
+    study: str | None = None,
+    storage: str | None = None,
+) -> list[str]:
+    """One device string per worker.
+
+    ``devices`` (``cuda:0,cuda:1`` / ``cpu``; a device named twice runs two workers) is repeated
+    ``per_device`` times and cycled over ``workers``. Without it: with ``workers``, that many
+    spread over the visible GPUs; else ``per_device`` workers per GPU, by default as many as
+    the study's measured peak memory per trial fits (:func:`workers_per_device`, from the
+    history of ``study`` in ``storage``; at most 4 in all on SQLite); on a machine without a
+    GPU, ``workers`` (or ``per_device``) CPU processes.
+    """
     if devices:
         devs = [d.strip() for d in devices.split(",") if d.strip()]
         bad = [d for d in devs if not (d == "cpu" or d == "cuda" or d.startswith("cuda:"))]
@@ -354,13 +423,47 @@ def plan_devices(workers: int | None, devices: str | None) -> list[str]:
             raise ConfigError(f"--devices: {bad} are not device names (cpu, cuda, cuda:N)")
         if any(d.startswith("cuda") for d in devs) and not torch.cuda.is_available():
             raise ConfigError("--devices names a CUDA device but no GPU is visible")
-        n = workers or len(devs)
+        n = workers or len(devs) * (per_device or 1)
         return [devs[i % len(devs)] for i in range(n)]
     if torch.cuda.is_available():
         n_gpu = torch.cuda.device_count()
-        n = workers or n_gpu
-        return [f"cuda:{i % n_gpu}" for i in range(n)]
-    return ["cpu"] * (workers or 1)
+        if workers:
+            return [f"cuda:{i % n_gpu}" for i in range(workers)]
+        k = per_device or _default_per_device(n_gpu, study, storage)
+        return [f"cuda:{i % n_gpu}" for i in range(n_gpu * k)]
+    return ["cpu"] * (workers or per_device or 1)
+
+
+def _default_per_device(n_gpu: int, study: str | None, storage: str | None) -> int:
+    """Workers per GPU when nothing says: what the smallest visible GPU holds."""
+    if not study or not storage:
+        return 1
+    peaks = study_peaks(storage, study)
+    if not peaks:
+        return 1
+    cap = MAX_WORKERS_PER_DEVICE
+    if storage.startswith("sqlite"):
+        cap = max(1, min(cap, MAX_SQLITE_WORKERS // n_gpu))
+    total = min(torch.cuda.get_device_properties(i).total_memory for i in range(n_gpu)) / 2**20
+    k = workers_per_device(total, peaks, cap)
+    if k > 1:
+        log.info(
+            "%d workers per GPU (%.0f MiB each, median trial peak %.0f MiB)",
+            k,
+            total,
+            statistics.median(peaks),
+        )
+    return k
+
+
+def device_shares(devices: Sequence[str]) -> list[int]:
+    """For each worker's device, how many workers use it (``cuda`` is ``cuda:0``)."""
+
+    def key(d: str) -> str:
+        return "cuda:0" if d == "cuda" else d
+
+    counts = collections.Counter(key(d) for d in devices)
+    return [counts[key(d)] for d in devices]
 
 
 def check_storage_for_workers(url: str, n_workers: int) -> None:
@@ -407,7 +510,11 @@ def _stop(procs: list) -> None:
 
 
 def run_workers(cfgs: list[WorkerConfig], progress: bool, metric: str) -> None:
-    """Start one process per config, show one combined progress display, stop them on Ctrl-C."""
+    """Start one process per config, show one combined progress display, stop them on Ctrl-C.
+
+    Workers that share a CUDA device each get their share of its memory (``device_share``)."""
+    shares = device_shares([c.device for c in cfgs])
+    cfgs = [dataclasses.replace(c, device_share=k) for c, k in zip(cfgs, shares, strict=True)]
     ctx = mp.get_context("spawn")
     procs = [
         ctx.Process(target=_worker_entry, args=(c,), name=f"autofuse-worker-{c.rank}") for c in cfgs

@@ -134,7 +134,8 @@ class CachedFeatures:
         """These features on ``device`` for a trial's batches (still float16 tokens and levels).
 
         ``self`` when they are already there, or when the copy would take more than
-        ``max_bytes`` (default: a quarter of the free memory of a CUDA device, 1 GiB on another
+        ``max_bytes`` (default: a quarter of the free memory of a CUDA device, or of what this
+        process may still take of it when several workers share it; 1 GiB on another
         accelerator): batches are then sliced here and copied over one at a time.
         """
         device = torch.device(device)
@@ -144,7 +145,11 @@ class CachedFeatures:
         if max_bytes is None:
             max_bytes = 1 << 30
             if device.type == "cuda":
-                max_bytes = torch.cuda.mem_get_info(device)[0] // 4
+                free, total = torch.cuda.mem_get_info(device)
+                # a worker sharing the device is capped at a fraction of it (workers.py)
+                allowed = total * torch.cuda.get_per_process_memory_fraction(device)
+                left = allowed - torch.cuda.memory_reserved(device)
+                max_bytes = int(max(0.0, min(free, left))) // 4
         if self.nbytes > max_bytes:
             return self
         return self.to(device)

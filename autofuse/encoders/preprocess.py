@@ -73,16 +73,31 @@ class PreparedModality:
     def __len__(self) -> int:
         return int(self.present.shape[0])
 
-    def batch(self, idx: torch.Tensor | Sequence[int]) -> tuple[Any, torch.Tensor]:
-        """``(x, present)`` of rows ``idx`` in the form the encoder's ``forward`` takes."""
+    def batch(
+        self, idx: torch.Tensor | Sequence[int], pin_memory: bool = False
+    ) -> tuple[Any, torch.Tensor]:
+        """``(x, present)`` of rows ``idx`` in the form the encoder's ``forward`` takes.
+
+        ``pin_memory`` (a CUDA machine): the rows are gathered straight into page-locked memory
+        (the same values), so their copy to the GPU can run asynchronously. The buffers come from
+        torch's caching host allocator: after the first batches nothing more is pinned.
+        """
         idx = torch.as_tensor(idx, dtype=torch.long)
         if isinstance(self.inputs, list):
             x: Any = [self.inputs[i] for i in idx.tolist()]
         elif isinstance(self.inputs, dict):
-            x = {k: v[idx] for k, v in self.inputs.items()}
+            x = {k: _rows(v, idx, pin_memory) for k, v in self.inputs.items()}
         else:
-            x = self.inputs[idx]
-        return x, self.present[idx]
+            x = _rows(self.inputs, idx, pin_memory)
+        return x, _rows(self.present, idx, pin_memory)
+
+
+def _rows(t: torch.Tensor, idx: torch.Tensor, pin_memory: bool) -> torch.Tensor:
+    """``t[idx]`` (``idx`` a 1-D LongTensor), gathered into page-locked memory if asked."""
+    if not pin_memory:
+        return t[idx]
+    out = torch.empty((len(idx), *t.shape[1:]), dtype=t.dtype, pin_memory=True)
+    return torch.index_select(t, 0, idx, out=out)
 
 
 # ---------------------------------------------------------------------------- entry point

@@ -49,6 +49,14 @@ def register_fusion(
     )
 
 
+def full_precision(ref: torch.Tensor) -> torch.autocast:
+    """Autocast off on ``ref``'s device: under mixed precision, what runs inside (with
+    ``.float()`` inputs) stays float32. For the computations bfloat16's 8-bit mantissa spoils:
+    products over many factors (tensor fusion), exp / log of variances (a VAE's KL term) and
+    batch covariance statistics (soft CCA)."""
+    return torch.autocast(device_type=ref.device.type, enabled=False)
+
+
 class Fusion(nn.Module):
     """Base class: ``forward(features) -> FusionOutput(z [B, out_dim], aux_loss scalar)``.
 

@@ -8,7 +8,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autofuse.fusion.base import Fusion, mlp, pooled_at_point, pooled_dim, register_fusion
+from autofuse.fusion.base import (
+    Fusion,
+    full_precision,
+    mlp,
+    pooled_at_point,
+    pooled_dim,
+    register_fusion,
+)
 from autofuse.types import FeatureShape, FusionOutput, ModalityFeatures
 
 ALL_POINTS = ("early", "mid", "late", "hybrid")
@@ -43,7 +50,8 @@ def alignment_loss(
     - ``cca``: soft CCA in the style of Chang et al. 2018 ("Scalable and Effective Deep CCA via
       Soft Decorrelation"): the batch-standardised views are pulled together (mean squared
       difference) while each view's off-diagonal correlations are pushed to 0 (mean squared
-      off-diagonal entry), which stops the trivial collapse of an unconstrained L2 loss.
+      off-diagonal entry), which stops the trivial collapse of an unconstrained L2 loss. It runs
+      in float32 under mixed precision (``loss`` and ``counts`` are float32 then).
     - ``infonce``: symmetric contrastive (CLIP-style) over the valid rows: row i of ``a`` must pick
       row i of ``b`` among the valid rows and vice versa; cosine logits / ``temperature``.
     """
@@ -53,21 +61,12 @@ def alignment_loss(
     if kind == "l2":
         loss, n = _masked_mean((a - b).pow(2).mean(dim=-1), valid)
         return loss, (n >= 1).to(loss.dtype)
+    if kind == "cca":
+        with full_precision(a):
+            return _soft_cca(a.float(), b.float(), valid)
     v = valid.to(a.dtype).unsqueeze(-1)  # [B, 1]
     n = v.sum()
     enough = (n >= 2).to(a.dtype)
-    if kind == "cca":
-        w = v / n.clamp_min(1.0)  # [B, 1] row weights of the valid rows
-
-        def standardise(x: torch.Tensor) -> torch.Tensor:
-            mean = (x * w).sum(dim=0)  # [S]
-            var = ((x - mean).pow(2) * w).sum(dim=0)  # [S]
-            return (x - mean) / (var + 1e-4).sqrt()
-
-        sa, sb = standardise(a), standardise(b)  # [B, S]
-        dist = ((sa - sb).pow(2).mean(dim=-1) * w.squeeze(-1)).sum()
-        loss = dist + _soft_decorrelation(sa, w) + _soft_decorrelation(sb, w)
-        return loss * enough, enough
     if kind == "infonce":
         an, bn = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
         logits = an @ bn.transpose(0, 1) / temperature  # [B, B]
@@ -78,6 +77,26 @@ def alignment_loss(
         loss = -((diag_ab + diag_ba) * v.squeeze(-1)).sum() / (2.0 * n.clamp_min(1.0))
         return loss * enough, enough
     raise ValueError(f"unknown alignment {kind!r} (choose from {ALIGNMENTS})")
+
+
+def _soft_cca(
+    a: torch.Tensor, b: torch.Tensor, valid: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The soft CCA loss of :func:`alignment_loss` (``a``, ``b`` [B, S]) and its count."""
+    v = valid.to(a.dtype).unsqueeze(-1)  # [B, 1]
+    n = v.sum()
+    enough = (n >= 2).to(a.dtype)
+    w = v / n.clamp_min(1.0)  # [B, 1] row weights of the valid rows
+
+    def standardise(x: torch.Tensor) -> torch.Tensor:
+        mean = (x * w).sum(dim=0)  # [S]
+        var = ((x - mean).pow(2) * w).sum(dim=0)  # [S]
+        return (x - mean) / (var + 1e-4).sqrt()
+
+    sa, sb = standardise(a), standardise(b)  # [B, S]
+    dist = ((sa - sb).pow(2).mean(dim=-1) * w.squeeze(-1)).sum()
+    loss = dist + _soft_decorrelation(sa, w) + _soft_decorrelation(sb, w)
+    return loss * enough, enough
 
 
 @register_fusion(
@@ -204,6 +223,7 @@ class TensorFusion(Fusion):
     Cap: 6 modalities -- beyond that the per-modality projection would shrink to 3 values or fewer
     and the interaction tensor stops being informative; use ``low_rank_tensor`` instead.
     An absent modality contributes ``[0, ..., 0, 1]``, so only the terms without it survive.
+    Under mixed precision the product and the MLP over its ``(d + 1) ** M`` terms run in float32.
     """
 
     def __init__(
@@ -230,16 +250,18 @@ class TensorFusion(Fusion):
         self.head = mlp((self.d + 1) ** len(inputs), hidden, out_dim, 1, dropout)
 
     def forward(self, features: dict[str, ModalityFeatures]) -> FusionOutput:
-        t = None
+        hs = []
         for m in self.modalities:
             f = features[m]
-            p = f.present.unsqueeze(-1)  # [B, 1]
-            h = self.projs[m](pooled_at_point(f, self.point)) * p.to(
-                f.pooled.dtype
-            )  # [B, d]; 0 if absent
-            h1 = torch.cat([h, torch.ones_like(h[:, :1])], dim=-1)  # [B, d+1]
-            t = h1 if t is None else (t.unsqueeze(-1) * h1.unsqueeze(1)).flatten(1)  # [B, (d+1)^k]
-        z = self.head(t)  # [B, out_dim]
+            h = self.projs[m](pooled_at_point(f, self.point))  # [B, d]
+            hs.append((h, f.present.unsqueeze(-1)))  # 0 if absent (below)
+        with full_precision(hs[0][0]):
+            t = None
+            for h, p in hs:
+                h = h.float() * p.float()
+                h1 = torch.cat([h, torch.ones_like(h[:, :1])], dim=-1)  # [B, d+1]
+                t = h1 if t is None else (t.unsqueeze(-1) * h1.unsqueeze(1)).flatten(1)
+            z = self.head(t)  # [B, out_dim]; t is [B, (d+1)^M]
         return FusionOutput(z=z, aux_loss=self.zero_aux(z))
 
 
@@ -263,7 +285,8 @@ class LowRankTensorFusion(Fusion):
     ``z = sum_r w_r * prod_m (h_m W_m[r]) + b`` with ``h_m = [tanh(proj_m(x_m)), 1]``. An absent
     modality keeps only the appended 1 (its projection part is zeroed). The factors' "1" row starts
     at 1 (the rest small), so at initialisation the product is about 1 + a sum of unimodal terms,
-    which keeps it well scaled for many modalities.
+    which keeps it well scaled for many modalities. Under mixed precision the factor products
+    run in float32.
     """
 
     def __init__(
@@ -296,14 +319,13 @@ class LowRankTensorFusion(Fusion):
         self.bias = nn.Parameter(torch.zeros(out_dim))
 
     def forward(self, features: dict[str, ModalityFeatures]) -> FusionOutput:
-        prod = None
-        for m in self.modalities:
-            f = features[m]
-            h = self.projs[m](pooled_at_point(f, self.point)) * f.present.unsqueeze(-1).to(
-                f.pooled.dtype
-            )  # [B, H]
-            h1 = torch.cat([h, torch.ones_like(h[:, :1])], dim=-1)  # [B, H+1]
-            fm = torch.einsum("bh,rho->bro", h1, self.factors[m])  # [B, rank, out]
-            prod = fm if prod is None else prod * fm  # [B, rank, out]
-        z = torch.einsum("r,bro->bo", self.rank_weights, prod) + self.bias  # [B, out_dim]
+        hs = {m: self.projs[m](pooled_at_point(features[m], self.point)) for m in self.modalities}
+        with full_precision(next(iter(hs.values()))):
+            prod = None
+            for m in self.modalities:
+                h = hs[m].float() * features[m].present.unsqueeze(-1).float()  # [B, H]
+                h1 = torch.cat([h, torch.ones_like(h[:, :1])], dim=-1)  # [B, H+1]
+                fm = torch.einsum("bh,rho->bro", h1, self.factors[m])  # [B, rank, out]
+                prod = fm if prod is None else prod * fm  # [B, rank, out]
+            z = torch.einsum("r,bro->bo", self.rank_weights, prod) + self.bias  # [B, out_dim]
         return FusionOutput(z=z, aux_loss=self.zero_aux(z))

@@ -11,7 +11,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from autofuse.fusion.base import Fusion, mlp, pooled_at_point, pooled_dim, register_fusion
+from autofuse.fusion.base import (
+    Fusion,
+    full_precision,
+    mlp,
+    pooled_at_point,
+    pooled_dim,
+    register_fusion,
+)
 from autofuse.types import FeatureShape, FusionOutput, ModalityFeatures
 
 ALL_POINTS = ("early", "mid", "late", "hybrid")
@@ -91,7 +98,8 @@ class MVAEFusion(Fusion):
     training step adds the same ELBO for a random non-empty subset of each row's present modalities
     (the MVAE sub-sampled objective), which is what teaches cross-modal imputation; the two ELBOs
     are averaged. ``z`` = a linear map of the latent (a sample in training, the mean in eval), or
-    of the latent and the posterior mean with ``z_input="sample_and_mean"``.
+    of the latent and the posterior mean with ``z_input="sample_and_mean"``. Under mixed
+    precision the product of experts and the KL term run in float32.
     """
 
     def __init__(
@@ -144,13 +152,14 @@ class MVAEFusion(Fusion):
         """Joint Gaussian of the prior N(0, I) and the experts where ``use`` [B, M] is True.
 
         precision T = 1 + sum_m T_m, mean = sum_m T_m mu_m / T. A row with no expert gets the prior.
+        Float32 (also under mixed precision).
         """
-        prec = torch.exp(-logvar) * use.unsqueeze(-1).to(
-            mu.dtype
-        )  # [B, M, L]; 0 for unused experts
-        total = 1.0 + prec.sum(dim=1)  # [B, L]; the 1 is the prior expert
-        mu_j = (prec * mu).sum(dim=1) / total  # [B, L]
-        return mu_j, -torch.log(total)  # mean, logvar
+        with full_precision(mu):
+            mu, logvar = mu.float(), logvar.float()
+            prec = torch.exp(-logvar) * use.unsqueeze(-1).to(mu.dtype)  # [B, M, L]; 0 if unused
+            total = 1.0 + prec.sum(dim=1)  # [B, L]; the 1 is the prior expert
+            mu_j = (prec * mu).sum(dim=1) / total  # [B, L]
+            return mu_j, -torch.log(total)  # mean, logvar
 
     def _elbo(
         self,
@@ -172,9 +181,9 @@ class MVAEFusion(Fusion):
             s, c = masked_mse(self.decoders[m](lat), target, present[:, i])
             total, count = total + s, count + c
         recon = total / count.clamp_min(1.0)
-        kl = (
-            0.5 * (mu_j.pow(2) + logvar_j.exp() - 1.0 - logvar_j).mean(dim=-1).mean()
-        )  # per latent dim
+        with full_precision(mu_j):  # per latent dim, in float32
+            mu_f, logvar_f = mu_j.float(), logvar_j.float()
+            kl = 0.5 * (mu_f.pow(2) + logvar_f.exp() - 1.0 - logvar_f).mean(dim=-1).mean()
         return recon + self.beta * kl, lat
 
     @staticmethod

@@ -95,6 +95,7 @@ class TrialModel(Base):
     cache_misses = sa.Column(sa.Integer)
     stage = sa.Column(sa.String(16))
     low_fidelity = sa.Column(sa.Boolean)
+    peak_gpu_mb = sa.Column(sa.Float)
 
 
 class EpochModel(Base):
@@ -156,6 +157,8 @@ class TrialRecord:
     cache_misses: int | None = None
     stage: str | None = None
     low_fidelity: bool | None = None
+    #: peak CUDA memory the trial allocated (MiB); None on the CPU
+    peak_gpu_mb: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)

@@ -110,7 +110,14 @@ KILLED_REASONS = ("killed", "interrupted")
 #: descriptive trial tags (the search logs them under these names; :func:`trial_tags` too)
 TAG_PREFIX = "autofuse."
 #: trial-record fields logged as final metrics (besides val_metrics / test_metrics)
-SCALAR_METRICS = ("n_params", "latency_ms", "train_time_s", "epochs_run", "best_epoch")
+SCALAR_METRICS = (
+    "n_params",
+    "latency_ms",
+    "train_time_s",
+    "epochs_run",
+    "best_epoch",
+    "peak_gpu_mb",
+)
 
 PROBE_TIMEOUT_S = 3.0
 HTTP_ENV_DEFAULTS = {

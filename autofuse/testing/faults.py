@@ -1,9 +1,13 @@
 """A trial hook that injects faults into chosen trials (tests of the fault handling).
 
 ``InjectFaults({2: "diverged", 3: "oom", 4: "timeout", 5: "invalid"})`` makes trial 2's first
-epoch end with a non-finite loss, trial 3 run out of memory, trial 4 overrun ``--trial-timeout``
-and trial 5 fail to build. Pass it to ``autofuse.search(..., hooks=[...])``; it is picklable, so
-worker processes get it too.
+epoch end with a non-finite loss, trial 3 run out of memory (its retry with half the batch size
+too), trial 4 overrun ``--trial-timeout`` and trial 5 fail to build; ``"oom_once"`` makes only the
+first attempt run out of memory (the retry completes). Pass it to
+``autofuse.search(..., hooks=[...])``; it is picklable, so worker processes get it too.
+
+:class:`ExhaustMemory` provokes a real CUDA out-of-memory error: it allocates more than the
+worker's share of the device (``--workers-per-device``).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import torch
 from autofuse.train import TrialFault
 from autofuse.trial import TrialExecution, TrialHook
 
-REASONS = ("diverged", "oom", "timeout", "invalid")
+REASONS = ("diverged", "oom", "oom_once", "timeout", "invalid")
 
 
 @dataclass
@@ -39,8 +43,8 @@ class InjectFaults(TrialHook):
         reason = self.faults.get(ex.number)
         if reason == "diverged":
             raise TrialFault("diverged", "injected non-finite loss")
-        if reason == "oom":
-            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+        if reason == "oom" or (reason == "oom_once" and ex.attempt == 1):
+            raise torch.OutOfMemoryError(f"CUDA out of memory (injected, attempt {ex.attempt})")
         if reason == "timeout":
             time.sleep((ex.ctx.options.trial_timeout or 0) + 0.5)
 
@@ -67,3 +71,21 @@ class HoldTrial(TrialHook):
         while time.monotonic() < deadline:
             time.sleep(0.1)
         raise TrialFault("timeout", "HoldTrial: the test never killed this worker")
+
+
+@dataclass
+class ExhaustMemory(TrialHook):
+    """At the end of an epoch of the trials ``numbers``, allocate ``fraction`` of the
+    CUDA device's total memory (every attempt): beyond a worker's share of a shared device this
+    is a real ``torch.OutOfMemoryError`` of that process only. Does nothing on the CPU."""
+
+    numbers: tuple[int, ...] = ()
+    fraction: float = 0.9
+
+    def on_epoch_end(self, ex: TrialExecution, epoch: int, metrics: dict[str, float]) -> None:
+        device = ex.ctx.device
+        if ex.number not in self.numbers or device.type != "cuda":
+            return
+        total = torch.cuda.get_device_properties(device).total_memory
+        block = torch.empty(int(total * self.fraction), dtype=torch.uint8, device=device)
+        del block  # reached only when the allocation fitted
