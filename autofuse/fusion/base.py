@@ -49,6 +49,12 @@ def register_fusion(
     )
 
 
+def upcast(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in float32 when it is in a half-precision type (float16 / bfloat16), else as it is
+    (a float64 model stays float64)."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def full_precision(ref: torch.Tensor) -> torch.autocast:
     """Autocast off on ``ref``'s device: under mixed precision, what runs inside (with
     ``.float()`` inputs) stays float32. For the computations bfloat16's 8-bit mantissa spoils:

@@ -15,6 +15,7 @@ from autofuse.fusion.base import (
     pooled_at_point,
     pooled_dim,
     register_fusion,
+    upcast,
 )
 from autofuse.types import FeatureShape, FusionOutput, ModalityFeatures
 
@@ -63,7 +64,7 @@ def alignment_loss(
         return loss, (n >= 1).to(loss.dtype)
     if kind == "cca":
         with full_precision(a):
-            return _soft_cca(a.float(), b.float(), valid)
+            return _soft_cca(upcast(a), upcast(b), valid)
     v = valid.to(a.dtype).unsqueeze(-1)  # [B, 1]
     n = v.sum()
     enough = (n >= 2).to(a.dtype)
@@ -258,7 +259,7 @@ class TensorFusion(Fusion):
         with full_precision(hs[0][0]):
             t = None
             for h, p in hs:
-                h = h.float() * p.float()
+                h = upcast(h) * upcast(p)
                 h1 = torch.cat([h, torch.ones_like(h[:, :1])], dim=-1)  # [B, d+1]
                 t = h1 if t is None else (t.unsqueeze(-1) * h1.unsqueeze(1)).flatten(1)
             z = self.head(t)  # [B, out_dim]; t is [B, (d+1)^M]
@@ -323,7 +324,9 @@ class LowRankTensorFusion(Fusion):
         with full_precision(next(iter(hs.values()))):
             prod = None
             for m in self.modalities:
-                h = hs[m].float() * features[m].present.unsqueeze(-1).float()  # [B, H]
+                h = upcast(hs[m]) * features[m].present.unsqueeze(-1).to(
+                    upcast(hs[m]).dtype
+                )  # [B, H]
                 h1 = torch.cat([h, torch.ones_like(h[:, :1])], dim=-1)  # [B, H+1]
                 fm = torch.einsum("bh,rho->bro", h1, self.factors[m])  # [B, rank, out]
                 prod = fm if prod is None else prod * fm  # [B, rank, out]

@@ -18,6 +18,7 @@ from autofuse.fusion.base import (
     pooled_at_point,
     pooled_dim,
     register_fusion,
+    upcast,
 )
 from autofuse.types import FeatureShape, FusionOutput, ModalityFeatures
 
@@ -155,7 +156,7 @@ class MVAEFusion(Fusion):
         Float32 (also under mixed precision).
         """
         with full_precision(mu):
-            mu, logvar = mu.float(), logvar.float()
+            mu, logvar = upcast(mu), upcast(logvar)
             prec = torch.exp(-logvar) * use.unsqueeze(-1).to(mu.dtype)  # [B, M, L]; 0 if unused
             total = 1.0 + prec.sum(dim=1)  # [B, L]; the 1 is the prior expert
             mu_j = (prec * mu).sum(dim=1) / total  # [B, L]
@@ -182,7 +183,7 @@ class MVAEFusion(Fusion):
             total, count = total + s, count + c
         recon = total / count.clamp_min(1.0)
         with full_precision(mu_j):  # per latent dim, in float32
-            mu_f, logvar_f = mu_j.float(), logvar_j.float()
+            mu_f, logvar_f = upcast(mu_j), upcast(logvar_j)
             kl = 0.5 * (mu_f.pow(2) + logvar_f.exp() - 1.0 - logvar_f).mean(dim=-1).mean()
         return recon + self.beta * kl, lat
 
