@@ -317,3 +317,34 @@ def test_kill9_in_stage_two_resumes_in_stage_two(demo_dataset, tmp_path):
     ]
     assert len(fusion_done) == 6
     assert json.loads((work / "trials" / "k2" / "summary.json").read_text())["winner"]
+
+
+@pytest.mark.slow
+def test_a_joining_worker_follows_the_stages(demo_dataset, tmp_path):
+    """`autofuse worker` on a staged study: it runs trials of each stage the coordinator opens,
+    and the study ends with exactly the requested trials per stage."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    url = f"sqlite:///{tmp_path / 'trials' / 'autofuse.db'}"
+    common = ["--workdir", str(tmp_path), "--mlflow-uri", "off"]
+    coord = subprocess.Popen(
+        [sys.executable, "-m", "autofuse.cli", "search", str(demo_dataset), "--study", "j",
+         "--space", STAGED, "--trials", "10", "--no-progress", *common],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    t0 = time.monotonic()
+    while not (tmp_path / "trials" / "autofuse.db").exists():
+        assert coord.poll() is None and time.monotonic() - t0 < 120
+        time.sleep(0.2)
+    joiner = subprocess.run(
+        [sys.executable, "-m", "autofuse.cli", "worker", "--study", "j", "--storage", url,
+         "--device", "cpu", *common],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert joiner.returncode == 0, joiner.stderr[-2000:]
+    assert coord.wait(timeout=600) == 0, coord.stderr.read().decode()[-2000:]
+    trials = _stages(tmp_path, "j")
+    counts = {s: sum(stage_of(t) == s and t.state.name == "COMPLETE" for t in trials) for s in
+              (UNIMODAL, FUSION, FINALIST)}  # fmt: skip
+    assert counts == {UNIMODAL: 3, FUSION: 10, FINALIST: 4}
+    workers = {t.user_attrs.get("worker") for t in trials if stage_of(t) != UNIMODAL}
+    assert len(workers) == 2  # the joining worker trained trials too
