@@ -168,15 +168,23 @@ def test_amp_matches_fp32_on_the_cpu(family, method, params):
 
 
 class CountLiveModels(TrialHook):
-    """At a fault, how many candidate models are still alive (none should be)."""
+    """At a fault, how many models built by the faulting trial are still alive (none should be;
+    models other tests of the session keep alive do not count)."""
 
     def __init__(self) -> None:
         self.live: dict[int, list[int]] = {}
+        self.before: set[int] = set()
+
+    @staticmethod
+    def _models() -> set[int]:
+        gc.collect()
+        return {id(o) for o in gc.get_objects() if issubclass(type(o), MultimodalModel)}
+
+    def on_trial_start(self, ex: TrialExecution) -> None:
+        self.before = self._models()
 
     def on_fault(self, ex: TrialExecution, fault) -> None:
-        gc.collect()
-        n = sum(issubclass(type(o), MultimodalModel) for o in gc.get_objects())
-        self.live.setdefault(ex.number, []).append(n)
+        self.live.setdefault(ex.number, []).append(len(self._models() - self.before))
 
 
 def test_out_of_memory_retries_once_with_half_the_batch(demo_dataset, tmp_path):

@@ -229,6 +229,7 @@ def test_honest_features_keep_a_memorising_modality_from_fooling_the_fusion(tmp_
     honest = _fused_val_accuracy(
         runner, {"signal": "honest-signal", "noise": "honest-noise"}, fus_rows
     )
+    print(f"val accuracy: honest {honest:.3f}, in-sample {insample:.3f}")
     assert honest > insample + 0.05, (honest, insample)
 
 
