@@ -121,6 +121,10 @@ class StagesConfig(BaseModel):
     seeds: int = Field(3, ge=1)
     #: stage 3: encoders learn at lr times this
     finetune_lr_scale: float = Field(0.1, gt=0)
+    #: stage 3: at most this many epochs per finalist (it starts from trained stage-1 encoders
+    #: and a trained stage-2 fusion, so a short fine-tune suffices; this bounds the stage's cost
+    #: when no --time-budget does)
+    finetune_epochs: int = Field(5, ge=1)
     #: stage 3: a greedy ensemble of the finalists' models when it beats the best one
     ensemble: bool = True
     budget: BudgetSplit = Field(default_factory=BudgetSplit)

@@ -251,8 +251,13 @@ class Stages:
             if e.source is not None and origin is not None and origin["mode"] != "frozen":
                 e = e.model_copy(update={"mode": origin["mode"]})  # unfrozen, from stage-1 weights
             encoders[m] = e
+        cfg = self.space.stages
         training = design.training.model_copy(
-            update={"seed": seed, "encoder_lr_scale": self.space.stages.finetune_lr_scale}
+            update={
+                "seed": seed,
+                "encoder_lr_scale": cfg.finetune_lr_scale,
+                "epochs": min(design.training.epochs, cfg.finetune_epochs),
+            }
         )
         spec = design.model_copy(update={"encoders": encoders, "training": training})
         init = trial.user_attrs.get("init_from")
