@@ -455,8 +455,12 @@ def unimodal_specs(
         for ch in space.encoder_choices(mtype):
             params = {p: default_value(v) for p, v in ch["params"].items()}
             dim = int(params.pop("dim", 64))
+            cls = get_encoder_entry(ch["name"]).obj
             for mode in ch["modes"]:
                 enc = EncoderSpec(name=ch["name"], mode=mode, dim=dim, params=params)
+                if mode == "finetune" and "scratch" in ch["modes"]:
+                    if not cls.starts_pretrained(enc):
+                        continue  # without pretrained weights it is the scratch run again
                 spec = ArchitectureSpec(
                     encoders={m: enc}, fusion=fusion, head=head, training=training
                 )

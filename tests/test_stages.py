@@ -208,6 +208,30 @@ def _fused_val_accuracy(runner: CandidateRunner, keys: dict[str, str], rows) -> 
     return runner.run(spec, train_rows=rows).val_metrics["accuracy"]
 
 
+def test_stage_one_skips_finetune_without_pretrained_weights():
+    """``finetune`` from random weights is the ``scratch`` run again: stage 1 trains it once."""
+    from autofuse.space import load_space, unimodal_specs
+
+    sp = load_space("default")
+
+    def modes(space) -> list[str]:
+        return sorted(
+            s.encoders["img"].mode
+            for _, s in unimodal_specs(space, {"img": "image"})
+            if s.encoders["img"].name == "image.timm"
+        )
+
+    assert modes(sp) == ["frozen", "scratch"]
+    choices = [
+        c.model_copy(update={"params": {**c.params, "pretrained": [True]}})
+        if c.name == "image.timm"
+        else c
+        for c in sp.encoders["image"]
+    ]
+    hub = sp.model_copy(update={"encoders": {**sp.encoders, "image": choices}})
+    assert modes(hub) == ["finetune", "frozen", "scratch"]
+
+
 def test_honest_features_keep_a_memorising_modality_from_fooling_the_fusion(tmp_path):
     ds = Dataset.load(_noise_dataset(tmp_path / "noise"))
     runner = CandidateRunner(ds, tmp_path / "cache", __import__("torch").device("cpu"))

@@ -126,6 +126,11 @@ class Encoder(nn.Module):
         """What identifies the weights beyond ``spec`` (e.g. a local file's hash); for cache keys."""
         return {}
 
+    @classmethod
+    def starts_pretrained(cls, spec: EncoderSpec) -> bool:
+        """Whether ``finetune`` mode starts from pretrained weights (else it is ``scratch``)."""
+        return True
+
     # ----------------------------------------------------------------- instance helpers
     @property
     def device(self) -> torch.device:

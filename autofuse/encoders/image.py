@@ -254,6 +254,10 @@ class TimmEncoder(Encoder):
             return {"file_sha256": file_sha256(weights_file)}
         return {"pretrained": pretrained}
 
+    @classmethod
+    def starts_pretrained(cls, spec: EncoderSpec) -> bool:
+        return bool(_pretrained_arg(cls.resolve_params(spec.params)["pretrained"])[0])
+
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         return (x.float() / 255.0 - self.mean) / self.std
 
