@@ -448,6 +448,27 @@ def studies(fmt, storage, workdir) -> None:
     _emit(rows, fmt)
 
 
+@main.command()
+@click.option("--study", required=True)
+@_storage
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to bind (the dashboard has no login: keep it local or behind a proxy).",
+)
+@click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
+@_workdir
+def dashboard(study, storage, host, port, workdir) -> None:
+    """A live dashboard of a study (optuna-dashboard on its storage) until Ctrl-C."""
+    from autofuse.dashboard import locate, serve
+
+    def announce(board) -> None:
+        click.echo(f"dashboard of study {board.study}: {board.page}  (Ctrl-C to stop)")
+
+    serve(locate(study, storage=storage, workdir=workdir, host=host, port=port), announce)
+
+
 @main.group()
 def db() -> None:
     """Manage autofuse's SQL tables."""

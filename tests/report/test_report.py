@@ -15,31 +15,14 @@ import io
 import json
 import math
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
-from ci import need
+from browser import chromium
 from report_helpers import md_table
 
 REPO = Path(__file__).resolve().parents[2]
 STUDY = "report_demo"
-CHROMIUM = shutil.which("chromium") or (
-    "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None
-)
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-extensions",
-    "--mute-audio",
-]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -305,13 +288,6 @@ window.addEventListener("load", function () {
 </script>"""
 
 
-def _chromium(args: list[str], tmp: Path) -> subprocess.CompletedProcess:
-    if CHROMIUM is None:  # .ci/run installs it; elsewhere the browser checks are skipped
-        need(False, "chromium is not installed (apt-get install chromium)")
-    cmd = [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={tmp / 'chromium-profile'}", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-
-
 def _page_errors(stderr: str) -> list[str]:
     return [
         line
@@ -326,7 +302,7 @@ def test_html_in_headless_chromium(study, tmp_path):
     # the probe goes first in <head>, so it sees every error of the report's own script
     probed = tmp_path / "probed.html"
     probed.write_text(html.replace("<head>", "<head>" + _PROBE, 1))
-    res = _chromium(
+    res = chromium(
         [
             "--enable-logging=stderr",
             "--v=0",
@@ -356,7 +332,7 @@ def test_html_in_headless_chromium(study, tmp_path):
 
     # the unmodified report: console clean, and a screenshot kept as the test artifact
     shot = out["html"].parent / "screenshot.png"
-    res = _chromium(
+    res = chromium(
         [
             "--enable-logging=stderr",
             "--v=0",
@@ -379,7 +355,7 @@ def test_console_error_detection_works(tmp_path):
     page.write_text(
         "<!DOCTYPE html><html><body><script>undefinedFunction();</script></body></html>"
     )
-    res = _chromium(["--enable-logging=stderr", "--v=0", "--dump-dom", page.as_uri()], tmp_path)
+    res = chromium(["--enable-logging=stderr", "--v=0", "--dump-dom", page.as_uri()], tmp_path)
     assert _page_errors(res.stderr), res.stderr[-2000:]
 
 
