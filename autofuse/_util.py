@@ -2,8 +2,11 @@
 
 - :func:`atomic_write` / :func:`atomic_write_text`: write a file next to its final name and
   rename it into place, so a reader never sees half a file (one temp-name scheme for all).
+- :func:`json_text` / :func:`json_safe`: strict JSON (non-finite floats as ``null``).
 - :func:`first_line`: the first line of an exception's message (never raises).
 - :func:`sqlite_path`: the database file of a SQLite SQLAlchemy URL (via ``make_url``).
+- :func:`mask_url` / :func:`mask_secrets`: a URL, or any text, with its passwords and tokens
+  replaced by ``***`` (for every message and log line that shows a storage or MLflow URL).
 - :func:`better`, :func:`sort_sign`, :func:`best_first`: the maximize / minimize comparisons.
 - :func:`utcnow`: naive UTC "now", as stored in SQL.
 """
@@ -15,7 +18,9 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
+import urllib.parse
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -83,6 +88,39 @@ def atomic_write_dir(final: Path, write: Callable[[Path], None]) -> bool:
         raise
 
 
+def folder_problem(path: str | os.PathLike[str], *, write: bool = True) -> str | None:
+    """Why ``path`` cannot be used as a folder (to write into, with ``write``), or None.
+
+    A path that does not exist yet is fine when its nearest existing parent is a folder this
+    process may write into (it is created later). Nothing is created or written here.
+    """
+    p = Path(path).expanduser()
+    if p.exists() and not p.is_dir():
+        return "is a file, not a folder"
+    parent = p
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"cannot be created: {parent} is a file"
+    if write and not os.access(parent, os.W_OK | os.X_OK):
+        return "is read-only" if parent == p else f"cannot be created: {parent} is read-only"
+    return None
+
+
+def workdir_problem(root: str | os.PathLike[str]) -> str | None:
+    """Why autofuse cannot write under ``root`` (itself, or its ``trials/`` / ``reports/``), or
+    None."""
+    root = Path(root).expanduser()
+    problem = folder_problem(root)
+    if problem:
+        return f"{problem} (autofuse writes trials/ and reports/ there)"
+    for sub in ("trials", "reports"):
+        problem = folder_problem(root / sub) if (root / sub).exists() else None
+        if problem:
+            return f"{root / sub} {problem}"
+    return None
+
+
 def discard_dir(folder: Path) -> None:
     """Remove a cache folder safely: rename it aside first, so no reader sees it half-deleted."""
     trash = folder.parent / f".{folder.name}.trash-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -99,6 +137,30 @@ def stable_hash(obj: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every non-finite float (NaN, inf, -inf) replaced by None, recursively
+    through dicts, lists and tuples; numpy scalars become Python numbers (via ``.item()``)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    item = getattr(obj, "item", None)
+    if callable(item) and type(obj).__module__ == "numpy" and getattr(obj, "ndim", None) == 0:
+        return json_safe(item())
+    return obj
+
+
+def json_text(obj: Any, *, indent: int | None = 2, sort_keys: bool = False) -> str:
+    """Strict JSON of ``obj``: non-finite floats are written as ``null`` (see :func:`json_safe`),
+    never as the bare ``NaN`` / ``Infinity`` that other JSON readers refuse; objects JSON does
+    not know are written as their ``str``."""
+    return json.dumps(
+        json_safe(obj), indent=indent, sort_keys=sort_keys, allow_nan=False, default=str
+    )
+
+
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     """Write ``text`` to ``path`` atomically; returns ``path``."""
     with atomic_write(path) as tmp:
@@ -110,15 +172,97 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
 
 
 def first_line(e: BaseException | str, limit: int = 300) -> str:
-    """The first non-empty line of an exception's message, else its type name (never raises)."""
+    """The first non-empty line of an exception's message, else its type name (never raises);
+    secrets in URLs are masked (:func:`mask_secrets`)."""
     text = e if isinstance(e, str) else str(getattr(e, "orig", None) or e)
     for line in text.strip().splitlines():
         if line.strip():
-            return line.strip()[:limit]
+            return mask_secrets(line.strip())[:limit]
     return type(e).__name__ if isinstance(e, BaseException) else ""
 
 
 # ---- storage URLs ------------------------------------------------------------------------------
+
+MASK = "***"
+#: query parameters whose values are secrets (``?password=...``, ``?token=...``)
+_SECRET_KEYS = re.compile(
+    r"^(password|passwd|pwd|pass|secret|token|access_token|auth_token|api_key|apikey|"
+    r"access_key|secret_key|client_secret|sas_token|sig)$",
+    re.IGNORECASE,
+)
+#: ``scheme://user:password@host`` anywhere in a text (a password with an unescaped ``@``
+#: included: it runs to the last ``@`` before the host)
+_USERINFO = re.compile(
+    r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@]*:)[^\s/]*?(?=@[^\s@/]*(?:[/\s'\"?#),;]|$))"
+)
+_QUERY_SECRET = re.compile(
+    r"(?P<head>[?&](?:password|passwd|pwd|secret|token|access_token|api_key|apikey|access_key|"
+    r"secret_key|client_secret|sas_token|sig)=)[^&\s]+",
+    re.IGNORECASE,
+)
+
+
+def mask_url(url: Any) -> str:
+    """``url`` with its password (and secret query parameters) shown as ``***``; other URLs and
+    non-URLs are returned as they are (``str(url)``).
+
+    SQLAlchemy URLs are rendered by ``make_url(url).render_as_string(hide_password=True)``;
+    http(s) and other URIs (MLflow) by :mod:`urllib.parse`::
+
+        mask_url("postgresql://bob:s3cret@db/optuna")  # 'postgresql://bob:***@db/optuna'
+        mask_url("http://bob:s3cret@mlflow:5000")      # 'http://bob:***@mlflow:5000'
+    """
+    text = "" if url is None else str(url)
+    if "://" not in text:
+        return text
+    scheme = text.split("://", 1)[0].lower()
+    if scheme.split("+")[0] in ("http", "https", "file", "databricks", "ftp", "s3", "gs"):
+        return mask_secrets(_mask_uri(text))
+    try:
+        u = make_url(text)
+    except (ArgumentError, ValueError):
+        return mask_secrets(text)
+    secret_query = any(_SECRET_KEYS.match(k) for k in u.query)
+    if u.password is None and not secret_query:
+        return mask_secrets(text)
+    if secret_query:
+        u = u.update_query_dict({k: MASK for k in u.query if _SECRET_KEYS.match(k)}, append=False)
+    shown = u.render_as_string(hide_password=True).replace("%2A%2A%2A", MASK)
+    return mask_secrets(shown)  # what make_url misparses (an unescaped '@' in a password)
+
+
+def _mask_uri(text: str) -> str:
+    try:
+        parts = urllib.parse.urlsplit(text)
+        password = parts.password
+    except ValueError:
+        return mask_secrets(text)
+    netloc = parts.netloc
+    if password is not None:
+        userinfo, _, hostport = netloc.rpartition("@")
+        user = userinfo.split(":", 1)[0]
+        netloc = f"{user}:{MASK}@{hostport}"
+    query = parts.query
+    if query:
+        pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
+        if any(_SECRET_KEYS.match(k) for k, _ in pairs):
+            query = "&".join(
+                f"{k}={MASK if _SECRET_KEYS.match(k) else urllib.parse.quote(v, safe='/:')}"
+                for k, v in pairs
+            )
+    if netloc == parts.netloc and query == parts.query:
+        return text
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def mask_secrets(text: Any) -> str:
+    """Any text (an error message, a log line) with the passwords of the URLs in it, and secret
+    query parameters, replaced by ``***``."""
+    s = "" if text is None else str(text)
+    if "://" not in s and "=" not in s:
+        return s
+    s = _USERINFO.sub(lambda m: m.group("head") + MASK, s)
+    return _QUERY_SECRET.sub(lambda m: m.group("head") + MASK, s)
 
 
 def sqlite_path(url: str) -> Path | None:

@@ -11,12 +11,18 @@ Layout under ``trials/<study>/``::
 
 Only the top :data:`KEEP_TOP_K` completed trials keep finalist checkpoints (the report
 re-evaluates them, ``export`` exports them without retraining). Every write is atomic.
+
+Every read names the file it could not use: a finalist, best-model or outputs file that is
+truncated, overwritten or of another kind is a :class:`~autofuse.errors.DamagedFileError` (the
+report skips that finalist, ``export`` offers ``--retrain``, a search still writes its summary);
+a running checkpoint that cannot be used is a warning, and the retried trial starts from epoch 1.
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
+import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -26,7 +32,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from autofuse._util import atomic_write, better, first_line, sort_sign
-from autofuse.errors import ConfigError
+from autofuse.errors import ConfigError, DamagedFileError
 from autofuse.model import MultimodalModel, full_model, trainable_state_dict
 from autofuse.spec import ArchitectureSpec, load_architecture, save_architecture
 
@@ -34,6 +40,97 @@ log = logging.getLogger(__name__)
 
 #: completed trials whose checkpoints are kept (the report re-evaluates the finalists)
 KEEP_TOP_K = 3
+
+
+#: what a running checkpoint holds (``autofuse.train.training_state``): key -> accepted types
+RUNNING_KEYS: dict[str, tuple[type, ...]] = {
+    "model": (dict,),
+    "optimizer": (dict,),
+    "generator": (torch.Tensor,),
+    "epoch": (int,),
+    "best_state": (dict,),
+    "best_val": (float, int, type(None)),
+    "best_epoch": (int,),
+    "history": (list,),
+    "stale": (int,),
+}
+#: the key :meth:`CheckpointStore.load_running` adds: the file the state was read from
+RUNNING_SOURCE = "checkpoint_file"
+
+
+def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file.
+
+    Raises:
+        DamagedFileError: the file cannot be read as safetensors (truncated, overwritten, ...).
+    """
+    try:
+        return load_file(str(path))
+    except Exception as e:  # SafetensorError, OSError, ...: anything means the file is unusable
+        raise DamagedFileError(path, f"unreadable weights ({first_line(e)})") from None
+
+
+def read_architecture(path: str | Path) -> tuple[ArchitectureSpec, dict]:
+    """``(spec, dataset_info)`` of an ``architecture.json`` written by autofuse.
+
+    Raises:
+        DamagedFileError: the file is missing, not JSON, not an architecture file or its spec is
+            invalid.
+    """
+    path = Path(path)
+    try:
+        return load_architecture(path)
+    except ConfigError as e:  # its message starts with the path
+        problem = str(e).removeprefix(f"{path}: ")
+        raise DamagedFileError(path, problem) from None
+    except Exception as e:  # binary garbage, a missing key, a spec that does not validate
+        raise DamagedFileError(path, f"unreadable ({first_line(e)})") from None
+
+
+def load_model(
+    spec: ArchitectureSpec, info: dict, state: dict[str, torch.Tensor], source: str | Path
+) -> MultimodalModel:
+    """:func:`~autofuse.model.full_model` of ``state`` read from the file ``source``.
+
+    Raises:
+        DamagedFileError: the weights do not fit the spec (names, or a tensor's shape).
+    """
+    try:
+        return full_model(spec, info, state, what="its weights")
+    except (ConfigError, RuntimeError, ValueError) as e:  # RuntimeError: a tensor's shape
+        raise DamagedFileError(source, f"does not fit its architecture ({first_line(e)})") from None
+
+
+def zip_problem(path: str | Path) -> str | None:
+    """Why the file ``torch.save`` wrote at ``path`` (a zip archive) is damaged, or ``None``.
+
+    ``torch.load`` reads the archive without checking its CRC-32 checksums, so flipped bytes in
+    a tensor load silently; :meth:`zipfile.ZipFile.testzip` checks every member's."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+        return f"cannot be read ({first_line(e)})"
+    return None if bad is None else f"is damaged (checksum mismatch in {bad.split('/', 1)[-1]})"
+
+
+def running_problem(state: Any) -> str | None:
+    """Why ``state`` cannot be a running checkpoint (``None`` when it can)."""
+    if not isinstance(state, dict):
+        return f"holds a {type(state).__name__}, not a training state"
+    missing = [k for k in RUNNING_KEYS if k not in state]
+    if missing:
+        return f"lacks {', '.join(missing)}"
+    wrong = [k for k, types in RUNNING_KEYS.items() if not isinstance(state[k], types)]
+    if wrong:
+        return f"has {', '.join(wrong)} of the wrong type"
+    epoch, history = state["epoch"], state["history"]
+    if epoch < 1 or not all(isinstance(h, dict) and "epoch" in h for h in history):
+        return f"its epoch ({epoch}) or history is not a training state's"
+    weights = [*state["model"].values(), *state["best_state"].values()]
+    if not all(isinstance(v, torch.Tensor) for v in weights):
+        return "its weights are not all tensors"
+    return None
 
 
 def _number(path: Path) -> int | None:
@@ -61,17 +158,31 @@ class CheckpointStore:
 
     def load_running(self, number: int) -> dict[str, Any] | None:
         """The epoch checkpoint of trial ``number``, or ``None`` when there is none or it cannot
-        be read (a warning; the retry then starts from epoch 1)."""
+        be used (a warning naming the file; the retry then starts from epoch 1).
+
+        Read with ``weights_only=True``: tensors, numbers, lists and dicts only, so a file put
+        there by someone else cannot run code. The state records the file it came from under
+        :data:`RUNNING_SOURCE`."""
         path = self.running_path(number)
         if not path.is_file():
             return None
         try:
-            return torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as e:  # truncated / corrupt file: any unpickling error
-            log.warning(
-                "%s cannot be read (%s); the trial starts from epoch 1", path, first_line(e)
+            problem = zip_problem(path)  # torch.load does not check the archive's checksums
+            if problem is None:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+                problem = running_problem(state)
+        except Exception as e:  # truncated / corrupt / foreign file: any unpickling error
+            problem = (
+                "holds objects other than tensors, numbers and containers (not loaded: that "
+                "could run code)"
+                if str(e).startswith("Weights only load failed")
+                else f"cannot be read ({first_line(e)})"
             )
+        if problem is not None:
+            log.warning("%s %s; the trial starts from epoch 1", path, problem)
             return None
+        state[RUNNING_SOURCE] = str(path)
+        return state
 
     def discard_running(self, *numbers: int | None) -> None:
         for n in numbers:
@@ -142,8 +253,37 @@ class CheckpointStore:
         return self.outputs_path(number).is_file()
 
     def load_outputs(self, number: int) -> dict[str, np.ndarray]:
-        with np.load(self.outputs_path(number)) as z:
-            return {k: z[k] for k in z.files}
+        """The outputs saved by :meth:`save_outputs` (``val`` and ``test`` at least).
+
+        Raises:
+            DamagedFileError: the file cannot be read, or lacks a split.
+        """
+        path = self.outputs_path(number)
+        problem = zip_problem(path)  # an .npz is a zip archive; np.load does not check it
+        if problem is not None:
+            raise DamagedFileError(path, problem.removeprefix("is "))
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                out = {k: z[k] for k in z.files}
+        except Exception as e:  # ValueError (an object array), OSError, ...
+            raise DamagedFileError(path, f"unreadable ({first_line(e)})") from None
+        missing = [k for k in ("val", "test") if k not in out]
+        if missing:
+            raise DamagedFileError(path, f"lacks the {', '.join(missing)} outputs")
+        return out
+
+    def readable_outputs(self, numbers: Iterable[int]) -> dict[int, dict[str, np.ndarray]]:
+        """The saved outputs of the trials ``numbers`` that have them; a file that cannot be
+        read is left out with a warning naming it."""
+        out = {}
+        for n in numbers:
+            if not self.has_outputs(n):
+                continue
+            try:
+                out[n] = self.load_outputs(n)
+            except DamagedFileError as e:
+                log.warning("trial %d's outputs left out: %s", n, e)
+        return out
 
     def prune(self, keep: Iterable[int]) -> None:
         """Delete the finalist checkpoints of every trial not in ``keep``."""
@@ -158,6 +298,7 @@ class CheckpointStore:
 
         Raises:
             ConfigError: no checkpoint for that trial (only the top few keep one).
+            DamagedFileError: its spec or weights file cannot be read.
         """
         arch, weights = self.finalist_paths(number)
         if not arch.is_file() or not weights.is_file():
@@ -166,8 +307,18 @@ class CheckpointStore:
                 f"trial {number} has no checkpoint in {self.finalist_dir} (only the best "
                 f"{KEEP_TOP_K} completed trials keep one: {kept or 'none'})"
             )
-        spec, info = load_architecture(arch)
-        return spec, info, load_file(str(weights))
+        spec, info = read_architecture(arch)
+        return spec, info, read_weights(weights)
+
+    def load_finalist_model(self, number: int) -> tuple[ArchitectureSpec, dict, MultimodalModel]:
+        """``(spec, dataset_info, full model)`` of a finalist (frozen encoders built for real).
+
+        Raises:
+            ConfigError: no checkpoint for that trial.
+            DamagedFileError: its files cannot be read, or its weights do not fit its spec.
+        """
+        spec, info, state = self.load_finalist(number)
+        return spec, info, load_model(spec, info, state, self.finalist_paths(number)[1])
 
     # ---- the best trial ------------------------------------------------------------------------
     def export_best(self, number: int) -> Path:
@@ -178,9 +329,13 @@ class CheckpointStore:
 
     def export_full(self, number: int, folder: Path) -> Path:
         """Write trial ``number`` as a full model (``architecture.json`` + ``model.safetensors``,
-        frozen encoders included) into ``folder``."""
-        spec, info, state = self.load_finalist(number)
-        model = full_model(spec, info, state, what=f"checkpoint of trial {number}")
+        frozen encoders included) into ``folder``.
+
+        Raises:
+            ConfigError: no checkpoint for that trial.
+            DamagedFileError: its files cannot be read (nothing is written then).
+        """
+        spec, info, model = self.load_finalist_model(number)
         save_architecture(folder / "architecture.json", spec, info)
         full = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
         with atomic_write(folder / "model.safetensors") as tmp:
@@ -188,12 +343,25 @@ class CheckpointStore:
         return folder
 
     def load_best(self) -> tuple[ArchitectureSpec, dict, MultimodalModel] | None:
-        """The exported best model, or ``None`` when there is none."""
+        """The exported best model, or ``None`` when there is none.
+
+        Raises:
+            DamagedFileError: its files cannot be read, or its weights do not fit its spec.
+        """
         arch, weights = self.best_dir / "architecture.json", self.best_dir / "model.safetensors"
         if not arch.is_file() or not weights.is_file():
             return None
-        spec, info = load_architecture(arch)
-        return spec, info, full_model(spec, info, load_file(str(weights)), "best model weights")
+        spec, info = read_architecture(arch)
+        return spec, info, load_model(spec, info, read_weights(weights), weights)
 
 
-__all__ = ["KEEP_TOP_K", "CheckpointStore"]
+__all__ = [
+    "KEEP_TOP_K",
+    "RUNNING_SOURCE",
+    "CheckpointStore",
+    "load_model",
+    "read_architecture",
+    "read_weights",
+    "running_problem",
+    "zip_problem",
+]

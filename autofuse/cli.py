@@ -6,14 +6,22 @@ starts fast.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from pathlib import Path
+from typing import Literal, get_args, get_origin
 
 import click
 
-from autofuse.errors import AutofuseError
+from autofuse._util import (  # light: the options module loads it anyway
+    folder_problem,
+    json_text,
+    mask_secrets,
+    sqlite_path,
+)
+from autofuse.errors import AutofuseError, ConfigError
+from autofuse.options import SearchOptions, check_device, check_mlflow_uri, check_storage
+from autofuse.paths import Paths, check_study_name
 
 
 class _Group(click.Group):
@@ -22,8 +30,14 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except AutofuseError as e:
-            click.secho(f"error: {e}", fg="red", err=True)
+        except AutofuseError as e:  # no URL password in any message
+            click.secho(f"error: {mask_secrets(e)}", fg="red", err=True)
+            sys.exit(e.exit_code)
+        except click.UsageError as e:  # a bad option value or a missing one: one line too
+            if isinstance(e, click.exceptions.NoArgsIsHelpError):
+                raise
+            hint = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
+            click.secho(f"error: {e.format_message()}{hint}", fg="red", err=True)
             sys.exit(e.exit_code)
         except KeyboardInterrupt:
             click.secho("interrupted", fg="yellow", err=True)
@@ -42,7 +56,24 @@ def _setup_logging(verbose: int) -> None:
     )
     level = logging.DEBUG if verbose > 1 else logging.INFO if verbose == 1 else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, _MaskSecrets) for f in handler.filters):
+            handler.addFilter(_MaskSecrets())
     _VERBOSITY["level"] = level if verbose else logging.WARNING
+
+
+class _MaskSecrets(logging.Filter):
+    """Log lines show URLs with their passwords masked (``postgresql://bob:***@db/x``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            msg = record.getMessage()
+        except Exception:  # a malformed record is the logging module's to report
+            return True
+        masked = mask_secrets(msg)
+        if masked != msg:
+            record.msg, record.args = masked, None
+        return True
 
 
 _VERBOSITY = {"level": logging.WARNING}
@@ -66,10 +97,48 @@ def main(verbose: int) -> None:
 
 # ---- search ------------------------------------------------------------------------------------
 
+
+def _checked(kind: str):
+    """A click callback checking an option's value before the command runs (a ConfigError naming
+    the option; the same checks as :class:`~autofuse.options.SearchOptions`)."""
+
+    def callback(ctx: click.Context, param: click.Parameter, value):
+        flag = param.opts[0] if param.opts else param.name
+        if kind == "workdir":  # also when not given: $AUTOFUSE_HOME may be a file
+            Paths.resolve(value)
+            return value
+        if value is None:
+            return None
+        check = {"device": check_device, "storage": check_storage, "mlflow_uri": check_mlflow_uri}[
+            kind
+        ]
+        return check(value, flag)
+
+    return callback
+
+
+def _writable(workdir: str | None):
+    """The work directory, refused (before anything is written) if outputs cannot go there."""
+    return Paths.resolve(workdir).writable()
+
+
+def _existing_storage(storage: str | None, workdir: str | None) -> None:
+    """Commands that read a study: a SQLite storage file that does not exist is an error (it
+    is not created empty)."""
+    db = sqlite_path(storage or Paths.resolve(workdir).default_storage)
+    if db is not None and not db.exists():
+        raise AutofuseError(
+            f"no study database at {db}; run `autofuse search` first, or pass --workdir or "
+            "--storage"
+        )
+
+
+_SEED = click.IntRange(0, 2**31 - 1)
+
 _workdir = click.option(
     "--workdir",
-    type=click.Path(file_okay=False),
     default=None,
+    callback=_checked("workdir"),
     help="Root of trials/ and reports/ (default: $AUTOFUSE_HOME or the cwd).",
 )
 
@@ -100,8 +169,16 @@ def _print_result(res) -> None:
     click.echo(f"  val:  {_fmt(s['val_metrics'])}")
     click.echo(f"  test: {_fmt(s['test_metrics'])}")
     click.echo(f"results: {res.study_dir / 'summary.json'}")
-    click.echo(f"best architecture: {res.best_dir / 'architecture.json'}")
-    click.echo(f"best weights: {res.best_dir / 'model.safetensors'}")
+    if s.get("best_dir") is None and "best_dir" in s:  # its checkpoint could not be read
+        one = " --trial N" if w and w["kind"] == "ensemble" else ""
+        click.echo(
+            f"best model: not exported (see the warning above); refit it with "
+            f"`autofuse export --study {res.study_name}{one} --retrain --out DIR`"
+            + (" (N: one of the ensemble's trials)" if one else "")
+        )
+    else:
+        click.echo(f"best architecture: {res.best_dir / 'architecture.json'}")
+        click.echo(f"best weights: {res.best_dir / 'model.safetensors'}")
     if s.get("report", {}).get("html"):
         click.echo(f"report: {s['report']['html']}")
 
@@ -113,9 +190,6 @@ def _fmt(m: dict | None) -> str:
 def search_options(*names: str):
     """Click options for the named :class:`~autofuse.options.SearchOptions` fields: flag, type,
     choices, default and help all come from the model, so they are written once."""
-    from typing import Literal, get_args, get_origin
-
-    from autofuse.options import SearchOptions
 
     def option(name: str):
         f = SearchOptions.model_fields[name]
@@ -186,23 +260,44 @@ def search(dataset, study, **options) -> None:
 @main.command()
 @click.option("--study", required=True)
 @click.option(
-    "--storage", required=True, help="The study's SQLAlchemy URL (PostgreSQL / MySQL to scale out)."
+    "--storage",
+    required=True,
+    callback=_checked("storage"),
+    help="The study's SQLAlchemy URL (PostgreSQL / MySQL to scale out).",
 )
-@click.option("--mlflow-uri", default=None, help="MLflow tracking server shared by all workers.")
-@click.option("--device", default=None, help="cuda, cuda:N or cpu (default: CUDA when available).")
+@click.option(
+    "--mlflow-uri",
+    default=None,
+    callback=_checked("mlflow_uri"),
+    help="MLflow tracking server shared by all workers.",
+)
+@click.option(
+    "--device",
+    default=None,
+    callback=_checked("device"),
+    help="cuda, cuda:N or cpu (default: CUDA when available).",
+)
 @click.option(
     "--dataset", default=None, type=click.Path(), help="Dataset folder, if not at the study's path."
 )
 @click.option(
-    "--trials", type=int, default=None, help="Total finished trials (default: the study's)."
+    "--trials",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Total finished trials (default: the study's).",
 )
-@click.option("--seed", type=int, default=None, help="Sampler seed (default: from the process id).")
+@click.option(
+    "--seed", type=_SEED, default=None, help="Sampler seed (default: from the process id)."
+)
 @_workdir
 def worker(study, storage, mlflow_uri, device, dataset, trials, seed, workdir) -> None:
     """Join an existing study as one more worker (from this or any machine)."""
     from autofuse.space import SearchSpace
     from autofuse.workers import join_stages, run_worker, worker_config_from_study
 
+    check_study_name(study)
+    _writable(workdir)
+    _existing_storage(storage, workdir)
     _quiet_optuna()
     cfg = worker_config_from_study(
         study,
@@ -224,18 +319,20 @@ def worker(study, storage, mlflow_uri, device, dataset, trials, seed, workdir) -
 
 
 @main.command()
-@click.option("--trials", type=int, default=16, show_default=True)
+@click.option("--trials", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--study", default="demo", show_default=True)
 @click.option("--space", default="demo", show_default=True)
 @_workdir
 def demo(trials, study, space, workdir) -> None:
     """Generate a small synthetic dataset (image + text + tabular) and search it."""
     from autofuse.data.builders import build_demo
-    from autofuse.paths import Paths
+    from autofuse.space import load_space
     from autofuse.study import search as run_search
 
+    check_study_name(study)
+    load_space(space)  # a bad space before the demo dataset is written
     _quiet_optuna()
-    paths = Paths.resolve(workdir)
+    paths = _writable(workdir)
     folder = build_demo(paths.trials / "demo_data")
     click.echo(f"demo dataset: {folder}")
     res = run_search(folder, study=study, trials=trials, space=space, workdir=workdir)
@@ -245,7 +342,10 @@ def demo(trials, study, space, workdir) -> None:
 @main.command()
 @click.option("--study", required=True, help="Study name.")
 @click.option(
-    "--storage", default=None, help="SQLAlchemy URL (default sqlite:///trials/autofuse.db)."
+    "--storage",
+    default=None,
+    callback=_checked("storage"),
+    help="SQLAlchemy URL (default sqlite:///trials/autofuse.db).",
 )
 @click.option(
     "--dataset",
@@ -254,13 +354,18 @@ def demo(trials, study, space, workdir) -> None:
     help="Dataset folder for the robustness test (default: the one the study recorded).",
 )
 @click.option(
-    "--device", default=None, help="Where to evaluate the finalists (default: CUDA when available)."
+    "--device",
+    default=None,
+    callback=_checked("device"),
+    help="Where to evaluate the finalists (default: CUDA when available).",
 )
 @click.option("--no-robustness", is_flag=True, help="Skip re-evaluating the finalists.")
 @_workdir
 def report(study, storage, dataset, device, no_robustness, workdir) -> None:
     """Write the comparison report of a study: reports/<study>/report.html and report.md."""
     from autofuse.report import write_report
+
+    _writable(workdir)
 
     out = write_report(
         study,
@@ -291,12 +396,14 @@ def data_validate(dataset, as_json) -> None:
 
     report = validate_dataset(dataset)
     if as_json:
-        click.echo(json.dumps(report.to_dict(), indent=2, default=str))
+        click.echo(json_text(report.to_dict()))
     else:
         for line in report.lines():
             click.echo(f"problem: {line}")
         if report.summary:
             _print_dataset_summary(report.summary)
+            for note in report.summary.get("notes", []):
+                click.echo(f"note: {note}")
     if report.problems:
         click.secho(f"error: {len(report.problems)} problem(s) in {dataset}", fg="red", err=True)
         sys.exit(1)
@@ -337,11 +444,16 @@ def _print_dataset_summary(s: dict) -> None:
     "--fsdd", "fsdd_dir", required=True, type=click.Path(), help="FSDD folder (recordings/)."
 )
 @click.option("--out", "out_dir", required=True, type=click.Path(), help="Output dataset folder.")
-@click.option("--per-class", type=int, default=None, help="Samples per digit (default: all).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--per-class",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Samples per digit (default: all).",
+)
+@click.option("--seed", type=_SEED, default=0, show_default=True)
 @click.option(
     "--pca-components",
-    type=int,
+    type=click.IntRange(min=1),
     default=10,
     show_default=True,
     help="Image degradation: PCA components kept.",
@@ -364,7 +476,10 @@ def data_avmnist(mnist_dir, fsdd_dir, out_dir, per_class, seed, pca_components) 
 # ---- history ---------------------------------------------------------------------------------------
 
 _storage = click.option(
-    "--storage", default=None, help="SQLAlchemy URL (default sqlite:///trials/autofuse.db)."
+    "--storage",
+    default=None,
+    callback=_checked("storage"),
+    help="SQLAlchemy URL (default sqlite:///trials/autofuse.db).",
 )
 
 
@@ -373,7 +488,7 @@ def _emit(rows: list[dict], fmt: str, columns: list[str] | None = None) -> None:
 
     columns = columns or (list(rows[0]) if rows else [])
     if fmt == "json":
-        click.echo(json.dumps(rows, indent=2, default=str))
+        click.echo(json_text(rows))
     elif fmt == "csv":
         w = csv.DictWriter(sys.stdout, fieldnames=columns, extrasaction="ignore")
         w.writeheader()
@@ -412,7 +527,7 @@ def _cell(v) -> str:
     default=None,
     help="Best trial per family / method / fusion point.",
 )
-@click.option("--top", type=int, default=20, show_default=True)
+@click.option("--top", type=click.IntRange(min=1), default=20, show_default=True)
 @_storage
 @_workdir
 def leaderboard(study, fmt, by, top, storage, workdir) -> None:
@@ -420,6 +535,7 @@ def leaderboard(study, fmt, by, top, storage, workdir) -> None:
     from autofuse.leaderboard import COLUMNS
     from autofuse.leaderboard import leaderboard as board
 
+    _existing_storage(storage, workdir)
     rows = board(study, storage=storage, workdir=workdir, by=by, top=top)
     if not rows and fmt == "table":
         click.echo(f"study {study}: no completed trial yet")
@@ -441,6 +557,7 @@ def studies(fmt, storage, workdir) -> None:
     """List the studies in a storage with their status and trial counts."""
     from autofuse.leaderboard import studies as list_studies
 
+    _existing_storage(storage, workdir)
     rows = list_studies(storage=storage, workdir=workdir)
     if not rows and fmt == "table":
         click.echo("no studies")
@@ -469,6 +586,22 @@ def dashboard(study, storage, host, port, workdir) -> None:
     serve(locate(study, storage=storage, workdir=workdir, host=host, port=port), announce)
 
 
+@main.command("storage-proxy")
+@click.option("--storage", required=True, help="The database URL the workers share.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", type=click.IntRange(1, 65535), default=13000, show_default=True)
+def storage_proxy(storage, host, port) -> None:
+    """Serve a study storage to many workers over gRPC (workers: --storage grpc://HOST:PORT)."""
+    from autofuse.storage import make_storage
+    from autofuse.storage.proxy import is_grpc, serve_proxy
+
+    if is_grpc(storage):
+        raise ConfigError("storage-proxy --storage: give the database URL, not a grpc:// proxy")
+    db = make_storage(storage)  # creates Optuna's tables, so the workers find them
+    click.echo(f"storage proxy: workers use --storage grpc://{host}:{port}  (Ctrl-C to stop)")
+    serve_proxy(db, host, port)
+
+
 @main.group()
 def db() -> None:
     """Manage autofuse's SQL tables."""
@@ -492,7 +625,10 @@ def db_upgrade(storage, workdir) -> None:
 @main.command()
 @click.option("--study", required=True, help="Study name.")
 @click.option(
-    "--trial", type=int, default=None, help="Trial number (default: the study's best trial)."
+    "--trial",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Trial number (default: the study's best trial).",
 )
 @click.option(
     "--out",
@@ -502,7 +638,10 @@ def db_upgrade(storage, workdir) -> None:
     help="Export folder (created; an earlier export there is replaced).",
 )
 @click.option(
-    "--storage", default=None, help="SQLAlchemy URL (default sqlite:///trials/autofuse.db)."
+    "--storage",
+    default=None,
+    callback=_checked("storage"),
+    help="SQLAlchemy URL (default sqlite:///trials/autofuse.db).",
 )
 @click.option(
     "--dataset",
@@ -521,7 +660,12 @@ def db_upgrade(storage, workdir) -> None:
     is_flag=True,
     help="With --retrain: fine-tune the frozen encoders that allow it.",
 )
-@click.option("--device", default=None, help="Where to retrain (default: CUDA when available).")
+@click.option(
+    "--device",
+    default=None,
+    callback=_checked("device"),
+    help="Where to retrain (default: CUDA when available).",
+)
 @click.option(
     "--register",
     is_flag=True,
@@ -530,6 +674,7 @@ def db_upgrade(storage, workdir) -> None:
 @click.option(
     "--mlflow-uri",
     default=None,
+    callback=_checked("mlflow_uri"),
     help="MLflow tracking URI for --register (default sqlite:///trials/mlflow.db).",
 )
 @_workdir
@@ -549,6 +694,11 @@ def export(
     """Export a trial (default: the best) as architecture.json + model.safetensors + model_card.md."""
     from autofuse.export import export_trial
 
+    if folder_problem(out_dir):
+        raise AutofuseError(f"--out {out_dir!r}: {folder_problem(out_dir)}")
+    if retrain or register:  # the data cache and the MLflow store live under the work directory
+        _writable(workdir)
+
     res = export_trial(
         study,
         out_dir,
@@ -567,7 +717,6 @@ def export(
     click.echo(f"  test: {_fmt(res.metrics.get('test'))}")
     if register:
         from autofuse.mlflow_model import log_pyfunc
-        from autofuse.paths import Paths
         from autofuse.storage.mlflow import default_tracking_uri
 
         uri = log_pyfunc(
@@ -594,13 +743,20 @@ def export(
     type=click.Choice(["error", "missing"]),
     default="error",
     show_default=True,
-    help="A missing or unreadable per-sample file: fail before writing anything, or "
-    "predict the row with that modality missing (rows listed in a warning).",
+    help="A missing or unreadable per-sample file, or a non-finite value or non-number in a "
+    "numeric column: fail before writing anything (naming row and column), or predict the row "
+    "with that cell missing (a 'status' column names what each row lacked).",
 )
-@click.option("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when available).")
+@click.option(
+    "--device",
+    default=None,
+    callback=_checked("device"),
+    help="cpu, cuda or cuda:N (default: CUDA when available).",
+)
 @click.option(
     "--mlflow-uri",
     default=None,
+    callback=_checked("mlflow_uri"),
     help="MLflow tracking URI for a models:/ or runs:/ MODEL (default: $MLFLOW_TRACKING_URI, "
     "else sqlite:///trials/mlflow.db).",
 )
@@ -611,8 +767,12 @@ def predict(model, dataset, out_file, on_bad_file, device, mlflow_uri, workdir) 
 
     from autofuse.predict import is_mlflow_uri, load, write_predictions
 
+    problem = folder_problem(Path(out_file).parent)  # before the model is loaded and run
+    if problem:
+        raise AutofuseError(f"--out {out_file!r}: its folder {problem}")
+    if is_mlflow_uri(model) and not mlflow_uri and os.environ.get("MLFLOW_TRACKING_URI"):
+        check_mlflow_uri(os.environ["MLFLOW_TRACKING_URI"], "MLFLOW_TRACKING_URI")
     if is_mlflow_uri(model) and not (mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI")):
-        from autofuse.paths import Paths
         from autofuse.storage.mlflow import default_tracking_uri
 
         mlflow_uri = default_tracking_uri(Paths.resolve(workdir).trials)
@@ -629,7 +789,10 @@ def mlflow_group() -> None:
 @mlflow_group.command("sync")
 @click.option("--study", required=True)
 @click.option(
-    "--mlflow-uri", default=None, help="Tracking URI (default sqlite:///trials/mlflow.db)."
+    "--mlflow-uri",
+    default=None,
+    callback=_checked("mlflow_uri"),
+    help="Tracking URI (default sqlite:///trials/mlflow.db).",
 )
 @_storage
 @_workdir
@@ -637,6 +800,9 @@ def mlflow_sync(study, mlflow_uri, storage, workdir) -> None:
     """Back-fill MLflow runs missing for trials of STUDY (e.g. MLflow was unreachable)."""
     from autofuse.leaderboard import mlflow_sync as sync
 
+    _existing_storage(storage, workdir)
+    if not mlflow_uri:  # the default MLflow store is a file under the work directory
+        _writable(workdir)
     created = sync(study, mlflow_uri=mlflow_uri, storage=storage, workdir=workdir)
     click.echo(f"study {study}: {created} MLflow run(s) created")
 

@@ -11,3 +11,15 @@ class AutofuseError(Exception):
 
 class ConfigError(AutofuseError):
     """A bad option, search-space key or spec."""
+
+
+class DamagedFileError(ConfigError):
+    """A file autofuse wrote earlier (a checkpoint, an export, a database) cannot be read: it is
+    truncated, overwritten, or not the kind of file it should be. The message names the file."""
+
+    def __init__(self, path: object, problem: str, hint: str = "") -> None:
+        self.path, self.problem, self.hint = str(path), problem, hint
+        super().__init__(f"{path}: {problem}" + (f"; {hint}" if hint else ""))
+
+    def __reduce__(self):  # picklable (worker processes send errors back)
+        return type(self), (self.path, self.problem, self.hint)

@@ -40,13 +40,13 @@ import optuna
 import torch
 from safetensors.torch import save_file
 
-from autofuse._util import first_line, sqlite_path, temp_sibling
-from autofuse.checkpoints import CheckpointStore
+from autofuse._util import first_line, json_text, mask_url, sqlite_path, temp_sibling
+from autofuse.checkpoints import CheckpointStore, read_weights
 from autofuse.data import Dataset, DatasetError
 from autofuse.data.validate import find_config, read_config
 from autofuse.encoders import get_encoder_entry
 from autofuse.ensemble import ENSEMBLE_FILE, ENSEMBLE_FORMAT, ENSEMBLE_VERSION
-from autofuse.errors import AutofuseError, ConfigError
+from autofuse.errors import AutofuseError, ConfigError, DamagedFileError
 from autofuse.model import full_model, trainable_state_dict
 from autofuse.paths import Paths, check_study_name
 from autofuse.predict import EXPORT_KEY, check_compatible
@@ -152,7 +152,7 @@ def _load_study(study: str, paths: Paths, storage: str | None):
     except KeyError:
         names = sorted(optuna.get_all_study_names(stor))
         raise ConfigError(
-            f"no study {study!r} in {url} (studies: {', '.join(names) or 'none'})"
+            f"no study {study!r} in {mask_url(url)} (studies: {', '.join(names) or 'none'})"
         ) from None
 
 
@@ -275,13 +275,16 @@ def export_trial(
     folder = _dataset_folder(st, dataset, retrain)
     meta = _search_meta(st, t, folder, retrain)
     if not retrain:
+        store = CheckpointStore(paths.study_dir(study))
+        hint = (
+            f"add --retrain to refit trial {t.number} from its spec on train + val and export that"
+        )
         try:
-            spec, info, state = CheckpointStore(paths.study_dir(study)).load_finalist(t.number)
+            spec, info, model = store.load_finalist_model(t.number)
+        except DamagedFileError as e:  # the one line names the file
+            raise DamagedFileError(e.path, e.problem, hint) from None
         except ConfigError as e:
-            raise ConfigError(
-                f"{e}; add --retrain to refit it on train + val and export that"
-            ) from None
-        model = full_model(spec, info, state, f"checkpoint of trial {t.number}")
+            raise ConfigError(f"{e}; {hint}") from None
         info["config"] = read_dataset_config(folder)
     else:
         spec, info, model = _retrain(st, t, folder, paths, meta, finetune_encoders, device)
@@ -306,13 +309,26 @@ def _export_ensemble(
 ) -> ExportResult:
     """A staged search's winning ensemble: each member exported as a trial, then combined."""
     with tempfile.TemporaryDirectory(prefix=".autofuse-members-") as tmp:
-        members = [
-            export_trial(
-                study, Path(tmp) / f"trial_{n}", trial=n, workdir=workdir, storage=storage,
-                dataset=dataset,
-            ).out
-            for n in winner["trials"]
-        ]  # fmt: skip
+        members = []
+        for n in winner["trials"]:
+            try:
+                members.append(
+                    export_trial(
+                        study,
+                        Path(tmp) / f"trial_{n}",
+                        trial=n,
+                        workdir=workdir,
+                        storage=storage,
+                        dataset=dataset,
+                    ).out
+                )
+            except DamagedFileError as e:
+                raise DamagedFileError(
+                    e.path,
+                    e.problem,
+                    f"the study's winner is an ensemble with trial {n}: export that trial alone "
+                    f"with --trial {n} --retrain, or another member with --trial",
+                ) from None
         meta = {
             "study": study,
             "trials": winner["trials"],
@@ -477,7 +493,7 @@ def write_export(
             "dataset_info": info,
             EXPORT_KEY: meta,
         }
-        (tmp / "architecture.json").write_text(json.dumps(doc, indent=2, default=str))
+        (tmp / "architecture.json").write_text(json_text(doc))
         state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / "model.safetensors"))
         (tmp / "model_card.md").write_text(model_card(spec, info, meta))
@@ -500,7 +516,8 @@ def _read_member(folder: Path) -> dict:
         info = doc["dataset_info"]
         info["task"]
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ConfigError(f"{arch}: unreadable ({first_line(e)})") from None
+        raise DamagedFileError(arch, f"unreadable ({first_line(e)})") from None
+    read_weights(folder / "model.safetensors")  # a damaged member is named, not copied
     return doc
 
 
@@ -567,7 +584,7 @@ def write_ensemble_export(
     def fill(tmp: Path) -> None:
         for k, (folder, _) in enumerate(kept):
             shutil.copytree(folder, tmp / f"member_{k}")
-        (tmp / ENSEMBLE_FILE).write_text(json.dumps(doc, indent=2, default=str))
+        (tmp / ENSEMBLE_FILE).write_text(json_text(doc))
         (tmp / "model_card.md").write_text(ensemble_model_card(doc, docs, classes))
 
     return _write_dir_atomically(out, fill)

@@ -120,6 +120,7 @@ def _signature_and_example(predictor: Predictor | EnsemblePredictor) -> tuple[An
     outputs.append(ColSpec("double" if predictor.task == "regression" else "string", "prediction"))
     for c in predictor.classes or []:
         outputs.append(ColSpec("double", f"proba_{c}"))
+    outputs.append(ColSpec("string", "status", required=False))  # bad_files="missing" only
     params = ParamSchema(
         [ParamSpec("root", "string", ""), ParamSpec("bad_files", "string", "error")]
     )

@@ -3,16 +3,34 @@
 ``autofuse.search()``, the worker processes, the study attribute that lets ``autofuse worker``
 join from another machine, and the CLI's options (generated from the fields below) all read this
 model, so a default is written once. A bad value is a :class:`~autofuse.errors.ConfigError`
-naming the option.
+naming the option, raised before anything is written: numbers out of range, a device this
+machine does not have (:func:`device_problem`), a storage URL that cannot work
+(:func:`storage_problem`), an MLflow URI that is not one (:func:`mlflow_uri_problem`), a work
+directory that is a file or read-only. The same checks serve the other commands' options
+(:func:`check_device`, :func:`check_storage`, :func:`check_mlflow_uri`, :func:`check_workdir`).
+Secrets in URLs are masked in every message.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import urllib.parse
+from pathlib import Path
 from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
+from autofuse._util import folder_problem, mask_url, workdir_problem
 from autofuse.errors import ConfigError
 
 SamplerName = Literal["tpe", "random", "gp", "qmc"]
@@ -35,6 +53,12 @@ STORED = (
     "amp",
     "checkpoint_every_s",
 )
+
+
+#: seeds are numpy seeds (below 2**32); worker k uses seed + k
+MAX_SEED = 2**31 - 1
+#: a heartbeat more than a day apart would leave a dead worker's trial unnoticed for days
+MAX_HEARTBEAT_S = 86_400
 
 
 def _cli(flag: str, **extra: Any) -> dict[str, Any]:
@@ -81,6 +105,7 @@ class SearchOptions(BaseModel):
     seed: int = Field(
         0,
         ge=0,
+        le=MAX_SEED,
         description="Sampler seed (worker k uses seed + k).",
         json_schema_extra=_cli("--seed"),
     )
@@ -92,12 +117,14 @@ class SearchOptions(BaseModel):
     trial_timeout: float | None = Field(
         None,
         gt=0,
+        allow_inf_nan=False,
         description="Seconds per trial; a slower trial ends as pruned (timeout).",
         json_schema_extra=_cli("--trial-timeout"),
     )
     time_budget: float | None = Field(
         None,
         gt=0,
+        allow_inf_nan=False,
         description="Wall-clock budget of a staged search, e.g. 20m, 2h, 90s (split across "
         "the stages by the space's stages.budget: 25% unimodal, 55% fusion, 20% finalists).",
         json_schema_extra=_cli("--time-budget", text=True),
@@ -125,6 +152,7 @@ class SearchOptions(BaseModel):
     heartbeat_interval: int = Field(
         30,
         ge=1,
+        le=MAX_HEARTBEAT_S,
         description="Seconds between worker heartbeats; a trial silent for 4x this is retried.",
         json_schema_extra=_cli("--heartbeat"),
     )
@@ -165,6 +193,7 @@ class SearchOptions(BaseModel):
     checkpoint_every_s: float = Field(
         30.0,
         ge=0,
+        allow_inf_nan=False,
         description="Seconds between a running trial's epoch checkpoints (0: every epoch).",
         json_schema_extra=_cli("--checkpoint-every"),
     )
@@ -173,6 +202,40 @@ class SearchOptions(BaseModel):
     @classmethod
     def _duration(cls, v: Any) -> Any:
         return parse_duration(v) if isinstance(v, str) else v
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str | None) -> str | None:
+        return None if v is None else _ok(v.strip(), device_problem(v))
+
+    @field_validator("devices")
+    @classmethod
+    def _devices(cls, v: str | None) -> str | None:
+        return None if v is None else _ok(v, devices_problem(v))
+
+    @field_validator("storage")
+    @classmethod
+    def _storage(cls, v: str | None) -> str | None:
+        return None if v is None else _ok(v, storage_problem(v))
+
+    @field_validator("mlflow_uri")
+    @classmethod
+    def _mlflow_uri(cls, v: str | None) -> str | None:
+        return None if v is None else _ok(v, mlflow_uri_problem(v))
+
+    @field_validator("workdir")
+    @classmethod
+    def _workdir(cls, v: str | None) -> str | None:
+        return None if v is None else _ok(v, workdir_problem(v))
+
+    @model_validator(mode="after")
+    def _grace_after_heartbeat(self) -> SearchOptions:
+        if self.grace_period is not None and self.grace_period <= self.heartbeat_interval:
+            raise ValueError(
+                f"grace_period ({self.grace_period} s) must be longer than the heartbeat "
+                f"interval ({self.heartbeat_interval} s), else every running trial looks stale"
+            )
+        return self
 
     @classmethod
     def parse(cls, base: SearchOptions | None = None, **changes: Any) -> SearchOptions:
@@ -228,13 +291,198 @@ def flag(name: str) -> str:
 def _message(e: ValidationError) -> str:
     parts = []
     for err in e.errors():
-        name = str(err["loc"][0]) if err["loc"] else "?"
+        name = str(err["loc"][0]) if err["loc"] else ""
         where = flag(name) if name in SearchOptions.model_fields else name
         value = err.get("input")
-        shown = "" if isinstance(value, dict) else f" {value!r}"
-        msg = "unknown option" if err["type"] == "extra_forbidden" else err["msg"]
-        parts.append(f"{where}{shown}: {msg}")
+        shown = "" if isinstance(value, dict) or not name else f" {_shown(value)!r}"
+        if name == "workdir" and _is_autofuse_home(value):
+            where = "AUTOFUSE_HOME"
+        elif name == "workdir" and _is_cwd(value):
+            shown += " (the current directory)"
+        if err["type"] == "extra_forbidden":
+            msg = "unknown option"
+        elif err["type"] == "value_error" and "error" in err.get("ctx", {}):
+            msg = str(err["ctx"]["error"])  # our own message, without pydantic's prefix
+        else:
+            msg = err["msg"]
+        parts.append(f"{where}{shown}: {msg}" if where else msg)
     return "; ".join(parts)
 
 
-__all__ = ["PRUNER_NAMES", "SAMPLER_NAMES", "STORED", "SearchOptions", "flag"]
+def _shown(value: Any) -> Any:
+    return mask_url(value) if isinstance(value, str) else value
+
+
+def _is_autofuse_home(value: Any) -> bool:
+    home = os.environ.get("AUTOFUSE_HOME")
+    if not home or not isinstance(value, str):
+        return False
+    return Path(home).expanduser().resolve() == Path(value).expanduser().resolve()
+
+
+def _is_cwd(value: Any) -> bool:
+    return isinstance(value, str) and Path(value).expanduser().resolve() == Path.cwd().resolve()
+
+
+def _ok(value: Any, problem: str | None) -> Any:
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+# ---- checks shared with the other commands' options --------------------------------------------
+
+_DEVICE_RE = re.compile(r"(cpu|cuda|mps)(?::(\d+))?")
+
+
+def device_problem(name: str) -> str | None:
+    """Why ``name`` is not a device of this machine (``cpu``, ``cuda``, ``cuda:N``, ``mps``), or
+    None. A device that does not exist here is refused at start, not at the first trial."""
+    m = _DEVICE_RE.fullmatch(str(name).strip())
+    if not m or (m.group(1) in ("cpu", "mps") and m.group(2) not in (None, "0")):
+        return "not a device (use cpu, cuda, cuda:N or mps)"
+    kind, index = m.group(1), m.group(2)
+    if kind == "cpu":
+        return None
+    import torch  # only when a device is named: `autofuse --help` stays fast
+
+    if kind == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        return None if mps is not None and mps.is_available() else "no MPS device on this machine"
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if n == 0:
+        return "no CUDA GPU is visible on this machine (use cpu)"
+    if index is not None and int(index) >= n:
+        visible = "cuda:0" if n == 1 else f"cuda:0 to cuda:{n - 1}"
+        return f"no such GPU: this machine has {n} visible ({visible})"
+    return None
+
+
+def devices_problem(text: str) -> str | None:
+    """Why a ``--devices`` list (``cuda:0,cuda:1``, ``cpu``) cannot be used, or None."""
+    names = [d.strip() for d in str(text).split(",")]
+    if not any(names):
+        return "no device named (use e.g. cuda:0,cuda:1 or cpu)"
+    if "" in names:
+        return "an empty entry in the list (use e.g. cuda:0,cuda:1)"
+    for d in names:
+        problem = device_problem(d)
+        if problem:
+            return f"{d}: {problem}"
+    return None
+
+
+def storage_problem(url: str) -> str | None:
+    """Why ``url`` cannot be a study storage (not a SQLAlchemy URL, an unknown database, a
+    driver that is not installed, a SQLite file that is a folder), or None. Nothing is opened:
+    a server that does not answer is found when the storage is opened."""
+    if str(url).split(":", 1)[0].lower() == "grpc":  # Optuna's storage proxy (storage-proxy)
+        try:
+            parts = urllib.parse.urlsplit(str(url))
+            ok = bool(parts.hostname) and parts.port is not None and not parts.path.strip("/")
+        except ValueError:
+            ok = False
+        return None if ok else "a storage proxy address is grpc://HOST:PORT"
+    try:
+        u = make_url(str(url))
+    except (ArgumentError, ValueError):
+        return (
+            "not a SQLAlchemy URL (e.g. sqlite:///trials/autofuse.db or "
+            "postgresql+psycopg2://user@host/db)"
+        )
+    try:
+        dialect = u.get_dialect()
+    except NoSuchModuleError:
+        return f"unknown database {u.drivername!r} (use sqlite, postgresql or mysql)"
+    try:
+        dialect.import_dbapi()
+    except ImportError as e:
+        return (
+            f"the {u.drivername} driver is not installed ({e}); install it or name an installed "
+            "one (postgresql+psycopg2://, mysql+pymysql://)"
+        )
+    if u.get_backend_name() == "sqlite" and u.database and u.database != ":memory:":
+        db = Path(u.database).expanduser()
+        if db.is_dir():
+            return f"{db} is a folder, not a database file"
+        problem = folder_problem(db.parent, write=False)
+        if problem:
+            return f"the folder of {db} {problem}"
+    return None
+
+
+_MLFLOW_SCHEMES = ("http", "https", "file", "sqlite", "postgresql", "mysql", "mssql")
+_MLFLOW_PLAIN = ("databricks", "databricks-uc", "uc")
+
+
+def mlflow_uri_problem(uri: str) -> str | None:
+    """Why ``uri`` is not an MLflow tracking URI (``off`` turns MLflow off), or None. A server
+    that does not answer is not a problem here: MLflow is then skipped with a warning and
+    ``autofuse mlflow sync`` back-fills it later."""
+    text = str(uri).strip()
+    if text == "off" or text in _MLFLOW_PLAIN or text.startswith(("databricks://", "uc:")):
+        return None
+    if not text:
+        return "empty (give a tracking URI, or off)"
+    if "://" not in text and not text.startswith("sqlite:"):
+        return None  # a local folder: MLflow's file store
+    scheme = text.split(":", 1)[0].lower()
+    if scheme.split("+")[0] not in _MLFLOW_SCHEMES:
+        return (
+            f"not an MLflow tracking URI (scheme {scheme!r}; use http(s)://host:port, "
+            "sqlite:///mlflow.db, a database URL, file:///folder, or off)"
+        )
+    if scheme in ("http", "https"):
+        try:
+            parts = urllib.parse.urlsplit(text)
+            parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+        except ValueError as e:
+            return f"not a valid URL ({e})"
+        if not parts.hostname:
+            return "no host in the URL (use e.g. http://127.0.0.1:5000)"
+        return None
+    if scheme == "file":
+        return None
+    return storage_problem(text)
+
+
+def _check(option: str, value: Any, problem: str | None) -> Any:
+    if problem:
+        raise ConfigError(f"{option} {_shown(value)!r}: {problem}")
+    return value
+
+
+def check_device(name: str, option: str = "--device") -> str:
+    """``name`` if it is a device of this machine, else a ConfigError naming ``option``."""
+    return _check(option, name, device_problem(name)).strip()
+
+
+def check_storage(url: str, option: str = "--storage") -> str:
+    """``url`` if it can be a study storage (:func:`storage_problem`), else a ConfigError."""
+    return _check(option, url, storage_problem(url))
+
+
+def check_mlflow_uri(uri: str, option: str = "--mlflow-uri") -> str:
+    """``uri`` if it is an MLflow tracking URI or ``off``, else a ConfigError."""
+    return _check(option, uri, mlflow_uri_problem(uri))
+
+
+def check_workdir(path: str | os.PathLike[str], option: str = "--workdir") -> str:
+    """``path`` if autofuse can write its outputs there, else a ConfigError naming ``option``."""
+    return _check(option, os.fspath(path), workdir_problem(path))
+
+
+__all__ = [
+    "PRUNER_NAMES",
+    "SAMPLER_NAMES",
+    "STORED",
+    "SearchOptions",
+    "check_device",
+    "check_mlflow_uri",
+    "check_storage",
+    "check_workdir",
+    "device_problem",
+    "flag",
+    "mlflow_uri_problem",
+    "storage_problem",
+]

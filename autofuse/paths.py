@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from autofuse._util import folder_problem, workdir_problem
 from autofuse.errors import ConfigError
 
 _STUDY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -17,11 +18,31 @@ class Paths:
     """Output layout rooted at a work directory (``--workdir``, ``AUTOFUSE_HOME`` or the cwd)."""
 
     root: Path
+    #: where ``root`` came from, for messages: --workdir, AUTOFUSE_HOME or the current directory
+    source: str = field(default="--workdir", compare=False)
 
     @classmethod
     def resolve(cls, workdir: str | Path | None = None) -> Paths:
-        root = Path(workdir or os.environ.get("AUTOFUSE_HOME") or Path.cwd())
-        return cls(root.expanduser().resolve())
+        """The work directory: ``workdir``, else ``$AUTOFUSE_HOME``, else the cwd. One that is a
+        file (or lies under a file) is a ConfigError naming where it came from."""
+        if workdir:
+            root, source = Path(workdir), "--workdir"
+        elif os.environ.get("AUTOFUSE_HOME"):
+            root, source = Path(os.environ["AUTOFUSE_HOME"]), "AUTOFUSE_HOME"
+        else:
+            root, source = Path.cwd(), "the current directory"
+        problem = folder_problem(root, write=False)
+        if problem:
+            raise ConfigError(f"{source} {str(root)!r}: {problem}")
+        return cls(root.expanduser().resolve(), source)
+
+    def writable(self) -> Paths:
+        """``self`` when outputs can be written under it, else a ConfigError saying why (a
+        read-only folder, ``trials/`` or ``reports/`` a file); nothing is created here."""
+        problem = workdir_problem(self.root)
+        if problem:
+            raise ConfigError(f"{self.source} {str(self.root)!r}: {problem}")
+        return self
 
     @property
     def trials(self) -> Path:

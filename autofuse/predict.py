@@ -21,10 +21,19 @@ What ``predict`` does with imperfect input:
   unknown-word id; both are counted in a warning;
 - images of another size or mode are converted to RGB and resized to the encoder's input size
   (bilinear), audio is resampled and cropped / padded, time series resampled, as in training;
-- a missing or unreadable per-sample file: with ``bad_files="error"`` (default) a DatasetError
-  listing every such row, raised before anything is written; with ``bad_files="missing"`` the
-  cell counts as a missing modality and the rows are reported in a warning (and in
-  ``Predictor.skipped``).
+- a missing or unreadable per-sample file, a non-finite value (``inf``, ``1e400``, ``nan``) or a
+  cell that is not a number in a numeric column: with ``bad_files="error"`` (default) a
+  DatasetError listing every such cell (row and column), raised before anything is written (a
+  non-finite value the training dataset's ``non_finite: missing`` policy allows counts as
+  missing, as in training); with ``bad_files="missing"`` the cell counts as missing (a file: the
+  modality is missing in that row; a number: a missing value, with its indicator), the cells are
+  reported in a warning (and in ``Predictor.skipped``) and the table gets a ``status`` column:
+  ``ok``, or ``missing: <what>`` naming what that row was predicted without;
+- a row whose model output is not finite is never written as a prediction: with
+  ``bad_files="error"`` a :class:`PredictionError` names the rows; with ``bad_files="missing"``
+  the row's prediction and probabilities are empty and its ``status`` says ``failed: ...``;
+- an export whose ``model.safetensors`` or ``architecture.json`` cannot be read, or whose
+  weights do not fit the architecture: a :class:`~autofuse.errors.ConfigError` naming the file.
 
 Frozen encoders run for real here (in search their outputs came from the feature cache, stored in
 float16); their token and level outputs are rounded through float16 and they run over the present
@@ -53,7 +62,7 @@ from autofuse.encoders import get_encoder_entry, prepare_modality
 from autofuse.encoders.cache import encoder_features
 from autofuse.encoders.preprocess import PreprocessError, _category_key
 from autofuse.ensemble import ENSEMBLE_FILE, ENSEMBLE_FORMAT, ENSEMBLE_VERSION, combine
-from autofuse.errors import ConfigError
+from autofuse.errors import AutofuseError, ConfigError
 from autofuse.model import build_model
 from autofuse.spec import load_architecture
 from autofuse.train import TrainData, predict_outputs
@@ -64,6 +73,14 @@ log = logging.getLogger(__name__)
 EXPORT_KEY = "export"
 #: rows per frozen-encoder forward pass (the feature cache's batch size: same batches, same bits)
 FROZEN_BATCH = 64
+#: the column ``bad_files="missing"`` adds: ``ok``, ``missing: ...`` or ``failed: ...``
+STATUS_COLUMN = "status"
+#: rows listed in a message before "and N more"
+LISTED_ROWS = 10
+
+
+class PredictionError(AutofuseError):
+    """Rows that cannot be predicted (the model's output for them is not finite)."""
 
 
 def is_mlflow_uri(s: str | os.PathLike[str]) -> bool:
@@ -245,21 +262,47 @@ class BasePredictor:
         Returns:
             One row per input row, in input order: the id column first (when the dataset has
             one), then ``prediction`` (class label / value / labels joined by the target's
-            separator) and, for classification and multilabel, ``proba_<class>`` per class.
+            separator) and, for classification and multilabel, ``proba_<class>`` per class;
+            with ``bad_files="missing"`` also ``status`` (``ok``, ``missing: ...``,
+            ``failed: ...``; a failed row has no prediction and no probabilities).
+
+        Raises:
+            DatasetError: a bad cell (``bad_files="error"``), a column the model needs is absent.
+            PredictionError: the model's output is not finite for some row
+                (``bad_files="error"``).
         """
         self.warnings, self.skipped = [], []
         ds = self.dataset(data, root=root, bad_files=bad_files)
-        self.skipped = list(getattr(ds, "skipped", []))
-        if self.skipped:
-            self.warnings.append(
-                f"{len(self.skipped)} unreadable file(s) treated as missing: "
-                + "; ".join(self.skipped[:10])
-                + (" ..." if len(self.skipped) > 10 else "")
-            )
+        files = list(getattr(ds, "skipped", []))
+        numbers = list(getattr(ds, "skipped_numbers", []))
+        self.skipped = files + numbers
+        for items, what in ((files, "unreadable file(s)"), (numbers, "bad number(s)")):
+            if items:
+                self.warnings.append(
+                    f"{len(items)} {what} treated as missing: "
+                    + "; ".join(items[:LISTED_ROWS])
+                    + (" ..." if len(items) > LISTED_ROWS else "")
+                )
         outputs = self.predict_outputs(ds)
+        failed = ~np.isfinite(outputs.reshape(len(outputs), -1)).all(axis=1)
+        if failed.any() and bad_files != "missing":
+            rows = np.flatnonzero(failed).tolist()
+            listed = "; ".join(ds.row_label(i) for i in rows[:LISTED_ROWS])
+            more = f" and {len(rows) - LISTED_ROWS} more" if len(rows) > LISTED_ROWS else ""
+            raise PredictionError(
+                f"the model's output is not finite for {len(rows)} row(s): {listed}{more}; "
+                "check their input values, or use --on-bad-file missing to mark such rows "
+                "failed and predict the others"
+            )
         for w in self.warnings:
             log.warning("%s", w)
-        return self.format(outputs, ds)
+        if failed.any():  # formatted from zeros, then emptied by _with_status
+            outputs = outputs.copy()
+            outputs[failed] = 0
+        df = self.format(outputs, ds)
+        if bad_files == "missing":
+            df = _with_status(df, ds, failed)
+        return df
 
     def format(self, outputs: np.ndarray, ds) -> pd.DataFrame:
         """The prediction table for raw ``outputs`` of ``ds``'s rows."""
@@ -305,7 +348,12 @@ class Predictor(BasePredictor):
             model = build_model(_loadable_spec(spec), info)
         finally:
             image_log.removeFilter(quiet)
-        missing, unexpected = model.load_state_dict(weights, strict=False)
+        try:
+            missing, unexpected = model.load_state_dict(weights, strict=False)
+        except RuntimeError as e:  # a tensor of the wrong shape
+            raise ConfigError(
+                f"model.safetensors does not match architecture.json ({first_line(e)})"
+            ) from None
         if missing or unexpected:
             raise ConfigError(
                 f"model.safetensors does not match architecture.json "
@@ -319,12 +367,26 @@ class Predictor(BasePredictor):
     def from_dir(cls, folder: str | os.PathLike[str], device: str | None = None) -> Predictor:
         """Read an export folder (``architecture.json`` + ``model.safetensors``)."""
         folder = Path(folder)
-        spec, info = load_architecture(folder / "architecture.json")
-        doc = json.loads((folder / "architecture.json").read_text())
+        arch = folder / "architecture.json"
+        try:
+            spec, info = load_architecture(arch)
+            doc = json.loads(arch.read_text())
+        except AutofuseError:
+            raise
+        except Exception as e:  # noqa: BLE001 - binary garbage, a missing key, a bad spec, ...
+            raise ConfigError(
+                f"{arch}: unreadable ({first_line(e)}); re-export the model"
+            ) from None
         weights = folder / "model.safetensors"
         if not weights.is_file():
             raise ConfigError(f"{folder}: model.safetensors is missing")
-        return cls(spec, info, load_file(str(weights)), doc.get(EXPORT_KEY), device=device)
+        try:
+            state = load_file(str(weights))
+        except Exception as e:  # noqa: BLE001 - SafetensorError, OSError, ...: a damaged file
+            raise ConfigError(
+                f"{weights}: unreadable ({first_line(e)}); re-export the model"
+            ) from None
+        return cls(spec, info, state, doc.get(EXPORT_KEY), device=device)
 
     # ------------------------------------------------------------------ data
     @property
@@ -373,6 +435,7 @@ class Predictor(BasePredictor):
             state = mi["state"]
             if mi["type"] == "tabular" and state.get("kind") == "tabular":
                 mod["categorical"] = list(state["categorical"])
+                mod["numeric"] = list(state["numeric"])  # a typo is reported, not re-typed
             mods[m] = mod
         cfg["modalities"] = mods
         return cfg
@@ -611,6 +674,27 @@ def frozen_features(encoder: torch.nn.Module, prepared, batch_size: int = FROZEN
     return encoder_features(encoder, prepared, batch_size)
 
 
+def _with_status(df: pd.DataFrame, ds, failed: np.ndarray) -> pd.DataFrame:
+    """``df`` with the ``status`` column of ``bad_files="missing"``: ``ok``, ``missing: <what>``
+    (what the row was predicted without), or ``failed: ...`` (no prediction, no probabilities)."""
+    row_missing: dict[int, list[str]] = getattr(ds, "row_missing", {})
+    status = [
+        "missing: " + ", ".join(row_missing[i]) if i in row_missing else "ok"
+        for i in range(len(df))
+    ]
+    df = df.copy()
+    if failed.any():
+        answer = [c for c in df.columns if c == "prediction" or c.startswith("proba_")]
+        df[answer] = df[answer].astype(object)
+        df.loc[failed, answer] = None
+        for i in np.flatnonzero(failed):
+            status[i] = "failed: the model's output is not finite" + (
+                f" ({status[i]})" if status[i] != "ok" else ""
+            )
+    df[STATUS_COLUMN] = status
+    return df
+
+
 def write_predictions(df: pd.DataFrame, out: str | os.PathLike[str]) -> Path:
     """Write ``df`` as CSV atomically (a temporary file renamed into place)."""
     with atomic_write(out) as tmp:
@@ -621,6 +705,7 @@ def write_predictions(df: pd.DataFrame, out: str | os.PathLike[str]) -> Path:
 __all__ = [
     "BasePredictor",
     "EnsemblePredictor",
+    "PredictionError",
     "Predictor",
     "check_compatible",
     "find_export_dir",

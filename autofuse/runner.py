@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from autofuse._util import atomic_write_dir
+from autofuse._util import atomic_write_dir, first_line
 from autofuse.encoders import FeatureCache, PreparedModality, prepare_modality
 from autofuse.encoders.cache import CachedFeatures, encoder_features
 from autofuse.errors import ConfigError
@@ -33,7 +34,40 @@ from autofuse.train import (
     evaluate,
     fit,
     measure_latency_ms,
+    param_groups,
 )
+
+log = logging.getLogger(__name__)
+
+
+def resume_problem(resume: dict, model: torch.nn.Module, groups: list[dict]) -> str | None:
+    """Why the running checkpoint ``resume`` cannot continue training ``model`` (its weights or
+    optimiser state belong to another model), or ``None`` when it can. ``groups``: the optimiser's
+    parameter groups as :func:`autofuse.train.fit` makes them."""
+    own = model.state_dict()
+    for key in ("model", "best_state"):
+        state = resume[key]
+        if set(state) != set(own):
+            return f"holds {key} weights of another model ({len(state)} tensors, not {len(own)})"
+        shapes = [k for k in own if tuple(state[k].shape) != tuple(own[k].shape)]
+        if shapes:
+            return f"holds {key} weights of other shapes (e.g. {shapes[0]})"
+    opt = resume["optimizer"]
+    try:
+        saved = [len(g["params"]) for g in opt["param_groups"]]
+        params = [p for g in groups for p in g["params"]]
+        moments = [  # exp_avg / exp_avg_sq: the shape of their parameter
+            (i, v)
+            for i, s in opt["state"].items()
+            for v in s.values()
+            if isinstance(v, torch.Tensor) and v.dim() > 0
+        ]
+        fits = saved == [len(g["params"]) for g in groups] and all(
+            0 <= i < len(params) and v.shape == params[i].shape for i, v in moments
+        )
+    except (AttributeError, KeyError, TypeError) as e:
+        return f"holds an unusable optimiser state ({first_line(e)})"
+    return None if fits else "holds the optimiser state of another model"
 
 
 def default_device() -> torch.device:
@@ -338,13 +372,19 @@ class CandidateRunner:
         # keeps the host copy: device memory is held only while the trial runs)
         trial_data = data.with_inputs(trial_inputs(data.inputs, self.device))
         model = self.build(spec, info)
+        t = spec.training
+        if resume is not None:
+            problem = resume_problem(resume, model, param_groups(model, t.lr, t.encoder_lr_scale))
+            if problem is not None:  # the file CheckpointStore.load_running read it from
+                where = resume.get("checkpoint_file", "the running checkpoint")
+                log.warning("%s %s; the trial starts from epoch 1", where, problem)
+                resume = None
         if init_state:
             own = model.state_dict()
             model.load_state_dict(
                 {k: v for k, v in init_state.items() if k in own and own[k].shape == v.shape},
                 strict=False,
             )
-        t = spec.training
         res = fit(
             model,
             trial_data,

@@ -4,15 +4,32 @@ The space is conditional: first the fusion family, then the method inside it, th
 point the method accepts, then only that branch's hyperparameters. Every parameter name is
 namespaced (``encoder_decoder.early.hidden``) so a categorical never changes its choices between
 branches, which Optuna's samplers require.
+
+The checker refuses, before a study exists, every value no trial could train with (an epoch count
+below 1, a batch size below 1 or an empty list of them, a learning rate of 0 or less, a range
+whose low is above its high, an empty list of choices, a dropout of 1 or more, a choice the
+registry does not implement...), naming the key's path (``training.batch_size[0]``) in the file.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from autofuse.encoders import EncoderSpec, get_encoder_entry
 from autofuse.errors import ConfigError
@@ -29,16 +46,18 @@ class Range(BaseModel):
     """A numeric range: integers when ``low`` and ``high`` are both ints (and no float ``step``)."""
 
     model_config = ConfigDict(extra="forbid")
-    low: float | int
-    high: float | int
+    low: int | float = Field(allow_inf_nan=False)
+    high: int | float = Field(allow_inf_nan=False)
     log: bool = False
-    step: float | int | None = None
+    step: int | float | None = Field(None, allow_inf_nan=False)
 
     def model_post_init(self, __context: Any) -> None:
         if self.low > self.high:
             raise ValueError(f"low ({self.low}) is greater than high ({self.high})")
         if self.log and self.low <= 0:
             raise ValueError(f"log range needs low > 0 (got {self.low})")
+        if self.step is not None and self.step <= 0:
+            raise ValueError(f"step must be greater than 0 (got {self.step})")
 
     @property
     def is_int(self) -> bool:
@@ -49,7 +68,112 @@ class Range(BaseModel):
         )
 
 
-Value = Union[Range, list[Scalar], Scalar]
+def _value_kind(v: Any) -> str:
+    if isinstance(v, (dict, Range)):
+        return "range"
+    return "list" if isinstance(v, list) else "scalar"
+
+
+#: a space entry: a range (``{low, high, log, step}``), a list of choices or one fixed value;
+#: the shape decides the branch, so an error names only what is wrong with that shape
+Value = Annotated[
+    Union[
+        Annotated[Range, Tag("range")],
+        Annotated[list[Scalar], Tag("list")],
+        Annotated[Scalar, Tag("scalar")],
+    ],
+    Discriminator(_value_kind),
+]
+
+
+class SpaceValueError(ValueError):
+    """A bad value under the key being validated: ``sub`` is the rest of its path (``[0]``,
+    ``.low``), so the message names the whole path (``training.batch_size[0]``)."""
+
+    def __init__(self, sub: str, message: str) -> None:
+        super().__init__(f"{sub}: {message}" if sub else message)
+        self.sub, self.message = sub, message
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What a numeric space entry may hold: ``kind`` (int or float), bounds, and why."""
+
+    kind: type
+    low: float | None = None
+    low_open: bool = False  # value > low (else >=)
+    high: float | None = None
+    high_open: bool = False  # value < high (else <=)
+    why: str = ""
+
+    def problem(self, v: float) -> str | None:
+        if self.low is not None and (v <= self.low if self.low_open else v < self.low):
+            return self.why
+        if self.high is not None and (v >= self.high if self.high_open else v > self.high):
+            return self.why
+        return None
+
+
+#: the training settings a trial needs to train at all
+TRAINING_RULES: dict[str, Rule] = {
+    "lr": Rule(float, 0, True, why="a learning rate must be greater than 0"),
+    "weight_decay": Rule(float, 0, why="a weight decay must be 0 or more"),
+    "batch_size": Rule(int, 1, why="a batch size must be at least 1"),
+    "epochs": Rule(int, 1, why="a trial trains at least 1 epoch"),
+    "patience": Rule(int, 1, why="patience must be at least 1 (0 would stop after 1 epoch)"),
+    "modality_dropout": Rule(float, 0, False, 1, True, why="a dropout rate is in [0, 1)"),
+    "aux_weight": Rule(float, 0, why="an auxiliary-loss weight must be 0 or more"),
+    "fused_dim": Rule(int, 1, why="a width must be at least 1"),
+    "head_dropout": Rule(float, 0, False, 1, True, why="a dropout rate is in [0, 1)"),
+}
+
+
+def _number(v: Any, rule: Rule, sub: str) -> int | float:
+    """One value of a numeric entry, checked against ``rule`` (a number written as text, e.g.
+    YAML's ``1e-3``, is read as that number)."""
+    if isinstance(v, str):
+        try:
+            v = float(v.strip())
+        except ValueError:
+            raise SpaceValueError(sub, f"{v!r} is not a number") from None
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise SpaceValueError(sub, f"{v!r} is not a number")
+    if not math.isfinite(v):
+        raise SpaceValueError(sub, f"{v} is not a finite number")
+    if rule.kind is int:
+        if isinstance(v, float) and not v.is_integer():
+            raise SpaceValueError(sub, f"{v} is not a whole number")
+        v = int(v)
+    problem = rule.problem(v)
+    if problem:
+        raise SpaceValueError(sub, f"got {v}; {problem}")
+    return v
+
+
+def conform(value: Any, rule: Rule | None, sub: str = "") -> Any:
+    """``value`` (a range, a list of choices or a scalar) checked against ``rule`` (``None``:
+    only its shape: no empty list), with numbers written as text read as numbers."""
+    if isinstance(value, list) and not value:
+        raise SpaceValueError(sub, "an empty list of choices (give at least one value)")
+    if rule is None:
+        return value
+    if isinstance(value, Range):
+        low = _number(value.low, rule, f"{sub}.low")
+        high = _number(value.high, rule, f"{sub}.high")
+        if rule.kind is int and not value.is_int:
+            raise SpaceValueError(sub, "takes whole numbers: give low, high and step as integers")
+        if rule.kind is float:  # a range of a real-valued setting is sampled as floats
+            low, high = float(low), float(high)
+        return value.model_copy(update={"low": low, "high": high})
+    if isinstance(value, list):
+        return [_number(v, rule, f"{sub}[{i}]") for i, v in enumerate(value)]
+    return _number(value, rule, sub)
+
+
+def _nonempty_choices(params: dict[str, Any]) -> dict[str, Any]:
+    for name, value in params.items():
+        conform(value, None, f".{name}")
+    return params
 
 
 class MethodSpace(BaseModel):
@@ -57,12 +181,32 @@ class MethodSpace(BaseModel):
     points: list[str] | None = None
     params: dict[str, Value] = Field(default_factory=dict)
 
+    @field_validator("points")
+    @classmethod
+    def _points(cls, v: list[str] | None) -> list[str] | None:
+        return None if v is None else conform(v, None)
+
+    @field_validator("params")
+    @classmethod
+    def _params(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return _nonempty_choices(v)
+
 
 class EncoderChoice(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
     modes: list[Literal["frozen", "finetune", "scratch"]] | None = None
     params: dict[str, Value] = Field(default_factory=dict)
+
+    @field_validator("modes")
+    @classmethod
+    def _modes(cls, v: list[str] | None) -> list[str] | None:
+        return None if v is None else conform(v, None)
+
+    @field_validator("params")
+    @classmethod
+    def _params(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return _nonempty_choices(v)
 
 
 class TrainingSpace(BaseModel):
@@ -77,29 +221,40 @@ class TrainingSpace(BaseModel):
     fused_dim: Value = [64, 128]
     head_dropout: Value = Range(low=0.0, high=0.3)
 
+    @field_validator("*")
+    @classmethod
+    def _trainable(cls, v: Any, info: ValidationInfo) -> Any:
+        return conform(v, TRAINING_RULES.get(str(info.field_name)))
+
 
 class SamplerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: SamplerName = "tpe"
     multivariate: bool = True
     group: bool = True
-    n_startup_trials: int = 8
+    n_startup_trials: int = Field(8, ge=0)
 
 
 class PrunerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: PrunerName = "median"
-    n_startup_trials: int = 4
-    n_warmup_steps: int = 2
+    n_startup_trials: int = Field(4, ge=0)
+    n_warmup_steps: int = Field(2, ge=0)
 
 
 class BudgetSplit(BaseModel):
     """Shares of ``--time-budget`` per stage (AutoGluon-style: one wall-clock budget)."""
 
     model_config = ConfigDict(extra="forbid")
-    unimodal: float = Field(0.25, ge=0)
-    fusion: float = Field(0.55, ge=0)
-    finalists: float = Field(0.20, ge=0)
+    unimodal: float = Field(0.25, ge=0, allow_inf_nan=False)
+    fusion: float = Field(0.55, ge=0, allow_inf_nan=False)
+    finalists: float = Field(0.20, ge=0, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _some_share(self) -> BudgetSplit:
+        if self.unimodal + self.fusion + self.finalists <= 0:
+            raise ValueError("the stages' shares of the time budget are all 0")
+        return self
 
 
 class StagesConfig(BaseModel):
@@ -145,7 +300,7 @@ class SearchSpace(BaseModel):
     #: every family in the space gets at least this many trials (enqueued after the baselines),
     #: so no family is judged on zero or one sample before the sampler concentrates
     coverage: int = Field(default=2, ge=0)
-    trials: int = 20
+    trials: int = Field(default=20, ge=1)
     stages: StagesConfig = Field(default_factory=StagesConfig)
 
     @field_validator("fusion")
@@ -153,6 +308,14 @@ class SearchSpace(BaseModel):
     def _nonempty(cls, v: dict) -> dict:
         if not v:
             raise ValueError("at least one fusion family is needed")
+        return v
+
+    @field_validator("encoders")
+    @classmethod
+    def _some_encoder(cls, v: dict) -> dict:
+        for mtype, choices in v.items():
+            if not choices:
+                raise SpaceValueError(f".{mtype}", "an empty list of encoders (give at least one)")
         return v
 
     # ---- resolution against the registries -------------------------------------------------
@@ -211,6 +374,7 @@ def _check(space: SearchSpace, source: str) -> None:
                             f"{source}: {key}.params.{p}: unknown hyperparameter "
                             f"(known: {', '.join(entry.meta['space'])})"
                         )
+                ms.params.update(_check_params(ms.params, entry.meta["space"], source, key))
     for mtype, choices in space.encoders.items():
         for i, ch in enumerate(choices):
             key = f"encoders.{mtype}[{i}]"
@@ -229,6 +393,67 @@ def _check(space: SearchSpace, source: str) -> None:
                         f"{source}: {key}.modes: {bad} not supported by {ch.name} "
                         f"(supports {list(entry.meta['modes'])})"
                     )
+            ch.params.update(_check_params(ch.params, entry.meta["space"], source, key))
+
+
+def _registry_values(default: Any) -> list[Any]:
+    """The values a registry's default space entry holds (a range's bounds, a list, a scalar)."""
+    if isinstance(default, Range):
+        return [default.low, default.high]
+    if isinstance(default, dict):
+        return [default.get("low"), default.get("high")]
+    return list(default) if isinstance(default, (list, tuple)) else [default]
+
+
+def param_rule(name: str, default: Any) -> Rule | tuple[str, ...] | None:
+    """What a hyperparameter of a fusion method or encoder may hold, from its registry default:
+    a :class:`Rule` for numbers (whole numbers from 1 for sizes such as ``hidden``, a dropout
+    in [0, 1), positive where the default is), the implemented choices for names and flags,
+    None when nothing can be said."""
+    values = _registry_values(default)
+    if values and all(isinstance(v, (str, bool)) for v in values):
+        return tuple(dict.fromkeys(values))
+    if not values or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in values
+    ):
+        return None
+    whole = all(isinstance(v, int) for v in values) and not (
+        isinstance(default, dict) and isinstance(default.get("step"), float)
+    )
+    low = min(values)
+    if name.endswith("dropout"):
+        return Rule(float, 0, False, 1, True, why="a dropout rate is in [0, 1)")
+    if whole:
+        at_least = 1 if low >= 1 else 0
+        return Rule(int, at_least, why=f"{name} is a whole number of at least {at_least}")
+    if low > 0:
+        return Rule(float, 0, True, why=f"{name} must be greater than 0")
+    return Rule(float, 0, why=f"{name} must be 0 or more") if low >= 0 else None
+
+
+def _check_params(params: dict[str, Any], registry: dict[str, Any], source: str, key: str) -> dict:
+    """A method's or an encoder's hyperparameters checked against what its registry entry
+    implements; values written as text are read as numbers."""
+    out = {}
+    for p, value in params.items():
+        if p not in registry:
+            continue  # an encoder option the registry does not search (e.g. a timm model name)
+        rule = param_rule(p, registry[p])
+        where = f"{source}: {key}.params.{p}"
+        if isinstance(rule, tuple):
+            choices = value if isinstance(value, list) else [value]
+            if isinstance(value, Range):
+                raise ConfigError(f"{where}: takes one of {list(rule)}, not a range")
+            bad = [c for c in choices if c not in rule]
+            if bad:
+                raise ConfigError(f"{where}: {bad} not implemented (choose from {list(rule)})")
+            out[p] = value
+            continue
+        try:
+            out[p] = conform(value, rule)
+        except SpaceValueError as e:
+            raise ConfigError(f"{where}{e.sub}: {e.message}") from None
+    return out
 
 
 def load_space(name_or_path: str | Path | None = None) -> SearchSpace:
@@ -264,22 +489,53 @@ def load_space(name_or_path: str | Path | None = None) -> SearchSpace:
     try:
         space = SearchSpace.model_validate(raw)
     except ValidationError as e:
-        msgs = []
-        for err in e.errors():
-            loc = ".".join(
-                str(x) for x in err["loc"] if not str(x).startswith(("Range", "list[", "function-"))
-            )
-            msgs.append(f"{loc}: {err['msg']}")
-        raise ConfigError(f"{p}: " + "; ".join(dict.fromkeys(msgs))) from None
+        raise ConfigError(f"{p}: {space_errors(e)}") from None
     _check(space, str(p))
     return space
+
+
+#: parts of a pydantic error location that name a union branch, not a key of the file
+_LOC_PREFIXES = ("Range", "list[", "function-")
+_LOC_TAGS = {"range", "list", "scalar", "int", "float", "str", "bool"}
+_SCALARS = {"int", "float", "str", "bool"}
+
+
+def space_errors(e: ValidationError) -> str:
+    """A space's validation errors as ``key.path[i]: why``, one per key at fault."""
+    msgs = []
+    for err in e.errors():
+        parts = [
+            x
+            for x in err["loc"]
+            if not (isinstance(x, str) and (x in _LOC_TAGS or x.startswith(_LOC_PREFIXES)))
+        ]
+        loc = ""
+        for x in parts:
+            loc += f"[{x}]" if isinstance(x, int) else (f".{x}" if loc else str(x))
+        cause = (err.get("ctx") or {}).get("error")
+        if isinstance(cause, SpaceValueError):
+            msgs.append(f"{loc}{cause.sub}: {cause.message}")
+        elif err["type"] == "value_error" and cause is not None:
+            msgs.append(f"{loc}: {cause}")
+        elif err["type"] == "union_tag_invalid" or (
+            err["type"].endswith("_type") and err.get("input") is None
+        ):
+            msgs.append(f"{loc}: no value given")
+        elif _SCALARS & set(map(str, err["loc"][-1:])):  # none of a scalar's types fits
+            msgs.append(f"{loc}: {err.get('input')!r} is not a number, a name or true/false")
+        else:
+            msgs.append(f"{loc}: {err['msg']}")
+    return "; ".join(dict.fromkeys(msgs))
 
 
 def _read_yaml(p: Path) -> dict:
     try:
         raw = yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML ({e})") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        why = getattr(e, "problem", None) or str(e).strip().splitlines()[0]
+        raise ConfigError(f"{p}{where}: not valid YAML ({why})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{p}: expected a mapping at the top level")
     return raw

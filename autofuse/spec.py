@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from autofuse._util import atomic_write_text
+from autofuse._util import atomic_write_text, json_text
 from autofuse.encoders.base import EncoderSpec
 from autofuse.errors import ConfigError
 
@@ -81,7 +81,7 @@ def save_architecture(path: str | Path, spec: ArchitectureSpec, dataset_info: di
         "spec": spec.model_dump(mode="json"),
         "dataset_info": dataset_info,
     }
-    return atomic_write_text(path, json.dumps(doc, indent=2, sort_keys=False))
+    return atomic_write_text(path, json_text(doc))
 
 
 def load_architecture(path: str | Path) -> tuple[ArchitectureSpec, dict]:

@@ -458,10 +458,11 @@ def choose_winner(
         f"({win['mean']:.4f} +/- {win['std']:.4f}); its best seed is trial {best_seed.number}",
         designs,
     )
-    members = [t for t in sorted(done, key=lambda t: t.number) if store.has_outputs(t.number)]
+    readable = store.readable_outputs(t.number for t in done)  # a damaged file: a warning
+    members = [t for t in sorted(done, key=lambda t: t.number) if t.number in readable]
     if len(members) < 2:
         return single
-    outs = [store.load_outputs(t.number) for t in members]
+    outs = [readable[t.number] for t in members]
     y_val, y_test = y_raw[splits["val"]], y_raw[splits["test"]]
     weights, score = greedy_selection([o["val"] for o in outs], y_val, task, metric, direction)
     best_single = best_first(members, lambda t: t.value, direction)[0].value

@@ -28,6 +28,7 @@ from autofuse._util import best_first
 from autofuse.checkpoints import KEEP_TOP_K, CheckpointStore
 from autofuse.data import Dataset
 from autofuse.errors import ConfigError
+from autofuse.leaderboard import close_study_run
 from autofuse.metrics import OBJECTIVES
 from autofuse.options import SearchOptions
 from autofuse.paths import Paths, check_study_name
@@ -46,11 +47,12 @@ from autofuse.stages import (
     stage_of,
 )
 from autofuse.storage.history import HistoryStore
-from autofuse.storage.lock import StudyLock
+from autofuse.storage.lock import StudyLock, holding
 from autofuse.storage.mlflow import open_tracker
+from autofuse.storage.sql import close_storage
 from autofuse.summary import write_json, write_summary
 from autofuse.train import TrainData
-from autofuse.trial import TrialHook
+from autofuse.trial import TrialHook, reconcile_stale
 from autofuse.workers import (
     WorkerConfig,
     check_storage_for_workers,
@@ -61,6 +63,7 @@ from autofuse.workers import (
 )
 
 log = logging.getLogger(__name__)
+TS = optuna.trial.TrialState
 
 
 @dataclass
@@ -89,6 +92,13 @@ class StudyPlan:
     study: optuna.Study
     history: HistoryStore
     tracker: Any  # MlflowTracker | NullTracker
+    #: the study's Optuna storage (closed with the plan)
+    rdb: Any = None
+
+    def close(self) -> None:
+        """Close the plan's database connections (a notebook may run many searches)."""
+        self.history.close()
+        close_storage(self.rdb)
 
     @property
     def n_total(self) -> int:
@@ -134,8 +144,31 @@ def search(
     opts = SearchOptions.parse(options, **changes)
     plan = prepare(dataset, study, opts, space)
     t0 = time.monotonic()
-    dispatch(plan, tuple(hooks))
-    return finish(plan, time.monotonic() - t0)
+    try:
+        try:
+            dispatch(plan, tuple(hooks))
+        except KeyboardInterrupt:
+            interrupted(plan)
+            raise
+        return finish(plan, time.monotonic() - t0)
+    finally:
+        plan.close()
+
+
+def interrupted(plan: StudyPlan) -> None:
+    """Ctrl-C / SIGTERM stopped the search (each running trial logged one line): one summary line,
+    and the MLflow parent run ends KILLED (resuming the study sets it running again)."""
+    trials = plan.study.get_trials(deepcopy=False)
+    done = sum(t.state in (TS.COMPLETE, TS.PRUNED) for t in trials)
+    queued = sum(t.state == TS.WAITING and "retry_of" in t.user_attrs for t in trials)
+    log.warning(
+        "study %s stopped: %d trial(s) finished, %d interrupted trial(s) queued to resume; "
+        "run the same command again to continue",
+        plan.name,
+        done,
+        queued,
+    )
+    plan.tracker.end_study("KILLED")
 
 
 def prepare(
@@ -167,23 +200,28 @@ def prepare(
     make_sampler(sp, opts.sampler, opts.seed)  # a bad --sampler / --pruner before any write
     make_pruner(sp, opts.pruner)
     metric, direction = OBJECTIVES[ds.task]
-    history = HistoryStore(str(opts.storage))  # creates or checks autofuse's tables
-    st = open_study(study, ds, sp, opts, direction)
-    _record(st, history, ds, sp, opts, paths, space_file=opts.space, metric=metric)
-    tracker = open_tracker(
-        opts.mlflow_uri,
-        paths.trials,
-        study,
-        {"dataset": ds.name, "fingerprint": ds.fingerprint()[:16]},
-        {"autofuse.dataset": ds.name},
-    )
-    if tracker.available:
-        history.upsert_study(
+    history = HistoryStore(str(opts.storage))  # creates (once) or checks autofuse's tables
+    # several processes starting this study at once: one creates it, the others join it
+    rdb = open_storage(str(opts.storage), opts)
+    with holding(StudyLock(str(opts.storage), study)):
+        st = _open_study(rdb, study, ds, sp, opts, direction)
+        _record(st, history, ds, sp, opts, paths, space_file=opts.space, metric=metric)
+        tracker = open_tracker(
+            opts.mlflow_uri,
+            paths.trials,
             study,
-            mlflow_experiment_id=tracker.experiment_id,
-            mlflow_parent_run_id=tracker.parent_run_id,
+            {"dataset": ds.name, "fingerprint": ds.fingerprint()[:16]},
+            {"autofuse.dataset": ds.name},
         )
-    return StudyPlan(study, ds, sp, opts, paths, devices, metric, direction, st, history, tracker)
+        if tracker.available:
+            history.upsert_study(
+                study,
+                mlflow_experiment_id=tracker.experiment_id,
+                mlflow_parent_run_id=tracker.parent_run_id,
+            )
+    return StudyPlan(
+        study, ds, sp, opts, paths, devices, metric, direction, st, history, tracker, rdb
+    )
 
 
 def _devices(opts: SearchOptions, study: str) -> list[str]:
@@ -206,27 +244,30 @@ def open_study(
     """Create the study (with its baselines) or resume it, under the study lock so that several
     processes starting at once end up in one study."""
     storage = open_storage(str(opts.storage), opts)
-    lock = StudyLock(str(opts.storage), name)
-    try:
-        with lock:
-            names = optuna.get_all_study_names(storage)
-            if name in names:
-                st = optuna.load_study(study_name=name, storage=storage)
-                _check_resume(st, ds, sp, opts.force)
-                log.info("resuming study %s", name)
-            else:
-                st = optuna.create_study(study_name=name, storage=storage, direction=direction)
-                st.set_user_attr("dataset_fingerprint", ds.fingerprint())
-                st.set_user_attr("dataset", ds.info())
-                st.set_user_attr("space", describe(sp))
-                st.set_user_attr("metric", OBJECTIVES[ds.task][0])
-                if not sp.stages.enabled:  # staged: enqueued when the fusion search opens
-                    for bname, params in baseline_params(sp, _modalities(ds)):
-                        st.enqueue_trial(params, user_attrs={"baseline": bname})
-            if not sp.stages.enabled:
-                _enqueue_coverage(st, sp, _modalities(ds), int(opts.trials or 0))
-    finally:
-        lock.close()
+    with holding(StudyLock(str(opts.storage), name)):
+        return _open_study(storage, name, ds, sp, opts, direction)
+
+
+def _open_study(
+    storage: Any, name: str, ds: Dataset, sp: SearchSpace, opts: SearchOptions, direction: str
+) -> optuna.Study:
+    """``open_study`` on ``storage`` for a caller that holds the study lock."""
+    names = optuna.get_all_study_names(storage)
+    if name in names:
+        st = optuna.load_study(study_name=name, storage=storage)
+        _check_resume(st, ds, sp, opts.force)
+        log.info("resuming study %s", name)
+    else:
+        st = optuna.create_study(study_name=name, storage=storage, direction=direction)
+        st.set_user_attr("dataset_fingerprint", ds.fingerprint())
+        st.set_user_attr("dataset", ds.info())
+        st.set_user_attr("space", describe(sp))
+        st.set_user_attr("metric", OBJECTIVES[ds.task][0])
+        if not sp.stages.enabled:  # staged: enqueued when the fusion search opens
+            for bname, params in baseline_params(sp, _modalities(ds)):
+                st.enqueue_trial(params, user_attrs={"baseline": bname})
+    if not sp.stages.enabled:
+        _enqueue_coverage(st, sp, _modalities(ds), int(opts.trials or 0))
     return st
 
 
@@ -356,12 +397,8 @@ class StageBudget:
 
 def _locked(plan: StudyPlan, fn: Any, *args: Any) -> Any:
     """Run ``fn`` under the study lock (what several coordinators must do once)."""
-    lock = StudyLock(str(plan.options.storage), plan.name)
-    try:
-        with lock:
-            return fn(*args)
-    finally:
-        lock.close()
+    with holding(StudyLock(str(plan.options.storage), plan.name)):
+        return fn(*args)
 
 
 def open_fusion_search(plan: StudyPlan) -> None:
@@ -394,7 +431,9 @@ def run_stage(
 ) -> None:
     """Run the workers on one stage: one in this process, or one process per planned device."""
     opts = plan.options
-    plan.study.set_user_attr(
+    _locked(
+        plan,
+        plan.study.set_user_attr,
         "stage_plan",
         {"stage": stage, "target": target, "deadline": deadline, "budget_end": budget_end},
     )
@@ -424,27 +463,16 @@ def run_stage(
 
 
 def finish(plan: StudyPlan, wall_time_s: float) -> SearchResult:
-    """Keep the top checkpoints, export the best, write the summary, close MLflow, report."""
-    st, store = plan.study, plan.store
-    done = st.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    searched = [t for t in done if stage_of(t) == FUSION]
-    keep = {t.number for t in best_first(searched, lambda t: t.value, plan.direction)[:KEEP_TOP_K]}
-    keep |= {t.number for t in done if stage_of(t) == FINALIST}
-    store.prune(keep)
-    winner = None
-    if plan.space.stages.enabled:
-        t = plan.runner_template()
-        found = choose_winner(st, store, plan.ds.task, t.y_raw, t.splits, plan.metric)
-        if found is not None:
-            meta = {"study": plan.name, "metric": plan.metric, "direction": plan.direction}
-            meta["metrics"] = {"val": {plan.metric: found.val}, "test": found.test}
-            export_winner(store, found, meta)
-            winner = found.to_dict()
-            st.set_user_attr("winner", winner)
-    summary = write_summary(
-        st, store, plan.ds.info(), plan.metric, plan.direction, wall_time_s, winner
-    )
-    _finish_tracker(plan, summary)
+    """Keep the top checkpoints, export the best, write the summary, close MLflow, report.
+
+    Under the study lock: several searches of one study finish one after the other (the same
+    checkpoints kept, the best model registered once); first the trial records are brought in
+    line with Optuna (a worker that died late)."""
+    with holding(StudyLock(str(plan.options.storage), plan.name)):
+        reconcile_stale(plan.study, plan.history, plan.tracker)
+        summary = _conclude(plan, wall_time_s)
+        close_study_run(plan.tracker, plan.store, summary, plan.name)
+    store = plan.store
     if plan.options.report:
         try:
             out = write_report(
@@ -457,27 +485,33 @@ def finish(plan: StudyPlan, wall_time_s: float) -> SearchResult:
     return SearchResult(plan.name, store.study_dir, summary)
 
 
-def _finish_tracker(plan: StudyPlan, summary: dict) -> None:
-    """Log the best model on the study's parent run and end it with the best metrics."""
-    tracker = plan.tracker
-    if not tracker.available:
-        return
-    try:
-        best = plan.store.load_best() if summary.get("best_trial") is not None else None
-    except ConfigError as e:  # MLflow trouble must not lose the search's results
-        log.warning("could not log the best model to MLflow: %s", e)
-        best = None
-    if best is not None:
-        # mlflow.pytorch warns that pickled models run code when loaded; this is our own model
-        pt_log = logging.getLogger("mlflow.pytorch")
-        level, pt_log.level = pt_log.level, logging.ERROR
-        try:
-            tracker.log_best_model(best[2], plan.store.best_dir / "architecture.json", plan.name)
-        finally:
-            pt_log.setLevel(level)
-    metrics = {f"best_val_{k}": v for k, v in (summary.get("val_metrics") or {}).items()}
-    metrics.update({f"best_test_{k}": v for k, v in (summary.get("test_metrics") or {}).items()})
-    tracker.end_study("FINISHED", metrics)
+def _conclude(plan: StudyPlan, wall_time_s: float) -> dict:
+    """The finalists' checkpoints kept, the winner exported, ``summary.json`` written."""
+    st, store = plan.study, plan.store
+    done = st.get_trials(deepcopy=False, states=(TS.COMPLETE,))
+    searched = [t for t in done if stage_of(t) == FUSION]
+    keep = {t.number for t in best_first(searched, lambda t: t.value, plan.direction)[:KEEP_TOP_K]}
+    keep |= {t.number for t in done if stage_of(t) == FINALIST}
+    store.prune(keep)
+    winner = None
+    if plan.space.stages.enabled:
+        t = plan.runner_template()
+        found = choose_winner(st, store, plan.ds.task, t.y_raw, t.splits, plan.metric)
+        if found is not None:
+            meta = {"study": plan.name, "metric": plan.metric, "direction": plan.direction}
+            meta["metrics"] = {"val": {plan.metric: found.val}, "test": found.test}
+            failed = None
+            try:
+                export_winner(store, found, meta)
+            except ConfigError as e:  # a damaged checkpoint must not lose the search's results
+                log.warning("the winner was not exported to %s: %s", store.best_dir, e)
+                found.why += f"; not exported ({e})"
+                failed = {"exported": False}  # best/ is not this winner (summary: no best_dir)
+            winner = {**found.to_dict(), **(failed or {})}
+            st.set_user_attr("winner", winner)
+    return write_summary(
+        st, store, plan.ds.info(), plan.metric, plan.direction, wall_time_s, winner
+    )
 
 
 __all__ = ["SearchResult", "StudyPlan", "dispatch", "finish", "open_study", "prepare", "search"]

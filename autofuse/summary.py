@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
 import optuna
 
-from autofuse._util import atomic_write_text, best_first, better
+from autofuse._util import atomic_write_text, best_first, better, json_text
 from autofuse.checkpoints import CheckpointStore
 from autofuse.errors import ConfigError
 
@@ -19,7 +18,8 @@ TS = optuna.trial.TrialState
 
 
 def write_json(path: Path, doc: dict) -> None:
-    atomic_write_text(path, json.dumps(doc, indent=2, default=str))
+    """Write ``doc`` as strict JSON (non-finite numbers as ``null``), atomically."""
+    atomic_write_text(path, json_text(doc))
 
 
 def _counts(trials: list[optuna.trial.FrozenTrial]) -> tuple[dict[str, int], dict[str, int]]:
@@ -109,7 +109,8 @@ def write_summary(
     )
     if winner is not None:
         summary["winner"] = winner
-        summary["best_dir"] = str(store.best_dir) if store.best_dir.exists() else None
+        exported = store.best_dir.exists() and winner.get("exported", True)
+        summary["best_dir"] = str(store.best_dir) if exported else None
         if winner["kind"] == "ensemble":
             summary["best_value"] = winner["val"]
             summary["val_metrics"] = {metric: winner["val"]}

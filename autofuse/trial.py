@@ -22,8 +22,10 @@ history, to the trial's Optuna user attributes and to its MLflow run.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
+import math
 import os
 import socket
 import time
@@ -51,8 +53,9 @@ from autofuse.stages import (
     finished_in_stage,
     stage_of,
 )
-from autofuse.storage.history import TRIAL_FIELDS, HistoryStore
-from autofuse.storage.mlflow import final_metrics, trial_tags
+from autofuse.storage.history import TRIAL_FIELDS, HistoryStore, reconcile
+from autofuse.storage.mlflow import final_metrics, run_status, trial_tags
+from autofuse.storage.sql import close_storage
 from autofuse.train import TrialFault
 
 log = logging.getLogger(__name__)
@@ -108,6 +111,13 @@ class WorkerContext:
     stage_target: int | None = None
     min_trial_s: float = 0.0
     worker: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+    #: the study's Optuna storage, when the context opened it (closed with the context)
+    rdb: Any = None
+
+    def close(self) -> None:
+        """Close the context's database connections."""
+        self.history.close()
+        close_storage(self.rdb)
 
     @property
     def modalities(self) -> dict[str, str]:
@@ -192,6 +202,10 @@ class TrialExecution:
         #: 1, or 2 for the retry with half the batch size after an out-of-memory error
         self.attempt = 1
         self.attempt_t0 = self.t0
+        #: the status of the trial's final record, once written
+        self.ended: str | None = None
+        #: the last epoch trained (an interrupted trial says where it stopped)
+        self.last_epoch = 0
 
     @property
     def number(self) -> int:
@@ -203,7 +217,33 @@ class TrialExecution:
 
     # ---- the trial, top to bottom ----------------------------------------------------------------
     def run(self) -> float:
-        """Train and record the trial; returns its objective value (Optuna's ``objective``)."""
+        """Train and record the trial; returns its objective value (Optuna's ``objective``).
+
+        Whatever ends the trial, its record ends with it, in the state Optuna gives the trial:
+        COMPLETE (returned), PRUNED (``TrialPruned``) or FAIL (an exception, Ctrl-C), also when
+        the error comes from sampling, recording or keeping the result."""
+        try:
+            return self._run()
+        except optuna.TrialPruned:
+            if self.ended not in (None, "PRUNED"):  # a hook pruned after another end
+                self.log.end("PRUNED", reason="pruned")
+            elif self.ended is None:
+                self.end("PRUNED", reason="pruned")
+            raise
+        except KeyboardInterrupt:
+            if self.ended != "FAIL":
+                self.interrupted()
+            raise
+        except Exception as e:
+            mark_logged(e)
+            log.warning("trial %d failed:\n%s", self.number, traceback.format_exc())
+            if self.ended is None:
+                self.end("FAIL", reason="error", error=f"{type(e).__name__}: {e}")
+            elif self.ended != "FAIL":  # after its record was written: Optuna fails it
+                self.log.end("FAIL", reason="error", error=f"{type(e).__name__}: {e}")
+            raise
+
+    def _run(self) -> float:
         self.start()
         if self.plan.reused is not None:
             return self.reuse(self.plan.reused)
@@ -219,17 +259,14 @@ class TrialExecution:
         except optuna.TrialPruned as e:
             self.end("PRUNED", reason="pruned", error=str(e))
             raise
-        except KeyboardInterrupt:
-            self.interrupted()
-            raise
-        except Exception as e:
-            log.warning("trial %d failed:\n%s", self.number, traceback.format_exc())
-            self.end("FAIL", reason="error", error=f"{type(e).__name__}: {e}")
-            raise
         if oom is not None:
             self.free_memory()
             self.fault(TrialFault("oom", oom))
-        return self.complete(result)
+        try:
+            return self.complete(result)
+        except TrialFault as f:
+            self.fault(f)
+            raise  # not reached: fault raises TrialPruned
 
     def train(self) -> CandidateResult:
         """``CandidateRunner.run`` on the spec; after an out-of-memory error, once more with half
@@ -347,6 +384,7 @@ class TrialExecution:
     # ---- during training -------------------------------------------------------------------------
     def epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
         """Record the epoch, call the hooks, then ask the pruner."""
+        self.last_epoch = epoch
         self.log.epoch(epoch, metrics)
         self._hooks("on_epoch_end", epoch, metrics)
         if not self.plan.prunable:
@@ -360,6 +398,7 @@ class TrialExecution:
         """Keep the full training state, so a retry continues from this epoch: at most every
         ``options.checkpoint_every_s`` seconds (copying the state each epoch is not free, and a
         trial of a few seconds gains nothing from it)."""
+        self.last_epoch = max(self.last_epoch, epoch)  # trained (epoch_end comes next)
         every = self.ctx.options.checkpoint_every_s
         if every and time.monotonic() - self.last_checkpoint < every:
             return
@@ -373,6 +412,7 @@ class TrialExecution:
         fields.setdefault("trial_time_s", time.monotonic() - self.t0)
         fields["overhead_s"] = self.log.overhead_s
         self.log.end(status, **fields)
+        self.ended = status
         if not keep_checkpoint:
             self.ctx.store.discard_running(self.number, self.retry_of)
         self._hooks("on_trial_end", status, fields)
@@ -393,7 +433,9 @@ class TrialExecution:
 
     def interrupted(self) -> None:
         """Stopped by the user: the trial fails and a copy is queued that resumes from its last
-        epoch checkpoint when the study runs again."""
+        epoch checkpoint when the study runs again (one warning line says so)."""
+        where = f"after epoch {self.last_epoch}" if self.last_epoch else "before its first epoch"
+        log.warning("trial %d interrupted %s; queued to resume", self.number, where)
         self.end(
             "FAIL",
             keep_checkpoint=True,
@@ -410,6 +452,8 @@ class TrialExecution:
     def complete(self, result: CandidateResult) -> float:
         ctx = self.ctx
         value = float(result.val_metrics[ctx.metric])
+        if not math.isfinite(value):  # Optuna would fail the trial: end it as a fault instead
+            raise TrialFault("diverged", f"validation {ctx.metric} is {value}")
         fields = {**result.metrics_fields(), **self.peak_memory()}
         t = time.monotonic()
         self.keep(result, value)
@@ -469,25 +513,27 @@ def retried_trial(study: optuna.Study, trial: optuna.Trial) -> int | None:
 
 
 def reconcile_stale(study: optuna.Study, history: HistoryStore, tracker: Any) -> list[int]:
-    """Trials Optuna failed as stale (their worker died): record them as FAIL / killed and mark
-    their MLflow runs KILLED. Returns their numbers."""
-    failed = {
-        t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))
-    }
-    out = []
-    for rec in history.trials(study.study_name):
-        if rec.status == "RUNNING" and rec.number in failed:
-            history.record_trial(
-                study.study_name,
-                rec.number,
-                status="FAIL",
-                reason="killed",
-                error="worker stopped (missed heartbeats); trial retried",
-                finished_at=utcnow(),
-            )
-            tracker.kill_run(rec.mlflow_run_id)
-            out.append(rec.number)
-    return out
+    """Records that disagree with Optuna's final state of their trial (a worker that died: Optuna
+    failed its trial as stale; an older autofuse that left a failed trial RUNNING) are rewritten
+    in Optuna's state, and their MLflow runs ended to match. Returns their numbers."""
+    fixed = reconcile(history, study.study_name, study.get_trials(deepcopy=False))
+    for rec in fixed:
+        tags = {"autofuse.status": rec.status, "autofuse.reason": rec.reason or ""}
+        tracker.end_trial(rec.mlflow_run_id, run_status(rec.status, rec.reason), {}, tags)
+    if fixed:
+        log.info(
+            "study %s: %d trial record(s) repaired to Optuna's state (%s)",
+            study.study_name,
+            len(fixed),
+            ", ".join(f"{r.number}: {r.status}" for r in fixed),
+        )
+    return [r.number for r in fixed]
+
+
+def mark_logged(e: BaseException) -> None:
+    """Note that ``e``'s traceback is in the log already (see ``workers.QuietOptunaFailures``)."""
+    with contextlib.suppress(AttributeError, TypeError):
+        e.__autofuse_logged__ = True
 
 
 __all__ = [
@@ -495,6 +541,7 @@ __all__ = [
     "TrialHook",
     "TrialLog",
     "WorkerContext",
+    "mark_logged",
     "reconcile_stale",
     "retried_trial",
 ]

@@ -38,6 +38,7 @@ import torch
 from optuna.trial import TrialState
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from autofuse._util import mask_url
 from autofuse.checkpoints import CheckpointStore
 from autofuse.data import Dataset
 from autofuse.errors import AutofuseError, ConfigError
@@ -119,15 +120,55 @@ def open_storage(url: str, options: SearchOptions):
     )
 
 
+class QuietOptunaFailures(logging.Filter):
+    """Optuna logs a failed trial with its full traceback. A trial stopped by Ctrl-C / SIGTERM is
+    not a failure worth one (:meth:`TrialExecution.interrupted` logs one line): dropped. An error
+    whose traceback the trial already logged (:func:`autofuse.trial.mark_logged`) keeps Optuna's
+    one-line message without a second copy of it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._dropped: set[str] = set()  # "Trial <n> ": its second line ("failed with value") too
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        msg = str(record.msg)
+        if isinstance(exc, KeyboardInterrupt):
+            self._dropped.add(msg.split("failed", 1)[0])
+            return False
+        if "failed with value" in msg and msg.split("failed", 1)[0] in self._dropped:
+            return False
+        if exc is not None and getattr(exc, "__autofuse_logged__", False):
+            record.exc_info = None
+        return True
+
+
+#: the Optuna logger that reports failed trials (``optuna.study._optimize``)
+OPTUNA_TRIAL_LOGGER = "optuna.study._optimize"
+
+
+@contextlib.contextmanager
+def quiet_optuna_failures():
+    """Install :class:`QuietOptunaFailures` on Optuna's trial logger for the block."""
+    logger, f = logging.getLogger(OPTUNA_TRIAL_LOGGER), QuietOptunaFailures()
+    logger.addFilter(f)
+    try:
+        yield
+    finally:
+        logger.removeFilter(f)
+
+
 @contextlib.contextmanager
 def interrupt_on_signals():
     """Ctrl-C and SIGTERM (Slurm / Kubernetes stop a job with it) raise KeyboardInterrupt, so the
     running trial is queued to resume instead of being left RUNNING; restores the old handlers.
+    Optuna's traceback of the stopped trial is not logged (:class:`QuietOptunaFailures`).
 
     SIGINT is reset too: a process started in the background of a non-interactive shell inherits
     SIGINT as ignored."""
     if threading.current_thread() is not threading.main_thread():
-        yield
+        with quiet_optuna_failures():
+            yield
         return
 
     def interrupt(signum, frame):
@@ -137,7 +178,8 @@ def interrupt_on_signals():
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, interrupt)
     try:
-        yield
+        with quiet_optuna_failures():
+            yield
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)
@@ -185,9 +227,10 @@ def worker_context(cfg: WorkerConfig, ds: Any = None) -> WorkerContext:
     sp = SearchSpace.model_validate(cfg.space)
     opts = cfg.options
     paths = Paths.resolve(opts.workdir)
+    rdb = open_storage(cfg.storage, opts)
     st = optuna.load_study(
         study_name=cfg.study,
-        storage=open_storage(cfg.storage, opts),
+        storage=rdb,
         sampler=make_sampler(sp, opts.sampler, opts.seed + cfg.rank),
         pruner=make_pruner(sp, opts.pruner),
     )
@@ -210,29 +253,34 @@ def worker_context(cfg: WorkerConfig, ds: Any = None) -> WorkerContext:
         budget_end=cfg.budget_end,
         stage_target=cfg.n_total,
         min_trial_s=cfg.min_trial_s,
+        rdb=rdb,
     )
 
 
 def run_worker(cfg: WorkerConfig, ds: Any = None, progress: bool = False) -> None:
     """Train trials of ``cfg.study`` until it holds ``cfg.n_total`` finished trials."""
     ctx = worker_context(cfg, ds)
-    # a worker killed earlier left RUNNING trials: fail them now (Optuna retries them) and record it
-    optuna.storages.fail_stale_trials(ctx.study)
-    reconcile_stale(ctx.study, ctx.history, ctx.tracker)
     faults = FaultCounter(cfg.options.max_faults)
-    with interrupt_on_signals():
-        optimize_until(
-            ctx.study,
-            lambda trial: TrialExecution(ctx, trial).run(),
-            cfg.n_total,
-            ctx.metric,
-            progress,
-            extra_callbacks=[faults],
-            should_stop=faults.tripped,
-            storage_url=cfg.storage,
-            stage=cfg.stage,
-            deadline=cfg.deadline,
-        )
+    try:
+        # a worker killed earlier left RUNNING trials: fail them now (Optuna retries them), and
+        # bring the records in line with Optuna's states
+        optuna.storages.fail_stale_trials(ctx.study)
+        reconcile_stale(ctx.study, ctx.history, ctx.tracker)
+        with interrupt_on_signals():
+            optimize_until(
+                ctx.study,
+                lambda trial: TrialExecution(ctx, trial).run(),
+                cfg.n_total,
+                ctx.metric,
+                progress,
+                extra_callbacks=[faults],
+                should_stop=faults.tripped,
+                storage_url=cfg.storage,
+                stage=cfg.stage,
+                deadline=cfg.deadline,
+            )
+    finally:
+        ctx.close()
     if faults.tripped():
         raise WorkerStopped(
             f"worker {ctx.worker} stopped after {faults.n} consecutive faulty trials "
@@ -561,7 +609,9 @@ def worker_config_from_study(
         for s in optuna.get_all_study_summaries(make_storage(storage), include_best_trial=False)
     }
     if study not in summaries:
-        raise ConfigError(f"no study {study!r} in {storage}; create it with `autofuse search`")
+        raise ConfigError(
+            f"no study {study!r} in {mask_url(storage)}; create it with `autofuse search`"
+        )
     attrs = summaries[study].user_attrs
     ds_path = dataset or attrs.get("dataset_path")
     if not ds_path or not Path(ds_path).exists():

@@ -15,14 +15,17 @@ import optuna
 import pandas as pd
 import pytest
 import torch
+import yaml
 from ci import IN_CI
 from click.testing import CliRunner
 from PIL import Image
 
 import autofuse
 from autofuse.cli import main
+from autofuse.data import DatasetError
 from autofuse.errors import ConfigError
 from autofuse.export import export_trial
+from autofuse.predict import PredictionError
 from autofuse.study import search
 
 REPO = Path(__file__).resolve().parents[1]
@@ -262,6 +265,165 @@ def test_bad_input_gives_clear_errors_and_writes_nothing(exported, demo_dataset,
     # an export folder that is not one, a study without that trial
     r = runner.invoke(main, ["predict", str(tmp_path), str(folder)])
     assert r.exit_code != 0 and "not an autofuse export" in r.output
+
+
+def _refuse_constant(name: str) -> None:
+    raise AssertionError(f"bare {name} in JSON")
+
+
+def _strict_json(path: Path) -> dict:
+    """``path`` parsed by a strict JSON reader (a bare NaN / Infinity fails the test)."""
+    return json.loads(path.read_text(), parse_constant=_refuse_constant)
+
+
+def test_bad_numbers_are_named_or_marked_missing_never_predicted_blank(
+    exported, demo_dataset, tmp_path
+):
+    folder = tmp_path / "new"
+    rows = _new_data(demo_dataset, folder)
+    out = tmp_path / "p.csv"
+    runner = CliRunner()
+    rows.loc[2, "age"] = "inf"
+    rows.loc[5, "reading"] = "1e400"
+    rows.loc[7, "temperature"] = "3,5"  # a typo: numeric in training, so reported, not re-typed
+    rows.to_csv(folder / "samples.csv", index=False)
+    args = ["predict", str(exported), str(folder), "--out", str(out), "--device", "cpu"]
+    r = runner.invoke(main, args)
+    assert r.exit_code == 2 and isinstance(r.exception, SystemExit), r.output
+    assert "Traceback" not in r.output and not out.exists()
+    for needle in (
+        f"row 3 (id={rows.loc[2, 'id']}), column age: 'inf' is not a finite number",
+        f"row 6 (id={rows.loc[5, 'id']}), column reading: '1e400'",
+        f"row 8 (id={rows.loc[7, 'id']}), column temperature: '3,5' is not a number",
+    ):
+        assert needle in r.output, r.output
+    # --on-bad-file missing: every row predicted, with probabilities, the bad ones marked
+    r = runner.invoke(main, [*args, "--on-bad-file", "missing"])
+    assert r.exit_code == 0, r.output
+    pred = pd.read_csv(out, dtype={"id": str, "prediction": str}, keep_default_na=False)
+    assert list(pred["id"]) == list(rows["id"]) and pred.columns[-1] == "status"
+    proba = pred.filter(like="proba_").astype(float)
+    assert np.isfinite(proba.to_numpy()).all() and np.allclose(proba.sum(axis=1), 1.0, atol=1e-5)
+    assert (pred["prediction"] != "").all()
+    assert pred.loc[2, "status"] == "missing: tabular.age (not finite)"
+    assert pred.loc[5, "status"] == "missing: tabular.reading (not finite)"
+    assert pred.loc[7, "status"] == "missing: tabular.temperature (not a number)"
+    assert set(pred["status"].drop([2, 5, 7])) == {"ok"}
+    # the same cells left empty give the same probabilities: they were predicted as missing
+    blank = rows.copy()
+    blank.loc[2, "age"] = blank.loc[5, "reading"] = blank.loc[7, "temperature"] = None
+    model = autofuse.load(exported, device="cpu")
+    ref = model.predict(blank.assign(image_path=[None] * len(blank)), root=folder)
+    got = model.predict(
+        rows.assign(image_path=[None] * len(rows)), root=folder, bad_files="missing"
+    )
+    assert np.array_equal(
+        got.filter(like="proba_").to_numpy(), ref.filter(like="proba_").to_numpy()
+    )
+    assert len(model.skipped) == 3 and "row 3, column age: 'inf' (not finite)" in model.skipped[0]
+
+
+def test_a_row_the_model_cannot_predict_is_an_error_or_marked_failed(
+    exported, demo_dataset, tmp_path
+):
+    # a finite number so large that the standardised input overflows float32: the output is not
+    # finite, and such a row must never come out as class 0 with blank probabilities
+    folder = tmp_path / "new"
+    rows = _new_data(demo_dataset, folder)
+    rows.loc[4, "reading"] = "1e300"
+    model = autofuse.load(exported, device="cpu")
+    data = rows.assign(image_path=[None] * len(rows))
+    with pytest.raises(PredictionError, match=r"not finite for 1 row\(s\): dataframe row 5 \(id="):
+        model.predict(data)
+    pred = model.predict(data, bad_files="missing")
+    assert pred.loc[4, "status"].startswith("failed: the model's output is not finite")
+    assert pred.loc[4, "prediction"] is None and pred.filter(like="proba_").loc[4].isna().all()
+    others = pred.drop(index=4)
+    assert (others["status"] == "ok").all() and others.filter(like="proba_").notna().all().all()
+
+
+def test_a_corrupt_export_is_one_line_naming_the_file(exported, demo_dataset, tmp_path):
+    runner = CliRunner()
+    for name, damage in (
+        ("model.safetensors", b"\x00garbage, not safetensors"),
+        ("architecture.json", b"\x89PNG\r\n\x1a\n binary"),
+    ):
+        broken = tmp_path / name.replace(".", "_")
+        shutil.copytree(exported, broken)
+        (broken / name).write_bytes(damage)
+        out = tmp_path / "p.csv"
+        r = runner.invoke(main, ["predict", str(broken), str(demo_dataset), "--out", str(out)])
+        assert r.exit_code == 2 and isinstance(r.exception, SystemExit), r.output
+        assert "Traceback" not in r.output and not out.exists()
+        (line,) = r.output.strip().splitlines()
+        assert line.startswith("error: ") and str(broken / name) in line, line
+    # a truncated weight file
+    broken = tmp_path / "truncated"
+    shutil.copytree(exported, broken)
+    data = (broken / "model.safetensors").read_bytes()
+    (broken / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ConfigError, match="model.safetensors: unreadable"):
+        autofuse.load(broken, device="cpu")
+
+
+def test_json_writers_never_write_bare_nan(exported, tmp_path):
+    from autofuse.spec import load_architecture, save_architecture
+    from autofuse.summary import write_json
+
+    spec, info = load_architecture(exported / "architecture.json")
+    info = {**info, "note": [float("nan"), np.float32("inf"), -np.inf]}
+    save_architecture(tmp_path / "a.json", spec, info)
+    assert _strict_json(tmp_path / "a.json")["dataset_info"]["note"] == [None, None, None]
+    write_json(tmp_path / "s.json", {"best_value": float("nan"), "m": {"x": np.float64("inf")}})
+    assert _strict_json(tmp_path / "s.json") == {"best_value": None, "m": {"x": None}}
+
+
+def test_non_finite_missing_policy_trains_and_writes_strict_json(demo_dataset, tmp_path):
+    data = tmp_path / "nf"
+    shutil.copytree(demo_dataset, data)
+    rows = pd.read_csv(data / "samples.csv", dtype=str, keep_default_na=False)
+    train = rows.index[rows["split"] == "train"]
+    rows.loc[train[0], "age"] = "inf"
+    rows.loc[train[1], "reading"] = "1e400"
+    rows.loc[train[2], "temperature"] = "NaN"
+    rows.to_csv(data / "samples.csv", index=False)
+    with pytest.raises(DatasetError, match="is not a finite number"):
+        search(
+            data,
+            study="nf",
+            trials=1,
+            workdir=tmp_path / "refused",
+            progress=False,
+            mlflow_uri="off",
+            device="cpu",
+        )
+    assert not (tmp_path / "refused").exists()
+    cfg = yaml.safe_load((data / "dataset.yaml").read_text())
+    (data / "dataset.yaml").write_text(yaml.safe_dump({**cfg, "non_finite": "missing"}))
+    res = search(
+        data,
+        study="nf",
+        trials=1,
+        space=str(REPO / "tests" / "spaces" / "tiny.yaml"),
+        workdir=tmp_path / "work",
+        progress=False,
+        mlflow_uri="off",
+        device="cpu",
+    )
+    summary = _strict_json(res.study_dir / "summary.json")
+    assert summary["trials"]["completed"] == 1, summary
+    doc = _strict_json(res.best_dir / "architecture.json")
+    state = doc["dataset_info"]["modalities"]["tabular"]["state"]
+    assert all(np.isfinite(state["mean"])) and all(np.isfinite(state["std"]))
+    assert {"age", "reading", "temperature"} <= set(state["indicators"])
+    for path in res.study_dir.rglob("*.json"):
+        _strict_json(path)
+    for path in (res.summary.get("report") or {}).values():
+        if str(path).endswith(".json"):
+            _strict_json(Path(path))
+    # the model predicts the same bad cells as missing, as in training, every row with probabilities
+    pred = autofuse.load(res.best_dir, device="cpu").predict(data)
+    assert np.isfinite(pred.filter(like="proba_").to_numpy()).all() and len(pred) == len(rows)
 
 
 def test_export_errors(study, tmp_path):

@@ -158,3 +158,145 @@ def test_coverage_enqueues_each_family_up_to_the_minimum():
     assert counts == {f: 2 for f in FAMILIES}
     assert coverage_params(sp, mods, baselines + extra, budget=100) == []  # idempotent
     assert len(coverage_params(sp, mods, baselines, budget=2)) == 2  # never beyond the budget
+
+
+# ---- values no trial could train with ------------------------------------------------------------
+
+_BASE = "fusion: {encoder_decoder: {early: {}}}\nencoders: {tabular: [{name: tabular.mlp}]}\n"
+
+
+@pytest.mark.parametrize(
+    "body,path,why",
+    [
+        ("training: {epochs: 0}", "training.epochs", "at least 1 epoch"),
+        ("training: {epochs: {low: 0, high: 4}}", "training.epochs.low", "at least 1 epoch"),
+        ("training: {epochs: {low: 1.0, high: 3.5}}", "training.epochs.high", "whole number"),
+        ("training: {batch_size: [0]}", "training.batch_size[0]", "at least 1"),
+        ("training: {batch_size: [32, -8]}", "training.batch_size[1]", "at least 1"),
+        ("training: {batch_size: [32.5]}", "training.batch_size[0]", "whole number"),
+        ("training: {batch_size: []}", "training.batch_size", "empty list"),
+        ("training: {lr: 0}", "training.lr", "greater than 0"),
+        ("training: {lr: -0.001}", "training.lr", "greater than 0"),
+        ("training: {lr: [0.01, fast]}", "training.lr[1]", "'fast' is not a number"),
+        ("training: {lr: .nan}", "training.lr", "not a finite number"),
+        ("training: {lr: {low: .inf, high: 1}}", "training.lr.low", "finite"),
+        ("training: {lr: {low: 0.1, high: 0.01}}", "training.lr", "greater than high"),
+        ("training: {lr: {low: 0.001, high: 0.1, step: 0}}", "training.lr", "step"),
+        ("training: {lr: }", "training.lr", "no value given"),
+        ("training: {weight_decay: -1}", "training.weight_decay", "0 or more"),
+        ("training: {patience: -1}", "training.patience", "at least 1"),
+        ("training: {patience: 0}", "training.patience", "at least 1"),
+        ("training: {modality_dropout: 1.0}", "training.modality_dropout", "[0, 1)"),
+        ("training: {head_dropout: [0.1, 1.5]}", "training.head_dropout[1]", "[0, 1)"),
+        ("training: {fused_dim: [0]}", "training.fused_dim[0]", "at least 1"),
+        ("training: {aux_weight: -0.5}", "training.aux_weight", "0 or more"),
+        (
+            "fusion: {encoder_decoder: {early: {params: {hidden: []}}}}",
+            "fusion.encoder_decoder.early.params.hidden",
+            "empty list",
+        ),
+        (
+            "fusion: {encoder_decoder: {early: {params: {hidden: [64, 0]}}}}",
+            "fusion.encoder_decoder.early.params.hidden[1]",
+            "at least 1",
+        ),
+        (
+            "fusion: {encoder_decoder: {early: {params: {depth: {low: 3, high: 1}}}}}",
+            "fusion.encoder_decoder.early.params.depth",
+            "greater than high",
+        ),
+        (
+            "fusion: {encoder_decoder: {early: {params: {depth: {low: 1.5, high: 3}}}}}",
+            "fusion.encoder_decoder.early.params.depth.low",
+            "whole number",
+        ),
+        (
+            "fusion: {encoder_decoder: {early: {params: {dropout: [1.5]}}}}",
+            "fusion.encoder_decoder.early.params.dropout[0]",
+            "[0, 1)",
+        ),
+        (
+            "fusion: {encoder_decoder: {early: {points: []}}}",
+            "fusion.encoder_decoder.early.points",
+            "empty list",
+        ),
+        (
+            "fusion: {graph: {modality_graph: {params: {conv: [gcn, gin]}}}}",
+            "fusion.graph.modality_graph.params.conv",
+            "['gin'] not implemented",
+        ),
+        (
+            "fusion: {constraint: {coordinated: {params: {temperature: -0.1}}}}",
+            "fusion.constraint.coordinated.params.temperature",
+            "greater than 0",
+        ),
+        ("encoders: {tabular: []}", "encoders.tabular", "empty list of encoders"),
+        (
+            "encoders: {tabular: [{name: tabular.mlp, modes: []}]}",
+            "encoders.tabular[0].modes",
+            "empty list",
+        ),
+        (
+            "encoders: {tabular: [{name: tabular.mlp, params: {dim: [0]}}]}",
+            "encoders.tabular[0].params.dim[0]",
+            "at least 1",
+        ),
+        (
+            "encoders: {tabular: [{name: tabular.mlp, params: {hidden: []}}]}",
+            "encoders.tabular[0].params.hidden",
+            "empty list",
+        ),
+        ("trials: 0", "trials", "greater than or equal to 1"),
+        ("sampler: {n_startup_trials: -1}", "sampler.n_startup_trials", ""),
+        ("pruner: {n_warmup_steps: -2}", "pruner.n_warmup_steps", ""),
+        ("stages: {budget: {unimodal: 0, fusion: 0, finalists: 0}}", "stages.budget", "all 0"),
+    ],
+)
+def test_values_that_cannot_train_are_refused_with_their_path(tmp_path, body, path, why):
+    top = body.split(":")[0]
+    rest = {
+        "fusion": "encoders: {tabular: [{name: tabular.mlp}]}\n",
+        "encoders": "fusion: {encoder_decoder: {early: {}}}\n",
+    }.get(top, _BASE)
+    p = tmp_path / "x.yaml"
+    p.write_text(rest + body + "\n")
+    with pytest.raises(ConfigError) as e:
+        load_space(p)
+    msg = str(e.value)
+    assert msg.startswith(f"{p}: {path}:") or msg.startswith(f"{p}: {path}"), msg
+    assert f"{path}:" in msg and why in msg, msg
+    assert "\n" not in msg
+
+
+def test_valid_values_are_accepted_and_numbers_written_as_text_are_read(tmp_path):
+    p = tmp_path / "x.yaml"
+    p.write_text(
+        _BASE + "training: {lr: 1e-3, weight_decay: {low: 0, high: 1}, batch_size: [1, 32.0], "
+        "epochs: 1, patience: 1, head_dropout: [0.0, 0.5]}\n"
+    )
+    t = describe(load_space(p))["training"]
+    assert t["lr"] == 0.001  # YAML reads 1e-3 as text
+    assert t["weight_decay"]["low"] == 0.0 and isinstance(t["weight_decay"]["low"], float)
+    assert t["batch_size"] == [1, 32] and all(isinstance(b, int) for b in t["batch_size"])
+
+
+def test_the_checker_also_guards_spaces_built_in_code():
+    """A space stored with a study (``autofuse worker``) or built as a dict is checked too."""
+    from pydantic import ValidationError
+
+    from autofuse.space import SearchSpace
+
+    raw = {"fusion": {"encoder_decoder": {"early": None}}, "encoders": {}}
+    SearchSpace.model_validate(raw)
+    with pytest.raises(ValidationError, match="at least 1"):
+        SearchSpace.model_validate({**raw, "training": {"batch_size": [0]}})
+
+
+def test_yaml_errors_are_one_line_with_the_position(tmp_path):
+    p = tmp_path / "x.yaml"
+    p.write_text(_BASE + "training: {epochs: [1, 2\n")
+    with pytest.raises(ConfigError) as e:
+        load_space(p)
+    assert (
+        "\n" not in str(e.value) and "line 4" in str(e.value) and "not valid YAML" in str(e.value)
+    )

@@ -30,6 +30,7 @@ from autofuse.data.schema import (
     RatioSplit,
 )
 from autofuse.data.validate import (
+    NUMBER_KINDS,
     CheckedData,
     DatasetError,
     Problem,
@@ -220,9 +221,13 @@ class Dataset:
                 the folder's ``dataset.yaml``.
             root: for a DataFrame, the folder that relative file paths are resolved against
                 (default: the working directory); absolute paths are used as they are.
-            bad_files: ``"error"``: a missing or unreadable per-sample file is a problem;
-                ``"missing"``: that cell counts as a missing modality and is listed in the
-                ``skipped`` attribute.
+            bad_files: ``"error"``: a missing or unreadable per-sample file, a non-finite value
+                or a cell that is not a number in a numeric column is a problem (a non-finite
+                value counts as missing instead where the config says ``non_finite: missing``);
+                ``"missing"``: such a cell counts as missing (a file: the modality is missing in
+                that row; a number: a missing value of its column) and is listed in the
+                ``skipped`` (files) or ``skipped_numbers`` attribute and, per row, in
+                ``row_missing``.
 
         Raises:
             DatasetError: listing every problem found (a column a modality needs is absent, a
@@ -332,15 +337,25 @@ class Dataset:
             "empty_modality",
         }
         skipped: list[str] = []
+        skipped_numbers: list[str] = []
+        row_missing: dict[int, list[str]] = {}
         if bad_files == "missing":
-            ignored |= {"file_not_found", "unreadable_file"}
+            ignored |= {"file_not_found", "unreadable_file"} | NUMBER_KINDS
             for m, mod in cfg.modalities.items():
                 for i, p in enumerate(checked.paths.get(m, [])):
                     error = None if p is None else check_file(mod.type, p).error
                     if error is not None:
                         skipped.append(f"{table_label} row {i + 1}, modality {m}: {p}: {error}")
+                        row_missing.setdefault(i, []).append(f"{m} ({error})")
                         checked.paths[m][i] = None
                         checked.present[m][i] = False
+            by_row = sorted(checked.cell_faults, key=lambda f: f.row)
+            for f in by_row:  # the frame holds NaN there already
+                reason = "not finite" if f.kind == "non_finite" else "not a number"
+                skipped_numbers.append(
+                    f"{table_label} row {f.row + 1}, column {f.column}: {f.text!r} ({reason})"
+                )
+                row_missing.setdefault(f.row, []).append(f"{f.modality}.{f.column} ({reason})")
         problems = [p for p in checked.problems if p.kind not in ignored]
         if problems:
             raise DatasetError(problems, source=str(folder))
@@ -354,8 +369,21 @@ class Dataset:
         self.modality_names = list(cfg.modalities)
         self._checked = checked
         self._fingerprint = None
+        self.table_label = table_label
         self.skipped = skipped
+        self.skipped_numbers = skipped_numbers
+        self.row_missing = row_missing
         return self
+
+    def row_label(self, i: int) -> str:
+        """How messages name row ``i`` (0-based): ``samples.csv row 3 (id=s3)``."""
+        where = f"{getattr(self, 'table_label', None) or self.config.table} row {i + 1}"
+        id_col = self.config.id_column
+        if id_col is not None and id_col in self.frame.columns:
+            value = cell_str(self.frame[id_col].iloc[i])
+            if value is not None:
+                where += f" (id={value})"
+        return where
 
     # -- accessors ----------------------------------------------------------------------------
 

@@ -4,7 +4,9 @@ Rules (applied to a column's non-empty values):
 
 * every value a path ending in an image extension -> ``image``; ``.wav`` / ``.flac`` ->
   ``audio``; ``.npy`` -> ``timeseries``;
-* numbers and booleans -> tabular (numeric);
+* numbers and booleans -> tabular (numeric); a column whose cells are nearly all numbers (see
+  :data:`~autofuse.data.cells.NUMERIC_MIN_SHARE`) is numeric too, and validation reports its other
+  cells (a typo does not turn it categorical);
 * long strings (mean length above :data:`TEXT_MIN_MEAN_LENGTH`) or many distinct multi-word
   values -> ``text``;
 * other strings with few distinct values -> tabular (categorical);
@@ -22,6 +24,7 @@ from typing import Any
 
 import pandas as pd
 
+from autofuse.data.cells import parse_numbers
 from autofuse.data.schema import SPLIT_NAMES, Task
 from autofuse.data.validate import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, column_strings
 
@@ -59,7 +62,7 @@ def infer_column_kind(series: pd.Series) -> str | None:
     present = [v for v in values if v is not None]
     if not present:
         return None
-    if _numbers(values, series) is not None:
+    if parse_numbers(series).looks_numeric:
         return "numeric"
     lowered = [v.lower() for v in present]
     for kind, exts in (

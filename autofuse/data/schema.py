@@ -13,6 +13,7 @@ Example::
     modalities:
       digit_image: {type: image, column: image_path}
       meta:        {type: tabular, columns: [age, dept], categorical: [dept]}
+    non_finite: error                    # or missing: inf / nan cells count as missing
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from pydantic import (
 
 ModalityType = Literal["image", "audio", "text", "tabular", "timeseries"]
 Task = Literal["classification", "regression", "multilabel"]
+NonFinitePolicy = Literal["error", "missing"]
 
 #: Modality types whose cells hold a path to a per-sample file.
 FILE_MODALITY_TYPES: tuple[str, ...] = ("image", "audio", "timeseries")
@@ -112,13 +114,17 @@ class ModalityConfig(_Strict):
         column: the single column holding the modality (file path for image / audio /
             timeseries, the string for text, a value for tabular).
         columns: several columns (text and tabular only).
-        categorical: tabular columns to treat as categories (the others are numeric).
+        categorical: tabular columns to treat as categories.
+        numeric: tabular columns that must be numeric: every cell that is not a number is
+            reported. Columns in neither list are numeric when nearly all their cells are
+            numbers (see :data:`~autofuse.data.cells.NUMERIC_MIN_SHARE`), else categorical.
     """
 
     type: ModalityType
     column: str | None = Field(default=None, min_length=1)
     columns: list[str] | None = Field(default=None, min_length=1)
     categorical: list[str] = Field(default_factory=list)
+    numeric: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _check_columns(self) -> ModalityConfig:
@@ -132,12 +138,18 @@ class ModalityConfig(_Strict):
             duplicated = sorted({c for c in self.columns if self.columns.count(c) > 1})
             if duplicated:
                 raise ValueError(f"columns listed twice: {duplicated}")
-        if self.categorical:
+        for key in ("categorical", "numeric"):
+            listed = getattr(self, key)
+            if not listed:
+                continue
             if self.type != "tabular":
-                raise ValueError("'categorical' is only allowed for tabular modalities")
-            unknown = [c for c in self.categorical if c not in self.cols]
+                raise ValueError(f"'{key}' is only allowed for tabular modalities")
+            unknown = [c for c in listed if c not in self.cols]
             if unknown:
-                raise ValueError(f"categorical columns {unknown} are not among the columns")
+                raise ValueError(f"{key} columns {unknown} are not among the columns")
+        both = [c for c in self.numeric if c in self.categorical]
+        if both:
+            raise ValueError(f"columns {both} are listed as both categorical and numeric")
         return self
 
     @property
@@ -163,6 +175,10 @@ class DatasetConfig(_Strict):
         target: what to predict.
         split: a :class:`ColumnSplit` or a :class:`RatioSplit` (default: ratio 0.15 / 0.15).
         modalities: input modalities by name, in order.
+        non_finite: what a non-finite value (``inf``, ``-inf``, ``1e400``, a NaN literal such
+            as ``nan`` or ``n/a``) in a numeric tabular column does: ``error`` (default: each
+            one is a problem naming its row and column) or ``missing`` (the cell counts as
+            missing: imputed, with the column's missing indicator).
     """
 
     name: str = Field(min_length=1)
@@ -171,6 +187,7 @@ class DatasetConfig(_Strict):
     target: TargetConfig
     split: SplitConfig = Field(default_factory=RatioSplit)
     modalities: dict[str, ModalityConfig] = Field(min_length=1)
+    non_finite: NonFinitePolicy = "error"
 
     @field_validator("modalities")
     @classmethod
@@ -190,5 +207,15 @@ class DatasetConfig(_Strict):
         return value
 
     def normalised(self) -> dict[str, Any]:
-        """The config as a JSON-able dict with every default filled in (used for fingerprints)."""
-        return self.model_dump(mode="json")
+        """The config as a JSON-able dict with every default filled in (used for fingerprints).
+
+        Keys added after the first release are left out while at their default, so that a
+        dataset's fingerprint (and so a study's resume check) does not change with the release.
+        """
+        doc = self.model_dump(mode="json")
+        if doc["non_finite"] == "error":
+            del doc["non_finite"]
+        for mod in doc["modalities"].values():
+            if not mod["numeric"]:
+                del mod["numeric"]
+        return doc

@@ -30,7 +30,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from autofuse.data.cells import cell_str, column_strings, is_empty
+from autofuse.data.cells import (
+    NumericCells,
+    cell_str,
+    column_strings,
+    is_empty,
+    is_nan_marker,
+    parse_numbers,
+)
 from autofuse.data.config_io import (
     CONFIG_FILE,
     _loc_key,
@@ -81,6 +88,7 @@ from autofuse.data.splits import (
 
 __all__ = [
     # defined here
+    "CellFault",
     "CheckedData",
     "check_content",
     "inspect_dataset",
@@ -131,6 +139,31 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
+#: Problem kinds of cells in numeric tabular columns.
+NUMBER_KINDS: frozenset[str] = frozenset({"non_finite", "not_a_number"})
+
+
+@dataclass(frozen=True)
+class CellFault:
+    """A cell of a numeric tabular column that holds no usable number.
+
+    Attributes:
+        row: 0-based row.
+        modality / column: where the cell is.
+        text: the cell as written.
+        kind: ``non_finite`` (``inf``, ``1e400``, a NaN literal) or ``not_a_number``.
+        problem: whether it was reported as a problem (``False``: a non-finite value that the
+            ``non_finite: missing`` policy turned into a missing value).
+    """
+
+    row: int
+    modality: str
+    column: str
+    text: str
+    kind: str
+    problem: bool
+
+
 @dataclass
 class CheckedData:
     """Everything :func:`check_content` derived from a config and a table.
@@ -146,6 +179,10 @@ class CheckedData:
         present: per modality, bool mask of rows having it.
         paths: per file modality, absolute path per row (None where missing).
         tabular: per tabular modality, ``(numeric, categorical)`` column lists.
+        cell_faults: cells of numeric tabular columns that hold no usable number (their value
+            in ``frame`` is NaN whatever the policy: nothing non-finite is passed on).
+        notes: things worth saying about a valid dataset (cells treated as missing, a column
+            with some numbers typed categorical); listed by ``autofuse data validate``.
     """
 
     problems: list[Problem] = field(default_factory=list)
@@ -156,6 +193,8 @@ class CheckedData:
     present: dict[str, np.ndarray] = field(default_factory=dict)
     paths: dict[str, list[Path | None]] = field(default_factory=dict)
     tabular: dict[str, tuple[list[str], list[str]]] = field(default_factory=dict)
+    cell_faults: list[CellFault] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 def _did_you_mean(name: str, columns: Sequence[str]) -> str:
@@ -348,18 +387,19 @@ class _Checker:
         numeric: list[str] = []
         categorical: list[str] = []
         for c in mod.cols:
-            series = self.frame[c]
             if c not in mod.categorical:
-                if pd.api.types.is_bool_dtype(series) or pd.api.types.is_numeric_dtype(series):
-                    self.frame[c] = series.astype(np.float64)
+                cells = parse_numbers(self.frame[c])
+                if c in mod.numeric or cells.looks_numeric:
+                    self.check_numbers(name, c, cells, declared=c in mod.numeric)
                     numeric.append(c)
                     continue
-                strings = column_strings(series)
-                parsed = pd.to_numeric(pd.Series(strings, dtype=object), errors="coerce")
-                if int(parsed.notna().sum()) == sum(s is not None for s in strings):
-                    self.frame[c] = parsed.astype(np.float64)
-                    numeric.append(c)
-                    continue
+                if cells.numbers:
+                    present = sum(t is not None for t in cells.texts)
+                    self.out.notes.append(
+                        f"{self.table}, column {c}: typed categorical (modality '{name}'): only "
+                        f"{cells.numbers} of its {present} non-empty cells are numbers; list it "
+                        f"under numeric in {self.cfg_label} to have the others reported"
+                    )
                 logger.info(
                     "tabular column %r of modality %r is not numeric: treated as categorical",
                     c,
@@ -369,6 +409,55 @@ class _Checker:
             categorical.append(c)
         self.out.tabular[name] = (numeric, categorical)
         return ~self.frame[mod.cols].isna().all(axis=1).to_numpy()
+
+    def check_numbers(self, name: str, column: str, cells: NumericCells, declared: bool) -> None:
+        """Report the cells of a numeric column that hold no usable number; store the column
+        as float64 with NaN in those cells (and in empty ones)."""
+        values = cells.values.copy()
+        as_missing = self.config.non_finite == "missing"
+        present = sum(t is not None for t in cells.texts)
+        why = (
+            f"listed as numeric in {self.cfg_label}"
+            if declared
+            else f"{cells.numbers} of its {present} non-empty cells are numbers"
+        )
+        faults = [(i, "non_finite") for i in cells.non_finite]
+        faults += [(i, "not_a_number") for i in cells.not_numbers]
+        for i, kind in sorted(faults):
+            text = cells.texts[i] or ""
+            problem = not (as_missing and kind == "non_finite")
+            self.out.cell_faults.append(CellFault(i, name, column, text, kind, problem))
+            values[i] = np.nan
+            if not problem:
+                continue
+            if kind == "not_a_number":
+                instead = " instead of numeric" if declared else ""
+                message = (
+                    f"{text!r} is not a number, in a numeric column ({why}); fix the cell, "
+                    f"leave it empty, or list '{column}' under categorical{instead} of "
+                    f"modality '{name}'"
+                )
+            else:
+                if is_nan_marker(text):
+                    what = f"{text!r} is a NaN literal, not a number"
+                elif text.lstrip("+-").lower() in ("inf", "infinity"):
+                    what = f"{text!r} is not a finite number"
+                else:
+                    what = f"{text!r} is not a finite number (it overflows to infinity)"
+                message = (
+                    f"{what}; fix the cell, leave it empty, or set 'non_finite: missing' in "
+                    f"{self.cfg_label} to treat such cells as missing"
+                )
+            self.add(self.row(i, column), message, kind)
+        if as_missing and cells.non_finite:
+            rows = cells.non_finite
+            note = (
+                f"{self.table}, column {column}: {len(rows)} non-finite value(s) treated as "
+                f"missing (non_finite: missing), rows {_rows_text(rows)}"
+            )
+            self.out.notes.append(note)  # in the summary: data validate lists it
+            logger.info("%s", note)
+        self.frame[column] = values
 
     def read_target(self, column: str) -> None:
         task = self.config.target.task
@@ -522,6 +611,8 @@ def summarize(config: DatasetConfig, checked: CheckedData) -> dict[str, Any]:
         y = checked.y
         counts = np.bincount(y[y >= 0], minlength=len(checked.classes)) if y.ndim == 1 else y.sum(0)
         summary["class_counts"] = {c: int(k) for c, k in zip(checked.classes, counts, strict=True)}
+    if checked.notes:
+        summary["notes"] = list(checked.notes)
     return summary
 
 

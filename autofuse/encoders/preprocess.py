@@ -383,6 +383,18 @@ def _category_key(v: Any) -> str | None:
     return s or None
 
 
+def _mean_std(col: np.ndarray) -> tuple[float, float]:
+    """Mean and std (1.0 when ~0) of finite values; huge values (sums past float64's range) are
+    scaled down first, so the result stays finite."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean, std = float(col.mean()), float(col.std())
+    if not (math.isfinite(mean) and math.isfinite(std)):
+        scale = float(np.abs(col).max())
+        scaled = col / scale
+        mean, std = float(scaled.mean()) * scale, float(scaled.std()) * scale
+    return mean, (std if std > 1e-12 else 1.0)
+
+
 def _prepare_tabular(ds: Any, modality: str, params: dict, state: dict | None):
     import pandas as pd  # lazy: only tabular modalities need pandas here
 
@@ -403,11 +415,12 @@ def _prepare_tabular(ds: Any, modality: str, params: dict, state: dict | None):
         tr = num[train] if len(train) else num
         mean, std = np.zeros(num.shape[1]), np.ones(num.shape[1])
         for j in range(num.shape[1]):
-            col = tr[:, j][~np.isnan(tr[:, j])]
+            # a non-finite cell is a missing value (the dataset reports or converts them
+            # already): one inf must not turn the column's mean into NaN
+            col = tr[:, j][np.isfinite(tr[:, j])]
             if len(col):
-                mean[j] = col.mean()
-                std[j] = col.std() if col.std() > 1e-12 else 1.0
-        indicators = [c for j, c in enumerate(num_cols) if np.isnan(num[:, j]).any()]
+                mean[j], std[j] = _mean_std(col)
+        indicators = [c for j, c in enumerate(num_cols) if not np.isfinite(num[:, j]).all()]
         cats = {}
         for c in cat_cols:
             vals = {_category_key(v) for v in frame[c].iloc[train].tolist()}
@@ -426,8 +439,9 @@ def _prepare_tabular(ds: Any, modality: str, params: dict, state: dict | None):
             f"({state['numeric']} + {list(state['categorical'])})"
         )
     mean, std = np.asarray(state["mean"]), np.asarray(state["std"])
-    z = (num - mean) / std
-    missing = np.isnan(z)
+    with np.errstate(invalid="ignore", over="ignore"):
+        z = (num - mean) / std
+    missing = ~np.isfinite(z)
     z[missing] = 0.0
     ind = [missing[:, num_cols.index(c)] for c in state["indicators"]]
     numeric = np.concatenate([z, np.stack(ind, axis=1)], axis=1) if ind else z

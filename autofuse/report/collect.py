@@ -26,7 +26,7 @@ from typing import Any
 import optuna
 from optuna.distributions import CategoricalDistribution
 
-from autofuse._util import best_first, better, finite, sort_sign, sqlite_path
+from autofuse._util import best_first, better, finite, mask_url, sort_sign, sqlite_path
 from autofuse.checkpoints import CheckpointStore
 from autofuse.errors import ConfigError
 from autofuse.metrics import OBJECTIVES
@@ -81,7 +81,7 @@ def _optuna_study(study: str, storage: str) -> optuna.Study:
     try:
         return optuna.load_study(study_name=study, storage=make_storage(storage))
     except KeyError:
-        raise ConfigError(f"--study {study!r}: no such study in {storage}") from None
+        raise ConfigError(f"--study {study!r}: no such study in {mask_url(storage)}") from None
 
 
 def _study_from_optuna(st: optuna.Study, rec: StudyRecord | None = None) -> StudyRecord:

@@ -11,12 +11,11 @@ from __future__ import annotations
 import base64
 import functools
 import html
-import json
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from autofuse._util import atomic_write, atomic_write_text
+from autofuse._util import atomic_write, atomic_write_text, json_text
 from autofuse.report.blocks import H3, KV, Block, Fig, P, Pre, Section, Table
 from autofuse.report.collect import ReportData
 from autofuse.report.sections import build_sections
@@ -175,7 +174,7 @@ def render(d: ReportData, out_dir: Path) -> dict[str, Path]:
     }
     atomic_write_text(paths["html"], to_html(d, sections))
     atomic_write_text(paths["markdown"], to_markdown(d, sections))
-    atomic_write_text(paths["data"], json.dumps(d.to_dict(), indent=2))
+    atomic_write_text(paths["data"], json_text(d.to_dict()))
     return paths
 
 

@@ -9,6 +9,7 @@ with the winner's weights (:func:`autofuse.ensemble.combine`, as the search scor
 
 from __future__ import annotations
 
+import logging
 import statistics
 from pathlib import Path
 from typing import Any
@@ -16,17 +17,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from autofuse._util import finite
+from autofuse._util import finite, first_line
 from autofuse.checkpoints import KEEP_TOP_K, CheckpointStore
 from autofuse.data import Dataset
 from autofuse.ensemble import combine
-from autofuse.errors import ConfigError
+from autofuse.errors import ConfigError, DamagedFileError
 from autofuse.metrics import compute_metrics
 from autofuse.model import MultimodalModel
 from autofuse.paths import Paths
 from autofuse.report.rows import Row
 from autofuse.runner import CandidateRunner, default_device
 from autofuse.train import TrainData, ablate, predict_outputs
+
+log = logging.getLogger(__name__)
 
 #: finalists whose robustness is measured (the search keeps checkpoints of the top few)
 N_FINALISTS = KEEP_TOP_K
@@ -54,10 +57,18 @@ def load_finalist(
 
     Raises:
         ConfigError: the trial has no checkpoint.
+        DamagedFileError: its checkpoint cannot be read, or does not fit its spec.
     """
     spec, info, state = store.load_finalist(number)
     data, _ = runner.prepare(spec)
-    return runner.restore(spec, info, state).to(device).eval(), data
+    try:
+        model = runner.restore(spec, info, state)
+    except (ConfigError, RuntimeError, ValueError) as e:  # RuntimeError: a tensor's shape
+        weights = store.finalist_paths(number)[1]
+        raise DamagedFileError(
+            weights, f"does not fit its architecture ({first_line(e)})"
+        ) from None
+    return model.to(device).eval(), data
 
 
 #: the perturbations, in report order
@@ -153,9 +164,12 @@ def evaluate_finalists(
         ensemble: ``{"trials", "weights", "recorded_test"}``: a weighted ensemble of the
             finalists (all of them in ``finalists``) also evaluated as a whole.
 
+    A finalist whose checkpoint cannot be read is skipped with a warning naming the file (listed
+    under ``skipped``: ``{"trial", "error"}``); the ensemble is then not evaluated as a whole.
+
     Raises:
-        ConfigError: no finalist, or the dataset folder is missing or is not the one the study
-            searched.
+        ConfigError: no finalist, no finalist whose checkpoint can be read, or the dataset
+            folder is missing or is not the one the study searched.
     """
     if not finalists:
         raise ConfigError(f"no finalist checkpoints under {store.finalist_dir}")
@@ -176,8 +190,14 @@ def evaluate_finalists(
     member_outputs: dict[int, dict] = {}
     member_inputs: dict[int, set[str]] = {}
     task, y = "", np.zeros(0)
+    skipped = []
     for r in finalists:
-        model, data = load_finalist(store, r.number, runner, dev)
+        try:
+            model, data = load_finalist(store, r.number, runner, dev)
+        except DamagedFileError as e:
+            log.warning("finalist trial %d skipped in the report: %s", r.number, e)
+            skipped.append({"trial": r.number, "error": str(e)})
+            continue
         outputs = _outputs(model, data, modalities, dev, sigma)
         task, y = data.task, data.y_raw[data.splits["test"]]
         clean, conds, mean_rel, worst_rel = _scored(
@@ -197,6 +217,10 @@ def evaluate_finalists(
                 "mean_relative": mean_rel,
                 "worst_relative": worst_rel,
             }
+        )
+    if not out:
+        raise ConfigError(
+            "no finalist checkpoint could be read: " + "; ".join(s["error"] for s in skipped)
         )
     ens = None
     if ensemble is not None and all(n in member_outputs for n in ensemble["trials"]):
@@ -229,6 +253,7 @@ def evaluate_finalists(
         "modalities": modalities,
         "finalists": out,
         "ensemble": ens,
+        "skipped": skipped,
     }
 
 

@@ -7,9 +7,7 @@ Markdown, so both say the same thing with the same numbers.
 
 from __future__ import annotations
 
-import json
-
-from autofuse._util import best_first
+from autofuse._util import best_first, json_text
 from autofuse.report.blocks import (
     H3,
     KV,
@@ -267,7 +265,7 @@ def section_best(d: ReportData) -> Section:
         "The spec (rebuild with autofuse.build_model; the exported weights are in "
         f"trials/{d.study}/best/):"
     )
-    return sec.add(Pre(json.dumps(spec, indent=2)))
+    return sec.add(Pre(json_text(spec)))
 
 
 # ---- stages ----------------------------------------------------------------------------------
@@ -822,10 +820,13 @@ def section_robustness(d: ReportData) -> Section:
             "perturbs continuous inputs (pixels, audio, numbers, time series, frozen features)."
         )
     )
+    skipped = rb.get("skipped") or []  # checkpoints that could not be read
+    for sk in skipped:
+        sec.note(f"Trial {sk['trial']} not evaluated: {sk['error']}.")
     missing = [
         n
         for n in (d.best or {}).get("trials") or []
-        if n not in {f["trial"] for f in rb["finalists"]}
+        if n not in {f["trial"] for f in rb["finalists"]} | {sk["trial"] for sk in skipped}
     ]
     if d.staged and missing:
         sec.note(

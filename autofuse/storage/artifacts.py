@@ -26,7 +26,7 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from autofuse._util import first_line
+from autofuse._util import first_line, mask_url
 from autofuse.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ class ArtifactStore:
         parts = urlsplit(uri)
         if parts.scheme not in SCHEMES:
             raise ConfigError(
-                f"--artifacts {uri!r}: not an artifact store URI (schemes: {', '.join(SCHEMES)})"
+                f"--artifacts {mask_url(uri)!r}: not an artifact store URI (schemes: {', '.join(SCHEMES)})"
             )
         self.uri = uri.rstrip("/")
         self._repo = None
@@ -65,7 +65,7 @@ class ArtifactStore:
             try:
                 self._repo = get_artifact_repository(self.uri, tracking_uri=tracking)
             except Exception as e:  # MlflowException: unknown scheme, missing plugin, bad URI
-                raise ConfigError(f"--artifacts {self.uri}: {first_line(e)}") from None
+                raise ConfigError(f"--artifacts {mask_url(self.uri)}: {first_line(e)}") from None
         return self._repo
 
     def check(self) -> None:
@@ -76,14 +76,16 @@ class ArtifactStore:
             try:
                 urllib.request.urlopen(f"http://{parts.netloc}/health", timeout=10).close()
             except OSError as e:
-                raise ConfigError(f"--artifacts {self.uri}: cannot reach it ({e})") from None
+                raise ConfigError(
+                    f"--artifacts {mask_url(self.uri)}: cannot reach it ({e})"
+                ) from None
         try:
             self.repo.list_artifacts("")
         except ConfigError:
             raise
         except Exception as e:
             raise ConfigError(
-                f"--artifacts {self.uri}: cannot reach it ({first_line(e)})"
+                f"--artifacts {mask_url(self.uri)}: cannot reach it ({first_line(e)})"
             ) from None
 
     # ---- writing -------------------------------------------------------------------------------
@@ -101,7 +103,9 @@ class ArtifactStore:
                     self.repo.log_artifact(str(staged), folder or None)
             return True
         except Exception as e:  # network, permissions, server errors: keep the local copy
-            log.warning("artifact store %s: cannot upload %s (%s)", self.uri, rel, first_line(e))
+            log.warning(
+                "artifact store %s: cannot upload %s (%s)", mask_url(self.uri), rel, first_line(e)
+            )
             return False
 
     def put_dir(self, local: Path, rel: str) -> bool:
@@ -110,7 +114,9 @@ class ArtifactStore:
             self.repo.log_artifacts(str(local), rel.strip("/") or None)
             return True
         except Exception as e:
-            log.warning("artifact store %s: cannot upload %s/ (%s)", self.uri, rel, first_line(e))
+            log.warning(
+                "artifact store %s: cannot upload %s/ (%s)", mask_url(self.uri), rel, first_line(e)
+            )
             return False
 
     def delete(self, rel: str) -> None:
@@ -118,7 +124,9 @@ class ArtifactStore:
         try:
             self.repo.delete_artifacts(rel.strip("/"))
         except Exception as e:  # some repositories cannot delete; a stale object costs space only
-            log.debug("artifact store %s: cannot delete %s (%s)", self.uri, rel, first_line(e))
+            log.debug(
+                "artifact store %s: cannot delete %s (%s)", mask_url(self.uri), rel, first_line(e)
+            )
 
     # ---- reading -------------------------------------------------------------------------------
     def exists(self, rel: str) -> bool:
@@ -139,7 +147,9 @@ class ArtifactStore:
                 os.replace(got, dst)
             return True
         except Exception as e:
-            log.warning("artifact store %s: cannot download %s (%s)", self.uri, rel, first_line(e))
+            log.warning(
+                "artifact store %s: cannot download %s (%s)", mask_url(self.uri), rel, first_line(e)
+            )
             return False
 
     def fetch_dir(self, rel: str, dst: Path) -> bool:
@@ -160,7 +170,12 @@ class ArtifactStore:
                 os.replace(got, dst)
             return True
         except Exception as e:
-            log.warning("artifact store %s: cannot download %s/ (%s)", self.uri, rel, first_line(e))
+            log.warning(
+                "artifact store %s: cannot download %s/ (%s)",
+                mask_url(self.uri),
+                rel,
+                first_line(e),
+            )
             return False
 
 

@@ -13,9 +13,10 @@ Structure after Optuna's ``storages/_rdb``: SQLAlchemy models, one session conte
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,87 +29,17 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import orm
 
-from autofuse._util import first_line, utcnow
+from autofuse._util import first_line, mask_url, utcnow
 from autofuse.errors import ConfigError
+from autofuse.storage.guard import check_storage
+from autofuse.storage.lock import SchemaLock, holding
+from autofuse.storage.models import EpochModel, StudyModel, TrialModel
 from autofuse.storage.sql import engine_kwargs_for, ensure_sqlite_dir, immediate_transactions
 
 log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 VERSION_TABLE = "autofuse_alembic_version"
-
-
-class Base(orm.DeclarativeBase):
-    pass
-
-
-class StudyModel(Base):
-    __tablename__ = "autofuse_studies"
-    id = sa.Column(sa.Integer, primary_key=True)
-    name = sa.Column(sa.String(256), nullable=False, unique=True)
-    dataset_fingerprint = sa.Column(sa.String(64))
-    dataset_info = sa.Column(sa.JSON)
-    dataset_path = sa.Column(sa.Text)
-    space = sa.Column(sa.JSON)
-    metric = sa.Column(sa.String(64))
-    direction = sa.Column(sa.String(16))
-    created_at = sa.Column(sa.DateTime)
-    mlflow_experiment_id = sa.Column(sa.String(64))
-    mlflow_parent_run_id = sa.Column(sa.String(64))
-
-
-class TrialModel(Base):
-    __tablename__ = "autofuse_trials"
-    __table_args__ = (
-        sa.UniqueConstraint("study_id", "number", name="uq_autofuse_trials_study_number"),
-    )
-    id = sa.Column(sa.Integer, primary_key=True)
-    study_id = sa.Column(
-        sa.Integer, sa.ForeignKey("autofuse_studies.id", ondelete="CASCADE"), nullable=False
-    )
-    number = sa.Column(sa.Integer, nullable=False)
-    status = sa.Column(sa.String(16), nullable=False)
-    reason = sa.Column(sa.String(32))
-    error = sa.Column(sa.Text)
-    baseline = sa.Column(sa.String(64))
-    family = sa.Column(sa.String(64))
-    method = sa.Column(sa.String(64))
-    point = sa.Column(sa.String(16))
-    encoders = sa.Column(sa.JSON)
-    spec = sa.Column(sa.JSON)
-    value = sa.Column(sa.Float)
-    val_metrics = sa.Column(sa.JSON)
-    test_metrics = sa.Column(sa.JSON)
-    n_params = sa.Column(sa.BigInteger)
-    latency_ms = sa.Column(sa.Float)
-    train_time_s = sa.Column(sa.Float)
-    epochs_run = sa.Column(sa.Integer)
-    best_epoch = sa.Column(sa.Integer)
-    device = sa.Column(sa.String(64))
-    worker = sa.Column(sa.String(256))
-    started_at = sa.Column(sa.DateTime)
-    finished_at = sa.Column(sa.DateTime)
-    retry_of = sa.Column(sa.Integer)
-    resumed_from_epoch = sa.Column(sa.Integer)
-    mlflow_run_id = sa.Column(sa.String(64))
-    cache_hits = sa.Column(sa.Integer)
-    cache_misses = sa.Column(sa.Integer)
-    stage = sa.Column(sa.String(16))
-    low_fidelity = sa.Column(sa.Boolean)
-    peak_gpu_mb = sa.Column(sa.Float)
-
-
-class EpochModel(Base):
-    __tablename__ = "autofuse_epochs"
-    __table_args__ = (
-        sa.UniqueConstraint("trial_id", "epoch", name="uq_autofuse_epochs_trial_epoch"),
-    )
-    id = sa.Column(sa.Integer, primary_key=True)
-    trial_id = sa.Column(
-        sa.Integer, sa.ForeignKey("autofuse_trials.id", ondelete="CASCADE"), nullable=False
-    )
-    epoch = sa.Column(sa.Integer, nullable=False)
-    metrics = sa.Column(sa.JSON)
 
 
 @dataclass
@@ -212,16 +143,23 @@ class HistoryStore:
 
     def __init__(self, url: str, *, create: bool = True, check: bool = True) -> None:
         self.url = url
+        check_storage(url, write=create)  # refused before a table is created (storage/guard.py)
         ensure_sqlite_dir(url)
         try:
             self.engine = sa.create_engine(url, **engine_kwargs_for(url))
         except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError) as e:
-            raise ConfigError(f"--storage {url!r}: not a usable SQLAlchemy URL ({e})") from None
+            raise ConfigError(
+                f"--storage {mask_url(url)!r}: not a usable SQLAlchemy URL ({first_line(e)})"
+            ) from None
         if url.startswith("sqlite") and ":memory:" not in url:
             immediate_transactions(self.engine)  # read-then-insert (study row, trial row) is atomic
         self._sessions = orm.sessionmaker(bind=self.engine, expire_on_commit=False)
         if check:
             self.check(create=create)
+
+    def close(self) -> None:
+        """Close the pooled connections (the store still works: it reconnects when used)."""
+        self.engine.dispose()
 
     # ---- schema ---------------------------------------------------------------------------------
     def current_revision(self) -> str | None:
@@ -231,40 +169,61 @@ class HistoryStore:
             ).get_current_revision()
 
     def check(self, create: bool = True) -> None:
-        """Create a fresh schema, accept the current one, refuse an old one with a clear message."""
+        """Create a fresh schema, accept the current one, refuse an old one with a clear message.
+
+        Creating the tables runs under :class:`~autofuse.storage.lock.SchemaLock`: processes
+        opening a new database at the same instant create them once (the others wait, then find
+        them current)."""
+        rev = self._revision_or_error()
+        if rev == head_revision():
+            return
+        if create:
+            # another process may be creating the tables right now (on MySQL / MariaDB every
+            # step of a migration commits, so its version shows mid-way): wait for it, look again
+            with holding(SchemaLock(self.url)):
+                rev = self._revision_or_error()
+                if rev is None:
+                    if sa.inspect(self.engine).has_table("autofuse_trials"):
+                        raise ConfigError(
+                            f"{mask_url(self.url)}: autofuse tables exist without a schema "
+                            "version; run `autofuse db upgrade`"
+                        )
+                    self._upgrade()
+                    return
+        self._refuse(rev)
+
+    def _revision_or_error(self) -> str | None:
         try:
-            rev = self.current_revision()
+            return self.current_revision()
         except sa.exc.OperationalError as e:
-            raise ConfigError(f"--storage {self.url!r}: cannot connect ({first_line(e)})") from None
+            raise ConfigError(
+                f"--storage {mask_url(self.url)!r}: cannot connect ({first_line(e)})"
+            ) from None
+
+    def _refuse(self, rev: str | None) -> None:
         head = head_revision()
         if rev == head:
             return
-        if rev is None and create:
-            if sa.inspect(self.engine).has_table("autofuse_trials"):
-                raise ConfigError(
-                    f"{self.url}: autofuse tables exist without a schema version; "
-                    "run `autofuse db upgrade`"
-                )
-            self.upgrade()
-            return
         if rev is None:
-            raise ConfigError(f"{self.url}: no autofuse tables; run `autofuse db upgrade`")
+            raise ConfigError(
+                f"{mask_url(self.url)}: no autofuse tables; run `autofuse db upgrade`"
+            )
         raise ConfigError(
-            f"{self.url}: the autofuse tables are at schema version {rev}, this "
+            f"{mask_url(self.url)}: the autofuse tables are at schema version {rev}, this "
             f"autofuse needs {head}; run `autofuse db upgrade --storage URL` first"
         )
 
     def upgrade(self) -> tuple[str | None, str]:
         """Run the Alembic migrations up to the newest version; returns (before, after)."""
-        before = self.current_revision()
-        try:
-            with self.engine.begin() as conn:
-                command.upgrade(_alembic_config(conn), "head")
-        except (sa.exc.IntegrityError, sa.exc.OperationalError, sa.exc.ProgrammingError):
-            # another worker created the schema at the same moment: fine if it is now current
-            if self.current_revision() != head_revision():
-                raise
-        return before, self.current_revision() or ""
+        with holding(SchemaLock(self.url)):
+            before = self.current_revision()
+            self._upgrade()
+            return before, self.current_revision() or ""
+
+    def _upgrade(self) -> None:
+        """The migrations (the caller holds the schema lock)."""
+        with self.engine.begin() as conn:
+            command.upgrade(_alembic_config(conn), "head")
 
     @contextmanager
     def session(self) -> Iterator[orm.Session]:
@@ -281,13 +240,21 @@ class HistoryStore:
 
     # ---- writes ---------------------------------------------------------------------------------
     def upsert_study(self, name: str, **fields: Any) -> None:
-        with self.session() as s:
-            row = s.scalar(sa.select(StudyModel).where(StudyModel.name == name))
-            if row is None:
-                row = StudyModel(name=name, created_at=utcnow())
-                s.add(row)
-            for k, v in fields.items():
-                setattr(row, k, v)
+        """Create or update the study's row. Two processes creating the same study at once: the
+        second insert violates the unique name, and is retried as an update of the first's row."""
+        for attempt in (1, 2):
+            try:
+                with self.session() as s:
+                    row = s.scalar(sa.select(StudyModel).where(StudyModel.name == name))
+                    if row is None:
+                        row = StudyModel(name=name, created_at=utcnow())
+                        s.add(row)
+                    for k, v in fields.items():
+                        setattr(row, k, v)
+                return
+            except sa.exc.IntegrityError:
+                if attempt == 2:
+                    raise
 
     def _study_id(self, s: orm.Session, name: str) -> int:
         sid = s.scalar(sa.select(StudyModel.id).where(StudyModel.name == name))
@@ -388,6 +355,58 @@ def _study_record(row: StudyModel) -> StudyRecord:
         mlflow_experiment_id=row.mlflow_experiment_id,
         mlflow_parent_run_id=row.mlflow_parent_run_id,
     )
+
+
+#: trial states that end a trial (Optuna's names; autofuse's records use the same)
+FINAL_STATES = ("COMPLETE", "PRUNED", "FAIL")
+#: the error of a trial whose worker stopped before it recorded an end
+KILLED_ERROR = "worker stopped (missed heartbeats); trial retried"
+
+
+def repairs(
+    records: Iterable[TrialRecord], trials: Iterable[Any]
+) -> list[tuple[TrialRecord, dict]]:
+    """Records that disagree with their Optuna trial's final state, each with the fields that
+    make it agree (Optuna decides: it is what the sampler and the trial count use).
+
+    ``trials``: Optuna ``FrozenTrial`` s (``number``, ``state``, ``value``, ``user_attrs``,
+    ``datetime_complete``). A record still RUNNING whose trial Optuna failed lost its worker
+    (``killed``, unless the trial's attributes name another reason); a record that ended
+    otherwise than Optuna says (an error after the record was written) takes Optuna's state.
+    A trial Optuna still runs, or has queued, is left alone."""
+    by_number = {t.number: t for t in trials}
+    out = []
+    for rec in records:
+        t = by_number.get(rec.number)
+        state = getattr(getattr(t, "state", None), "name", None)
+        if state not in FINAL_STATES or rec.status == state:
+            continue
+        attrs = t.user_attrs or {}
+        fields: dict[str, Any] = {
+            "status": state,
+            "finished_at": rec.finished_at or t.datetime_complete or utcnow(),
+        }
+        if state == "FAIL" and rec.status == "RUNNING":
+            fields["reason"] = attrs.get("reason") or "killed"
+            fields["error"] = attrs.get("error") or KILLED_ERROR
+        elif state == "FAIL":
+            fields["reason"] = "error"
+            fields["error"] = f"recorded as {rec.status}, but the trial failed in Optuna"
+        else:
+            fields["reason"] = attrs.get("reason", rec.reason)
+            fields["value"] = t.value
+        out.append((rec, fields))
+    return out
+
+
+def reconcile(history: HistoryStore, study: str, trials: Iterable[Any]) -> list[TrialRecord]:
+    """Rewrite the records of ``study`` that disagree with Optuna's final states
+    (:func:`repairs`); returns the repaired records."""
+    fixed = []
+    for rec, fields in repairs(history.trials(study), trials):
+        history.record_trial(study, rec.number, **fields)
+        fixed.append(dataclasses.replace(rec, **fields))
+    return fixed
 
 
 def upgrade_url(url: str) -> tuple[str | None, str]:

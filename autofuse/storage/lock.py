@@ -1,4 +1,5 @@
-"""A cross-process lock on one study, so that workers on any machine start trials one at a time.
+"""Cross-process locks: one per study, so that workers on any machine start trials one at a time,
+and one per storage, so that processes starting at once create its tables once.
 
 A worker starts a trial only while ``finished + running < target``; checking and creating the
 trial are two storage calls, so two workers could pass the check together and the study would end
@@ -7,18 +8,25 @@ makes the pair atomic. Optuna has no such lock, so it is written here over each 
 primitive: a file lock beside a SQLite database (``filelock``), a session advisory lock on
 PostgreSQL, ``GET_LOCK`` on MySQL/MariaDB. All are released by the server or the OS if the worker
 dies while holding one.
+
+:class:`SchemaLock` is the same lock under a name no study can have: Optuna's ``RDBStorage`` and
+autofuse's Alembic migrations create tables with "check, then create", so N processes opening a
+new database at the same instant would each try to create them (``Table ... already exists``,
+duplicated version rows). :func:`autofuse.storage.sql.make_storage` and
+:class:`autofuse.storage.history.HistoryStore` create or migrate tables only under it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import zlib
+from collections.abc import Iterator
 
 import sqlalchemy as sa
 from filelock import FileLock
 
 from autofuse._util import first_line, sqlite_path
-from autofuse.storage.sql import engine_kwargs_for
 
 log = logging.getLogger(__name__)
 
@@ -27,22 +35,20 @@ class StudyLock:
     """Exclusive lock named after ``study`` on the storage at ``url``; ``release`` is idempotent."""
 
     def __init__(self, url: str, study: str) -> None:
-        self.url, self.study = url, study
+        self._setup(url, study, f"autofuse:{study}", f"study {study!r}")
+
+    def _setup(self, url: str, study: str, name: str, what: str) -> None:
+        self.url, self.study, self.what = url, study, what
         self.kind = url.split(":", 1)[0].split("+", 1)[0]
         self._held = False
         self._file = None
         self._conn = None
-        name = f"autofuse:{study}"
         if self.kind == "sqlite" and sqlite_path(url) is not None:
             db = sqlite_path(url)
             self._file = FileLock(str(db) + f".{zlib.crc32(name.encode()):08x}.lock")
         elif self.kind in ("postgresql", "mysql", "mariadb"):
             # one dedicated connection for the worker's life: these locks belong to a session
-            self._engine = sa.create_engine(
-                url,
-                poolclass=sa.pool.NullPool,
-                **{k: v for k, v in engine_kwargs_for(url).items() if k != "pool_pre_ping"},
-            )
+            self._engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
             self._key = zlib.crc32(name.encode())  # PostgreSQL: a 64-bit integer key
             self._name = name[:64]  # MySQL: lock names are at most 64 characters
         else:
@@ -80,7 +86,7 @@ class StudyLock:
             return
         got = conn.execute(sa.text("SELECT GET_LOCK(:n, 600)"), {"n": self._name}).scalar()
         if got != 1:
-            raise TimeoutError(f"could not lock study {self.study!r} within 600 s")
+            raise TimeoutError(f"could not lock {self.what} within 600 s")
 
     def release(self) -> None:
         if not self._held:
@@ -106,3 +112,21 @@ class StudyLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+class SchemaLock(StudyLock):
+    """Exclusive lock on creating or migrating the tables of the storage at ``url`` (a name no
+    study can have: study names have no spaces)."""
+
+    def __init__(self, url: str) -> None:
+        self._setup(url, "", "autofuse schema", "the autofuse and Optuna tables")
+
+
+@contextlib.contextmanager
+def holding(lock: StudyLock) -> Iterator[StudyLock]:
+    """Hold ``lock`` for one block, then release it and close its connection."""
+    try:
+        with lock:
+            yield lock
+    finally:
+        lock.close()

@@ -72,7 +72,7 @@ import re
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +82,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag, ViewType
 from mlflow.exceptions import MlflowException
 
-from autofuse._util import first_line, sqlite_path
+from autofuse._util import first_line, mask_url, sqlite_path
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,9 @@ STUDY_TAG = "autofuse.study"
 TRIAL_TAG = "autofuse.trial"
 PARENT_TAG = "mlflow.parentRunId"
 BEST_MODEL_TAG = "autofuse.best_model_uri"
+#: which best model the parent run holds (``trial:<n>``, or a staged search's winner): logging
+#: and registering it again is skipped
+BEST_KEY_TAG = "autofuse.best_model_key"
 BEST_MODEL_NAME = "best_model"
 #: run artifact folder for architecture.json (not "best_model": MLflow 3 resolves
 #: ``runs:/<run>/best_model`` to the logged model of that name)
@@ -400,7 +403,7 @@ class MlflowTracker:
                     os.environ.setdefault(k, v)
                 reason = probe(self.uri, probe_timeout)
                 if reason is not None:
-                    self._off(f"no MLflow server at {self.uri} ({reason})")
+                    self._off(f"no MLflow server at {mask_url(self.uri)} ({reason})")
                     return
             with _file_lock(self._lock):
                 if self._db is not None:
@@ -409,7 +412,9 @@ class MlflowTracker:
                 self.client.search_experiments(max_results=1)  # creates / checks the schema now
             self.available = True
         except Exception as e:
-            self._off(f"cannot use MLflow at {self.uri} ({type(e).__name__}: {first_line(e)})")
+            self._off(
+                f"cannot use MLflow at {mask_url(self.uri)} ({type(e).__name__}: {first_line(e)})"
+            )
 
     # ------------------------------------------------------------------ failure handling
 
@@ -423,7 +428,7 @@ class MlflowTracker:
             down = probe(self.uri, self._probe_timeout) is not None
         if down:
             self._off(
-                f"MLflow at {self.uri} unreachable during {what} ({type(e).__name__}: "
+                f"MLflow at {mask_url(self.uri)} unreachable during {what} ({type(e).__name__}: "
                 f"{first_line(e)})"
             )
         elif what not in self._warned:
@@ -725,15 +730,28 @@ class MlflowTracker:
         registered_name: str | None = None,
         *,
         code_paths: list[str] | None = None,
+        key: str | None = None,
     ) -> str | None:
         """Log ``model`` (a torch module) as logged model ``best_model`` of the parent run with
         ``mlflow.pytorch.log_model`` (pickle format: loading needs autofuse importable, or pass
         ``code_paths``), ``architecture.json`` as an extra file of the model and as run artifact
         ``best/architecture.json``; register it as ``registered_name`` when given.
-        Returns the model URI (``models:/<model_id>``)."""
+        Returns the model URI (``models:/<model_id>``).
+
+        ``key`` names the best model (``trial:<n>``): when the parent run already holds the model
+        of that key (tag ``autofuse.best_model_key``), nothing is logged or registered again and
+        its URI is returned. Callers that may run at once (two searches, a sync) hold the study
+        lock around this call, so one model version is registered per best model."""
         import mlflow.pytorch  # the torch flavour loads only when a best model is logged
 
         pid = self._ensure_parent()
+        if key is not None:
+            tags = self.client.get_run(pid).data.tags
+            if tags.get(BEST_KEY_TAG) == key:
+                log.info(
+                    "MLflow: best model %s of study %s is logged already", key, self.study_name
+                )
+                return tags.get(BEST_MODEL_TAG)
         arch = Path(architecture_json) if architecture_json is not None else None
         extra = [str(arch)] if arch is not None and arch.is_file() else None
         lm = self.client.create_logged_model(
@@ -762,6 +780,8 @@ class MlflowTracker:
         if extra:
             self.client.log_artifact(pid, str(arch), BEST_ARTIFACT_DIR)
         tags = {BEST_MODEL_TAG: info.model_uri}
+        if key is not None:
+            tags[BEST_KEY_TAG] = key
         if registered_name:
             tags["autofuse.registered_model"] = f"{registered_name}/{info.registered_model_version}"
         self._log_batch(pid, tags=tags)
@@ -770,7 +790,11 @@ class MlflowTracker:
     # ------------------------------------------------------------------ back-fill
 
     @_safe(default=0)
-    def sync(self, records: Iterable[Mapping[str, Any]]) -> int:
+    def sync(
+        self,
+        records: Iterable[Mapping[str, Any]],
+        on_run: Callable[[int, str], None] | None = None,
+    ) -> int:
         """Create the nested runs missing in MLflow for finished trial records; returns how many.
 
         ``records``: dicts or objects with ``to_dict()`` (``autofuse.storage.history.TrialRecord``).
@@ -781,7 +805,11 @@ class MlflowTracker:
         ``started_at`` / ``finished_at``) is missing when no run of this study carries its trial
         number (tag ``autofuse.trial``) and its ``mlflow_run_id`` is unset or unknown. Records still
         ``RUNNING`` are skipped; a run left ``RUNNING`` for a finished record gets its final
-        metrics, tags and status. Idempotent: a second call creates nothing."""
+        metrics, tags and status. Idempotent: a second call creates nothing.
+
+        ``on_run(number, run_id)`` is called for every finished record whose run is another than
+        the record's ``mlflow_run_id`` (created now, or found by its trial number), so the
+        caller can record it."""
         self._ensure_parent()
         runs = self._trial_runs()
         by_number: dict[int, Any] = {}
@@ -800,10 +828,14 @@ class MlflowTracker:
             run = by_number.get(int(rec["number"])) or by_id.get(rec.get("mlflow_run_id") or "")
             try:
                 if run is None:
-                    self._create_from_record(rec)
+                    rid = self._create_from_record(rec)
                     created += 1
-                elif run.info.status == "RUNNING" and run.info.run_id not in self._own_runs:
-                    self._finish_from_record(run.info.run_id, rec)
+                else:
+                    rid = run.info.run_id
+                    if run.info.status == "RUNNING" and rid not in self._own_runs:
+                        self._finish_from_record(rid, rec)
+                if on_run is not None and rid != rec.get("mlflow_run_id"):
+                    on_run(int(rec["number"]), rid)
             except Exception as e:
                 self._failed("sync", e)
         if created:

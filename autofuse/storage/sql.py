@@ -1,15 +1,25 @@
-"""Optuna RDB storage from any SQLAlchemy URL, with safe defaults for SQLite."""
+"""Optuna RDB storage from any SQLAlchemy URL, with safe defaults for SQLite.
+
+Optuna creates its tables when a storage is opened ("check, then create": not safe when several
+processes open a new database at the same instant). :func:`make_storage` opens a database whose
+Optuna tables are complete directly, and otherwise under :class:`~autofuse.storage.lock.SchemaLock`,
+so the tables are created once.
+"""
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import optuna
+import sqlalchemy as sa
 import sqlalchemy.exc
 from sqlalchemy import event
 
-from autofuse._util import first_line, sqlite_path
+from autofuse._util import first_line, mask_url, sqlite_path
 from autofuse.errors import ConfigError
+from autofuse.storage.guard import check_storage
+from autofuse.storage.lock import SchemaLock, holding
 
 log = logging.getLogger(__name__)
 
@@ -32,16 +42,56 @@ def ensure_sqlite_dir(url: str) -> None:
 
 def make_storage(url: str, **kwargs):
     """An ``optuna.storages.RDBStorage`` for ``url``; a bad URL or unreachable server is a ConfigError."""
+    check_storage(url, write=False)  # not a database, read-only, another application's: refused
     ensure_sqlite_dir(url)
+
+    def rdb():
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs_for(url), **kwargs)
+
     try:
-        storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs_for(url), **kwargs)
+        if optuna_tables_ready(url):
+            storage = rdb()
+        else:  # a new database: Optuna creates its tables, once (other processes wait)
+            with holding(SchemaLock(url)):
+                storage = rdb()
     except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError) as e:
-        raise ConfigError(f"--storage {url!r}: not a usable SQLAlchemy URL ({e})") from None
+        raise ConfigError(
+            f"--storage {mask_url(url)!r}: not a usable SQLAlchemy URL ({first_line(e)})"
+        ) from None
     except sqlalchemy.exc.OperationalError as e:
-        raise ConfigError(f"--storage {url!r}: cannot connect ({first_line(e)})") from None
+        raise ConfigError(
+            f"--storage {mask_url(url)!r}: cannot connect ({first_line(e)})"
+        ) from None
     if url.startswith("sqlite") and ":memory:" not in url:  # one process only: nothing to race
         immediate_transactions(storage.engine)
     return storage
+
+
+def close_storage(storage: Any) -> None:
+    """Close the database connections of an Optuna RDB storage (its pooled idle connections;
+    a process that runs many searches would otherwise keep them until garbage collection)."""
+    engine = getattr(storage, "engine", None)
+    if engine is None:
+        return
+    storage.remove_session()
+    engine.dispose()
+
+
+def optuna_tables_ready(url: str) -> bool:
+    """Whether Optuna finished creating its tables in the database at ``url``: its Alembic
+    version row is the last thing ``RDBStorage`` writes when it sets up a new database."""
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool, **_no_pool(engine_kwargs_for(url)))
+    try:
+        with engine.connect() as conn:
+            if not sa.inspect(conn).has_table("alembic_version"):
+                return False
+            return bool(conn.execute(sa.text("SELECT COUNT(*) FROM alembic_version")).scalar())
+    finally:
+        engine.dispose()
+
+
+def _no_pool(kwargs: dict) -> dict:
+    return {k: v for k, v in kwargs.items() if k != "pool_pre_ping"}
 
 
 def immediate_transactions(engine) -> None:

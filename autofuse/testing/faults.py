@@ -13,6 +13,7 @@ worker's share of the device (``--workers-per-device``).
 from __future__ import annotations
 
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -89,3 +90,20 @@ class ExhaustMemory(TrialHook):
         total = torch.cuda.get_device_properties(device).total_memory
         block = torch.empty(int(total * self.fraction), dtype=torch.uint8, device=device)
         del block  # reached only when the allocation fitted
+
+
+def rot_checkpoint(src: str | Path, dest: str | Path, *, pickle: bool = False) -> None:
+    """Write a copy of the ``torch.save`` file ``src`` to ``dest`` with 8 bytes inverted in the
+    middle of one member of its zip archive: the largest tensor (the copy still loads in
+    ``torch.load``, only the archive's CRC-32 checksums tell), or the pickle (``pickle=True``).
+    Bit rot, as a disk or a copy may leave it."""
+    data = bytearray(Path(src).read_bytes())
+    with zipfile.ZipFile(src) as z:
+        infos = [i for i in z.infolist() if i.filename.endswith("data.pkl") == pickle]
+        info = max(infos, key=lambda i: i.file_size)
+    h = info.header_offset  # local header: 30 bytes, the name, the extra field, then the data
+    start = h + 30 + int.from_bytes(data[h + 26 : h + 28], "little")
+    start += int.from_bytes(data[h + 28 : h + 30], "little")
+    mid = start + info.file_size // 2
+    data[mid : mid + 8] = bytes(b ^ 0xFF for b in data[mid : mid + 8])
+    Path(dest).write_bytes(bytes(data))

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import yaml
 from PIL import Image
 
@@ -371,6 +372,66 @@ def make_broken(root: Path = BROKEN) -> list[str]:
         config["table"] = "samples.parquet"
         write_yaml(d / "dataset.yaml", config)
         write(d / "samples.parquet", "this is not parquet\n")
+
+    # -- numbers: non-finite values and non-numeric cells in a numeric column (age) ----------
+
+    @register
+    def inf_in_numeric(d: Path) -> None:
+        rows, config = case()
+        rows[2]["age"] = "inf"
+        standard(d, rows, config)
+
+    @register
+    def overflow_in_numeric(d: Path) -> None:
+        rows, config = case()
+        rows[1]["age"] = "1e400"  # parses to inf
+        standard(d, rows, config)
+
+    @register
+    def nan_literal_in_numeric(d: Path) -> None:
+        rows, config = case()
+        rows[3]["age"] = "NaN"  # the default policy (non_finite: error) refuses it
+        standard(d, rows, config)
+
+    @register
+    def typo_in_numeric(d: Path) -> None:
+        rows, config = case()
+        rows[4]["age"] = "3O"  # a letter O: one typo must not turn the column categorical
+        standard(d, rows, config)
+
+    @register
+    def nan_strings_in_numeric(d: Path) -> None:
+        rows, config = case()
+        rows[1]["age"] = "nan"
+        rows[4]["age"] = "n/a"
+        standard(d, rows, config)
+
+    @register
+    def inf_in_parquet(d: Path) -> None:
+        rows, config = case()
+        frame = pd.DataFrame(rows).astype({"age": "float64"})
+        frame.loc[5, "age"] = -np.inf  # a float column: the value itself is non-finite
+        config["table"] = "samples.parquet"
+        write_yaml(d / "dataset.yaml", config)
+        d.mkdir(parents=True, exist_ok=True)
+        frame.to_parquet(d / "samples.parquet", index=False)
+
+    @register
+    def declared_numeric(d: Path) -> None:
+        rows, config = case()
+        for row, word in zip(rows[:3], ("old", "young", "old"), strict=True):
+            row["age"] = word  # listed as numeric: every non-number is reported
+        config["modalities"]["meta"]["numeric"] = ["age"]
+        standard(d, rows, config)
+
+    @register
+    def inf_regression_target(d: Path) -> None:
+        rows, config = case()
+        for k, row in enumerate(rows):
+            row["label"] = 1.5 * k
+        rows[2]["label"] = "-inf"
+        config["target"]["task"] = "regression"
+        standard(d, rows, config)
 
     @register
     def three_problems(d: Path) -> None:

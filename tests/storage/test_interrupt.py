@@ -4,6 +4,7 @@ to resume from their epoch checkpoints; nothing is corrupted; resuming finishes 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
+from history_check import assert_consistent
 
 from autofuse.storage.history import HistoryStore
 
@@ -63,13 +65,21 @@ def test_sigterm_stops_workers_and_resume_continues(demo_dataset, tmp_path):
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
     assert "interrupted" in err
+    # one line per stopped trial (from its worker) and a summary, no Optuna traceback
+    assert "Traceback" not in err, err[-3000:]
+    assert err.count(" stopped: ") == 1, err[-3000:]
     url = f"sqlite:///{tmp_path / 'trials' / 'autofuse.db'}"
     st = optuna.load_study(study_name="int", storage=url)
     stopped = [t for t in st.trials if t.user_attrs.get("reason") == "interrupted"]
     assert stopped and all(t.state == optuna.trial.TrialState.FAIL for t in stopped)
+    lines = [
+        ln for ln in err.splitlines() if re.search(r"trial \d+ interrupted (after|before)", ln)
+    ]
+    assert len(lines) == len(stopped), err[-3000:]
     queued = [t for t in st.trials if t.state == optuna.trial.TrialState.WAITING]
     assert sorted(t.user_attrs["retry_of"] for t in queued) == sorted(t.number for t in stopped)
     assert not [t for t in st.trials if t.state == optuna.trial.TrialState.RUNNING]
+    assert_consistent(url, "int")
 
     r = subprocess.run(
         cmd, capture_output=True, text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1")
@@ -80,3 +90,4 @@ def test_sigterm_stops_workers_and_resume_continues(demo_dataset, tmp_path):
     assert len(finished) == 6
     resumed = [t for t in recs.values() if t.retry_of is not None]
     assert resumed and any((t.resumed_from_epoch or 0) >= 2 for t in resumed)
+    assert_consistent(url, "int")

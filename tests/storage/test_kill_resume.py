@@ -1,7 +1,9 @@
-"""kill -9 a worker in the middle of a trial, resume the study, and check nothing was lost."""
+"""kill -9 a worker in the middle of a trial, resume the study, and check nothing was lost; and
+the same with the killed trial's running checkpoint damaged before the resume."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -12,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from autofuse.storage.history import HistoryStore
+from autofuse.testing.faults import rot_checkpoint
 
 SPACE = str(Path(__file__).parents[1] / "spaces" / "slow_epochs.yaml")
 N_TRIALS = 5
@@ -65,8 +68,10 @@ def _wait_for_marker(marker: Path, proc, timeout: float = 300) -> int:
     raise AssertionError("the held trial did not reach epoch 2 in time")
 
 
-@pytest.mark.slow
-def test_kill9_mid_trial_then_resume(demo_dataset, tmp_path):
+def _kill_mid_trial(dataset, tmp_path) -> tuple[Path, str, str, dict, int, dict]:
+    """Run the study with trial HELD held after its 2nd epoch, kill -9 the process there, and
+    wait until that trial is stale. Returns ``(work, url, mlflow_uri, env, killed trial, the
+    records of the trials that finished before the kill)``."""
     work = tmp_path / "w"
     url = f"sqlite:///{work / 'trials' / 'autofuse.db'}"
     mlflow_uri = f"sqlite:///{work / 'trials' / 'mlflow.db'}"
@@ -74,7 +79,7 @@ def test_kill9_mid_trial_then_resume(demo_dataset, tmp_path):
     marker = tmp_path / "held"
     script = FIRST_RUN.format(n=N_TRIALS, space=SPACE, held=HELD)
     proc = subprocess.Popen(
-        [sys.executable, "-c", script, str(demo_dataset), str(work), mlflow_uri, str(marker)],
+        [sys.executable, "-c", script, str(dataset), str(work), mlflow_uri, str(marker)],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -91,15 +96,20 @@ def test_kill9_mid_trial_then_resume(demo_dataset, tmp_path):
     assert killed == HELD
     assert sorted(finished_before) == list(range(HELD))  # the trials before it finished
     assert hs.trials("k")[killed].status == "RUNNING"  # nobody told the database
-
     time.sleep(5)  # > grace period (4 heartbeats of 1 s): the killed trial is now stale
+    return work, url, mlflow_uri, env, killed, finished_before
+
+
+def _resume(dataset, work: Path, mlflow_uri: str, env: dict) -> subprocess.CompletedProcess:
     r = subprocess.run(
-        _cmd(demo_dataset, work, mlflow_uri), env=env, capture_output=True, text=True, timeout=600
+        _cmd(dataset, work, mlflow_uri), env=env, capture_output=True, text=True, timeout=600
     )
     assert r.returncode == 0, r.stderr[-3000:]
+    return r
 
-    recs = {t.number: t for t in HistoryStore(url).trials("k")}
-    # every trial finished before the kill is unchanged
+
+def _check_unchanged(finished_before: dict, recs: dict) -> None:
+    """Every trial finished before the kill is unchanged."""
     for n, before in finished_before.items():
         after = recs[n]
         assert (after.status, after.value, after.test_metrics, after.history) == (
@@ -108,6 +118,15 @@ def test_kill9_mid_trial_then_resume(demo_dataset, tmp_path):
             before.test_metrics,
             before.history,
         )
+
+
+@pytest.mark.slow
+def test_kill9_mid_trial_then_resume(demo_dataset, tmp_path):
+    work, url, mlflow_uri, env, killed, finished_before = _kill_mid_trial(demo_dataset, tmp_path)
+    _resume(demo_dataset, work, mlflow_uri, env)
+
+    recs = {t.number: t for t in HistoryStore(url).trials("k")}
+    _check_unchanged(finished_before, recs)
     # the killed attempt is recorded as killed, and retried exactly once
     assert (recs[killed].status, recs[killed].reason) == ("FAIL", "killed")
     retries = [t for t in recs.values() if t.retry_of == killed]
@@ -122,6 +141,41 @@ def test_kill9_mid_trial_then_resume(demo_dataset, tmp_path):
     finished = [t for t in recs.values() if t.status in ("COMPLETE", "PRUNED")]
     assert len(finished) == N_TRIALS
     assert not list((work / "trials" / "k" / "running").glob("*.pt"))
+    _check_mlflow(mlflow_uri, recs, killed)
+
+
+@pytest.mark.slow
+def test_kill9_then_corrupt_running_checkpoint_retries_from_epoch_1(demo_dataset, tmp_path):
+    """The killed trial's running checkpoint is damaged before the resume (bytes inverted in a
+    tensor: it still loads in torch, only its checksums tell): the retry warns, naming the file,
+    and trains from epoch 1; the study finishes with its summary and report."""
+    work, url, mlflow_uri, env, killed, finished_before = _kill_mid_trial(demo_dataset, tmp_path)
+    ckpt = work / "trials" / "k" / "running" / f"trial_{killed}.pt"
+    rot_checkpoint(ckpt, ckpt)
+
+    r = _resume(demo_dataset, work, mlflow_uri, env)
+
+    warned = [ln for ln in r.stderr.splitlines() if str(ckpt) in ln]
+    assert len(warned) == 1, r.stderr[-3000:]
+    assert warned[0].startswith("WARNING") and warned[0].endswith("the trial starts from epoch 1")
+    assert "Traceback" not in r.stderr
+    recs = {t.number: t for t in HistoryStore(url).trials("k")}
+    _check_unchanged(finished_before, recs)
+    assert (recs[killed].status, recs[killed].reason) == ("FAIL", "killed")
+    retries = [t for t in recs.values() if t.retry_of == killed]
+    assert len(retries) == 1
+    retry = retries[0]
+    # retried from epoch 1: nothing resumed, every epoch trained and recorded once
+    assert retry.status == "COMPLETE" and retry.resumed_from_epoch is None
+    assert retry.epochs_run == 8 and [h["epoch"] for h in retry.history] == list(range(1, 9))
+    finished = [t for t in recs.values() if t.status in ("COMPLETE", "PRUNED")]
+    assert len(finished) == N_TRIALS
+    assert not list((work / "trials" / "k" / "running").glob("*.pt"))
+    # the study finished: its summary and report are written
+    summary = json.loads((work / "trials" / "k" / "summary.json").read_text())
+    assert summary["trials"]["completed"] == N_TRIALS
+    assert Path(summary["report"]["html"]).is_file()
+    assert (work / "reports" / "k" / "report.md").is_file()
     _check_mlflow(mlflow_uri, recs, killed)
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from history_check import assert_consistent
 from mlflow.tracking import MlflowClient
 
 from autofuse.cli import main
@@ -69,8 +70,10 @@ def test_search_logs_nested_runs_matching_sql(demo_dataset, tmp_path, mlflow_ser
     values = [r.data.metrics["val_accuracy"] for r in ordered]
     assert values == sorted(values, reverse=True)
     assert [recs[n].value for n in board] == pytest.approx(values)
-    # the best model is logged and registered under the study's name
+    # the best model is logged and registered under the study's name, once
     assert client.get_registered_model("mlf").name == "mlf"
+    assert len(client.search_model_versions("name='mlf'")) == 1
+    assert_consistent(url, "mlf", mlflow_server)
 
 
 @pytest.mark.slow
@@ -120,3 +123,10 @@ def test_unreachable_mlflow_then_sync(demo_dataset, tmp_path, mlflow_server):
         ],
     )
     assert "0 MLflow run(s) created" in r.output  # idempotent
+    # the sync also closed the study's parent run and registered its best model, once
+    client = MlflowClient(mlflow_server)
+    exp = client.get_experiment_by_name("offline")
+    parents = client.search_runs([exp.experiment_id], "tags.`autofuse.role` = 'study'")
+    assert [p.info.status for p in parents] == ["FINISHED"]
+    assert len(client.search_model_versions("name='offline'")) == 1
+    assert_consistent(url, "offline", mlflow_server)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from history_check import assert_consistent
 
 from autofuse.errors import ConfigError
 from autofuse.storage.history import HistoryStore
@@ -62,6 +63,7 @@ def _check_study(url: str, study: str, n: int, mlflow_uri: str) -> None:
     runs = {r.info.run_id for r in client.search_runs([exp.experiment_id], max_results=1000)}
     for t in finished:
         assert recs[t.number].mlflow_run_id in runs, f"trial {t.number} missing in MLflow"
+    assert_consistent(url, study, mlflow_uri)
 
 
 @pytest.mark.slow
@@ -186,6 +188,7 @@ def test_killing_one_of_several_workers(demo_dataset, tmp_path):
     recs = {r.number: r for r in HistoryStore(url).trials("kw")}
     assert recs[killed].status == "FAIL" and recs[killed].reason == "killed"
     assert any(r.retry_of == killed for r in recs.values())
+    assert_consistent(url, "kw")
 
 
 def test_injected_faults_end_as_pruned_with_reason(demo_dataset, tmp_path):
@@ -214,6 +217,7 @@ def test_injected_faults_end_as_pruned_with_reason(demo_dataset, tmp_path):
     assert recs[6].status == "COMPLETE"  # the study went on
     for reason in ("diverged", "oom", "invalid"):
         assert res.summary["pruned_reasons"].get(reason, 0) >= 1
+    assert_consistent(url, "faults")
 
 
 def test_worker_stops_after_consecutive_faults(demo_dataset, tmp_path):
@@ -233,3 +237,4 @@ def test_worker_stops_after_consecutive_faults(demo_dataset, tmp_path):
             report=False,
             hooks=[faults],
         )
+    assert_consistent(f"sqlite:///{tmp_path / 'trials' / 'autofuse.db'}", "stop")
