@@ -29,7 +29,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import orm
 
-from autofuse._util import first_line, mask_url, utcnow
+from autofuse._util import first_line, json_text, mask_url, utcnow
 from autofuse.errors import ConfigError
 from autofuse.storage.guard import check_storage
 from autofuse.storage.lock import SchemaLock, holding
@@ -146,7 +146,12 @@ class HistoryStore:
         check_storage(url, write=create)  # refused before a table is created (storage/guard.py)
         ensure_sqlite_dir(url)
         try:
-            self.engine = sa.create_engine(url, **engine_kwargs_for(url))
+            self.engine = sa.create_engine(
+                url,
+                # strict JSON columns: a NaN metric is stored as null (PostgreSQL refuses NaN)
+                json_serializer=lambda obj: json_text(obj, indent=None),
+                **engine_kwargs_for(url),
+            )
         except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError) as e:
             raise ConfigError(
                 f"--storage {mask_url(url)!r}: not a usable SQLAlchemy URL ({first_line(e)})"

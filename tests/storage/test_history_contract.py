@@ -86,6 +86,19 @@ def test_record_and_read_back_a_study(url):
         hs.record_trial("s", 2, bogus=1)
 
 
+def test_non_finite_metrics_are_stored_as_null(url):
+    """A diverged trial's NaN / inf metrics: strict JSON (PostgreSQL refuses a bare NaN)."""
+    hs = HistoryStore(url)
+    hs.upsert_study("s", metric="accuracy", direction="maximize")
+    hs.record_trial(
+        "s", 0, status="PRUNED", val_metrics={"loss": float("nan"), "accuracy": 0.5},
+        test_metrics={"loss": float("inf")},
+    )  # fmt: skip
+    (t,) = hs.trials("s")
+    assert t.val_metrics == {"loss": None, "accuracy": 0.5}
+    assert t.test_metrics == {"loss": None}
+
+
 def test_two_stores_on_one_database_share_records(url):
     a, b = HistoryStore(url), HistoryStore(url)
     a.upsert_study("shared", metric="rmse", direction="minimize")
