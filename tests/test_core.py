@@ -94,8 +94,14 @@ def test_checkpoint_store_keeps_the_top_k(tmp_path, demo_dataset):
 
 def test_corrupt_running_checkpoint_is_ignored_with_a_warning(tmp_path, caplog):
     store = CheckpointStore(tmp_path)
-    store.save_running(3, {"epoch": 2})
-    assert store.load_running(3) == {"epoch": 2}
+    w = {"w": torch.zeros(2)}
+    state = {
+        "model": w, "optimizer": {}, "generator": torch.zeros(4, dtype=torch.uint8), "epoch": 2,
+        "best_state": w, "best_val": 0.5, "best_epoch": 2, "stale": 0,
+        "history": [{"epoch": 1}, {"epoch": 2}],
+    }  # fmt: skip
+    store.save_running(3, state)
+    assert store.load_running(3)["epoch"] == 2
     store.running_path(3).write_bytes(b"not a checkpoint")
     assert store.load_running(3) is None
     assert "starts from epoch 1" in caplog.text

@@ -262,8 +262,20 @@ def test_avmnist_on_fake_inputs(fake_inputs: tuple[Path, Path], tmp_path: Path) 
     )
     config, rows = _check_folder(out)
     assert config["modalities"] == {
-        "image": {"type": "image", "column": "image_path", "columns": None, "categorical": []},
-        "audio": {"type": "audio", "column": "audio_path", "columns": None, "categorical": []},
+        "image": {
+            "type": "image",
+            "column": "image_path",
+            "columns": None,
+            "categorical": [],
+            "numeric": [],
+        },
+        "audio": {
+            "type": "audio",
+            "column": "audio_path",
+            "columns": None,
+            "categorical": [],
+            "numeric": [],
+        },
     }
     assert len(rows) == 90
     assert {r["speaker"] for r in rows if r["split"] == "test"} == {"c"}
