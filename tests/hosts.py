@@ -48,6 +48,9 @@ def private_lan(n: int) -> Iterator[list[Host]]:
     hosts: list[Host] = []
     try:
         _ip("link", "add", bridge, "type", "bridge")
+    except subprocess.CalledProcessError as e:  # root without CAP_NET_ADMIN (a container)
+        need(False, f"cannot create network devices: {e.stderr.strip()}")
+    try:
         _ip("addr", "add", f"{GATEWAY}/24", "dev", bridge)
         _ip("link", "set", bridge, "up")
         for i in range(n):
