@@ -12,6 +12,12 @@ Layout under ``trials/<study>/``::
 Only the top :data:`KEEP_TOP_K` completed trials keep finalist checkpoints (the report
 re-evaluates them, ``export`` exports them without retraining). Every write is atomic.
 
+With an artifact store (``--artifacts``, :class:`~autofuse.storage.artifacts.ArtifactStore`) the
+local folder is a cache in front of it: every file is uploaded to ``<study>/<same path>`` after
+its local atomic write, deletions are mirrored, and a file missing locally is fetched from the
+store before it is read. So a trial retried on another host resumes from the epoch checkpoint
+this host wrote, and ``report`` / ``export`` work from a host that trained nothing.
+
 Every read names the file it could not use: a finalist, best-model or outputs file that is
 truncated, overwritten or of another kind is a :class:`~autofuse.errors.DamagedFileError` (the
 report skips that finalist, ``export`` offers ``--retrain``, a search still writes its summary);
@@ -35,6 +41,7 @@ from autofuse._util import atomic_write, better, first_line, sort_sign
 from autofuse.errors import ConfigError, DamagedFileError
 from autofuse.model import MultimodalModel, full_model, trainable_state_dict
 from autofuse.spec import ArchitectureSpec, load_architecture, save_architecture
+from autofuse.storage.artifacts import ArtifactStore, open_artifacts
 
 log = logging.getLogger(__name__)
 
@@ -133,20 +140,55 @@ def running_problem(state: Any) -> str | None:
     return None
 
 
-def _number(path: Path) -> int | None:
+def study_artifacts(user_attrs: dict[str, Any]) -> ArtifactStore | None:
+    """The artifact store a study was created with (its stored ``--artifacts``), or ``None``."""
+    stored = user_attrs.get("search_options") or {}
+    return open_artifacts(stored.get("artifacts") if isinstance(stored, dict) else None)
+
+
+def _number(path: Path | str) -> int | None:
     """``trial_12.safetensors`` -> 12."""
-    n = path.name.split("_", 1)[-1].split(".", 1)[0]
+    n = Path(path).name.split("_", 1)[-1].split(".", 1)[0]
     return int(n) if n.isdigit() else None
 
 
 class CheckpointStore:
-    """Checkpoints of one study's trials under ``study_dir``."""
+    """Checkpoints of one study's trials under ``study_dir``; with ``artifacts``, also in that
+    store under the study's name (the local folder a cache in front of it)."""
 
-    def __init__(self, study_dir: str | Path) -> None:
+    def __init__(self, study_dir: str | Path, artifacts: ArtifactStore | None = None) -> None:
         self.study_dir = Path(study_dir)
         self.running_dir = self.study_dir / "running"
         self.finalist_dir = self.study_dir / "checkpoints"
         self.best_dir = self.study_dir / "best"
+        #: the whole store (``cache/`` lives there too) and this study's part of it
+        self.artifacts = artifacts
+        self.remote = artifacts.child(self.study_dir.name) if artifacts is not None else None
+
+    # ---- the artifact store behind the local folder --------------------------------------------
+    def _rel(self, path: Path) -> str:
+        return path.relative_to(self.study_dir).as_posix()
+
+    def publish(self, *paths: Path) -> None:
+        """Upload local files of the study (after their atomic write); a store that fails
+        costs a warning, the local copy stays."""
+        if self.remote is not None:
+            for p in paths:
+                self.remote.put(p, self._rel(p))
+
+    def cached(self, path: Path) -> Path:
+        """``path`` (a file of the study), fetched from the store when it is not here."""
+        if self.remote is not None and not path.is_file():
+            self.remote.fetch(self._rel(path), path)
+        return path
+
+    def _unpublish(self, *paths: Path) -> None:
+        if self.remote is not None:
+            for p in paths:
+                self.remote.delete(self._rel(p))
+
+    def _remote_names(self, folder: Path) -> list[str]:
+        return self.remote.names(self._rel(folder)) if self.remote is not None else []
 
     # ---- running trials (resume after a crash) -------------------------------------------------
     def running_path(self, number: int) -> Path:
@@ -155,6 +197,7 @@ class CheckpointStore:
     def save_running(self, number: int, state: dict[str, Any]) -> None:
         with atomic_write(self.running_path(number)) as tmp:
             torch.save(state, tmp)
+        self.publish(self.running_path(number))
 
     def load_running(self, number: int) -> dict[str, Any] | None:
         """The epoch checkpoint of trial ``number``, or ``None`` when there is none or it cannot
@@ -162,8 +205,9 @@ class CheckpointStore:
 
         Read with ``weights_only=True``: tensors, numbers, lists and dicts only, so a file put
         there by someone else cannot run code. The state records the file it came from under
-        :data:`RUNNING_SOURCE`."""
-        path = self.running_path(number)
+        :data:`RUNNING_SOURCE`. Without a local copy it is fetched from the artifact store (the
+        attempt ran on another host)."""
+        path = self.cached(self.running_path(number))
         if not path.is_file():
             return None
         try:
@@ -188,6 +232,7 @@ class CheckpointStore:
         for n in numbers:
             if n is not None:
                 self.running_path(n).unlink(missing_ok=True)
+                self._unpublish(self.running_path(n))
 
     # ---- finalists -----------------------------------------------------------------------------
     def finalist_paths(self, number: int) -> tuple[Path, Path]:
@@ -198,11 +243,17 @@ class CheckpointStore:
         )
 
     def finalists(self) -> set[int]:
-        """Trial numbers with a complete finalist checkpoint (spec and weights)."""
+        """Trial numbers with a complete finalist checkpoint (spec and weights), here or in
+        the artifact store."""
         out = set()
         for p in self.finalist_dir.glob("trial_*.safetensors"):
             n = _number(p)
             if n is not None and self.finalist_paths(n)[0].is_file():
+                out.add(n)
+        remote = set(self._remote_names(self.finalist_dir))
+        for name in remote:
+            n = _number(name)
+            if name.endswith(".safetensors") and n is not None and f"trial_{n}.json" in remote:
                 out.add(n)
         return out
 
@@ -221,6 +272,7 @@ class CheckpointStore:
         state = {**trainable_state_dict(model), **(extra or {})}
         with atomic_write(weights) as tmp:
             save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
+        self.publish(arch, weights)
 
     def save_if_top(
         self,
@@ -248,9 +300,10 @@ class CheckpointStore:
         """A finalist model's raw outputs per split (for the greedy ensemble and its report)."""
         with atomic_write(self.outputs_path(number)) as tmp, open(tmp, "wb") as fh:
             np.savez(fh, **splits)
+        self.publish(self.outputs_path(number))
 
     def has_outputs(self, number: int) -> bool:
-        return self.outputs_path(number).is_file()
+        return self.cached(self.outputs_path(number)).is_file()
 
     def load_outputs(self, number: int) -> dict[str, np.ndarray]:
         """The outputs saved by :meth:`save_outputs` (``val`` and ``test`` at least).
@@ -258,7 +311,7 @@ class CheckpointStore:
         Raises:
             DamagedFileError: the file cannot be read, or lacks a split.
         """
-        path = self.outputs_path(number)
+        path = self.cached(self.outputs_path(number))
         problem = zip_problem(path)  # an .npz is a zip archive; np.load does not check it
         if problem is not None:
             raise DamagedFileError(path, problem.removeprefix("is "))
@@ -276,8 +329,12 @@ class CheckpointStore:
         """The saved outputs of the trials ``numbers`` that have them; a file that cannot be
         read is left out with a warning naming it."""
         out = {}
+        remote = set(self._remote_names(self.finalist_dir))  # one listing, not one per trial
         for n in numbers:
-            if not self.has_outputs(n):
+            path = self.outputs_path(n)
+            if not path.is_file() and path.name in remote:
+                self.cached(path)
+            if not path.is_file():
                 continue
             try:
                 out[n] = self.load_outputs(n)
@@ -286,12 +343,17 @@ class CheckpointStore:
         return out
 
     def prune(self, keep: Iterable[int]) -> None:
-        """Delete the finalist checkpoints of every trial not in ``keep``."""
+        """Delete the finalist checkpoints of every trial not in ``keep`` (here and in the
+        artifact store)."""
         keep = set(keep)
         for f in self.finalist_dir.glob("trial_*.*"):
             n = _number(f)
             if n is not None and n not in keep:
                 f.unlink(missing_ok=True)
+        for name in self._remote_names(self.finalist_dir):
+            n = _number(name)
+            if name.startswith("trial_") and n is not None and n not in keep:
+                self._unpublish(self.finalist_dir / name)
 
     def load_finalist(self, number: int) -> tuple[ArchitectureSpec, dict, dict[str, torch.Tensor]]:
         """``(spec, dataset_info, weights)`` of a finalist.
@@ -300,7 +362,7 @@ class CheckpointStore:
             ConfigError: no checkpoint for that trial (only the top few keep one).
             DamagedFileError: its spec or weights file cannot be read.
         """
-        arch, weights = self.finalist_paths(number)
+        arch, weights = (self.cached(p) for p in self.finalist_paths(number))
         if not arch.is_file() or not weights.is_file():
             kept = sorted(self.finalists())
             raise ConfigError(
@@ -325,7 +387,15 @@ class CheckpointStore:
         """Write trial ``number`` as a full model (frozen encoders included) into ``best/``."""
         if (self.best_dir / "ensemble.json").exists():  # an earlier winner was an ensemble
             shutil.rmtree(self.best_dir)
-        return self.export_full(number, self.best_dir)
+        self.export_full(number, self.best_dir)
+        return self.publish_best()
+
+    def publish_best(self) -> Path:
+        """Upload ``best/`` as a whole (an earlier winner's files in the store removed first)."""
+        if self.remote is not None and self.best_dir.is_dir():
+            self.remote.delete("best")
+            self.remote.put_dir(self.best_dir, "best")
+        return self.best_dir
 
     def export_full(self, number: int, folder: Path) -> Path:
         """Write trial ``number`` as a full model (``architecture.json`` + ``model.safetensors``,
@@ -349,6 +419,8 @@ class CheckpointStore:
             DamagedFileError: its files cannot be read, or its weights do not fit its spec.
         """
         arch, weights = self.best_dir / "architecture.json", self.best_dir / "model.safetensors"
+        if self.remote is not None and not (arch.is_file() and weights.is_file()):
+            self.remote.fetch_dir("best", self.best_dir)
         if not arch.is_file() or not weights.is_file():
             return None
         spec, info = read_architecture(arch)
@@ -363,5 +435,6 @@ __all__ = [
     "read_architecture",
     "read_weights",
     "running_problem",
+    "study_artifacts",
     "zip_problem",
 ]

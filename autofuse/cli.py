@@ -181,6 +181,13 @@ def _print_result(res) -> None:
         click.echo(f"best weights: {res.best_dir / 'model.safetensors'}")
     if s.get("report", {}).get("html"):
         click.echo(f"report: {s['report']['html']}")
+    links = s.get("mlflow") or {}
+    if links.get("experiment_url"):  # the Runs page (see autofuse.storage.mlflow.experiment_url)
+        click.echo(f"mlflow: {links['experiment_url']}")
+        if links.get("ui"):
+            click.echo(f"  serve it with: {links['ui']}")
+    if links.get("registered_model"):
+        click.echo(f"registered model: {links['registered_model']}")
 
 
 def _fmt(m: dict | None) -> str:
@@ -240,6 +247,7 @@ SEARCH_OPTIONS = (
     "amp",
     "max_faults",
     "checkpoint_every_s",
+    "artifacts",
     "progress",
     "workdir",
 )
@@ -289,8 +297,13 @@ def search(dataset, study, **options) -> None:
 @click.option(
     "--seed", type=_SEED, default=None, help="Sampler seed (default: from the process id)."
 )
+@click.option(
+    "--artifacts",
+    default=None,
+    help="The study's artifact store as this host reaches it (default: the study's --artifacts).",
+)
 @_workdir
-def worker(study, storage, mlflow_uri, device, dataset, trials, seed, workdir) -> None:
+def worker(study, storage, mlflow_uri, device, dataset, trials, seed, artifacts, workdir) -> None:
     """Join an existing study as one more worker (from this or any machine)."""
     from autofuse.space import SearchSpace
     from autofuse.workers import join_stages, run_worker, worker_config_from_study
@@ -308,6 +321,7 @@ def worker(study, storage, mlflow_uri, device, dataset, trials, seed, workdir) -
         mlflow_uri=mlflow_uri,
         trials=trials,
         seed=seed,
+        artifacts=artifacts,
     )
     if SearchSpace.model_validate(cfg.space).stages.enabled:
         click.echo(f"worker joins the staged study {study} on {cfg.device}")
@@ -593,13 +607,14 @@ def dashboard(study, storage, host, port, workdir) -> None:
 def storage_proxy(storage, host, port) -> None:
     """Serve a study storage to many workers over gRPC (workers: --storage grpc://HOST:PORT)."""
     from autofuse.storage import make_storage
-    from autofuse.storage.proxy import is_grpc, serve_proxy
+    from autofuse.storage.proxy import is_grpc
+    from autofuse.storage.proxy_server import serve_proxy
 
     if is_grpc(storage):
         raise ConfigError("storage-proxy --storage: give the database URL, not a grpc:// proxy")
     db = make_storage(storage)  # creates Optuna's tables, so the workers find them
     click.echo(f"storage proxy: workers use --storage grpc://{host}:{port}  (Ctrl-C to stop)")
-    serve_proxy(db, host, port)
+    serve_proxy(db, host, port, history_url=storage)  # mirrors proxied records into SQL
 
 
 @main.group()
@@ -798,7 +813,7 @@ def mlflow_group() -> None:
 @_workdir
 def mlflow_sync(study, mlflow_uri, storage, workdir) -> None:
     """Back-fill MLflow runs missing for trials of STUDY (e.g. MLflow was unreachable)."""
-    from autofuse.leaderboard import mlflow_sync as sync
+    from autofuse.mlflow_study import mlflow_sync as sync
 
     _existing_storage(storage, workdir)
     if not mlflow_uri:  # the default MLflow store is a file under the work directory

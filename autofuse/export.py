@@ -41,7 +41,7 @@ import torch
 from safetensors.torch import save_file
 
 from autofuse._util import first_line, json_text, mask_url, sqlite_path, temp_sibling
-from autofuse.checkpoints import CheckpointStore, read_weights
+from autofuse.checkpoints import CheckpointStore, read_weights, study_artifacts
 from autofuse.data import Dataset, DatasetError
 from autofuse.data.validate import find_config, read_config
 from autofuse.encoders import get_encoder_entry
@@ -53,6 +53,7 @@ from autofuse.predict import EXPORT_KEY, check_compatible
 from autofuse.runner import CandidateRunner, default_device
 from autofuse.spec import ARCHITECTURE_FORMAT, SPEC_VERSION, ArchitectureSpec
 from autofuse.storage import make_storage
+from autofuse.storage.artifacts import ArtifactStore
 from autofuse.train import TrialFault, evaluate, loss_fn, measure_latency_ms, train_epoch
 
 log = logging.getLogger(__name__)
@@ -206,14 +207,22 @@ def train_fixed(model, data, training, epochs: int, device: torch.device) -> lis
     return losses
 
 
-def retrain_trial(ds, spec: ArchitectureSpec, epochs: int, paths: Paths, device: torch.device):
+def retrain_trial(
+    ds,
+    spec: ArchitectureSpec,
+    epochs: int,
+    paths: Paths,
+    device: torch.device,
+    artifacts: ArtifactStore | None = None,
+):
     """Refit ``spec`` on the train + val rows of ``ds``; returns ``(model, dataset_info, test
     metrics, latency_ms, losses)``. The model's frozen encoders are placeholders fed from the
     feature cache, as in search (the feature cache key includes the refitted preprocessing state,
-    so it is safe; the prepared-input cache's key ignores the split, so it is off here)."""
+    so it is safe; the prepared-input cache's key ignores the split, so it is off here); stage-1
+    encoders this host lacks come from the study's artifact store ``artifacts``."""
     rds = copy.copy(ds)  # the same rows, with validation rows counted as training rows
     rds.split = np.where(ds.split == "val", "train", ds.split).astype(object)
-    runner = CandidateRunner(rds, paths.cache, device, prep_cache=False)
+    runner = CandidateRunner(rds, paths.cache, device, prep_cache=False, artifacts=artifacts)
     data, info = runner.prepare(spec)
     splits = data.splits
     try:
@@ -275,7 +284,7 @@ def export_trial(
     folder = _dataset_folder(st, dataset, retrain)
     meta = _search_meta(st, t, folder, retrain)
     if not retrain:
-        store = CheckpointStore(paths.study_dir(study))
+        store = CheckpointStore(paths.study_dir(study), study_artifacts(st.user_attrs))
         hint = (
             f"add --retrain to refit trial {t.number} from its spec on train + val and export that"
         )
@@ -420,7 +429,9 @@ def _retrain(
     epochs = int(attrs.get("best_epoch") or attrs.get("epochs_run") or spec.training.epochs)
     dev = torch.device(device) if device else default_device()
     log.info("retraining trial %d on train + val for %d epochs on %s", t.number, epochs, dev)
-    trained, info, test, latency, losses = retrain_trial(ds, spec, epochs, paths, dev)
+    trained, info, test, latency, losses = retrain_trial(
+        ds, spec, epochs, paths, dev, study_artifacts(st.user_attrs)
+    )
     model = full_model(spec, info, trainable_state_dict(trained), "retrained weights")
     info["config"] = read_dataset_config(folder, required=True)
     meta["retrain"] = {

@@ -35,12 +35,13 @@ import mlflow
 import mlflow.pyfunc
 import pandas as pd
 from mlflow.models import ModelSignature
+from mlflow.models.model import ModelInfo
 from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
 from autofuse._util import sqlite_path
 from autofuse.errors import ConfigError
 from autofuse.predict import EnsemblePredictor, Predictor, find_export_dir, load_dir
-from autofuse.storage.mlflow import _global_tracking_uri
+from autofuse.storage.mlflow import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, _global_tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -215,6 +216,34 @@ def log_pyfunc(
     Returns:
         ``models:/<registered_name>/<version>`` when registered, else the logged model's URI.
     """
+    info = log_pyfunc_info(
+        export_dir,
+        registered_name,
+        run_id,
+        tracking_uri=tracking_uri,
+        experiment=experiment,
+        root=root,
+        device=device,
+        bundle_code=bundle_code,
+    )
+    if registered_name:
+        return f"models:/{registered_name}/{info.registered_model_version}"
+    return info.model_uri
+
+
+def log_pyfunc_info(
+    export_dir: str | os.PathLike[str],
+    registered_name: str | None = None,
+    run_id: str | None = None,
+    *,
+    tracking_uri: str | None = None,
+    experiment: str | None = None,
+    root: str | None = None,
+    device: str | None = None,
+    bundle_code: bool = False,
+) -> ModelInfo:
+    """:func:`log_pyfunc`, returning MLflow's ``ModelInfo`` (``model_uri``,
+    ``registered_model_version``): what the search's own registration records."""
     folder = find_export_dir(Path(export_dir).expanduser().absolute())
     predictor = load_dir(folder, device="cpu")
     if any(m.dataset_config is None for m in _members(predictor)):
@@ -239,7 +268,9 @@ def log_pyfunc(
                 exp.experiment_id
                 if exp is not None
                 else client.create_experiment(
-                    name, artifact_location=_artifact_location(mlflow.get_tracking_uri(), name)
+                    name,
+                    artifact_location=_artifact_location(mlflow.get_tracking_uri(), name),
+                    tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},  # a model-training experiment
                 )
             )
             run_ctx = mlflow.start_run(experiment_id=eid, run_name=run_name, tags=tags)
@@ -256,12 +287,10 @@ def log_pyfunc(
                 model_config={"root": root or "", "bad_files": "error", "device": device or ""},
                 metadata={"autofuse": described},
             )
-    if registered_name:
-        return f"models:/{registered_name}/{info.registered_model_version}"
-    return info.model_uri
+    return info
 
 
-__all__ = ["ARTIFACT", "AutofusePyfunc", "log_pyfunc"]
+__all__ = ["ARTIFACT", "AutofusePyfunc", "log_pyfunc", "log_pyfunc_info"]
 
 if __name__ != "autofuse.mlflow_model":  # run by MLflow as the model's code file (models from code)
     mlflow.models.set_model(AutofusePyfunc())

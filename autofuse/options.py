@@ -52,6 +52,7 @@ STORED = (
     "max_faults",
     "amp",
     "checkpoint_every_s",
+    "artifacts",
 )
 
 
@@ -198,6 +199,14 @@ class SearchOptions(BaseModel):
         json_schema_extra=_cli("--checkpoint-every"),
     )
 
+    artifacts: str | None = Field(
+        None,
+        description="Artifact store for checkpoints, stage-1 encoders and the best model, shared "
+        "by workers without a shared disk: mlflow-artifacts://HOST:PORT/PATH, s3://, gs://, "
+        "file:///PATH or a folder (default: the local disk only).",
+        json_schema_extra=_cli("--artifacts"),
+    )
+
     @field_validator("time_budget", mode="before")
     @classmethod
     def _duration(cls, v: Any) -> Any:
@@ -222,6 +231,11 @@ class SearchOptions(BaseModel):
     @classmethod
     def _mlflow_uri(cls, v: str | None) -> str | None:
         return None if v is None else _ok(v, mlflow_uri_problem(v))
+
+    @field_validator("artifacts")
+    @classmethod
+    def _artifacts(cls, v: str | None) -> str | None:
+        return None if v is None else artifacts_uri(v)
 
     @field_validator("workdir")
     @classmethod
@@ -446,6 +460,20 @@ def mlflow_uri_problem(uri: str) -> str | None:
     return storage_problem(text)
 
 
+def artifacts_uri(value: str) -> str:
+    """``--artifacts`` as stored with the study: a URI as given (its store checks it), a bare
+    path as the ``file://`` URI of its absolute path (other hosts must not resolve it again)."""
+    text = str(value).strip()
+    if not text:
+        raise ValueError("empty (give an artifact store URI or a folder)")
+    if "://" in text:
+        return text.rstrip("/")
+    problem = folder_problem(Path(text).expanduser())
+    if problem:
+        raise ValueError(problem)
+    return Path(text).expanduser().resolve().as_uri()
+
+
 def _check(option: str, value: Any, problem: str | None) -> Any:
     if problem:
         raise ConfigError(f"{option} {_shown(value)!r}: {problem}")
@@ -477,6 +505,7 @@ __all__ = [
     "SAMPLER_NAMES",
     "STORED",
     "SearchOptions",
+    "artifacts_uri",
     "check_device",
     "check_mlflow_uri",
     "check_storage",

@@ -27,6 +27,7 @@ from autofuse.encoders.cache import CachedFeatures, encoder_features
 from autofuse.errors import ConfigError
 from autofuse.model import MultimodalModel, build_model
 from autofuse.spec import ArchitectureSpec
+from autofuse.storage.artifacts import ArtifactStore
 from autofuse.train import (
     TrainData,
     TrialFault,
@@ -191,12 +192,21 @@ class CandidateRunner:
         device: where candidates train.
         prep_cache: keep decoded inputs on disk under ``cache_root/prep`` (its key ignores the
             split, so a refit on other splits passes ``False``).
+        artifacts: the study's artifact store (``--artifacts``): stage-1 encoders (weights and
+            features, ``cache_root/<key>/``) are uploaded to ``cache/<key>`` there, and fetched
+            from it when this host does not have them.
     """
 
     def __init__(
-        self, ds: Any, cache_root: str | Path, device: torch.device, prep_cache: bool = True
+        self,
+        ds: Any,
+        cache_root: str | Path,
+        device: torch.device,
+        prep_cache: bool = True,
+        artifacts: ArtifactStore | None = None,
     ) -> None:
         self.ds = ds
+        self.artifacts = artifacts
         self.cache_root = Path(cache_root)
         self.device = device
         self.prep_cache = prep_cache
@@ -241,9 +251,18 @@ class CandidateRunner:
     def stage1_dir(self, key: str) -> Path:
         return self.cache_root / key
 
+    def stage1_local(self, key: str) -> Path:
+        """:meth:`stage1_dir`, fetched from the artifact store when this host lacks it (the
+        encoder was trained on another host)."""
+        folder = self.stage1_dir(key)
+        if self.artifacts is not None and not (folder / "stage1.json").is_file():
+            if key in self.artifacts.names("cache"):
+                self.artifacts.fetch_dir(f"cache/{key}", folder)
+        return folder
+
     def stage1_features(self, key: str) -> CachedFeatures:
         """Outputs of a stage-1-trained encoder (every row), stored by :meth:`store_stage1`."""
-        folder = self.stage1_dir(key)
+        folder = self.stage1_local(key)
         if not (folder / "stage1.json").is_file():
             raise TrialFault("invalid", f"stage-1 features {key[:12]} are missing from {folder}")
         return CachedFeatures.load(folder)
@@ -254,7 +273,7 @@ class CandidateRunner:
         out = {}
         for m, e in spec.encoders.items():
             if e.mode == "frozen" and e.source is not None:
-                weights = load_file(str(self.stage1_dir(e.source) / "encoder.safetensors"))
+                weights = load_file(str(self.stage1_local(e.source) / "encoder.safetensors"))
                 out.update({f"encoders.{m}.{k}": v for k, v in weights.items()})
         return out
 
@@ -279,10 +298,12 @@ class CandidateRunner:
             (tmp / "stage1.json").write_text(json.dumps(record, indent=2, default=str))
 
         atomic_write_dir(self.stage1_dir(key), write)
+        if self.artifacts is not None:
+            self.artifacts.put_dir(self.stage1_dir(key), f"cache/{key}")
 
     def stage1_record(self, key: str) -> dict[str, Any] | None:
         """The record of an earlier stage-1 run with this key (another study's), if kept."""
-        path = self.stage1_dir(key) / "stage1.json"
+        path = self.stage1_local(key) / "stage1.json"
         if not path.is_file():
             return None
         try:
@@ -318,7 +339,7 @@ class CandidateRunner:
             raise TrialFault("invalid", f"architecture cannot be built: {e}") from e
         for m, e in spec.encoders.items():
             if e.mode != "frozen" and e.source is not None:
-                weights = load_file(str(self.stage1_dir(e.source) / "encoder.safetensors"))
+                weights = load_file(str(self.stage1_local(e.source) / "encoder.safetensors"))
                 model.encoders[m].load_state_dict(weights)
         return model.to(self.device)
 

@@ -498,7 +498,8 @@ def export_winner(store: CheckpointStore, winner: Winner, meta: dict[str, Any]) 
     with tempfile.TemporaryDirectory(prefix=".members-", dir=store.study_dir) as tmp:
         members = [store.export_full(n, Path(tmp) / f"trial_{n}") for n in winner.trials]
         meta = {**meta, "trials": winner.trials, "why": winner.why}
-        return write_ensemble_export(store.best_dir, members, winner.weights, meta)
+        write_ensemble_export(store.best_dir, members, winner.weights, meta)
+    return store.publish_best()
 
 
 def finalist_outputs(result: CandidateResult, device: torch.device) -> dict[str, np.ndarray]:

@@ -28,8 +28,8 @@ from autofuse._util import best_first
 from autofuse.checkpoints import KEEP_TOP_K, CheckpointStore
 from autofuse.data import Dataset
 from autofuse.errors import ConfigError
-from autofuse.leaderboard import close_study_run
 from autofuse.metrics import OBJECTIVES
+from autofuse.mlflow_study import close_study_run, log_study_files, mlflow_links
 from autofuse.options import SearchOptions
 from autofuse.paths import Paths, check_study_name
 from autofuse.report import write_report
@@ -46,6 +46,7 @@ from autofuse.stages import (
     fusion_baselines,
     stage_of,
 )
+from autofuse.storage.artifacts import open_artifacts
 from autofuse.storage.history import HistoryStore
 from autofuse.storage.lock import StudyLock, holding
 from autofuse.storage.mlflow import open_tracker
@@ -108,7 +109,9 @@ class StudyPlan:
 
     @property
     def store(self) -> CheckpointStore:
-        return CheckpointStore(self.paths.study_dir(self.name))
+        return CheckpointStore(
+            self.paths.study_dir(self.name), open_artifacts(self.options.artifacts)
+        )
 
     def runner_template(self) -> TrainData:
         """The dataset's targets and splits (no inputs)."""
@@ -199,6 +202,9 @@ def prepare(
     check_storage_for_workers(str(opts.storage), len(devices))
     make_sampler(sp, opts.sampler, opts.seed)  # a bad --sampler / --pruner before any write
     make_pruner(sp, opts.pruner)
+    artifacts = open_artifacts(opts.artifacts)
+    if artifacts is not None:  # an unreachable store: one line now, not a warning per upload
+        artifacts.check()
     metric, direction = OBJECTIVES[ds.task]
     history = HistoryStore(str(opts.storage))  # creates (once) or checks autofuse's tables
     # several processes starting this study at once: one creates it, the others join it
@@ -467,22 +473,38 @@ def finish(plan: StudyPlan, wall_time_s: float) -> SearchResult:
 
     Under the study lock: several searches of one study finish one after the other (the same
     checkpoints kept, the best model registered once); first the trial records are brought in
-    line with Optuna (a worker that died late)."""
-    with holding(StudyLock(str(plan.options.storage), plan.name)):
+    line with Optuna (a worker that died late). The report and the leaderboard then go to the
+    MLflow parent run too, and ``summary.json`` gets the study's MLflow links."""
+    storage, workdir = str(plan.options.storage), str(plan.paths.root)
+    with holding(StudyLock(storage, plan.name)):
         reconcile_stale(plan.study, plan.history, plan.tracker)
         summary = _conclude(plan, wall_time_s)
-        close_study_run(plan.tracker, plan.store, summary, plan.name)
+        close_study_run(plan.tracker, summary, plan.name, workdir=workdir, storage=storage)
     store = plan.store
     if plan.options.report:
         try:
-            out = write_report(
-                plan.name, workdir=str(plan.paths.root), storage=plan.options.storage
-            )
+            out = write_report(plan.name, workdir=workdir, storage=plan.options.storage)
             summary["report"] = {k: str(v) for k, v in (out or {}).items()}
         except Exception as e:  # a report problem must not lose a finished search
             log.warning("report not written: %s", e)
+    _finish_tracker(plan, summary)
+    if plan.options.report or summary.get("mlflow"):
         write_json(store.study_dir / "summary.json", summary)
     return SearchResult(plan.name, store.study_dir, summary)
+
+
+def _finish_tracker(plan: StudyPlan, summary: dict) -> None:
+    """The report and the leaderboard as artifacts of the MLflow parent run (replacing an earlier
+    finish's), and the study's MLflow links in ``summary``."""
+    if not plan.tracker.available:
+        return
+    storage, workdir = str(plan.options.storage), str(plan.paths.root)
+    html = (summary.get("report") or {}).get("html")
+    with holding(StudyLock(storage, plan.name)):
+        log_study_files(plan.tracker, plan.name, html, workdir=workdir, storage=storage)
+    links = mlflow_links(plan.tracker, summary)
+    if links:
+        summary["mlflow"] = links
 
 
 def _conclude(plan: StudyPlan, wall_time_s: float) -> dict:

@@ -122,6 +122,7 @@ def write_summary(
             log.warning("best trial %d not exported: %s", best.number, e)
             summary["best_dir"] = None
     write_json(store.study_dir / "summary.json", summary)
+    store.publish(store.study_dir / "summary.json")  # for a report made on another host
     return summary
 
 

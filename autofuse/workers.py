@@ -50,9 +50,11 @@ from autofuse.samplers import make_pruner, make_sampler
 from autofuse.space import SearchSpace
 from autofuse.stages import Stages, stage_of
 from autofuse.storage import make_storage
-from autofuse.storage.history import HistoryStore
+from autofuse.storage.artifacts import open_artifacts
+from autofuse.storage.history import HistoryStore, ProxyHistory
 from autofuse.storage.lock import StudyLock
 from autofuse.storage.mlflow import open_tracker
+from autofuse.storage.proxy import beating, is_grpc
 from autofuse.trial import TrialExecution, TrialHook, WorkerContext, reconcile_stale
 
 log = logging.getLogger(__name__)
@@ -235,15 +237,16 @@ def worker_context(cfg: WorkerConfig, ds: Any = None) -> WorkerContext:
         pruner=make_pruner(sp, opts.pruner),
     )
     metric, direction = OBJECTIVES[ds.task]
-    runner = CandidateRunner(ds, paths.cache, torch.device(cfg.device))
-    store = CheckpointStore(paths.study_dir(cfg.study))
+    artifacts = open_artifacts(opts.artifacts)
+    runner = CandidateRunner(ds, paths.cache, torch.device(cfg.device), artifacts=artifacts)
+    store = CheckpointStore(paths.study_dir(cfg.study), artifacts)
     return WorkerContext(
         study=st,
         ds=ds,
         space=sp,
         options=opts,
         runner=runner,
-        history=HistoryStore(cfg.storage),
+        history=ProxyHistory(rdb) if is_grpc(cfg.storage) else HistoryStore(cfg.storage),
         tracker=open_tracker(opts.mlflow_uri, paths.trials, cfg.study),
         store=store,
         metric=metric,
@@ -266,10 +269,18 @@ def run_worker(cfg: WorkerConfig, ds: Any = None, progress: bool = False) -> Non
         # bring the records in line with Optuna's states
         optuna.storages.fail_stale_trials(ctx.study)
         reconcile_stale(ctx.study, ctx.history, ctx.tracker)
+
+        def objective(trial: optuna.Trial) -> float:
+            if not is_grpc(cfg.storage):  # Optuna's RDB heartbeat runs around the objective
+                return TrialExecution(ctx, trial).run()
+            # no heartbeat crosses the proxy: this worker stamps its trial, the proxy reaps
+            with beating(ctx.rdb, trial._trial_id, cfg.options.heartbeat_interval):
+                return TrialExecution(ctx, trial).run()
+
         with interrupt_on_signals():
             optimize_until(
                 ctx.study,
-                lambda trial: TrialExecution(ctx, trial).run(),
+                objective,
                 cfg.n_total,
                 ctx.metric,
                 progress,
@@ -440,6 +451,13 @@ def workers_per_device(
 
 def study_peaks(storage: str, study: str) -> list[float]:
     """Peak GPU memory (MiB) of the completed trials of ``study`` (empty for a new study)."""
+    if is_grpc(storage):  # behind the storage proxy: the records are the trials' attributes
+        proxy = make_storage(storage)
+        try:
+            recs = ProxyHistory(proxy).trials(study)
+        finally:
+            proxy.close()
+        return [r.peak_gpu_mb for r in recs if r.status == "COMPLETE" and r.peak_gpu_mb]
     try:
         recs = HistoryStore(storage, create=False).trials(study)
     except ConfigError:  # no autofuse tables yet (a new database) or an old schema: no history
@@ -515,6 +533,15 @@ def device_shares(devices: Sequence[str]) -> list[int]:
 
 
 def check_storage_for_workers(url: str, n_workers: int) -> None:
+    """Refuse what the search's storage cannot carry: a proxy address (``autofuse search`` is
+    the study's one coordinator: it writes the study's records, report and MLflow links with SQL,
+    which the proxy does not carry), too many workers on a SQLite file."""
+    if is_grpc(url):
+        raise ConfigError(
+            f"--storage {url}: `autofuse search` runs on the database URL itself (one process, "
+            "it writes the study's SQL records and report); workers join through the proxy "
+            "with `autofuse worker --storage grpc://HOST:PORT`"
+        )
     if n_workers > 1 and url.startswith("sqlite"):
         if n_workers > MAX_SQLITE_WORKERS:
             raise ConfigError(
@@ -602,8 +629,13 @@ def worker_config_from_study(
     mlflow_uri: str | None = None,
     trials: int | None = None,
     seed: int | None = None,
+    artifacts: str | None = None,
 ) -> WorkerConfig:
-    """What ``autofuse worker`` needs, read from a study created by ``autofuse search``."""
+    """What ``autofuse worker`` needs, read from a study created by ``autofuse search``.
+
+    The study's artifact store (its stored ``--artifacts``; ``artifacts`` names it differently
+    from this host, e.g. another address of the same server) is checked here: a host that
+    cannot reach it stops with one line instead of training trials no other host can resume."""
     summaries = {
         s.study_name: s
         for s in optuna.get_all_study_summaries(make_storage(storage), include_best_trial=False)
@@ -625,7 +657,11 @@ def worker_config_from_study(
         storage=storage,
         workdir=str(Paths.resolve(workdir).root),
         seed=seed if seed is not None else (os.getpid() * 7919) % 2**31,
+        artifacts=artifacts,
     )
+    store = open_artifacts(opts.artifacts)
+    if store is not None:
+        store.check()
     return WorkerConfig(
         study=study,
         dataset=str(ds_path),

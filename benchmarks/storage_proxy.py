@@ -3,9 +3,12 @@ PostgreSQL directly versus through ``autofuse storage-proxy`` (Optuna's gRPC sto
 
 Each worker is a process that loads the study and runs ``--trials`` ask/tell pairs (no training:
 the storage is all that is measured), all workers released at once by a barrier. While they run,
-the parent samples ``pg_stat_activity`` for the connections to the database. Printed per worker
-count and mode: peak connections above the idle baseline, mean and p95 seconds per trial
-(ask + tell), trials per second overall, and the ratios direct / proxy.
+the parent samples ``pg_stat_activity`` for the connections to the database. Everything runs in
+a fresh database created on the server of ``--storage`` (and dropped at the end), so the proxy's
+upkeep pass and the connection count see only the benchmark's studies. Printed per worker
+count and mode: peak connections above the idle baseline (the proxy's own included), median,
+mean and p95 seconds per trial (ask + tell), trials per second overall, trials stored, workers
+that failed (a database refusing connections: ``too many clients``), and the ratios.
 
 Usage::
 
@@ -16,6 +19,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing as mp
 import socket
 import statistics
@@ -32,43 +36,66 @@ PG = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
 
 
 def worker(storage_url: str, study: str, trials: int, barrier, out) -> None:
+    """One worker: ``trials`` ask/tell pairs; puts (seconds per trial, error or None). A worker
+    the database refuses (``too many clients``) reports it instead of its trials."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if storage_url.startswith("grpc://"):
-        from autofuse.storage.proxy import open_proxy
+    times: list[float] = []
+    try:
+        if storage_url.startswith("grpc://"):
+            from autofuse.storage.proxy import open_proxy
 
-        storage = open_proxy(storage_url)
-    else:
-        storage = optuna.storages.RDBStorage(storage_url)
-    st = optuna.load_study(study_name=study, storage=storage)
+            storage = open_proxy(storage_url)
+        else:
+            storage = optuna.storages.RDBStorage(storage_url)
+        st = optuna.load_study(study_name=study, storage=storage)
+    except Exception as e:
+        barrier.wait()
+        out.put((times, _first_line(e)))
+        return
     barrier.wait()
-    times = []
-    for _ in range(trials):
-        t0 = time.perf_counter()
-        trial = st.ask()
-        x = trial.suggest_float("x", -1, 1)
-        st.tell(trial, x * x)
-        times.append(time.perf_counter() - t0)
-    out.put(times)
+    try:
+        for _ in range(trials):
+            t0 = time.perf_counter()
+            trial = st.ask()
+            x = trial.suggest_float("x", -1, 1)
+            st.tell(trial, x * x)
+            times.append(time.perf_counter() - t0)
+    except Exception as e:
+        out.put((times, _first_line(e)))
+        return
+    out.put((times, None))
 
 
-def connections(engine: sa.Engine) -> int:
-    with engine.connect() as c:
-        return c.execute(
-            sa.text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()")
-        ).scalar_one()
+def _first_line(e: BaseException) -> str:
+    cause = e.__cause__ or e
+    text = str(getattr(cause, "orig", None) or cause).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def connections(conn: sa.Connection) -> int:
+    return conn.execute(
+        sa.text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()")
+    ).scalar_one()
 
 
 class PeakSampler(threading.Thread):
-    """Samples the database's connection count every 50 ms; ``peak`` is the largest seen."""
+    """Samples the database's connection count every 50 ms on a connection of its own, opened
+    before the workers start (so it is not refused when they exhaust the server); ``peak`` is the
+    largest count seen."""
 
     def __init__(self, engine: sa.Engine) -> None:
         super().__init__(daemon=True)
-        self.engine, self.peak, self.stop = engine, 0, threading.Event()
+        # autocommit: in one transaction PostgreSQL would show the same pg_stat_activity snapshot
+        self.conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        self.peak, self.stop = 0, threading.Event()
 
     def run(self) -> None:
-        while not self.stop.is_set():
-            self.peak = max(self.peak, connections(self.engine))
-            time.sleep(0.05)
+        try:
+            while not self.stop.is_set():
+                self.peak = max(self.peak, connections(self.conn))
+                time.sleep(0.05)
+        finally:
+            self.conn.close()
 
 
 def free_port() -> int:
@@ -93,6 +120,8 @@ def start_proxy(url: str) -> tuple[subprocess.Popen, str]:
 def run(url: str, n: int, trials: int, proxy: bool, engine: sa.Engine) -> dict:
     study = f"bench-proxy-{uuid.uuid4().hex[:8]}"
     optuna.create_study(study_name=study, storage=url)
+    sampler = PeakSampler(engine)
+    baseline = connections(sampler.conn)  # the sampler's own connection; before the proxy
     proc, target = start_proxy(url) if proxy else (None, url)
     ctx = mp.get_context("spawn")
     barrier, out = ctx.Barrier(n + 1), ctx.Queue()
@@ -100,14 +129,12 @@ def run(url: str, n: int, trials: int, proxy: bool, engine: sa.Engine) -> dict:
         ctx.Process(target=worker, args=(target, study, trials, barrier, out)) for _ in range(n)
     ]
     try:
-        baseline = connections(engine)
         for p in procs:
             p.start()
-        sampler = PeakSampler(engine)
         sampler.start()
         barrier.wait()
         t0 = time.perf_counter()
-        times = [t for _ in procs for t in out.get(timeout=600)]
+        results = [out.get(timeout=600) for _ in procs]
         wall = time.perf_counter() - t0
         sampler.stop.set()
         sampler.join()
@@ -117,15 +144,34 @@ def run(url: str, n: int, trials: int, proxy: bool, engine: sa.Engine) -> dict:
         if proc is not None:
             proc.terminate()
             proc.wait(timeout=30)
+    times = sorted(t for ts, _ in results for t in ts)
+    errors = [e for _, e in results if e]
     done = len(optuna.load_study(study_name=study, storage=url).trials)
-    assert done == n * trials, (done, n * trials)
-    times.sort()
     return {
         "connections": sampler.peak - baseline,
-        "mean_s": statistics.fmean(times),
-        "p95_s": times[int(0.95 * (len(times) - 1))],
+        "median_s": statistics.median(times) if times else float("nan"),
+        "mean_s": statistics.fmean(times) if times else float("nan"),
+        "p95_s": times[int(0.95 * (len(times) - 1))] if times else float("nan"),
         "trials_per_s": len(times) / wall,
+        "trials": done,
+        "failed": len(errors),
+        "error": errors[0] if errors else "",
     }
+
+
+@contextlib.contextmanager
+def fresh_database(server_url: str):
+    """A new, empty database on the server of ``server_url``; yields its URL, then drops it."""
+    admin = sa.create_engine(server_url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+    name = f"autofuse_bench_{uuid.uuid4().hex[:8]}"
+    with admin.connect() as c:
+        c.execute(sa.text(f"CREATE DATABASE {name}"))
+    try:
+        yield server_url.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with admin.connect() as c:
+            c.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        admin.dispose()
 
 
 def main() -> None:
@@ -135,18 +181,26 @@ def main() -> None:
     p.add_argument("--storage", default=PG)
     args = p.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    engine = sa.create_engine(args.storage, poolclass=sa.pool.NullPool)
-    print(f"{'workers':>7} {'mode':>6} {'db conns':>8} {'mean s/trial':>12} {'p95 s':>7} "
-          f"{'trials/s':>8}")  # fmt: skip
-    for n in (int(x) for x in args.workers.split(",")):
+    with fresh_database(args.storage) as url:
+        bench(url, [int(x) for x in args.workers.split(",")], args.trials)
+
+
+def bench(url: str, counts: list[int], trials: int) -> None:
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    optuna.storages.RDBStorage(url)  # Optuna's tables, before any timing
+    print(f"{'workers':>7} {'mode':>6} {'db conns':>8} {'median s/trial':>14} {'mean s':>7} "
+          f"{'p95 s':>7} {'trials/s':>8} {'trials':>7} {'failed workers':>14}")  # fmt: skip
+    for n in counts:
         res = {}
         for mode in ("direct", "proxy"):
-            r = res[mode] = run(args.storage, n, args.trials, mode == "proxy", engine)
-            print(f"{n:>7} {mode:>6} {r['connections']:>8} {r['mean_s']:>12.4f} "
-                  f"{r['p95_s']:>7.4f} {r['trials_per_s']:>8.1f}", flush=True)  # fmt: skip
+            r = res[mode] = run(url, n, trials, mode == "proxy", engine)
+            print(f"{n:>7} {mode:>6} {r['connections']:>8} {r['median_s']:>14.4f} "
+                  f"{r['mean_s']:>7.4f} {r['p95_s']:>7.4f} {r['trials_per_s']:>8.1f} "
+                  f"{r['trials']:>4}/{n * trials:<4} {r['failed']:>8}"
+                  + (f"  ({r['error']})" if r["error"] else ""), flush=True)  # fmt: skip
         d, g = res["direct"], res["proxy"]
         print(f"{n:>7} ratios direct/proxy: connections {d['connections'] / max(g['connections'], 1):.1f}x, "
-              f"latency {d['mean_s'] / g['mean_s']:.2f}x, throughput {d['trials_per_s'] / g['trials_per_s']:.2f}x")  # fmt: skip
+              f"median latency {d['median_s'] / g['median_s']:.2f}x, p95 {d['p95_s'] / g['p95_s']:.2f}x, throughput {d['trials_per_s'] / g['trials_per_s']:.2f}x")  # fmt: skip
 
 
 if __name__ == "__main__":

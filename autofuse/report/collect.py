@@ -27,7 +27,7 @@ import optuna
 from optuna.distributions import CategoricalDistribution
 
 from autofuse._util import best_first, better, finite, mask_url, sort_sign, sqlite_path
-from autofuse.checkpoints import CheckpointStore
+from autofuse.checkpoints import CheckpointStore, study_artifacts
 from autofuse.errors import ConfigError
 from autofuse.metrics import OBJECTIVES
 from autofuse.report.robustness import N_FINALISTS, evaluate_finalists
@@ -245,14 +245,16 @@ def collect(
     direction = rec.direction or "maximize"
     info = rec.dataset_info or {}
     metric = rec.metric or OBJECTIVES.get(info.get("task", "classification"), ("accuracy",))[0]
-    store = CheckpointStore(study_dir)
-    checkpoints = store.finalists()
-    rows = [_row(t, checkpoints, metric) for t in records]
-    summary = _read_json(study_dir / "summary.json")
     try:
         st = _optuna_study(study, storage)
     except ConfigError:
         st = None
+    # a study with an artifact store: checkpoints and summary.json come from there when this
+    # host did not write them
+    store = CheckpointStore(study_dir, study_artifacts(st.user_attrs) if st else None)
+    checkpoints = store.finalists()
+    rows = [_row(t, checkpoints, metric) for t in records]
+    summary = _read_json(store.cached(study_dir / "summary.json"))
     annotate(rows, stage_attrs(st))
     staged = is_staged(rows)
     winner = read_winner(st, summary) if staged else None

@@ -184,7 +184,7 @@ def evaluate_finalists(
             "(fingerprint mismatch); robustness not evaluated"
         )
     dev = torch.device(device) if device else default_device()
-    runner = CandidateRunner(ds, Paths.resolve(workdir).cache, dev)
+    runner = CandidateRunner(ds, Paths.resolve(workdir).cache, dev, artifacts=store.artifacts)
     modalities = sorted(ds.modality_names)
     out = []
     member_outputs: dict[int, dict] = {}

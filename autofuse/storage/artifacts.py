@@ -129,6 +129,17 @@ class ArtifactStore:
             )
 
     # ---- reading -------------------------------------------------------------------------------
+    def names(self, folder: str) -> list[str]:
+        """The names of the files and folders directly under ``folder`` ([] when absent or when
+        the store cannot be listed)."""
+        try:
+            return [os.path.basename(f.path) for f in self.repo.list_artifacts(folder.strip("/"))]
+        except Exception as e:
+            log.debug(
+                "artifact store %s: cannot list %s (%s)", mask_url(self.uri), folder, first_line(e)
+            )
+            return []
+
     def exists(self, rel: str) -> bool:
         folder, name = os.path.split(rel.strip("/"))
         try:

@@ -34,6 +34,7 @@ from autofuse.errors import ConfigError
 from autofuse.storage.guard import check_storage
 from autofuse.storage.lock import SchemaLock, holding
 from autofuse.storage.models import EpochModel, StudyModel, TrialModel
+from autofuse.storage.proxy import HEARTBEAT_ATTR
 from autofuse.storage.sql import engine_kwargs_for, ensure_sqlite_dir, immediate_transactions
 
 log = logging.getLogger(__name__)
@@ -412,6 +413,89 @@ def reconcile(history: HistoryStore, study: str, trials: Iterable[Any]) -> list[
         history.record_trial(study, rec.number, **fields)
         fixed.append(dataclasses.replace(rec, **fields))
     return fixed
+
+
+# ---- workers behind the storage proxy ---------------------------------------------------------
+
+
+def proxied_record(t: Any, as_left: bool = False) -> TrialRecord:
+    """The record of a trial run behind the storage proxy, from its Optuna trial (the worker
+    keeps it in the trial's user attributes, :class:`ProxyHistory`). A trial that failed without
+    a reason lost its worker (the proxy's reaper failed it): ``killed``, or with ``as_left`` the
+    RUNNING record its worker left (what :func:`reconcile` repairs)."""
+    rec = TrialRecord.from_optuna(t)
+    if rec.status == "FAIL" and not t.user_attrs.get("reason"):
+        if as_left:
+            rec.status = "RUNNING"
+        else:
+            rec.reason, rec.error = "killed", KILLED_ERROR
+    return rec
+
+
+class ProxyHistory:
+    """The trial history of a worker that reaches the study through ``autofuse storage-proxy``
+    (``--storage grpc://HOST:PORT``): it has no SQL connection for ``autofuse_trials``, so the
+    record lives in the trial's Optuna user attributes (``TrialLog`` writes every field there;
+    here the MLflow run id and the per-epoch curve ``history`` too), and the proxy process mirrors
+    it into ``autofuse_trials`` (:class:`autofuse.storage.proxy_server.Upkeep`). Same methods as
+    :class:`HistoryStore` for a worker: ``record_trial``, ``log_epoch``, ``trials``, ``close``.
+
+    Args:
+        storage: the study's ``GrpcStorageProxy``.
+    """
+
+    def __init__(self, storage: Any) -> None:
+        self.storage = storage
+        self._ids: dict[tuple[str, int], int] = {}
+        self._curves: dict[tuple[str, int], dict[int, dict]] = {}
+        self._ended: dict[tuple[str, int], dict[str, Any]] = {}  # final fields written here
+
+    def _trial_id(self, study: str, number: int) -> int:
+        key = (study, number)
+        if key not in self._ids:
+            sid = self.storage.get_study_id_from_name(study)
+            self._ids[key] = self.storage.get_trial_id_from_study_id_trial_number(sid, number)
+        return self._ids[key]
+
+    def _set_attr(self, study: str, number: int, key: str, value: Any) -> None:
+        import optuna  # the proxy is an Optuna storage: Optuna is loaded already
+
+        try:
+            self.storage.set_trial_user_attr(self._trial_id(study, number), key, value)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # a finished trial keeps its attributes (a repair of a killed trial)
+
+    def record_trial(self, study: str, number: int, **fields: Any) -> None:
+        bad = set(fields) - set(TRIAL_FIELDS)
+        if bad:
+            raise ValueError(f"unknown trial fields {sorted(bad)}")
+        if fields.get("mlflow_run_id"):  # not a user attribute of TrialLog's
+            self._set_attr(study, number, "mlflow_run_id", fields["mlflow_run_id"])
+        if fields.get("status") in FINAL_STATES:
+            self._ended.setdefault((study, number), {}).update(fields)
+
+    def log_epoch(self, study: str, number: int, epoch: int, metrics: dict[str, float]) -> None:
+        curve = self._curves.setdefault((study, number), {})
+        curve[epoch] = {"epoch": epoch, **metrics}
+        self._set_attr(study, number, "history", [curve[e] for e in sorted(curve)])
+
+    def trials(self, name: str) -> list[TrialRecord]:
+        """The study's records as their workers left them (a killed worker's trial: RUNNING,
+        until this process repaired it), by number; queued trials have none."""
+        try:
+            sid = self.storage.get_study_id_from_name(name)
+        except KeyError:
+            return []
+        out = []
+        for t in self.storage.get_all_trials(sid, deepcopy=False):
+            if t.state.name == "WAITING":
+                continue
+            rec = proxied_record(t, as_left=HEARTBEAT_ATTR in t.system_attrs)
+            out.append(dataclasses.replace(rec, **self._ended.get((name, t.number), {})))
+        return out
+
+    def close(self) -> None:
+        """Nothing of its own to close (the worker closes the proxy client)."""
 
 
 def upgrade_url(url: str) -> tuple[str | None, str]:

@@ -9,11 +9,15 @@ trial records, so tracking can be repaired after the fact.
 
 Layout in MLflow
 ----------------
-- experiment: the study name (tag ``autofuse.study``)
+- experiment: the study name (tags ``autofuse.study`` and ``mlflow.experimentKind`` =
+  ``custom_model_development``: a model-training experiment, also set on an older experiment
+  when a study resumes)
 - parent run: run name = study name, tags ``autofuse.role=study``, ``autofuse.study=<name>``; the
-  search's settings as params; the best model as a logged model named ``best_model``
-  (:meth:`MlflowTracker.log_best_model`, optionally registered; ``architecture.json`` inside it
-  under ``extra_files/`` and as the parent run's artifact ``best/architecture.json``).
+  search's settings as params. When the search finishes (:mod:`autofuse.mlflow_study`): the best
+  model as a pyfunc model (:meth:`MlflowTracker.log_best_model`, registered under the study's
+  name once per best model), the best trial's metrics and the winner's design
+  (:meth:`MlflowTracker.log_best`), artifacts ``report.html`` and ``leaderboard.json``
+  (:meth:`MlflowTracker.log_study_files`) and ``best/architecture.json`` (or ``ensemble.json``).
 - trial runs: nested (tag ``mlflow.parentRunId``), run name ``trial-<n>``, tags
   ``autofuse.role=trial``, ``autofuse.trial=<n>``, ``autofuse.family``, ``autofuse.method``,
   ``autofuse.point``, ``autofuse.encoders`` (JSON) and ``autofuse.encoder.<modality>``,
@@ -30,7 +34,8 @@ Looking at a study
 Local default store (``trials/mlflow.db``, artifacts in ``trials/mlartifacts/``)::
 
     mlflow ui --backend-store-uri sqlite:///trials/mlflow.db --port 5000
-    # open http://127.0.0.1:5000 -> experiment "<study>"
+    # open http://127.0.0.1:5000/#/experiments/<id>/runs?workflowType=machine_learning
+    # (the link autofuse prints and writes to summary.json: see experiment_url)
 
 Shared server for several machines (then give every worker the tracking URI ``http://HOST:5000``)::
 
@@ -69,8 +74,11 @@ import json
 import logging
 import os
 import re
+import shutil
+import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -81,6 +89,7 @@ from filelock import FileLock
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag, ViewType
 from mlflow.exceptions import MlflowException
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
 from autofuse._util import first_line, mask_url, sqlite_path
 
@@ -94,7 +103,17 @@ BEST_MODEL_TAG = "autofuse.best_model_uri"
 #: which best model the parent run holds (``trial:<n>``, or a staged search's winner): logging
 #: and registering it again is skipped
 BEST_KEY_TAG = "autofuse.best_model_key"
-BEST_MODEL_NAME = "best_model"
+REGISTERED_TAG = "autofuse.registered_model"
+#: the experiment kind MLflow's UI reads: a model-training experiment, not a GenAI one
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+#: MLflow 3.17's UI opens every experiment on the GenAI pages unless the browser's
+#: "GenAI | Model training" switch says otherwise; this query sets it (see :func:`experiment_url`)
+UI_QUERY = "?workflowType=machine_learning"
+#: ``mlflow ui``'s default port (the links given for a local SQLite store)
+UI_PORT = 5000
+REPORT_ARTIFACT = "report.html"
+LEADERBOARD_ARTIFACT = "leaderboard.json"
 #: run artifact folder for architecture.json (not "best_model": MLflow 3 resolves
 #: ``runs:/<run>/best_model`` to the logged model of that name)
 BEST_ARTIFACT_DIR = "best"
@@ -140,6 +159,39 @@ _BAD_KEY_CHARS = re.compile(r"[^\w.\- /:]")
 def default_tracking_uri(trials_dir: str | Path) -> str:
     """``sqlite:///<trials_dir>/mlflow.db`` (absolute path)."""
     return f"sqlite:///{(Path(trials_dir).expanduser().resolve() / 'mlflow.db').as_posix()}"
+
+
+def experiment_url(
+    uri: str,
+    experiment_id: str,
+    run_id: str | None = None,
+    *,
+    metric: str | None = None,
+    maximize: bool = True,
+) -> str:
+    """The study's page in the MLflow UI: its Runs page
+    ``<server>/#/experiments/<id>/runs?workflowType=machine_learning`` (sorted by
+    ``val_<metric>``, best first, when ``metric`` is given), or with ``run_id`` that run's page.
+
+    ``workflowType=machine_learning`` is what makes MLflow 3.17's UI show training runs: the
+    experiment kind tag alone does not beat the browser's stored "GenAI | Model training"
+    switch (default GenAI), and ``#/experiments/<id>`` alone opens the GenAI overview. The
+    ``/runs`` route also honours ``orderByKey`` / ``orderByAsc`` (the bare experiment route
+    drops them). For a non-HTTP store (SQLite) the server is ``mlflow ui``'s default
+    ``http://127.0.0.1:5000``. Credentials and the query of ``uri`` are left out."""
+    base = f"http://127.0.0.1:{UI_PORT}"
+    if _is_http(uri):
+        u = urllib.parse.urlsplit(uri)
+        host = u.hostname or ""
+        host = f"[{host}]" if ":" in host else host
+        base = f"{u.scheme}://{host}{f':{u.port}' if u.port else ''}{u.path.rstrip('/')}"
+    if run_id:
+        return f"{base}/#/experiments/{experiment_id}/runs/{run_id}{UI_QUERY}"
+    query = UI_QUERY
+    if metric:
+        key = urllib.parse.quote(f"metrics.`{epoch_metric_name(metric)}`")
+        query += f"&orderByKey={key}&orderByAsc={'false' if maximize else 'true'}"
+    return f"{base}/#/experiments/{experiment_id}/runs{query}"
 
 
 # --------------------------------------------------------------------------- value helpers
@@ -516,7 +568,7 @@ class MlflowTracker:
                 eid = c.create_experiment(
                     self.study_name,
                     artifact_location=self._artifact_location,
-                    tags={STUDY_TAG: self.study_name},
+                    tags={STUDY_TAG: self.study_name, EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
                 )
             except MlflowException:  # another worker created it meanwhile
                 exp = c.get_experiment_by_name(self.study_name)
@@ -527,6 +579,8 @@ class MlflowTracker:
             eid = exp.experiment_id
             if exp.lifecycle_stage == "deleted":
                 c.restore_experiment(eid)
+            if exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:  # made by an older autofuse
+                c.set_experiment_tag(eid, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         self.experiment_id = eid
         return eid
 
@@ -725,25 +779,20 @@ class MlflowTracker:
     @_safe()
     def log_best_model(
         self,
-        model,
-        architecture_json: str | Path | None = None,
-        registered_name: str | None = None,
+        log_model: Callable[[str], tuple[str, str | None]],
         *,
-        code_paths: list[str] | None = None,
         key: str | None = None,
     ) -> str | None:
-        """Log ``model`` (a torch module) as logged model ``best_model`` of the parent run with
-        ``mlflow.pytorch.log_model`` (pickle format: loading needs autofuse importable, or pass
-        ``code_paths``), ``architecture.json`` as an extra file of the model and as run artifact
-        ``best/architecture.json``; register it as ``registered_name`` when given.
-        Returns the model URI (``models:/<model_id>``).
+        """Log the study's best model into the parent run: ``log_model(parent_run_id)`` logs it
+        (the pyfunc model of :func:`autofuse.mlflow_model.log_pyfunc`, registered under the
+        study's name) and returns ``(model_uri, "name/version" or None)``. Returns the model
+        URI.
 
-        ``key`` names the best model (``trial:<n>``): when the parent run already holds the model
-        of that key (tag ``autofuse.best_model_key``), nothing is logged or registered again and
-        its URI is returned. Callers that may run at once (two searches, a sync) hold the study
-        lock around this call, so one model version is registered per best model."""
-        import mlflow.pytorch  # the torch flavour loads only when a best model is logged
-
+        ``key`` names the best model (``trial:<n>``, ``single:<n>``, ``ensemble:<n>,<m>``): when
+        the parent run already holds the model of that key (tag ``autofuse.best_model_key``),
+        nothing is logged or registered again and its URI is returned. Callers that may run at
+        once (two searches, a sync) hold the study lock around this call, so one model version
+        is registered per best model."""
         pid = self._ensure_parent()
         if key is not None:
             tags = self.client.get_run(pid).data.tags
@@ -752,40 +801,64 @@ class MlflowTracker:
                     "MLflow: best model %s of study %s is logged already", key, self.study_name
                 )
                 return tags.get(BEST_MODEL_TAG)
-        arch = Path(architecture_json) if architecture_json is not None else None
-        extra = [str(arch)] if arch is not None and arch.is_file() else None
-        lm = self.client.create_logged_model(
-            self.experiment_id,
-            name=BEST_MODEL_NAME,
-            source_run_id=pid,
-            tags={STUDY_TAG: self.study_name},
-        )
-        try:
-            with _global_tracking_uri(self.uri):
-                info = mlflow.pytorch.log_model(
-                    model,
-                    name=BEST_MODEL_NAME,
-                    run_id=pid,
-                    model_id=lm.model_id,
-                    extra_files=extra,
-                    code_paths=code_paths,
-                    registered_model_name=registered_name,
-                    serialization_format="pickle",
-                    pip_requirements=mlflow.pytorch.get_default_pip_requirements(),
-                )
-        except Exception:
-            with contextlib.suppress(Exception):
-                self.client.finalize_logged_model(lm.model_id, "FAILED")
-            raise
-        if extra:
-            self.client.log_artifact(pid, str(arch), BEST_ARTIFACT_DIR)
-        tags = {BEST_MODEL_TAG: info.model_uri}
+        model_uri, registered = log_model(pid)
+        tags = {BEST_MODEL_TAG: model_uri}
         if key is not None:
             tags[BEST_KEY_TAG] = key
-        if registered_name:
-            tags["autofuse.registered_model"] = f"{registered_name}/{info.registered_model_version}"
+        if registered:
+            tags[REGISTERED_TAG] = registered
         self._log_batch(pid, tags=tags)
-        return info.model_uri
+        return model_uri
+
+    @_safe()
+    def log_best(
+        self, metrics: Mapping[str, Any] | None = None, tags: Mapping[str, Any] | None = None
+    ) -> None:
+        """The best trial's final metrics (``val_*``, ``test_*``, ``n_params``, ``latency_ms``)
+        and the winner's design (tags) on the parent run, so the runs table shows the study's
+        row with metric columns. Logged with the current time: a resumed study's new best is
+        the run's latest value."""
+        pid = self._ensure_parent()
+        self._log_batch(
+            pid, metrics=self._metrics(metrics or {}, 0, _now_ms()), tags=self._tags(tags)
+        )
+
+    @_safe()
+    def log_study_files(self, html: str | Path | None = None, table: Any = None) -> list[str]:
+        """The comparison report (``report.html``, rendered by MLflow's artifact viewer) and the
+        leaderboard (a pandas DataFrame, logged with ``MlflowClient.log_table`` as
+        ``leaderboard.json``) as artifacts of the parent run. A second call replaces both
+        (``log_table`` would append to an existing table: the old one is deleted first).
+        Returns the artifact paths logged."""
+        pid = self._ensure_parent()
+        logged = []
+        if html is not None and Path(html).is_file():
+            with tempfile.TemporaryDirectory(prefix="autofuse-report-") as tmp:
+                dst = Path(tmp) / REPORT_ARTIFACT
+                shutil.copyfile(html, dst)
+                self.client.log_artifact(pid, str(dst))
+            logged.append(REPORT_ARTIFACT)
+        if table is not None:
+            if any(f.path == LEADERBOARD_ARTIFACT for f in self.client.list_artifacts(pid)):
+                run = self.client.get_run(pid)
+                repo = get_artifact_repository(run.info.artifact_uri, tracking_uri=self.uri)
+                repo.delete_artifacts(LEADERBOARD_ARTIFACT)
+            self.client.log_table(pid, data=table, artifact_file=LEADERBOARD_ARTIFACT)
+            logged.append(LEADERBOARD_ARTIFACT)
+        return logged
+
+    def urls(self, metric: str | None = None, maximize: bool = True) -> dict[str, str]:
+        """Where the study opens in the MLflow UI (see :func:`experiment_url`; the runs sorted
+        by ``val_<metric>``); empty when MLflow is off."""
+        if not self.available or self.experiment_id is None:
+            return {}
+        url = experiment_url(self.uri, self.experiment_id, metric=metric, maximize=maximize)
+        out = {"experiment_url": url}
+        if self.parent_run_id is not None:
+            out["run_url"] = experiment_url(self.uri, self.experiment_id, self.parent_run_id)
+        if not _is_http(self.uri):
+            out["ui"] = f"mlflow ui --backend-store-uri {self.uri} --port {UI_PORT}"
+        return out
 
     # ------------------------------------------------------------------ back-fill
 
@@ -946,4 +1019,5 @@ __all__ = [
     "run_status",
     "trial_tags",
     "epoch_metric_name",
+    "experiment_url",
 ]

@@ -10,13 +10,17 @@ latency per trial, direct versus through the proxy.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
+import time
 import warnings
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 import optuna
 
+from autofuse._util import first_line
 from autofuse.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -64,19 +68,55 @@ def open_proxy(url: str, timeout: float = CONNECT_TIMEOUT_S) -> optuna.storages.
     return storage
 
 
-def serve_proxy(
-    storage: optuna.storages.BaseStorage,
-    host: str = "127.0.0.1",
-    port: int = 13000,
-    threads: int = 16,
-) -> None:
-    """Serve ``storage`` (the study's RDB storage) to gRPC clients until interrupted: Optuna's
-    server, with its recommended in-process cache in front of the RDB storage."""
-    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-    cached = optuna.storages.get_storage(storage)
-    pool = ThreadPoolExecutor(max_workers=threads)
-    log.info("storage proxy on %s:%d", host, port)
+# ---- heartbeats and history across the proxy -----------------------------------------------------
+#
+# Optuna's ``GrpcStorageProxy`` is not a ``BaseHeartbeat``: its workers send no heartbeat and
+# ``fail_stale_trials`` does nothing through it, so the trial of a killed worker would stay RUNNING
+# for ever. Hence, hand-written because the proxy carries no heartbeat: a proxied worker stamps
+# its running trial with the system attribute ``autofuse:heartbeat`` (:func:`beating`), and the
+# proxy process, which holds the real database storage, fails a trial whose stamp stopped changing
+# for the study's grace period and queues its retry with Optuna's own
+# ``RetryHeartbeatStaleTrialCallback`` (what ``fail_stale_trials`` does for a direct worker).
+# Staleness is measured on the proxy's clock (when it last saw the stamp change), so the workers'
+# clocks do not matter.
+#
+# Proxied workers have no SQL connection for ``autofuse_trials`` either: they keep the record in
+# the trial's user attributes (``HistoryStore``'s fields, see :class:`~autofuse.storage.history.
+# ProxyHistory`), and the proxy mirrors them into ``autofuse_trials`` (:class:`Upkeep`).
+
+#: the system attribute a proxied worker refreshes while its trial runs; it also marks the trials
+#: whose record the proxy mirrors into ``autofuse_trials``
+HEARTBEAT_ATTR = "autofuse:heartbeat"
+#: seconds between two passes of the proxy's reaper and history mirror
+UPKEEP_S = 5.0
+#: defaults of ``SearchOptions`` (``heartbeat_interval``, ``max_retry``) for a study without them
+DEFAULT_HEARTBEAT_S, DEFAULT_MAX_RETRY = 30, 2
+
+
+@contextlib.contextmanager
+def beating(storage: optuna.storages.BaseStorage, trial_id: int, interval: float) -> Iterator[None]:
+    """Stamp trial ``trial_id`` with :data:`HEARTBEAT_ATTR` now and every ``interval`` seconds
+    while the block runs (a thread of this process)."""
+    stop = threading.Event()
+
+    def beat() -> bool:
+        try:
+            storage.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, time.time())
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return False  # the reaper failed it (this worker was silent too long)
+        except Exception as e:  # the proxy restarts: the next beat may get through
+            log.warning("heartbeat of trial id %d not sent (%s)", trial_id, first_line(e))
+        return True
+
+    def loop() -> None:
+        while not stop.wait(interval) and beat():
+            pass
+
+    beat()
+    thread = threading.Thread(target=loop, name=f"heartbeat-{trial_id}", daemon=True)
+    thread.start()
     try:
-        optuna.storages.run_grpc_proxy_server(cached, host=host, port=port, thread_pool=pool)
-    except RuntimeError as e:  # grpc: the port is taken or the address is not this host's
-        raise ConfigError(f"storage-proxy: cannot listen on {host}:{port} ({e})") from None
+        yield
+    finally:
+        stop.set()
+        thread.join()

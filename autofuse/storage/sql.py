@@ -20,6 +20,7 @@ from autofuse._util import first_line, mask_url, sqlite_path
 from autofuse.errors import ConfigError
 from autofuse.storage.guard import check_storage
 from autofuse.storage.lock import SchemaLock, holding
+from autofuse.storage.proxy import is_grpc, open_proxy
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,13 @@ def ensure_sqlite_dir(url: str) -> None:
 
 
 def make_storage(url: str, **kwargs):
-    """An ``optuna.storages.RDBStorage`` for ``url``; a bad URL or unreachable server is a ConfigError."""
+    """An ``optuna.storages.RDBStorage`` for ``url``; a bad URL or unreachable server is a ConfigError.
+
+    ``grpc://HOST:PORT`` is ``autofuse storage-proxy``'s address: a ``GrpcStorageProxy`` client
+    (no SQL here; ``kwargs``, the RDB heartbeat settings, do not apply: see
+    :mod:`autofuse.storage.proxy` for the heartbeats of proxied workers)."""
+    if is_grpc(url):
+        return open_proxy(url)
     check_storage(url, write=False)  # not a database, read-only, another application's: refused
     ensure_sqlite_dir(url)
 
@@ -70,6 +77,9 @@ def make_storage(url: str, **kwargs):
 def close_storage(storage: Any) -> None:
     """Close the database connections of an Optuna RDB storage (its pooled idle connections;
     a process that runs many searches would otherwise keep them until garbage collection)."""
+    if isinstance(storage, optuna.storages.GrpcStorageProxy):
+        storage.close()  # its gRPC channel
+        return
     engine = getattr(storage, "engine", None)
     if engine is None:
         return

@@ -49,21 +49,29 @@ def _healthy(uri: str, timeout: float = 2.0) -> bool:
 
 
 def start_mlflow_server(
-    tmpdir: str | Path, *, port: int | None = None, timeout: float = 60.0, workers: int = 1
+    tmpdir: str | Path,
+    *,
+    port: int | None = None,
+    timeout: float = 60.0,
+    workers: int = 1,
+    host: str = "127.0.0.1",
 ) -> tuple[str, subprocess.Popen]:
     """Start ``mlflow server`` with its stores under ``tmpdir``; returns ``(uri, process)``.
+
+    ``host`` is the address the server binds and the returned URI names (default ``127.0.0.1``);
+    give a concrete address (a test's own veth address, say), not ``0.0.0.0``.
 
     Raises ``RuntimeError`` (with the end of the server log) when it exits or does not answer
     ``/health`` within ``timeout`` seconds."""
     tmp = Path(tmpdir).resolve()
     tmp.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
-    uri = f"http://127.0.0.1:{port}"
+    uri = f"http://{host}:{port}"
     cmd = [
         *_mlflow_cmd(),
         "server",
         "--host",
-        "127.0.0.1",
+        host,
         "--port",
         str(port),
         "--backend-store-uri",

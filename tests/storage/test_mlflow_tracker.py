@@ -366,10 +366,9 @@ def test_sync_back_fills_missing_runs_idempotently(backend, tmp_path):
 
 
 @pytest.mark.parametrize("backend_kind", ["server", "sqlite"])
-def test_log_best_model_logs_and_registers(backend_kind, request, trials_dir, tmp_path):
-    import mlflow
-    import torch
-
+def test_log_best_model_once_per_key(backend_kind, request, trials_dir):
+    """The tracker logs the best model through the given logger (autofuse's pyfunc model, see
+    tests/storage/test_mlflow_ui.py) once per key, and records its URI and version as tags."""
     uri = (
         request.getfixturevalue("mlflow_server")
         if backend_kind == "server"
@@ -378,39 +377,22 @@ def test_log_best_model_logs_and_registers(backend_kind, request, trials_dir, tm
     study = study_name()
     t = MlflowTracker(uri, study)
     pid = t.start_study()
-    arch = tmp_path / "architecture.json"
-    arch.write_text(json.dumps({"spec": {"fusion": {"family": "early"}}, "dataset_info": {}}))
-    model = torch.nn.Linear(4, 2)
-    name = f"autofuse-{study}"
-    was_set = mlflow.tracking.is_tracking_uri_set()
-    before = mlflow.get_tracking_uri()
-    model_uri = t.log_best_model(model, arch, registered_name=name)
-    assert model_uri and model_uri.startswith("models:/")
-    assert mlflow.get_tracking_uri() == before  # global state restored
-    assert mlflow.tracking.is_tracking_uri_set() == was_set
+    calls = []
 
-    c = client(uri)
-    (version,) = c.search_model_versions(f"name = '{name}'")
-    assert str(version.version) == "1" and version.run_id == pid
-    parent = c.get_run(pid)
-    assert parent.data.tags["autofuse.best_model_uri"] == model_uri
-    assert [f.path for f in c.list_artifacts(pid, "best")] == ["best/architecture.json"]
-    lm = c.get_logged_model(model_uri.split("/", 1)[1])
-    assert lm.experiment_id == parent.info.experiment_id and lm.source_run_id == pid
+    def log_model(run_id: str) -> tuple[str, str | None]:
+        calls.append(run_id)
+        t.client.log_text(run_id, f"model {len(calls)}", f"m{len(calls)}.txt")
+        return f"runs:/{run_id}/m{len(calls)}.txt", f"{study}/{len(calls)}"
 
-    mlflow.set_tracking_uri(uri)
-    try:
-        loaded = mlflow.pytorch.load_model(f"models:/{name}/1")
-        local = Path(
-            mlflow.artifacts.download_artifacts(
-                f"models:/{name}/1", dst_path=str(tmp_path / "dl"), tracking_uri=uri
-            )
-        )
-    finally:
-        mlflow.set_tracking_uri(before if was_set else None)
-    x = torch.randn(3, 4)
-    assert torch.allclose(loaded(x), model(x))
-    assert json.loads((local / "extra_files" / "architecture.json").read_text())["spec"]
+    assert t.log_best_model(log_model, key="trial:3") == f"runs:/{pid}/m1.txt"
+    assert t.log_best_model(log_model, key="trial:3") == f"runs:/{pid}/m1.txt"  # logged already
+    assert calls == [pid]
+    tags = client(uri).get_run(pid).data.tags
+    assert tags["autofuse.best_model_key"] == "trial:3"
+    assert tags["autofuse.registered_model"] == f"{study}/1"
+    assert MlflowTracker(uri, study).log_best_model(log_model, key="trial:5").endswith("m2.txt")
+    assert client(uri).get_run(pid).data.tags["autofuse.best_model_key"] == "trial:5"
+    assert [f.path for f in client(uri).list_artifacts(pid)] == ["m1.txt", "m2.txt"]
 
 
 def test_concurrent_workers_share_one_parent_on_fresh_sqlite(tmp_path):

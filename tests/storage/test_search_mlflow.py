@@ -3,6 +3,7 @@ match the SQL history; with MLflow unreachable the search goes on and `mlflow sy
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -129,4 +130,20 @@ def test_unreachable_mlflow_then_sync(demo_dataset, tmp_path, mlflow_server):
     parents = client.search_runs([exp.experiment_id], "tags.`autofuse.role` = 'study'")
     assert [p.info.status for p in parents] == ["FINISHED"]
     assert len(client.search_model_versions("name='offline'")) == 1
+    # ... with the leaderboard as its artifact, replaced (not appended to) by the second sync,
+    # and the best trial's metrics and design on the parent run
+    pid = parents[0].info.run_id
+    assert {f.path for f in client.list_artifacts(pid)} >= {"leaderboard.json", "best"}
+    table = json.loads(
+        Path(client.download_artifacts(pid, "leaderboard.json", str(tmp_path))).read_text()
+    )
+    assert [row[table["columns"].index("trial")] for row in table["data"]][0] == res.summary[
+        "best_trial"
+    ]
+    assert len(table["data"]) == res.summary["trials"]["completed"]
+    assert parents[0].data.metrics["val_accuracy"] == pytest.approx(res.summary["best_value"])
+    assert parents[0].data.tags["autofuse.family"] == res.summary["spec"]["fusion"]["family"]
+    assert client.get_experiment(exp.experiment_id).tags["mlflow.experimentKind"] == (
+        "custom_model_development"
+    )
     assert_consistent(url, "offline", mlflow_server)
