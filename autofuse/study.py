@@ -269,6 +269,7 @@ def _open_study(
         st.set_user_attr("dataset", ds.info())
         st.set_user_attr("space", describe(sp))
         st.set_user_attr("metric", OBJECTIVES[ds.task][0])
+        st.set_metric_names([f"val_{OBJECTIVES[ds.task][0]}"])  # the dashboard's axis label
         if not sp.stages.enabled:  # staged: enqueued when the fusion search opens
             for bname, params in baseline_params(sp, _modalities(ds)):
                 st.enqueue_trial(params, user_attrs={"baseline": bname})

@@ -68,6 +68,9 @@ def test_dashboard_shows_the_study_in_chromium(finished, tmp_path):
             assert proc.poll() is None and time.monotonic() < deadline, "dashboard did not start"
             time.sleep(0.2)
         assert _listening(port) == ["127.0.0.1"]  # local only by default
+        assert "val_accuracy" in rendered_dom(
+            page, tmp_path
+        )  # the objective's name, not "Objective 0"
         dom = rendered_dom(page + "/trials", tmp_path)
         assert "dash" in dom
         for n in range(3):
