@@ -265,9 +265,11 @@ def run_worker(cfg: WorkerConfig, ds: Any = None, progress: bool = False) -> Non
     ctx = worker_context(cfg, ds)
     faults = FaultCounter(cfg.options.max_faults)
     try:
-        # a worker killed earlier left RUNNING trials: fail them now (Optuna retries them), and
-        # bring the records in line with Optuna's states
-        optuna.storages.fail_stale_trials(ctx.study)
+        # a worker killed earlier left RUNNING trials: fail them now (Optuna retries them; under
+        # the study lock, like every count of the trials, see optimize_until), and bring the
+        # records in line with Optuna's states
+        with contextlib.closing(StudyLock(cfg.storage, cfg.study)) as lock, lock:
+            optuna.storages.fail_stale_trials(ctx.study)
         reconcile_stale(ctx.study, ctx.history, ctx.tracker)
 
         def objective(trial: optuna.Trial) -> float:
@@ -376,7 +378,10 @@ def optimize_until(
                         if bar is not None:
                             bar.update()
                         continue
-                optuna.storages.fail_stale_trials(st)  # the rest are running elsewhere: wait
+                    # the rest are running elsewhere: fail the stale ones (a dead worker's), then
+                    # wait. Under the lock: Optuna fails a stale trial, then queues its retry, and
+                    # a worker counting in between would start a fresh trial instead of the retry
+                    optuna.storages.fail_stale_trials(st)
                 time.sleep(1.0)
     finally:
         if storage_url:

@@ -135,17 +135,8 @@ class Upkeep(threading.Thread):
                 continue
             if now - last[1] < grace:
                 continue
-            try:
-                if not self.storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
-                    continue
-            except optuna.exceptions.UpdateFinishedTrialError:
+            if not self._fail_and_retry(study, t._trial_id, max_retry):
                 continue  # it ended meanwhile
-            frozen = copy.deepcopy(self.storage.get_trial(t._trial_id))
-            frozen.system_attrs.pop(HEARTBEAT_ATTR, None)  # the retry starts its own
-            with warnings.catch_warnings():  # flagged experimental by Optuna
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
-            retry(study, frozen)
             failed.append(t.number)
             log.warning(
                 "study %s: trial %d missed heartbeats for %.0f s; failed and queued for retry",
@@ -154,6 +145,33 @@ class Upkeep(threading.Thread):
                 now - last[1],
             )
         return failed
+
+    def _fail_and_retry(self, study: optuna.Study, trial_id: int, max_retry: int | None) -> bool:
+        """Queue the retry of stale trial ``trial_id``, then fail it; False when it ended
+        meanwhile (the queued retry is failed again, before any worker runs it twice).
+
+        The retry is queued first so that a worker counting the study's trials never sees the
+        stale one failed and its retry not yet there (it would start a fresh trial instead, and
+        the retry would wait forever once the study reaches its target). Optuna's own
+        ``fail_stale_trials`` does the two in the other order; it runs in a worker that counts
+        afterwards, this runs in the proxy beside workers counting at any moment."""
+        frozen = copy.deepcopy(self.storage.get_trial(trial_id))
+        frozen.system_attrs.pop(HEARTBEAT_ATTR, None)  # the retry starts its own
+        with warnings.catch_warnings():  # flagged experimental by Optuna
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+        before = {t._trial_id for t in study.get_trials(deepcopy=False)}
+        retry(study, frozen)
+        try:
+            if self.storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+                return True
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass
+        for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            if t._trial_id not in before:  # the retry just queued: not needed
+                with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+                    self.storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+        return False
 
     def mirror(self, study: optuna.Study) -> int:
         """Write the records of the proxied trials of ``study`` that changed since the last pass

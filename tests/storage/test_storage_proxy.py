@@ -235,3 +235,64 @@ def test_upkeep_retries_silent_proxied_trials_and_mirrors_records(tmp_path):
     assert (recs[silent.number].status, recs[silent.number].reason) == ("FAIL", "killed")
     assert recs[silent.number].history == [{"epoch": 1, "acc": 0.5}]
     assert (recs[beating.number].status, recs[beating.number].family) == ("RUNNING", "early")
+
+
+def _stale_proxied_trial(tmp_path):
+    """A study on a real SQLite storage with one proxied trial whose heartbeat stopped."""
+    from autofuse.storage.proxy import HEARTBEAT_ATTR
+    from autofuse.storage.sql import make_storage
+
+    storage = make_storage(f"sqlite:///{tmp_path / 'r.db'}")
+    st = optuna.create_study(study_name="r", storage=storage, direction="maximize")
+    st.set_user_attr("search_options", {"heartbeat_interval": 1, "grace_period": 1, "max_retry": 2})
+    silent = st.ask()
+    silent.suggest_float("x", 0, 1)
+    storage.set_trial_system_attr(silent._trial_id, HEARTBEAT_ATTR, 1.0)
+    return storage, st, silent
+
+
+def test_upkeep_queues_the_retry_before_it_fails_the_stale_trial(tmp_path, monkeypatch):
+    """A worker counts finished + running trials against the target at any moment; the reaper
+    queues the retry before it fails the stale trial, so no count sees neither (that worker would
+    start a fresh trial and the retry would wait forever)."""
+    from autofuse.storage.proxy_server import Upkeep
+
+    storage, st, silent = _stale_proxied_trial(tmp_path)
+    seen = []
+    fail = storage.set_trial_state_values
+
+    def counting_fail(trial_id, state, values=None):
+        if trial_id == silent._trial_id and state == optuna.trial.TrialState.FAIL:
+            seen.append([t.state for t in st.get_trials() if t.number != silent.number])
+        return fail(trial_id, state, values)
+
+    monkeypatch.setattr(storage, "set_trial_state_values", counting_fail)
+    upkeep = Upkeep(storage, None)
+    upkeep.step()
+    time.sleep(1.2)
+    upkeep.step()
+    assert seen == [[optuna.trial.TrialState.WAITING]]  # the retry was there already
+    states = [t.state for t in st.get_trials()]
+    assert states == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.WAITING]
+
+
+def test_upkeep_drops_the_retry_of_a_trial_that_ended_meanwhile(tmp_path, monkeypatch):
+    """The stale trial's worker finishes it just as the reaper queues the retry: the trial stays
+    COMPLETE and the retry is failed before any worker runs the trial twice."""
+    from autofuse.storage.proxy_server import Upkeep
+
+    storage, st, silent = _stale_proxied_trial(tmp_path)
+    queue = st.add_trial
+
+    def worker_finishes_now(trial):  # the retry is queued, then the worker ends the trial
+        queue(trial)
+        storage.set_trial_state_values(silent._trial_id, optuna.trial.TrialState.COMPLETE, [0.7])
+
+    upkeep = Upkeep(storage, None)
+    upkeep.step()
+    time.sleep(1.2)
+    monkeypatch.setattr(st, "add_trial", worker_finishes_now)
+    assert upkeep.reap(st) == []
+    states = [t.state for t in st.get_trials()]
+    assert states == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL]
+    assert not st.get_trials(states=(optuna.trial.TrialState.WAITING,))
