@@ -725,8 +725,13 @@ def export(
         finetune_encoders=finetune_encoders,
         device=device,
     )
+    what = (
+        f"the greedy ensemble of trials {', '.join(map(str, res.members))}"
+        if res.members
+        else f"trial {res.trial}"
+    )
     click.echo(
-        f"exported trial {res.trial} of study {res.study}"
+        f"exported {what} of study {res.study}"
         f"{' (retrained on train + val)' if res.retrained else ''} to {res.out}"
     )
     click.echo(f"  test: {_fmt(res.metrics.get('test'))}")

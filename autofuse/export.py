@@ -73,6 +73,8 @@ class ExportResult:
     retrained: bool
     metrics: dict[str, dict[str, float]]
     n_params: int
+    #: the trials of an exported ensemble (``trial`` is the first); empty for a single model
+    members: tuple[int, ...] = ()
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -350,7 +352,8 @@ def _export_ensemble(
         doc = json.loads((m / "architecture.json").read_text())
         n_params += int(doc.get(EXPORT_KEY, {}).get("n_params") or 0)
     metrics = {"val": {"value": winner["val"]}, "test": dict(winner["test"])}
-    return ExportResult(out, study, winner["trials"][0], False, metrics, n_params)
+    trials = tuple(winner["trials"])
+    return ExportResult(out, study, trials[0], False, metrics, n_params, trials)
 
 
 def _dataset_folder(

@@ -467,7 +467,10 @@ def choose_winner(
     weights, score = greedy_selection([o["val"] for o in outs], y_val, task, metric, direction)
     best_single = best_first(members, lambda t: t.value, direction)[0].value
     if not better(score, best_single, direction) or abs(score - best_single) < 1e-12:
-        single.why += f"; the greedy ensemble ({score:.4f}) did not beat it on validation"
+        single.why += (
+            f"; the greedy ensemble ({score:.4f}) did not beat the best single finalist "
+            f"({best_single:.4f}) on validation"
+        )
         return single
     used = [(t, w, o) for t, w, o in zip(members, weights, outs, strict=True) if w > 0]
     test = (

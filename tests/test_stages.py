@@ -117,6 +117,9 @@ def test_winner_predicts_the_same_in_a_fresh_process(staged, demo_dataset, tmp_p
     assert r.returncode == 0, r.stderr[-2000:]
     kind = "ensemble" if (out / "ensemble.json").exists() else "single"
     assert kind == winner["kind"]
+    trials = ", ".join(map(str, winner["trials"]))
+    said = f"the greedy ensemble of trials {trials}" if kind == "ensemble" else f"trial {trials}"
+    assert r.stdout.startswith(f"exported {said} of study st"), r.stdout
     preds = tmp_path / "p.csv"
     r = subprocess.run(
         [sys.executable, "-m", "autofuse.cli", "predict", str(out), str(demo_dataset),
