@@ -13,6 +13,11 @@ class ConfigError(AutofuseError):
     """A bad option, search-space key or spec."""
 
 
+class MissingFiles(ConfigError):
+    """Files of a study that another process wrote (stage-1 encoders, checkpoints, finalists)
+    are neither in this process's work folder nor in the study's artifact store."""
+
+
 class DamagedFileError(ConfigError):
     """A file autofuse wrote earlier (a checkpoint, an export, a database) cannot be read: it is
     truncated, overwritten, or not the kind of file it should be. The message names the file."""

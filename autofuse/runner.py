@@ -19,12 +19,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
 from autofuse._util import atomic_write_dir, first_line
 from autofuse.encoders import FeatureCache, PreparedModality, prepare_modality
 from autofuse.encoders.cache import CachedFeatures, encoder_features
-from autofuse.errors import ConfigError
+from autofuse.errors import ConfigError, MissingFiles
 from autofuse.model import MultimodalModel, build_model
 from autofuse.spec import ArchitectureSpec
 from autofuse.storage.artifacts import ArtifactStore
@@ -37,6 +36,7 @@ from autofuse.train import (
     measure_latency_ms,
     param_groups,
 )
+from autofuse.weights import read_weights, save_weights
 
 log = logging.getLogger(__name__)
 
@@ -253,19 +253,28 @@ class CandidateRunner:
 
     def stage1_local(self, key: str) -> Path:
         """:meth:`stage1_dir`, fetched from the artifact store when this host lacks it (the
-        encoder was trained on another host)."""
+        encoder was trained on another host).
+
+        Raises:
+            MissingFiles: neither here nor in the store (another process trained the encoder
+                in its own work folder): not a fault of the trial that needs it.
+        """
         folder = self.stage1_dir(key)
         if self.artifacts is not None and not (folder / "stage1.json").is_file():
             if key in self.artifacts.names("cache"):
                 self.artifacts.fetch_dir(f"cache/{key}", folder)
+        if not (folder / "stage1.json").is_file():
+            store = "the study's artifact store" if self.artifacts else "an artifact store"
+            raise MissingFiles(
+                f"the stage-1 encoder {key[:12]} is neither in {folder} nor in {store}: another "
+                "process trained it in its own work folder; give every process of the study "
+                "the same --workdir (a shared folder) or the same --artifacts store"
+            )
         return folder
 
     def stage1_features(self, key: str) -> CachedFeatures:
         """Outputs of a stage-1-trained encoder (every row), stored by :meth:`store_stage1`."""
-        folder = self.stage1_local(key)
-        if not (folder / "stage1.json").is_file():
-            raise TrialFault("invalid", f"stage-1 features {key[:12]} are missing from {folder}")
-        return CachedFeatures.load(folder)
+        return CachedFeatures.load(self.stage1_local(key))
 
     def source_state(self, spec: ArchitectureSpec) -> dict[str, torch.Tensor]:
         """Weights of the stage-1 encoders ``spec`` uses frozen, as model state-dict entries (a
@@ -273,7 +282,7 @@ class CandidateRunner:
         out = {}
         for m, e in spec.encoders.items():
             if e.mode == "frozen" and e.source is not None:
-                weights = load_file(str(self.stage1_local(e.source) / "encoder.safetensors"))
+                weights = read_weights(self.stage1_local(e.source) / "encoder.safetensors")
                 out.update({f"encoders.{m}.{k}": v for k, v in weights.items()})
         return out
 
@@ -292,8 +301,8 @@ class CandidateRunner:
         }
 
         def write(tmp: Path) -> None:
-            save_file(feats.tensors(), str(tmp / "features.safetensors"))
-            save_file(weights, str(tmp / "encoder.safetensors"))
+            save_weights(feats.tensors(), tmp / "features.safetensors")
+            save_weights(weights, tmp / "encoder.safetensors")
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
             (tmp / "stage1.json").write_text(json.dumps(record, indent=2, default=str))
 
@@ -303,8 +312,9 @@ class CandidateRunner:
 
     def stage1_record(self, key: str) -> dict[str, Any] | None:
         """The record of an earlier stage-1 run with this key (another study's), if kept."""
-        path = self.stage1_local(key) / "stage1.json"
-        if not path.is_file():
+        try:
+            path = self.stage1_local(key) / "stage1.json"
+        except MissingFiles:
             return None
         try:
             return json.loads(path.read_text())
@@ -339,7 +349,7 @@ class CandidateRunner:
             raise TrialFault("invalid", f"architecture cannot be built: {e}") from e
         for m, e in spec.encoders.items():
             if e.mode != "frozen" and e.source is not None:
-                weights = load_file(str(self.stage1_local(e.source) / "encoder.safetensors"))
+                weights = read_weights(self.stage1_local(e.source) / "encoder.safetensors")
                 model.encoders[m].load_state_dict(weights)
         return model.to(self.device)
 

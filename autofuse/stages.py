@@ -72,6 +72,56 @@ def finished_in_stage(st: optuna.Study, stage: str) -> int:
     )
 
 
+#: the user attributes that say what a queued trial is (its stage and fixed design); a retry
+#: of an interrupted trial is queued with them, so it runs in the same stage
+QUEUE_KEYS = (
+    "stage",
+    "unimodal_label",
+    "spec_fixed",
+    "finalist_of",
+    "seed",
+    "init_from",
+    "origins",
+    "baseline",
+    "coverage",
+)
+#: the reason of a queued trial that never ran because its stage had ended
+SKIPPED = "skipped"
+
+
+def queue_attrs(trial: Any) -> dict[str, Any]:
+    """What a copy of ``trial`` needs to be the same queued trial (:data:`QUEUE_KEYS`)."""
+    return {k: trial.user_attrs[k] for k in QUEUE_KEYS if k in trial.user_attrs}
+
+
+def is_queued_stage(stage: str | None) -> bool:
+    """Stages whose trials are all enqueued up front (stage 1: one per encoder choice, stage 3:
+    finalists x seeds): a worker runs what is queued and never samples a trial of its own."""
+    return stage in (UNIMODAL, FINALIST)
+
+
+def skip_queued(st: optuna.Study, stage: str, why: str) -> list[int]:
+    """End the still-queued (WAITING) trials of ``stage``: the stage is over, so they never run
+    (a later stage's worker would otherwise pop them first: Optuna's queue is one list). They
+    end FAIL with the reason :data:`SKIPPED`; a resumed study queues a skipped baseline again.
+    The caller holds the study lock. Returns their numbers."""
+    storage, out = st._storage, []
+    for t in st.get_trials(deepcopy=False, states=(TS.WAITING,)):
+        if stage_of(t) != stage:
+            continue
+        storage.set_trial_user_attr(t._trial_id, "reason", SKIPPED)
+        storage.set_trial_user_attr(t._trial_id, "error", why)
+        if storage.set_trial_state_values(t._trial_id, TS.FAIL):
+            out.append(t.number)
+    if out:
+        log.info("study %s: %d queued %s trial(s) skipped (%s)", st.study_name, len(out), stage, why)
+    return out
+
+
+def is_skipped(trial: Any) -> bool:
+    return trial.state == TS.FAIL and trial.user_attrs.get("reason") == SKIPPED
+
+
 # ---- honest rows ---------------------------------------------------------------------------------
 
 
@@ -321,15 +371,23 @@ def fusion_choices(st: optuna.Study) -> tuple[dict[str, dict], str]:
 
 
 def fusion_baselines(
-    st: optuna.Study, space: SearchSpace, baseline_params: list[tuple[str, dict]]
-) -> None:
+    st: optuna.Study, space: SearchSpace, baseline_params: list[tuple[str, dict]], room: int
+) -> int:
     """Enqueue the hand-designed baselines for stage 2 (every modality, each with its best
-    stage-1 encoder), once."""
-    if any(stage_of(t) == FUSION and "baseline" in t.user_attrs for t in st.trials):
-        return
+    stage-1 encoder), once each, at most ``room`` of them (the fusion search's trials left: a
+    stage never queues more than its target); a baseline skipped earlier (its stage ended before
+    it ran) is queued again. Returns how many were queued."""
+    have = {
+        t.user_attrs["baseline"]
+        for t in st.get_trials(deepcopy=False)
+        if stage_of(t) == FUSION and "baseline" in t.user_attrs and not is_skipped(t)
+    }
+    todo = [(n, p) for n, p in baseline_params if n not in have][: max(0, room)]
+    if not todo:
+        return 0
     choices, _ = fusion_choices(st)
     best_label = _best_labels(st)
-    for name, params in baseline_params:
+    for name, params in todo:
         p = {k: v for k, v in params.items() if not k.startswith("enc.")}
         for m in choices:
             if space.stages.subset and len(choices) > 1:
@@ -337,6 +395,7 @@ def fusion_baselines(
             if m in best_label:
                 p[f"enc.{m}"] = best_label[m]
         st.enqueue_trial(p, user_attrs={"baseline": name, "stage": FUSION})
+    return len(todo)
 
 
 def _best_labels(st: optuna.Study) -> dict[str, str]:
@@ -526,6 +585,10 @@ __all__ = [
     "fusion_baselines",
     "finished_in_stage",
     "fusion_choices",
+    "is_queued_stage",
+    "is_skipped",
+    "queue_attrs",
+    "skip_queued",
     "split_train_rows",
     "stage_of",
 ]

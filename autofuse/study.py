@@ -24,6 +24,7 @@ from typing import Any
 
 import optuna
 
+from autofuse import sharing
 from autofuse._util import best_first
 from autofuse.checkpoints import KEEP_TOP_K, CheckpointStore
 from autofuse.data import Dataset
@@ -44,6 +45,8 @@ from autofuse.stages import (
     enqueue_unimodal,
     export_winner,
     fusion_baselines,
+    is_skipped,
+    skip_queued,
     stage_of,
 )
 from autofuse.storage.artifacts import open_artifacts
@@ -210,7 +213,7 @@ def prepare(
     # several processes starting this study at once: one creates it, the others join it
     rdb = open_storage(str(opts.storage), opts)
     with holding(StudyLock(str(opts.storage), study)):
-        st = _open_study(rdb, study, ds, sp, opts, direction)
+        st = _open_study(rdb, study, ds, sp, opts, direction, paths.study_dir(study))
         _record(st, history, ds, sp, opts, paths, space_file=opts.space, metric=metric)
         tracker = open_tracker(
             opts.mlflow_uri,
@@ -250,21 +253,32 @@ def open_study(
     """Create the study (with its baselines) or resume it, under the study lock so that several
     processes starting at once end up in one study."""
     storage = open_storage(str(opts.storage), opts)
+    study_dir = Paths.resolve(opts.workdir).study_dir(name)
     with holding(StudyLock(str(opts.storage), name)):
-        return _open_study(storage, name, ds, sp, opts, direction)
+        return _open_study(storage, name, ds, sp, opts, direction, study_dir)
 
 
 def _open_study(
-    storage: Any, name: str, ds: Dataset, sp: SearchSpace, opts: SearchOptions, direction: str
+    storage: Any,
+    name: str,
+    ds: Dataset,
+    sp: SearchSpace,
+    opts: SearchOptions,
+    direction: str,
+    study_dir: Path,
 ) -> optuna.Study:
-    """``open_study`` on ``storage`` for a caller that holds the study lock."""
+    """``open_study`` on ``storage`` for a caller that holds the study lock. A process joining
+    the study must reach its files (:mod:`autofuse.sharing`): checked before anything is
+    written."""
     names = optuna.get_all_study_names(storage)
     if name in names:
         st = optuna.load_study(study_name=name, storage=storage)
         _check_resume(st, ds, sp, opts.force)
+        sharing.join(st, study_dir, opts.artifacts)
         log.info("resuming study %s", name)
     else:
         st = optuna.create_study(study_name=name, storage=storage, direction=direction)
+        sharing.claim(st, study_dir, opts.artifacts)
         st.set_user_attr("dataset_fingerprint", ds.fingerprint())
         st.set_user_attr("dataset", ds.info())
         st.set_user_attr("space", describe(sp))
@@ -369,7 +383,7 @@ def dispatch(plan: StudyPlan, hooks: tuple[TrialHook, ...] = ()) -> None:
         # no trial runs past the fusion stage's end (one started late ends low-fidelity)
         run_stage(plan, hooks, FUSION, plan.n_total, deadline=end, budget_end=end)
     if cfg.finalists:
-        n3 = len(_locked(plan, enqueue_finalists, st, sp)) * cfg.seeds
+        n3 = len(_locked(plan, open_finalists, plan)) * cfg.seeds
         run_stage(plan, hooks, FINALIST, n3, **budget.shared(FINALIST, n3))
 
 
@@ -409,21 +423,39 @@ def _locked(plan: StudyPlan, fn: Any, *args: Any) -> Any:
 
 
 def open_fusion_search(plan: StudyPlan) -> None:
-    """Stage 2 opens: its baselines (each with the best stage-1 encoders) and coverage trials."""
+    """Stage 2 opens: its baselines (each with the best stage-1 encoders) and coverage trials,
+    no more than the stage's trials left (what is queued beyond its target would run later,
+    in stage 3)."""
     st, sp = plan.study, plan.space
-    fusion_baselines(st, sp, baseline_params(sp, _modalities(plan.ds)))
-    trials = [t for t in st.get_trials(deepcopy=False) if stage_of(t) == FUSION]
+
+    def fusion_trials() -> list:
+        return [
+            t
+            for t in st.get_trials(deepcopy=False)
+            if stage_of(t) == FUSION and not is_skipped(t)
+        ]
+
+    def room() -> int:
+        used = sum(t.state != TS.FAIL for t in fusion_trials())
+        return max(0, min(plan.n_total, UNBOUNDED - 1) - used)
+
+    fusion_baselines(st, sp, baseline_params(sp, _modalities(plan.ds)), room())
     existing = [
         {
             "family": t.params.get("family")
             or (t.system_attrs.get("fixed_params") or {}).get("family")
         }
-        for t in trials
+        for t in fusion_trials()
     ]
-    used = sum(t.state != optuna.trial.TrialState.FAIL for t in trials)
-    room = max(0, min(plan.n_total, UNBOUNDED - 1) - used)
-    for params in coverage_params(sp, _modalities(plan.ds), existing, room):
+    for params in coverage_params(sp, _modalities(plan.ds), existing, room()):
         st.enqueue_trial(params, user_attrs={"coverage": params["family"], "stage": FUSION})
+
+
+def open_finalists(plan: StudyPlan) -> list[int]:
+    """Stage 3 opens: fusion trials still queued are skipped (the fusion search has ended), the
+    finalists are queued; returns the finalist designs' trial numbers."""
+    skip_queued(plan.study, FUSION, "the fusion search had ended")
+    return enqueue_finalists(plan.study, plan.space)
 
 
 def run_stage(

@@ -22,12 +22,19 @@ def write_json(path: Path, doc: dict) -> None:
     atomic_write_text(path, json_text(doc))
 
 
+def _skipped(t: optuna.trial.FrozenTrial) -> bool:
+    return t.state == TS.FAIL and t.user_attrs.get("reason") == "skipped"
+
+
 def _counts(trials: list[optuna.trial.FrozenTrial]) -> tuple[dict[str, int], dict[str, int]]:
     counts = {
         "completed": sum(t.state == TS.COMPLETE for t in trials),
         "pruned": sum(t.state == TS.PRUNED for t in trials),
-        "failed": sum(t.state == TS.FAIL for t in trials),
+        "failed": sum(t.state == TS.FAIL and not _skipped(t) for t in trials),
     }
+    skipped = sum(_skipped(t) for t in trials)
+    if skipped:  # queued, never run: their stage had ended (autofuse.stages.skip_queued)
+        counts["skipped"] = skipped
     reasons: dict[str, int] = {}
     for t in trials:
         if t.state == TS.PRUNED:

@@ -39,6 +39,7 @@ import torch
 
 from autofuse._util import first_line, utcnow
 from autofuse.checkpoints import CheckpointStore
+from autofuse.errors import AutofuseError, MissingFiles
 from autofuse.options import SearchOptions
 from autofuse.runner import CandidateResult, CandidateRunner
 from autofuse.space import SearchSpace
@@ -51,6 +52,7 @@ from autofuse.stages import (
     Stages,
     finalist_outputs,
     finished_in_stage,
+    queue_attrs,
     stage_of,
 )
 from autofuse.storage.history import TRIAL_FIELDS, HistoryStore, reconcile
@@ -113,6 +115,8 @@ class WorkerContext:
     worker: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     #: the study's Optuna storage, when the context opened it (closed with the context)
     rdb: Any = None
+    #: set when this worker must take no more trials (it cannot reach the study's files)
+    stopped: AutofuseError | None = None
 
     def close(self) -> None:
         """Close the context's database connections."""
@@ -234,13 +238,23 @@ class TrialExecution:
             if self.ended != "FAIL":
                 self.interrupted()
             raise
-        except Exception as e:
+        except MissingFiles as e:
             mark_logged(e)
-            log.warning("trial %d failed:\n%s", self.number, traceback.format_exc())
             if self.ended is None:
-                self.end("FAIL", reason="error", error=f"{type(e).__name__}: {e}")
+                self.hand_back(e)
+            raise
+        except Exception as e:
+            # one line on the terminal; the traceback goes to the trial's record (SQL ``error``,
+            # the Optuna attribute, the MLflow run) and to the debug log
+            mark_logged(e)
+            error = f"{type(e).__name__}: {first_line(e)}"
+            log.warning("trial %d failed: %s (traceback in its record)", self.number, error)
+            log.debug("trial %d failed:\n%s", self.number, traceback.format_exc())
+            error += "\n\n" + traceback.format_exc()
+            if self.ended is None:
+                self.end("FAIL", reason="error", error=error)
             elif self.ended != "FAIL":  # after its record was written: Optuna fails it
-                self.log.end("FAIL", reason="error", error=f"{type(e).__name__}: {e}")
+                self.log.end("FAIL", reason="error", error=error)
             raise
 
     def _run(self) -> float:
@@ -443,11 +457,28 @@ class TrialExecution:
             reason="interrupted",
             error="stopped by the user",
         )
-        baseline = self.trial.user_attrs.get("baseline")
+        self.requeue()
+
+    def requeue(self) -> None:
+        """Queue a copy of this trial (same stage, same fixed design) that resumes from its
+        last epoch checkpoint."""
         self.ctx.study.enqueue_trial(
-            self.trial.params,
-            user_attrs={"retry_of": self.number, **({"baseline": baseline} if baseline else {})},
+            self.trial.params, user_attrs={**queue_attrs(self.trial), "retry_of": self.number}
         )
+
+    def hand_back(self, e: MissingFiles) -> None:
+        """This process cannot reach files the trial needs (another process wrote them in its
+        own work folder): the trial is not a fault. It ends without a value, a copy is queued
+        for a process that has the files, and this worker stops with one line (``e``)."""
+        self.end(
+            "FAIL",
+            keep_checkpoint=True,
+            mlflow_status="KILLED",
+            reason="missing_files",
+            error=str(e),
+        )
+        self.requeue()
+        self.ctx.stopped = e
 
     def complete(self, result: CandidateResult) -> float:
         ctx = self.ctx

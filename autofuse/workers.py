@@ -38,6 +38,7 @@ import torch
 from optuna.trial import TrialState
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from autofuse import sharing
 from autofuse._util import mask_url
 from autofuse.checkpoints import CheckpointStore
 from autofuse.data import Dataset
@@ -48,7 +49,7 @@ from autofuse.paths import Paths
 from autofuse.runner import CandidateRunner, default_device
 from autofuse.samplers import make_pruner, make_sampler
 from autofuse.space import SearchSpace
-from autofuse.stages import Stages, stage_of
+from autofuse.stages import STAGES, Stages, is_queued_stage, skip_queued, stage_of
 from autofuse.storage import make_storage
 from autofuse.storage.artifacts import open_artifacts
 from autofuse.storage.history import HistoryStore, ProxyHistory
@@ -287,13 +288,15 @@ def run_worker(cfg: WorkerConfig, ds: Any = None, progress: bool = False) -> Non
                 ctx.metric,
                 progress,
                 extra_callbacks=[faults],
-                should_stop=faults.tripped,
+                should_stop=lambda: faults.tripped() or ctx.stopped is not None,
                 storage_url=cfg.storage,
                 stage=cfg.stage,
                 deadline=cfg.deadline,
             )
     finally:
         ctx.close()
+    if ctx.stopped is not None:
+        raise ctx.stopped
     if faults.tripped():
         raise WorkerStopped(
             f"worker {ctx.worker} stopped after {faults.n} consecutive faulty trials "
@@ -346,6 +349,12 @@ def optimize_until(
     finished trials (of ``stage``, when given) or the wall clock passes ``deadline``
     (``time.time()``; the running trial finishes).
 
+    A stage whose trials are all queued up front (stage 1, stage 3: :func:`is_queued_stage`)
+    ends when none of its trials is queued or running: its worker never samples a trial of its
+    own (Optuna would, once the queue is empty), so a finalist that failed and was dropped cannot
+    make the stage run fusion trials forever. Trials still queued for an earlier stage are
+    skipped (:func:`autofuse.stages.skip_queued`).
+
     Optuna's ``MaxTrialsCallback`` stops a worker only after its own trial ends, so N workers
     overshoot by up to N - 1 trials. Here a worker starts a trial only while finished + running
     trials are below the target; when the rest are running elsewhere it waits, failing stale
@@ -361,17 +370,24 @@ def optimize_until(
         return objective(trial)
 
     callbacks = list(extra_callbacks)
+    queued_only = is_queued_stage(stage)
     bar_cm = StudyProgress(st, n_total, metric, stage) if progress else contextlib.nullcontext()
     try:
         with bar_cm as bar:
             while not should_stop() and (deadline is None or time.time() < deadline):
                 with lock:
                     # one snapshot: with two reads a trial finishing in between counts as neither
-                    states = _states(st, stage)
+                    trials = st.get_trials(deepcopy=False)
+                    _skip_ended_stages(st, trials, stage)
+                    states = [t.state for t in trials if stage is None or stage_of(t) == stage]
                     done = states.count(TrialState.COMPLETE) + states.count(TrialState.PRUNED)
+                    running = states.count(TrialState.RUNNING)
                     if done >= n_total:
                         break
-                    if done + states.count(TrialState.RUNNING) < n_total:
+                    if queued_only and TrialState.WAITING not in states:
+                        if not running:  # every queued trial of the stage has ended
+                            break
+                    elif done + running < n_total:
                         st.optimize(
                             locked_objective, n_trials=1, callbacks=callbacks, catch=(Exception,)
                         )
@@ -386,6 +402,17 @@ def optimize_until(
     finally:
         if storage_url:
             lock.close()
+
+
+def _skip_ended_stages(st: optuna.Study, trials: list, stage: str | None) -> None:
+    """Trials still queued for a stage before ``stage`` (a retry Optuna queued for a dead
+    worker's trial, a copy of an interrupted one) never run: their stage is over, and Optuna
+    would hand them to this stage's worker first."""
+    if stage not in STAGES:
+        return
+    ended = set(STAGES[: STAGES.index(stage)])
+    for s in {stage_of(t) for t in trials if t.state == TrialState.WAITING} & ended:
+        skip_queued(st, s, f"queued after the {s} stage ended")
 
 
 def _states(st: optuna.Study, stage: str | None) -> list[TrialState]:
@@ -667,6 +694,10 @@ def worker_config_from_study(
     store = open_artifacts(opts.artifacts)
     if store is not None:
         store.check()
+    # a worker that cannot reach the study's files stops now, before it takes a trial
+    sharing.check(
+        study, attrs, Paths.resolve(opts.workdir).study_dir(study), opts.artifacts, "worker"
+    )
     return WorkerConfig(
         study=study,
         dataset=str(ds_path),
