@@ -39,6 +39,7 @@ from mlflow.models.model import ModelInfo
 from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
 from autofuse._util import sqlite_path
+from autofuse.data.schema import name_problem
 from autofuse.errors import ConfigError
 from autofuse.predict import EnsemblePredictor, Predictor, find_export_dir, load_dir
 from autofuse.storage.mlflow import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, _global_tracking_uri
@@ -244,6 +245,10 @@ def log_pyfunc_info(
 ) -> ModelInfo:
     """:func:`log_pyfunc`, returning MLflow's ``ModelInfo`` (``model_uri``,
     ``registered_model_version``): what the search's own registration records."""
+    for key, value in (("registered_name", registered_name), ("experiment", experiment)):
+        problem = name_problem(value) if isinstance(value, str) else None
+        if problem:  # a name ending in a newline would register a model nobody can type
+            raise ConfigError(f"{key} {problem}")
     folder = find_export_dir(Path(export_dir).expanduser().absolute())
     predictor = load_dir(folder, device="cpu")
     if any(m.dataset_config is None for m in _members(predictor)):

@@ -10,7 +10,8 @@ from pathlib import Path
 from autofuse._util import folder_problem, workdir_problem
 from autofuse.errors import ConfigError
 
-_STUDY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+#: checked with ``fullmatch``: ``re.match`` with ``$`` accepts a name ending in a newline
+_STUDY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 
 @dataclass(frozen=True)
@@ -65,8 +66,9 @@ class Paths:
 
 
 def check_study_name(name: str) -> str:
-    """Study names become folder names: letters, digits, ``_ . -`` only."""
-    if not _STUDY_RE.match(name or ""):
+    """Study names become folder names, MLflow experiment and registered-model names: letters,
+    digits, ``_ . -`` only (no space, newline, carriage return or other control character)."""
+    if not isinstance(name, str) or not _STUDY_RE.fullmatch(name):
         raise ConfigError(
             f"--study {name!r}: use letters, digits, '_', '.' or '-' (max 128 characters)"
         )

@@ -222,10 +222,11 @@ class Dataset:
             root: for a DataFrame, the folder that relative file paths are resolved against
                 (default: the working directory); absolute paths are used as they are.
             bad_files: ``"error"``: a missing or unreadable per-sample file, a non-finite value
-                or a cell that is not a number in a numeric column is a problem (a non-finite
-                value counts as missing instead where the config says ``non_finite: missing``);
-                ``"missing"``: such a cell counts as missing (a file: the modality is missing in
-                that row; a number: a missing value of its column) and is listed in the
+                (in a numeric column or a timeseries ``.npy``) or a cell that is not a number in
+                a numeric column is a problem (a non-finite value counts as missing instead where
+                the config says ``non_finite: missing``); ``"missing"``: such a cell counts as
+                missing (a file: the modality is missing in that row; a number: a missing value
+                of its column; NaN / inf in a ``.npy``: missing values, imputed) and is listed in the
                 ``skipped`` (files) or ``skipped_numbers`` attribute and, per row, in
                 ``row_missing``.
 
@@ -333,6 +334,8 @@ class Dataset:
             "empty_target",
             "bad_target",
             "class_without_train",
+            "single_class",
+            "constant_target",
             "empty_split",
             "empty_modality",
         }

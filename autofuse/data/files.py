@@ -21,10 +21,20 @@ TIMESERIES_EXTENSIONS = (".npy",)
 
 @dataclass(frozen=True)
 class FileCheck:
-    """Result of checking one file: an error message or None, and the channel count (.npy)."""
+    """Result of checking one file.
+
+    Attributes:
+        error: why the file cannot be used, or None.
+        channels: the channel count (``.npy``).
+        non_finite: for a ``.npy`` that holds NaN or infinite values (or values too large for
+            the float32 that training reads), what and where, e.g.
+            ``"2 non-finite values (first: nan at [3, 1])"``; the dataset's ``non_finite``
+            policy decides whether that is a problem.
+    """
 
     error: str | None = None
     channels: int | None = None
+    non_finite: str | None = None
 
 
 def _inside(root: str | os.PathLike[str], path: str | os.PathLike[str]) -> bool:
@@ -140,7 +150,39 @@ def check_npy(path: str | os.PathLike[str]) -> FileCheck:
         return FileCheck(f"timeseries must have shape (time, channels), got {tuple(shape)}")
     if shape[0] == 0 or shape[1] == 0:
         return FileCheck(f"empty timeseries of shape {tuple(shape)}")
-    return FileCheck(channels=int(shape[1]))
+    non_finite = None
+    if dtype.kind == "f":  # integers are always finite, in float32 too
+        try:
+            values = np.load(path, allow_pickle=False)
+        except Exception as exc:  # noqa: BLE001
+            return FileCheck(f"not a readable .npy file ({exc})")
+        non_finite = _non_finite(values)
+    return FileCheck(channels=int(shape[1]), non_finite=non_finite)
+
+
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
+def _non_finite(values: np.ndarray) -> str | None:
+    """Describe the values of a float array that training could not use: NaN, +-inf, and
+    finite values beyond float32's range (they become inf when read as float32); None if none.
+    One vectorised pass over the array."""
+    bad = ~np.isfinite(values)
+    if values.dtype.itemsize > 4:
+        with np.errstate(invalid="ignore"):
+            bad |= np.abs(values) > _F32_MAX
+    count = int(np.count_nonzero(bad))
+    if not count:
+        return None
+    first = tuple(int(i) for i in np.argwhere(bad)[0])
+    value = values[first]
+    what = (
+        repr(float(value))
+        if not np.isfinite(value)
+        else f"{float(value):g} (too large for float32)"
+    )
+    at = ", ".join(map(str, first))
+    return f"{count} non-finite value{'s' if count != 1 else ''} (first: {what} at [{at}])"
 
 
 _CHECKERS: dict[str, Callable[[str | os.PathLike[str]], FileCheck]] = {

@@ -9,6 +9,7 @@ of a dataset at once; :class:`DatasetError` carries them all when something must
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,6 +39,38 @@ class Problem:
 
     def __str__(self) -> str:
         return f"{self.where}: {self.message}"
+
+    def location(self) -> dict[str, Any]:
+        """:attr:`where` taken apart: ``file`` (the table, ``dataset.yaml``, a folder, or
+        ``dataframe`` / ``config``), ``row`` (1-based data row) and ``id``, ``column``, ``key``
+        (of ``dataset.yaml``) and ``line``; None where it does not apply."""
+        m = _WHERE.fullmatch(self.where)
+        assert m is not None  # the pattern matches any text (all but ``file`` are optional)
+        found = m.groupdict()
+        return {
+            "file": found["file"],
+            "row": int(found["row"]) if found["row"] else None,
+            "id": found["id"],
+            "column": found["column"],
+            "key": found["key"],
+            "line": int(found["line"]) if found["line"] else None,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able: ``where``, ``message``, ``kind``, the parts of :meth:`location` and
+        ``text``, the problem's line as ``autofuse data validate`` prints it."""
+        return {**dataclasses.asdict(self), **self.location(), "text": str(self)}
+
+
+#: How checks write :attr:`Problem.where`: ``samples.csv row 17 (id=abc), column image_path``,
+#: ``samples.csv, column label``, ``dataset.yaml, key target.column``, ``dataset.yaml line 3``.
+_WHERE = re.compile(
+    r"(?P<file>.+?)"
+    r"(?: row (?P<row>\d+)(?: \(id=(?P<id>.*?)\))?)?"
+    r"(?: line (?P<line>\d+))?"
+    r"(?:, key (?P<key>.+)|, columns? (?P<column>.+))?",
+    re.DOTALL,
+)
 
 
 def format_problems(
@@ -110,10 +143,12 @@ class ValidationReport:
         return dict(Counter(p.kind for p in self.problems))
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able form: ``ok``, ``problems`` (where / message / kind) and ``summary``."""
+        """JSON-able form: ``ok``, ``problems`` (every one, uncapped: see
+        :meth:`Problem.to_dict`), ``counts`` (problems per kind) and ``summary``."""
         return {
             "ok": self.ok,
-            "problems": [dataclasses.asdict(p) for p in self.problems],
+            "problems": [p.to_dict() for p in self.problems],
+            "counts": self.counts(),
             "summary": self.summary,
         }
 

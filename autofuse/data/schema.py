@@ -45,7 +45,31 @@ SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
 #: Table formats, by file extension.
 TABLE_EXTENSIONS: tuple[str, ...] = (".csv", ".parquet", ".jsonl")
 
-_MODALITY_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+#: checked with ``fullmatch``: ``re.match`` with ``$`` would accept a name ending in a newline
+_MODALITY_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: control characters (newline, carriage return, tab, NUL, DEL, ...): never part of a name
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def name_problem(value: str) -> str | None:
+    """Why ``value`` cannot be a column or dataset name (it holds a control character such as
+    a newline or a carriage return), or None."""
+    bad = _CONTROL.search(value)
+    if bad is None:
+        return None
+    return f"{value!r} holds a control character ({bad.group()!r}); remove it"
+
+
+def _check_name(value: str | None) -> str | None:
+    if value is not None and (problem := name_problem(value)):
+        raise ValueError(problem)
+    return value
+
+
+def _check_names(values: list[str] | None) -> list[str] | None:
+    for v in values or []:
+        _check_name(v)
+    return values
 
 
 class _Strict(BaseModel):
@@ -66,11 +90,15 @@ class TargetConfig(_Strict):
     task: Task = "classification"
     separator: str = Field(default="|", min_length=1)
 
+    _names = field_validator("column")(_check_name)
+
 
 class ColumnSplit(_Strict):
     """Split given per row by a column whose values are ``train``, ``val`` or ``test``."""
 
     column: str = Field(min_length=1)
+
+    _names = field_validator("column")(_check_name)
 
 
 class RatioSplit(_Strict):
@@ -84,6 +112,8 @@ class RatioSplit(_Strict):
     test: float = Field(default=0.15, gt=0.0, lt=1.0)
     seed: int = 0
     group: str | None = Field(default=None, min_length=1)
+
+    _names = field_validator("group")(_check_name)
 
     @model_validator(mode="after")
     def _leaves_training_rows(self) -> RatioSplit:
@@ -125,6 +155,9 @@ class ModalityConfig(_Strict):
     columns: list[str] | None = Field(default=None, min_length=1)
     categorical: list[str] = Field(default_factory=list)
     numeric: list[str] = Field(default_factory=list)
+
+    _name = field_validator("column")(_check_name)
+    _names = field_validator("columns", "categorical", "numeric")(_check_names)
 
     @model_validator(mode="after")
     def _check_columns(self) -> ModalityConfig:
@@ -189,10 +222,12 @@ class DatasetConfig(_Strict):
     modalities: dict[str, ModalityConfig] = Field(min_length=1)
     non_finite: NonFinitePolicy = "error"
 
+    _names = field_validator("name", "id_column")(_check_name)
+
     @field_validator("modalities")
     @classmethod
     def _check_names(cls, value: dict[str, ModalityConfig]) -> dict[str, ModalityConfig]:
-        bad = [name for name in value if not _MODALITY_NAME.match(name)]
+        bad = [name for name in value if not _MODALITY_NAME.fullmatch(name)]
         if bad:
             raise ValueError(
                 f"modality names must be identifiers (letters, digits, '_'); got {bad}"

@@ -145,13 +145,15 @@ NUMBER_KINDS: frozenset[str] = frozenset({"non_finite", "not_a_number"})
 
 @dataclass(frozen=True)
 class CellFault:
-    """A cell of a numeric tabular column that holds no usable number.
+    """A cell of a numeric tabular column that holds no usable number, or a timeseries
+    ``.npy`` file that holds NaN or infinite values.
 
     Attributes:
         row: 0-based row.
         modality / column: where the cell is.
-        text: the cell as written.
-        kind: ``non_finite`` (``inf``, ``1e400``, a NaN literal) or ``not_a_number``.
+        text: the cell as written (for a ``.npy``: its path as written).
+        kind: ``non_finite`` (``inf``, ``1e400``, a NaN literal, a ``.npy`` with NaN / inf) or
+            ``not_a_number``.
         problem: whether it was reported as a problem (``False``: a non-finite value that the
             ``non_finite: missing`` policy turned into a missing value).
     """
@@ -180,7 +182,8 @@ class CheckedData:
         paths: per file modality, absolute path per row (None where missing).
         tabular: per tabular modality, ``(numeric, categorical)`` column lists.
         cell_faults: cells of numeric tabular columns that hold no usable number (their value
-            in ``frame`` is NaN whatever the policy: nothing non-finite is passed on).
+            in ``frame`` is NaN whatever the policy: nothing non-finite is passed on), and
+            ``.npy`` files with NaN / inf values (the timeseries preprocessing imputes them).
         notes: things worth saying about a valid dataset (cells treated as missing, a column
             with some numbers typed categorical); listed by ``autofuse data validate``.
     """
@@ -292,8 +295,11 @@ class _Checker:
             self.read_target(target)
         if (split_col is None or has_split) and (group_col is None or has_group):
             self.assign_split(split_col, group_col)
-        if has_target and self.out.split is not None and cfg.target.task != "regression":
-            self.check_train_classes(target)
+        if has_target and self.out.split is not None:
+            if cfg.target.task == "regression":
+                self.check_train_values(target)
+            else:
+                self.check_train_classes(target)
         return self.out
 
     def check_ids(self, column: str) -> None:
@@ -351,6 +357,7 @@ class _Checker:
             paths[i] = full
         results = check_files(mod.type, [p for p in paths if p is not None])
         channels: dict[int, int] = {}
+        non_finite: list[int] = []
         for i, path in enumerate(paths):
             if path is None:
                 continue
@@ -361,10 +368,34 @@ class _Checker:
                 self.add(self.row(i, column), f"{values[i]}: {res.error}", "unreadable_file")
             elif mod.type == "timeseries" and res.channels is not None:
                 channels[i] = res.channels
+                if res.non_finite is not None:
+                    non_finite.append(i)
+                    self.array_fault(name, column, i, values[i] or "", res.non_finite)
         if channels:
             self.check_channels(column, values, channels)
+        if non_finite and self.config.non_finite == "missing":
+            note = (
+                f"{self.table}, column {column}: {len(non_finite)} .npy file(s) with non-finite "
+                f"values, treated as missing values (non_finite: missing), rows "
+                f"{_rows_text(non_finite)}"
+            )
+            self.out.notes.append(note)
+            logger.info("%s", note)
         self.out.paths[name] = [Path(p) if p is not None else None for p in paths]
         return np.array([v is not None for v in values], dtype=bool)
+
+    def array_fault(self, name: str, column: str, i: int, rel: str, what: str) -> None:
+        """A ``.npy`` holding NaN / inf: a problem, or (``non_finite: missing``) missing values
+        that the timeseries preprocessing imputes (see ``autofuse.encoders.preprocess``)."""
+        problem = self.config.non_finite != "missing"
+        self.out.cell_faults.append(CellFault(i, name, column, rel, "non_finite", problem))
+        if problem:
+            self.add(
+                self.row(i, column),
+                f"{rel}: {what}; fix the file, or set 'non_finite: missing' in "
+                f"{self.cfg_label} to treat such values as missing",
+                "non_finite",
+            )
 
     def check_channels(
         self, column: str, values: list[str | None], channels: dict[int, int]
@@ -554,8 +585,46 @@ class _Checker:
                 continue
             self.add(
                 f"{self.table}, column {column}",
-                f"class '{cls}' has no training sample (only in val/test rows {_rows_text(rows)})",
+                f"class '{cls}' has no training sample (only in val/test rows {_rows_text(rows)}): "
+                "no model could learn to predict it, so the search refuses the dataset; move "
+                "some of its rows to train, or drop them",
                 "class_without_train",
+            )
+        train = split == "train"
+        labelled = train & (member.any(axis=1) if y.ndim == 2 else y >= 0)
+        if labelled.sum() < 2:  # one training row (a tiny frame to predict on) says nothing
+            return
+        if y.ndim == 1:
+            seen = [c for k, c in enumerate(self.out.classes) if in_train[k]]
+            if len(seen) == 1:
+                self.add(
+                    f"{self.table}, column {column}",
+                    f"every training row has the class '{seen[0]}': a model could only ever "
+                    "predict it; the train split needs at least two classes",
+                    "single_class",
+                )
+            return
+        sets = member[labelled]
+        if (sets == sets[0]).all():  # multilabel: the same labels in every training row
+            labels = "|".join(c for k, c in enumerate(self.out.classes) if sets[0, k]) or "(none)"
+            self.add(
+                f"{self.table}, column {column}",
+                f"every training row has the same labels '{labels}': a model could only ever "
+                "predict them; the train split needs rows with different labels",
+                "single_class",
+            )
+
+    def check_train_values(self, column: str) -> None:
+        """A regression target that is the same number in every training row (two or more) has
+        nothing to learn: a problem naming the column."""
+        assert self.out.y is not None and self.out.split is not None
+        values = self.out.y[(self.out.split == "train") & np.isfinite(self.out.y)]
+        if len(values) > 1 and float(values.min()) == float(values.max()):
+            self.add(
+                f"{self.table}, column {column}",
+                f"the target is constant on the train split (all {len(values)} training rows "
+                f"have {float(values[0]):g}): a model could only ever predict that value",
+                "constant_target",
             )
 
 

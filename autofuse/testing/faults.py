@@ -2,12 +2,16 @@
 
 ``InjectFaults({2: "diverged", 3: "oom", 4: "timeout", 5: "invalid"})`` makes trial 2's first
 epoch end with a non-finite loss, trial 3 run out of memory (its retry with half the batch size
-too), trial 4 overrun ``--trial-timeout`` and trial 5 fail to build; ``"oom_once"`` makes only the
+too), trial 4 overrun ``--trial-timeout`` and trial 5 fail to build (``"error"``: raise an
+exception, the trial fails); ``"oom_once"`` makes only the
 first attempt run out of memory (the retry completes). Pass it to
 ``autofuse.search(..., hooks=[...])``; it is picklable, so worker processes get it too.
 
 :class:`ExhaustMemory` provokes a real CUDA out-of-memory error: it allocates more than the
 worker's share of the device (``--workers-per-device``).
+
+:func:`rot_checkpoint` and :func:`rot_weights` leave bit rot in a running checkpoint (a zip
+archive) and in a safetensors weight file.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import torch
 from autofuse.train import TrialFault
 from autofuse.trial import TrialExecution, TrialHook
 
-REASONS = ("diverged", "oom", "oom_once", "timeout", "invalid")
+REASONS = ("diverged", "oom", "oom_once", "timeout", "invalid", "error")
 
 
 @dataclass
@@ -39,6 +43,8 @@ class InjectFaults(TrialHook):
     def on_trial_start(self, ex: TrialExecution) -> None:
         if self.faults.get(ex.number) == "invalid":
             raise TrialFault("invalid", "injected: architecture cannot be built")
+        if self.faults.get(ex.number) == "error":  # a bug, not a fault: the trial fails
+            raise RuntimeError("injected: an error in the trial")
 
     def on_epoch_end(self, ex: TrialExecution, epoch: int, metrics: dict[str, float]) -> None:
         reason = self.faults.get(ex.number)
@@ -107,3 +113,18 @@ def rot_checkpoint(src: str | Path, dest: str | Path, *, pickle: bool = False) -
     mid = start + info.file_size // 2
     data[mid : mid + 8] = bytes(b ^ 0xFF for b in data[mid : mid + 8])
     Path(dest).write_bytes(bytes(data))
+
+
+def rot_weights(path: str | Path, *, at: float = 0.5) -> int:
+    """Invert one byte of the tensor data of the safetensors file ``path``, in place: the byte at
+    fraction ``at`` of the data region (after the 8-byte length and the JSON header, so the
+    header and every offset stay valid and the file still loads without a checksum). Bit rot,
+    as a disk or a copy may leave it. Returns the offset of the byte."""
+    data = bytearray(Path(path).read_bytes())
+    start = 8 + int.from_bytes(data[:8], "little")
+    if start >= len(data):
+        raise ValueError(f"{path}: no tensor data to damage")
+    offset = start + min(int((len(data) - start) * at), len(data) - start - 1)
+    data[offset] ^= 0xFF
+    Path(path).write_bytes(bytes(data))
+    return offset

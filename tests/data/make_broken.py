@@ -433,6 +433,56 @@ def make_broken(root: Path = BROKEN) -> list[str]:
         config["target"]["task"] = "regression"
         standard(d, rows, config)
 
+    # -- issue 18: one-class targets, NaN / inf in .npy arrays, names with control characters -
+
+    @register
+    def single_class_target(d: Path) -> None:
+        rows, config = case()
+        for row in rows:
+            row["label"] = "a"  # one class: a model could only ever say 'a'
+        standard(d, rows, config)
+
+    @register
+    def constant_regression_target(d: Path) -> None:
+        rows, config = case()
+        for k, row in enumerate(rows):
+            row["label"] = 2.5 if row["split"] == "train" else 1.5 * k
+        config["target"]["task"] = "regression"
+        standard(d, rows, config)
+
+    @register
+    def nan_in_npy(d: Path) -> None:
+        rows, config = case(("watch_path",))
+        standard(d, rows, config)
+        values = np.load(io.BytesIO(npy_bytes(2)))
+        values[5, 1] = np.nan
+        buf = io.BytesIO()
+        np.save(buf, values)
+        write(d / "ts/2.npy", buf.getvalue())
+
+    @register
+    def inf_in_npy(d: Path) -> None:
+        rows, config = case(("watch_path",))
+        standard(d, rows, config)
+        values = np.load(io.BytesIO(npy_bytes(4))).astype(np.float64)
+        values[0, 2] = -np.inf
+        values[7, 0] = np.inf
+        buf = io.BytesIO()
+        np.save(buf, values)
+        write(d / "ts/4.npy", buf.getvalue())
+
+    @register
+    def newline_in_modality_name(d: Path) -> None:
+        rows, config = case()
+        config["modalities"]["review\n"] = config["modalities"].pop("review")
+        standard(d, rows, config)
+
+    @register
+    def newline_in_column_name(d: Path) -> None:
+        rows, config = case()
+        config["target"]["column"] = "label\n"
+        standard(d, rows, config)
+
     @register
     def three_problems(d: Path) -> None:
         rows, config = case(("image_path",))

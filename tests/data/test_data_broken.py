@@ -108,6 +108,26 @@ EXPECTED: dict[str, list[str]] = {
         "'old' is not a number, in a numeric column (listed as numeric in dataset.yaml)",
     ],
     "inf_regression_target": ["samples.csv row 3 (id=s3), column label", "'-inf' is not finite"],
+    "single_class_target": ["samples.csv, column label", "every training row has the class 'a'"],
+    "constant_regression_target": [
+        "samples.csv, column label",
+        "constant on the train split (all 4 training rows have 2.5)",
+    ],
+    "nan_in_npy": [
+        "samples.csv row 2 (id=s2), column watch_path",
+        "ts/2.npy: 1 non-finite value (first: nan at [5, 1])",
+        "non_finite: missing",
+    ],
+    "inf_in_npy": [
+        "samples.csv row 4 (id=s4), column watch_path",
+        "ts/4.npy: 2 non-finite values (first: -inf at [0, 2])",
+    ],
+    "newline_in_modality_name": ["dataset.yaml, key modalities", "['review\\n']"],
+    "newline_in_column_name": [
+        "dataset.yaml, key target.column",
+        "'label\\n'",
+        "control character",
+    ],
 }
 
 

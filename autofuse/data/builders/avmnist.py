@@ -54,7 +54,7 @@ MNIST_FILES: dict[str, tuple[str, str]] = {
     "t10k": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
 
-_WAV_NAME = re.compile(r"^(?P<digit>[0-9])_(?P<speaker>[A-Za-z0-9-]+)_(?P<index>[0-9]+)\.wav$")
+_WAV_NAME = re.compile(r"(?P<digit>[0-9])_(?P<speaker>[A-Za-z0-9-]+)_(?P<index>[0-9]+)\.wav")
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 _BUILD_VERSION = 1
 
@@ -286,7 +286,7 @@ def _list_recordings(fsdd_dir: Path) -> list[tuple[int, str, int, Path]]:
     found: list[tuple[int, str, int, Path]] = []
     skipped = 0
     for path in rec_dir.iterdir():
-        match = _WAV_NAME.match(path.name)
+        match = _WAV_NAME.fullmatch(path.name)
         if match is None or not path.is_file():
             skipped += 1
             continue
