@@ -5,6 +5,7 @@
 - :func:`json_text` / :func:`json_safe`: strict JSON (non-finite floats as ``null``).
 - :func:`first_line`: the first line of an exception's message (never raises).
 - :func:`sqlite_path`: the database file of a SQLite SQLAlchemy URL (via ``make_url``).
+- :func:`plain_mysql_urls_use_pymysql`: a plain ``mysql://`` / ``mariadb://`` URL uses PyMySQL.
 - :func:`mask_url` / :func:`mask_secrets`: a URL, or any text, with its passwords and tokens
   replaced by ``***`` (for every message and log line that shows a storage or MLflow URL).
 - :func:`better`, :func:`sort_sign`, :func:`best_first`: the maximize / minimize comparisons.
@@ -14,7 +15,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -27,6 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+from sqlalchemy.dialects import registry as dialect_registry
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -49,7 +53,7 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[Path]:
     On an exception the temporary file is removed and ``path`` is left as it was::
 
         with atomic_write(out / "model.safetensors") as tmp:
-            save_file(state, str(tmp))
+            save_weights(state, tmp)  # autofuse.weights
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -263,6 +267,35 @@ def mask_secrets(text: Any) -> str:
         return s
     s = _USERINFO.sub(lambda m: m.group("head") + MASK, s)
     return _QUERY_SECRET.sub(lambda m: m.group("head") + MASK, s)
+
+
+def plain_mysql_urls_use_pymysql() -> None:
+    """Make a plain ``mysql://`` or ``mariadb://`` URL use PyMySQL when mysqlclient is absent.
+
+    SQLAlchemy gives a URL without a driver its default one: ``postgresql://`` psycopg 3 (a
+    dependency of autofuse, like psycopg2), ``mysql://`` and ``mariadb://`` mysqlclient
+    (``MySQLdb``), a C extension built against libmysqlclient, which autofuse does not require:
+    it ships the pure-Python PyMySQL. Optuna's and SQLAlchemy's docs, and most users, write the
+    plain form, so without this it fails with "No module named 'MySQLdb'".
+
+    Why SQLAlchemy's dialect registry and not a rewritten URL: a storage URL reaches many
+    openers (Optuna's ``RDBStorage``, the history store and its Alembic migrations, the study and
+    schema locks, the storage guard, :func:`autofuse.options.storage_problem`, MLflow's SQL
+    store) from many entry points (``search``, ``worker``, ``dashboard``, ``storage-proxy``,
+    ``report``, the Python API). The registry is the one place where SQLAlchemy turns a URL's
+    name into a driver, so every opener in the process resolves the plain form the same way,
+    and messages show the URL as the user typed it. Plain ``mysql`` then means exactly
+    ``mysql+pymysql`` (and ``mariadb`` ``mariadb+pymysql``). An explicit driver
+    (``mysql+mysqldb://``, ``mysql+pymysql://``) is never affected, and with mysqlclient
+    installed nothing changes (SQLAlchemy's own default is kept). Idempotent; called where
+    storage URLs are checked and opened (``autofuse.options``, ``autofuse.storage``).
+    """
+    if importlib.util.find_spec("MySQLdb") is not None:
+        return  # mysqlclient is installed: SQLAlchemy's default works, leave it alone
+    if importlib.util.find_spec("pymysql") is None:
+        return
+    for name in ("mysql", "mariadb"):  # (no public API replaces a built-in dialect name)
+        dialect_registry.impls[name] = functools.partial(dialect_registry.load, f"{name}.pymysql")
 
 
 def sqlite_path(url: str) -> Path | None:

@@ -22,6 +22,11 @@ Every read names the file it could not use: a finalist, best-model or outputs fi
 truncated, overwritten or of another kind is a :class:`~autofuse.errors.DamagedFileError` (the
 report skips that finalist, ``export`` offers ``--retrain``, a search still writes its summary);
 a running checkpoint that cannot be used is a warning, and the retried trial starts from epoch 1.
+
+Bit rot is caught too: every safetensors file here records its sha256 in its header
+(:mod:`autofuse.weights`) and is checked when read, wherever it came from (this host, or the
+artifact store); a mismatch is the same :class:`~autofuse.errors.DamagedFileError`. A running
+checkpoint is a zip archive, checked by its members' CRC-32 (:func:`zip_problem`).
 """
 
 from __future__ import annotations
@@ -35,13 +40,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
 from autofuse._util import atomic_write, better, first_line, sort_sign
 from autofuse.errors import ConfigError, DamagedFileError
 from autofuse.model import MultimodalModel, full_model, trainable_state_dict
 from autofuse.spec import ArchitectureSpec, load_architecture, save_architecture
 from autofuse.storage.artifacts import ArtifactStore, open_artifacts
+from autofuse.weights import read_weights as read_checked
+from autofuse.weights import save_weights
 
 log = logging.getLogger(__name__)
 
@@ -66,15 +72,17 @@ RUNNING_SOURCE = "checkpoint_file"
 
 
 def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """The tensors of a safetensors file.
+    """The tensors of a safetensors file, checked against the sha256 recorded in it
+    (:func:`autofuse.weights.read_weights`).
 
     Raises:
-        DamagedFileError: the file cannot be read as safetensors (truncated, overwritten, ...).
+        DamagedFileError: the file is missing, cannot be read as safetensors (truncated,
+            overwritten, ...) or its bytes changed since autofuse wrote it (sha256 mismatch).
     """
     try:
-        return load_file(str(path))
-    except Exception as e:  # SafetensorError, OSError, ...: anything means the file is unusable
-        raise DamagedFileError(path, f"unreadable weights ({first_line(e)})") from None
+        return read_checked(path)
+    except FileNotFoundError:
+        raise DamagedFileError(path, "unreadable weights (no such file)") from None
 
 
 def read_architecture(path: str | Path) -> tuple[ArchitectureSpec, dict]:
@@ -271,7 +279,7 @@ class CheckpointStore:
         save_architecture(arch, spec, info)
         state = {**trainable_state_dict(model), **(extra or {})}
         with atomic_write(weights) as tmp:
-            save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
+            save_weights({k: v.contiguous() for k, v in state.items()}, tmp)
         self.publish(arch, weights)
 
     def save_if_top(
@@ -409,7 +417,7 @@ class CheckpointStore:
         save_architecture(folder / "architecture.json", spec, info)
         full = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
         with atomic_write(folder / "model.safetensors") as tmp:
-            save_file(full, str(tmp))
+            save_weights(full, tmp)
         return folder
 
     def load_best(self) -> tuple[ArchitectureSpec, dict, MultimodalModel] | None:

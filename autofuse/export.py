@@ -7,7 +7,8 @@
                           standardisation statistics, categories; label encoding; target
                           statistics; the training dataset's column layout) + export metadata
                           (study, trial, metrics, encoder names and weight sources)
-      model.safetensors   every weight of the full model, frozen encoders included
+      model.safetensors   every weight of the full model, frozen encoders included (its sha256
+                          recorded in its header and checked at load: :mod:`autofuse.weights`)
       model_card.md       dataset, metrics, family / method / point, parameters, latency
 
 ``autofuse.load("out/")`` (:mod:`autofuse.predict`) rebuilds and runs it without the search code.
@@ -38,7 +39,6 @@ from typing import Any
 import numpy as np
 import optuna
 import torch
-from safetensors.torch import save_file
 
 from autofuse._util import first_line, json_text, mask_url, sqlite_path, temp_sibling
 from autofuse.checkpoints import CheckpointStore, read_weights, study_artifacts
@@ -55,6 +55,7 @@ from autofuse.spec import ARCHITECTURE_FORMAT, SPEC_VERSION, ArchitectureSpec
 from autofuse.storage import make_storage
 from autofuse.storage.artifacts import ArtifactStore
 from autofuse.train import TrialFault, evaluate, loss_fn, measure_latency_ms, train_epoch
+from autofuse.weights import save_weights
 
 log = logging.getLogger(__name__)
 
@@ -509,7 +510,7 @@ def write_export(
         }
         (tmp / "architecture.json").write_text(json_text(doc))
         state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-        save_file(state, str(tmp / "model.safetensors"))
+        save_weights(state, tmp / "model.safetensors")
         (tmp / "model_card.md").write_text(model_card(spec, info, meta))
 
     return _write_dir_atomically(out, fill)

@@ -32,8 +32,10 @@ What ``predict`` does with imperfect input:
 - a row whose model output is not finite is never written as a prediction: with
   ``bad_files="error"`` a :class:`PredictionError` names the rows; with ``bad_files="missing"``
   the row's prediction and probabilities are empty and its ``status`` says ``failed: ...``;
-- an export whose ``model.safetensors`` or ``architecture.json`` cannot be read, or whose
-  weights do not fit the architecture: a :class:`~autofuse.errors.ConfigError` naming the file.
+- an export whose ``model.safetensors`` or ``architecture.json`` cannot be read, whose weights
+  changed since they were written (the sha256 recorded in ``model.safetensors``, see
+  :mod:`autofuse.weights`), or whose weights do not fit the architecture: a
+  :class:`~autofuse.errors.ConfigError` naming the file.
 
 Frozen encoders run for real here (in search their outputs came from the feature cache, stored in
 float16); their token and level outputs are rounded through float16 and they run over the present
@@ -53,7 +55,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from safetensors.torch import load_file
 
 from autofuse._util import atomic_write, first_line
 from autofuse.data import Dataset, DatasetError
@@ -62,10 +63,11 @@ from autofuse.encoders import get_encoder_entry, prepare_modality
 from autofuse.encoders.cache import encoder_features
 from autofuse.encoders.preprocess import PreprocessError, _category_key
 from autofuse.ensemble import ENSEMBLE_FILE, ENSEMBLE_FORMAT, ENSEMBLE_VERSION, combine
-from autofuse.errors import AutofuseError, ConfigError
+from autofuse.errors import AutofuseError, ConfigError, DamagedFileError
 from autofuse.model import build_model
 from autofuse.spec import load_architecture
 from autofuse.train import TrainData, predict_outputs
+from autofuse.weights import read_weights
 
 log = logging.getLogger(__name__)
 
@@ -381,8 +383,10 @@ class Predictor(BasePredictor):
         if not weights.is_file():
             raise ConfigError(f"{folder}: model.safetensors is missing")
         try:
-            state = load_file(str(weights))
-        except Exception as e:  # noqa: BLE001 - SafetensorError, OSError, ...: a damaged file
+            state = read_weights(weights)  # checked against the sha256 recorded in it
+        except DamagedFileError as e:  # unreadable, or its bytes changed (bit rot)
+            raise DamagedFileError(e.path, e.problem, "re-export the model") from None
+        except OSError as e:  # gone since the check above
             raise ConfigError(
                 f"{weights}: unreadable ({first_line(e)}); re-export the model"
             ) from None

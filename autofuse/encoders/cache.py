@@ -4,6 +4,7 @@ A frozen encoder's outputs never change, so they are computed once for all rows 
 stored under ``root/<key>/`` (normally ``trials/cache/``)::
 
     features.safetensors   pooled (float32), tokens / level.<i> (float16), present, token_mask
+                           (its sha256 in its header, checked when read: :mod:`autofuse.weights`)
     meta.json              what the key was made of, feature shape, row count, timing
 
 The key is the sha256 of the dataset fingerprint, the modality, the encoder name, its resolved
@@ -23,12 +24,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from autofuse._util import atomic_write_dir, discard_dir, stable_hash
 from autofuse.encoders.base import EncoderSpec, create_encoder, get_encoder_entry
 from autofuse.errors import ConfigError
 from autofuse.types import FeatureShape, ModalityFeatures
+from autofuse.weights import read_weights, save_weights
 
 if TYPE_CHECKING:
     from autofuse.encoders.preprocess import PreparedModality
@@ -165,9 +166,14 @@ class CachedFeatures:
 
     @classmethod
     def load(cls, folder: Path) -> CachedFeatures:
-        """Read an entry written by :class:`FeatureCache`."""
+        """Read an entry written by :class:`FeatureCache` (or a stage-1 run).
+
+        Raises:
+            DamagedFileError: ``features.safetensors`` cannot be read, or its bytes changed since
+                it was written (its recorded sha256: hashing costs about 1 s per GB, once).
+        """
         meta = json.loads((folder / "meta.json").read_text())
-        t = load_file(str(folder / "features.safetensors"))
+        t = read_weights(folder / "features.safetensors")
         levels = [t[f"level.{i}"] for i in range(int(meta["n_levels"]))]
         return cls(
             t["pooled"],
@@ -271,7 +277,7 @@ class FeatureCache:
         }
 
         def write(tmp: Path) -> None:
-            save_file(feats.tensors(), str(tmp / "features.safetensors"))
+            save_weights(feats.tensors(), tmp / "features.safetensors")
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
 
         if atomic_write_dir(folder, write):

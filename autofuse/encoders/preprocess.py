@@ -36,11 +36,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
 from autofuse._util import atomic_write_dir, discard_dir, stable_hash
 from autofuse.encoders.base import EncoderSpec, get_encoder_entry
 from autofuse.errors import AutofuseError, ConfigError
+from autofuse.weights import read_weights, save_weights
 
 logger = logging.getLogger(__name__)
 
@@ -147,7 +147,8 @@ def prepare_modality(
         return run()
     key = stable_hash(
         {
-            "version": PREPROCESS_VERSION,
+            # timeseries: 2 since NaN / inf values are imputed (before: set to 0 / float32's max)
+            "version": 2 if kind == "timeseries" else PREPROCESS_VERSION,
             "dataset": ds.fingerprint(),
             "modality": modality,
             "kind": kind,
@@ -175,12 +176,12 @@ def _save_prepared(folder: Path, p: PreparedModality) -> None:
     else:
         tensors = {"inputs": p.inputs.contiguous()}
     tensors["present"] = p.present.contiguous()
-    save_file(tensors, str(folder / "data.safetensors"))
+    save_weights(tensors, folder / "data.safetensors")
     (folder / "state.json").write_text(json.dumps(p.state))
 
 
 def _load_prepared(folder: Path, modality: str, kind: str) -> PreparedModality:
-    t = load_file(str(folder / "data.safetensors"))
+    t = read_weights(folder / "data.safetensors")
     state = json.loads((folder / "state.json").read_text())
     if "inputs" in t:
         inputs: Any = t["inputs"]
@@ -463,7 +464,8 @@ def _load_series(path: Path) -> np.ndarray:
         a = np.load(path, allow_pickle=False)
     except Exception as e:
         raise PreprocessError(f"{path}: cannot read .npy ({e})") from None
-    a = np.asarray(a, dtype=np.float32)
+    with np.errstate(over="ignore"):  # a float64 past float32's range becomes inf: missing
+        a = np.asarray(a, dtype=np.float32)
     if a.ndim == 1:
         a = a[:, None]
     if a.ndim != 2 or a.shape[0] == 0:
@@ -486,6 +488,19 @@ def _fix_length(a: np.ndarray, length: int, resample: bool) -> tuple[np.ndarray,
     return out, min(T, length)
 
 
+def _masked_mean_std(rows: np.ndarray, gaps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and std of ``rows [T, C]`` over the steps where ``gaps`` is False
+    (0 and 1 for a channel without such a step)."""
+    mean, std = np.zeros(rows.shape[1]), np.ones(rows.shape[1])
+    for c in range(rows.shape[1]):
+        col = rows[~gaps[:, c], c].astype(np.float64)
+        if len(col):
+            mean[c] = col.mean()
+        if len(col) > 1:
+            std[c] = col.std()
+    return mean, std
+
+
 def _prepare_timeseries(ds: Any, modality: str, params: dict, state: dict | None):
     length, resample = int(params["length"]), bool(params["resample"])
     paths = ds.file_paths(modality)
@@ -501,9 +516,22 @@ def _prepare_timeseries(ds: Any, modality: str, params: dict, state: dict | None
             raise PreprocessError(f"{p}: {s.shape[1]} channels, expected {channels}")
     out = np.zeros((len(paths), length, channels), dtype=np.float32)
     lengths = np.zeros(len(paths), dtype=np.int64)
+    # NaN / inf values (or values past float32's range, inf once read) are missing values, as a
+    # non-finite cell of a tabular column is (the dataset's non_finite policy reports them or
+    # lets them through): left out of the statistics, then imputed with the channel's mean
+    # (0 after standardising). A resampled step that mixes a missing value is missing too.
+    missing: np.ndarray | None = None
     for i, s in enumerate(series):
-        if s is not None:
-            out[i], lengths[i] = _fix_length(np.nan_to_num(s), length, resample)
+        if s is None:
+            continue
+        bad = ~np.isfinite(s)
+        if not bad.any():
+            out[i], lengths[i] = _fix_length(s, length, resample)
+            continue
+        out[i], lengths[i] = _fix_length(np.where(bad, 0.0, s).astype(np.float32), length, resample)
+        if missing is None:
+            missing = np.zeros(out.shape, dtype=bool)
+        missing[i] = _fix_length(bad.astype(np.float32), length, resample)[0] > 0
     fitted: dict = {}
     if state is None:
         train = [int(i) for i in np.asarray(ds.indices("train")) if series[int(i)] is not None]
@@ -512,14 +540,24 @@ def _prepare_timeseries(ds: Any, modality: str, params: dict, state: dict | None
             if train
             else np.zeros((0, channels), dtype=np.float32)
         )
-        mean = rows.mean(axis=0) if len(rows) else np.zeros(channels)
-        std = rows.std(axis=0) if len(rows) > 1 else np.ones(channels)
+        if missing is None:
+            mean = rows.mean(axis=0) if len(rows) else np.zeros(channels)
+            std = rows.std(axis=0) if len(rows) > 1 else np.ones(channels)
+        else:
+            gaps = (
+                np.concatenate([missing[i, : lengths[i]] for i in train], axis=0)
+                if train
+                else np.zeros((0, channels), dtype=bool)
+            )
+            mean, std = _masked_mean_std(rows, gaps)
         std = np.where(std > 1e-8, std, 1.0)
         fitted = {"channels": int(channels), "mean": mean.tolist(), "std": std.tolist()}
         state = fitted
     z = (out - np.asarray(state["mean"], dtype=np.float32)) / np.asarray(state["std"], np.float32)
     valid = np.arange(length)[None, :] < lengths[:, None]  # padding and absent rows stay 0
     z[~valid] = 0.0
+    if missing is not None:
+        z[missing] = 0.0  # the channel's mean
     return torch.from_numpy(z.astype(np.float32)), present, fitted
 
 
