@@ -30,8 +30,16 @@ from pydantic import (
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
-from autofuse._util import folder_problem, mask_url, workdir_problem
+from autofuse._util import (
+    folder_problem,
+    mask_url,
+    plain_mysql_urls_use_pymysql,
+    workdir_problem,
+)
 from autofuse.errors import ConfigError
+
+# storage_problem asks SQLAlchemy for a URL's driver: a plain mysql:// URL means PyMySQL here too
+plain_mysql_urls_use_pymysql()
 
 SamplerName = Literal["tpe", "random", "gp", "qmc"]
 PrunerName = Literal["median", "hyperband", "successive_halving", "none"]

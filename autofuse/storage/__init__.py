@@ -10,6 +10,12 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from autofuse._util import plain_mysql_urls_use_pymysql
+
+# every storage opener (Optuna, the history store, Alembic, the locks, the guard, MLflow) is in
+# this package: a plain mysql:// / mariadb:// URL resolves to PyMySQL for all of them alike
+plain_mysql_urls_use_pymysql()
+
 __all__ = ["make_storage"]
 
 

@@ -8,8 +8,10 @@ migrations create a table. It refuses, with one line naming the storage (passwor
 - a read-only SQLite file, or a file in a read-only folder (SQLite writes its journal beside the
   database), when the caller will write (``search``, ``worker``, ``db upgrade``), or when the
   database would have to be created first; reading an existing study from a read-only file
-  (``report``, ``export``, ``leaderboard``) is fine. A PostgreSQL connection in read-only mode
-  likewise;
+  (``report``, ``export``, ``leaderboard``) is fine. A server database likewise: a PostgreSQL
+  connection in read-only mode (``transaction_read_only``); on MySQL / MariaDB a read-only
+  session, a server in read-only mode for a user who may not bypass it, or a user granted no
+  ``INSERT`` on the database (see :func:`_mysql_read_only`);
 - a database that belongs to another application: it has tables, and none is Optuna's or
   autofuse's; or it has a table with one of their names whose columns are not theirs (a
   ``studies`` or ``trials`` table of its own). Optuna's and autofuse's table layouts come from
@@ -74,8 +76,7 @@ def check_storage(url: str, *, write: bool = True) -> None:
         tables, read_only = _server_tables(url)
         if read_only and (write or not tables):  # writing, or Optuna would create its tables
             raise ConfigError(
-                f"--storage {mask_url(url)}: the database is read-only (transaction_read_only "
-                "is on)"
+                f"--storage {mask_url(url)}: the database is read-only ({read_only})"
                 + ("; autofuse writes its trials there" if write else " and holds no study yet")
             )
     try:
@@ -169,14 +170,14 @@ def _read_sqlite_tables(db: Path) -> dict[str, set[str]]:
 # ---- PostgreSQL, MySQL / MariaDB ---------------------------------------------------------------
 
 
-def _server_tables(url: str) -> tuple[dict[str, set[str]], bool]:
-    """``(table -> columns of the tables Optuna or autofuse name (others: empty), read-only)``
-    of the database at ``url``."""
+def _server_tables(url: str) -> tuple[dict[str, set[str]], str | None]:
+    """``(table -> columns of the tables Optuna or autofuse name (others: empty), why it is
+    read-only or None)`` of the database at ``url``."""
     known = _known_tables()
     try:
         engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
     except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError):
-        return {}, False  # make_storage / HistoryStore say what is wrong with the URL
+        return {}, None  # make_storage / HistoryStore say what is wrong with the URL
     try:
         with engine.connect() as conn:
             insp = sa.inspect(conn)
@@ -188,9 +189,12 @@ def _server_tables(url: str) -> tuple[dict[str, set[str]], bool]:
                 )
                 for t in insp.get_table_names()
             }
-            read_only = False
+            read_only = None
             if engine.dialect.name == "postgresql":
-                read_only = conn.execute(sa.text("SHOW transaction_read_only")).scalar() == "on"
+                if conn.execute(sa.text("SHOW transaction_read_only")).scalar() == "on":
+                    read_only = "transaction_read_only is on"
+            elif engine.dialect.name in ("mysql", "mariadb"):
+                read_only = _mysql_read_only(conn)
             return tables, read_only
     except sa.exc.OperationalError as e:
         raise ConfigError(
@@ -202,6 +206,76 @@ def _server_tables(url: str) -> tuple[dict[str, set[str]], bool]:
         ) from None
     finally:
         engine.dispose()
+
+
+def _mysql_read_only(conn: sa.Connection) -> str | None:
+    """Why the MySQL / MariaDB connection ``conn`` cannot write to its database, or None.
+
+    Only what the server says for sure refuses; what it cannot tell (an older server without a
+    variable or a view, privileges that come through a role) counts as writable, and the write
+    itself then says what is wrong:
+
+    - the session is read-only (``SET SESSION TRANSACTION READ ONLY``, an ``init_command``):
+      ``transaction_read_only`` (MySQL >= 5.7.20, MariaDB >= 11.1), ``tx_read_only`` before;
+    - MySQL's ``super_read_only``: nobody writes;
+    - the server's ``read_only``, for a user without the privilege that bypasses it (``SUPER``;
+      on MariaDB >= 10.5.2 ``READ ONLY ADMIN``);
+    - the user is granted ``INSERT`` nowhere: not globally, not on the database (a pattern such
+      as ``app\\_%`` included), not on one of its tables, not through ``PUBLIC``, and no role is
+      enabled (a role's grants do not show in these views).
+    """
+    if _first_value(conn, "SELECT @@transaction_read_only", "SELECT @@tx_read_only"):
+        return "the session is read-only: transaction_read_only is on"
+    if _first_value(conn, "SELECT @@global.super_read_only"):
+        return "the server is in super_read_only mode"
+    me = f"GRANTEE IN ({_GRANTEE}, 'PUBLIC')"
+    privileges = _rows(
+        conn, f"SELECT PRIVILEGE_TYPE FROM information_schema.USER_PRIVILEGES WHERE {me}"
+    )
+    roles = _rows(conn, "SELECT ROLE_NAME FROM information_schema.ENABLED_ROLES")
+    if privileges is None or roles is None or any(r[0] for r in roles):
+        return None  # privileges the server does not show here: assume the user may write
+    held = {r[0] for r in privileges}
+    if _first_value(conn, "SELECT @@global.read_only") and not held & {"SUPER", "READ ONLY ADMIN"}:
+        return "the server is in read_only mode"
+    if "INSERT" in held:
+        return None
+    inserts = _first_value(
+        conn,
+        "SELECT (SELECT COUNT(*) FROM information_schema.SCHEMA_PRIVILEGES "
+        f"WHERE {me} AND PRIVILEGE_TYPE = 'INSERT' AND DATABASE() LIKE TABLE_SCHEMA) + "
+        "(SELECT COUNT(*) FROM information_schema.TABLE_PRIVILEGES "
+        f"WHERE {me} AND PRIVILEGE_TYPE = 'INSERT' AND TABLE_SCHEMA = DATABASE())",
+    )
+    if inserts == 0:
+        user = conn.execute(sa.text("SELECT CURRENT_USER()")).scalar()
+        return f"the user {user} is granted no INSERT on it"
+    return None
+
+
+#: ``CURRENT_USER()`` (``bob@%``) as the information_schema views name a grantee (``'bob'@'%'``)
+_GRANTEE = (
+    "CONCAT('''', SUBSTRING_INDEX(CURRENT_USER(), '@', 1), '''@''', "
+    "SUBSTRING_INDEX(CURRENT_USER(), '@', -1), '''')"
+)
+
+
+def _rows(conn: sa.Connection, query: str) -> list[sa.Row] | None:
+    """The rows of ``query``, or None where the server does not know a variable or a view (an
+    error does not end a MySQL transaction: the connection goes on)."""
+    try:
+        return list(conn.execute(sa.text(query)))
+    except sa.exc.DBAPIError:
+        return None
+
+
+def _first_value(conn: sa.Connection, *queries: str) -> object:
+    """The value of the first of ``queries`` the server answers (None if it answers none)."""
+    for query in queries:
+        rows = _rows(conn, query)
+        if rows is not None:
+            return rows[0][0] if rows else None
+    return None
 
 
 # ---- whose tables ------------------------------------------------------------------------------

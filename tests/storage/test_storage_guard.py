@@ -310,3 +310,55 @@ def test_read_only_postgresql_is_said_to_be_read_only(demo_dataset, tmp_path):
         assert _contents(url) == before
     finally:
         drop()
+
+
+#: a MariaDB / MySQL session made read-only by its URL (PyMySQL runs it on every connection)
+READ_ONLY_SESSION = "init_command=SET%20SESSION%20TRANSACTION%20READ%20ONLY"
+
+
+@pytest.mark.parametrize("how", ["session", "select-only-user"])
+def test_read_only_mariadb_is_said_to_be_read_only(demo_dataset, tmp_path, how):
+    """Issue 18: a MariaDB database the connection cannot write (a read-only session, a user
+    granted only SELECT) is refused before anything is written, as on PostgreSQL; reading an
+    existing study from it is fine."""
+    from tests_storage_db import fresh_database, select_only_user
+
+    url, drop = fresh_database("mysql")
+    cleanup = [drop]
+    try:
+        _study_db(url)
+        name = url.rsplit("/", 1)[1]
+        if how == "session":
+            ro, why = f"{url}?{READ_ONLY_SESSION}", "the session is read-only"
+        else:
+            ro, drop_user = select_only_user(url)
+            cleanup.insert(0, drop_user)
+            why = "is granted no INSERT on it"
+        before = _contents(url)
+        code, out = _invoke(_search(demo_dataset, ro, tmp_path / "work"))
+        assert code == 2
+        line = _error_line(out)
+        assert "read-only" in line and name in line and why in line, line
+        with pytest.raises(ConfigError, match="read-only"):
+            HistoryStore(ro)
+        assert optuna.get_all_study_names(make_storage(ro)) == ["kept"]  # reading is fine
+        assert _contents(url) == before
+    finally:
+        for f in cleanup:
+            f()
+
+
+def test_empty_read_only_mariadb_is_refused_for_reading_too():
+    """Optuna would create its tables in an empty database even to read it."""
+    from tests_storage_db import fresh_database, select_only_user
+
+    url, drop = fresh_database("mysql")
+    ro, drop_user = select_only_user(url)
+    try:
+        with pytest.raises(ConfigError, match="read-only .*holds no study yet"):
+            make_storage(ro)
+        check_storage(url, write=True)  # root may write: accepted
+        assert _contents(url) == {}
+    finally:
+        drop_user()
+        drop()

@@ -34,3 +34,27 @@ def fresh_database(kind: str) -> tuple[str, Callable[[], None]]:
         admin.dispose()
 
     return url, drop
+
+
+def plain_url(url: str, scheme: str) -> str:
+    """``url`` (one of :func:`fresh_database`'s) in the plain form most users type, without a
+    driver: ``postgresql://``, ``mysql://`` or ``mariadb://``."""
+    return scheme + "://" + url.split("://", 1)[1]
+
+
+def select_only_user(url: str) -> tuple[str, Callable[[], None]]:
+    """A MariaDB user granted nothing but ``SELECT`` on the database of ``url`` (a database of
+    :func:`fresh_database`): the URL as that user, and a function that drops the user."""
+    db = url.rsplit("/", 1)[1]
+    user = f"af_ro_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(SERVERS["mysql"], isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(sa.text(f"CREATE USER '{user}'@'%'"))
+        c.execute(sa.text(f"GRANT SELECT ON `{db}`.* TO '{user}'@'%'"))
+
+    def drop() -> None:
+        with admin.connect() as c:
+            c.execute(sa.text(f"DROP USER IF EXISTS '{user}'@'%'"))
+        admin.dispose()
+
+    return url.replace("://root@", f"://{user}@", 1), drop
