@@ -90,6 +90,18 @@ def check(
     )
 
 
+def check_stored(
+    storage: Any, name: str, study_dir: Path, artifacts: str | None, who: str = "process"
+) -> None:
+    """``check`` for study ``name`` of ``storage`` if it exists, reading only (a process refused
+    here leaves no trace, not even a lock file); the caller checks again under the study lock."""
+    try:
+        st = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        return
+    check(name, st.user_attrs, study_dir, artifacts, who)
+
+
 def join(study: optuna.Study, study_dir: Path, artifacts: str | None) -> None:
     """``check`` for a process that opens an existing study; a study without a files home gets
     this process's. The caller holds the study lock."""
@@ -98,4 +110,4 @@ def join(study: optuna.Study, study_dir: Path, artifacts: str | None) -> None:
         claim(study, study_dir, artifacts)
 
 
-__all__ = ["ATTR", "MARKER", "check", "claim", "join"]
+__all__ = ["ATTR", "MARKER", "check", "check_stored", "claim", "join"]

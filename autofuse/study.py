@@ -212,6 +212,7 @@ def prepare(
     history = HistoryStore(str(opts.storage))  # creates (once) or checks autofuse's tables
     # several processes starting this study at once: one creates it, the others join it
     rdb = open_storage(str(opts.storage), opts)
+    sharing.check_stored(rdb, study, paths.study_dir(study), opts.artifacts)
     with holding(StudyLock(str(opts.storage), study)):
         st = _open_study(rdb, study, ds, sp, opts, direction, paths.study_dir(study))
         _record(st, history, ds, sp, opts, paths, space_file=opts.space, metric=metric)

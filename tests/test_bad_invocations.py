@@ -29,6 +29,7 @@ from ci import need
 from click.testing import CliRunner
 
 from autofuse.cli import main
+from autofuse.testing.faults import rot_weights
 
 TESTS = Path(__file__).parent
 GOOD = TESTS / "data" / "good"
@@ -164,6 +165,69 @@ def _export_then(damage: str) -> Callable[[Path], None]:
         p.write_bytes(b"{not json" if p.suffix == ".json" else p.read_bytes()[:64])
 
     return setup
+
+
+def _rot(rel: str, *, export: bool = False) -> Callable[[Path], None]:
+    """Set-up (issue 18): one byte of the tensor data of the weight file ``rel`` flipped, its
+    header intact (only its recorded sha256 tells); ``export``: first copy ``best/`` to
+    ``{tmp}/export``."""
+
+    def setup(tmp: Path) -> None:
+        if export:
+            shutil.copytree(tmp / "work" / "trials" / "s" / "best", tmp / "export")
+        rot_weights(tmp / rel)
+
+    return setup
+
+
+# issue 18: the real PostgreSQL and MariaDB servers of this machine kind (their `test` databases,
+# which nothing writes to: each case is refused before a table or row is made)
+PG_TEST = "postgresql://postgres@127.0.0.1:5432/test"
+MYSQL_TEST = "mysql://root@127.0.0.1:3306/test"
+#: a PostgreSQL session made read-only by its URL (libpq's ``options``)
+PG_READ_ONLY = "options=-c%20default_transaction_read_only%3Don"
+#: a MariaDB / MySQL session made read-only by its URL (PyMySQL runs it on every connection)
+MYSQL_READ_ONLY = "init_command=SET%20SESSION%20TRANSACTION%20READ%20ONLY"
+#: a MariaDB user granted nothing but SELECT on `test` (made by a case, dropped at exit)
+READER = f"af_reader_{os.getpid()}"
+
+
+def _server(url: str) -> Callable[[Path], None]:
+    """Set-up: the server of ``url`` answers (else skip; under CI=true a failure)."""
+
+    def setup(tmp: Path) -> None:
+        import sqlalchemy as sa
+
+        engine = sa.create_engine(url)
+        try:
+            with engine.connect():
+                pass
+        except sa.exc.OperationalError as e:
+            need(False, f"no server at {url}: {str(e.orig).splitlines()[0]}")
+        finally:
+            engine.dispose()
+
+    return setup
+
+
+def _select_only_reader(tmp: Path) -> None:
+    """Set-up: the MariaDB user :data:`READER`, granted only SELECT on `test`."""
+    import atexit
+
+    import sqlalchemy as sa
+
+    _server(MYSQL_TEST)(tmp)
+    admin = sa.create_engine(MYSQL_TEST, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(sa.text(f"CREATE USER IF NOT EXISTS '{READER}'@'%'"))
+        c.execute(sa.text(f"GRANT SELECT ON `test`.* TO '{READER}'@'%'"))
+
+    def drop() -> None:
+        with admin.connect() as c:
+            c.execute(sa.text(f"DROP USER IF EXISTS '{READER}'@'%'"))
+        admin.dispose()
+
+    atexit.register(drop)
 
 
 CASES: list[Case] = [
@@ -469,6 +533,122 @@ CASES: list[Case] = [
         "dataset-inf-on-existing-study",
         _search(dataset="{broken}/inf_in_numeric"),
         ["column age"],
+    ),
+    # issue 18: bit rot (one byte flipped in a weight file's tensor data, its header intact)
+    Case(
+        "export-bit-flipped-checkpoint",
+        ["export", "--study", "s", "--trial", "0", "--out", "{tmp}/out", "--workdir", "{work}"],
+        ["trial_0.safetensors", "sha256 mismatch", "--retrain"],
+        setup=_rot("work/trials/s/checkpoints/trial_0.safetensors"),
+    ),
+    Case(
+        "predict-bit-flipped-best",
+        ["predict", "{work}/trials/s/best", "{good}", "--out", "{tmp}/p.csv"],
+        ["best/model.safetensors", "sha256 mismatch", "re-export the model"],
+        setup=_rot("work/trials/s/best/model.safetensors"),
+    ),
+    Case(
+        "predict-bit-flipped-export",
+        ["predict", "{tmp}/export", "{good}", "--out", "{tmp}/p.csv"],
+        ["export/model.safetensors", "sha256 mismatch"],
+        setup=_rot("export/model.safetensors", export=True),
+    ),
+    # issue 18: a process whose work folder lacks the study's files (no shared artifact store)
+    Case(
+        "search-joins-from-another-workdir",
+        _search("--storage", "sqlite:///{work}/trials/autofuse.db", workdir="{tmp}/other"),
+        ["study 's' keeps its files", "--workdir", "--artifacts"],
+    ),
+    Case(
+        "worker-joins-from-another-workdir",
+        ["worker", "--study", "s", "--storage", "sqlite:///{work}/trials/autofuse.db"]
+        + ["--workdir", "{tmp}/other", "--mlflow-uri", "off"],
+        ["study 's' keeps its files", "--workdir", "--artifacts"],
+    ),
+    # issue 18: storages
+    Case(
+        "storage-plain-postgresql-unreachable",
+        _search("--storage", f"postgresql://bob:{SECRET}@127.0.0.1:9/optuna"),
+        ["postgresql://bob:***@127.0.0.1:9/optuna", "cannot connect"],
+    ),
+    Case(
+        "storage-plain-mariadb-unreachable",
+        _search("--storage", "mariadb://root@127.0.0.1:9/x"),
+        ["--storage 'mariadb://root@127.0.0.1:9/x'", "cannot connect"],
+    ),
+    Case(
+        "storage-postgresql-read-only-session",
+        _search("--storage", f"postgresql://postgres:{SECRET}@127.0.0.1:5432/test?{PG_READ_ONLY}"),
+        ["postgres:***@127.0.0.1:5432/test", "read-only (transaction_read_only is on)"],
+        setup=_server(PG_TEST),
+    ),
+    Case(
+        "storage-mariadb-read-only-session",
+        _search("--storage", f"{MYSQL_TEST}?{MYSQL_READ_ONLY}"),
+        [f"--storage {MYSQL_TEST}?init_command=", "read-only (the session is read-only"],
+        setup=_server(MYSQL_TEST),
+    ),
+    Case(
+        "storage-mariadb-select-only-user",
+        _search("--storage", MYSQL_TEST.replace("root@", f"{READER}@")),
+        [f"{READER}@127.0.0.1:3306/test", f"read-only (the user {READER}@% is granted no INSERT"],
+        setup=_select_only_reader,
+    ),
+    Case(
+        "studies-mariadb-read-only-empty",
+        ["studies", "--storage", f"{MYSQL_TEST}?{MYSQL_READ_ONLY}"],
+        ["read-only", "holds no study yet"],
+        setup=_server(MYSQL_TEST),
+    ),
+    # issue 18: names, targets, arrays
+    Case("study-name-trailing-newline", _search(study="new\n"), ["--study 'new\\n'"]),
+    Case("study-name-carriage-return", _search(study="new\r"), ["--study 'new\\r'"]),
+    Case("study-name-control-char", _search(study="ne\x01w"), ["--study 'ne\\x01w'"]),
+    Case(
+        "worker-study-name-newline",
+        ["worker", "--study", "s\n", "--storage", "sqlite:///{work}/trials/autofuse.db"]
+        + ["--workdir", "{work}"],
+        ["--study 's\\n'"],
+    ),
+    Case(
+        "export-register-name-newline",
+        ["export", "--study", "s\n", "--out", "{tmp}/out", "--register", "--workdir", "{work}"],
+        ["--study 's\\n'"],
+    ),
+    Case(
+        "dataset-one-class-target",
+        _search(study="new", dataset="{broken}/single_class_target"),
+        ["samples.csv, column label", "every training row has the class 'a'"],
+    ),
+    Case(
+        "dataset-constant-regression-target",
+        _search(study="new", dataset="{broken}/constant_regression_target"),
+        ["samples.csv, column label", "constant on the train split"],
+    ),
+    Case(
+        "dataset-class-only-in-test",
+        _search(study="new", dataset="{broken}/class_without_train"),
+        ["column label", "class 'c' has no training sample", "the search refuses the dataset"],
+    ),
+    Case(
+        "dataset-npy-nan",
+        _search(study="new", dataset="{broken}/nan_in_npy"),
+        ["row 2 (id=s2), column watch_path", "ts/2.npy", "nan at [5, 1]"],
+    ),
+    Case(
+        "dataset-npy-inf",
+        _search(study="new", dataset="{broken}/inf_in_npy"),
+        ["row 4 (id=s4), column watch_path", "ts/4.npy", "-inf at [0, 2]"],
+    ),
+    Case(
+        "dataset-modality-name-newline",
+        _search(study="new", dataset="{broken}/newline_in_modality_name"),
+        ["dataset.yaml, key modalities", "['review\\n']"],
+    ),
+    Case(
+        "dataset-column-name-newline",
+        _search(study="new", dataset="{broken}/newline_in_column_name"),
+        ["dataset.yaml, key target.column", "'label\\n'"],
     ),
 ]
 
