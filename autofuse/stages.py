@@ -114,7 +114,9 @@ def skip_queued(st: optuna.Study, stage: str, why: str) -> list[int]:
         if storage.set_trial_state_values(t._trial_id, TS.FAIL):
             out.append(t.number)
     if out:
-        log.info("study %s: %d queued %s trial(s) skipped (%s)", st.study_name, len(out), stage, why)
+        log.info(
+            "study %s: %d queued %s trial(s) skipped (%s)", st.study_name, len(out), stage, why
+        )
     return out
 
 

@@ -431,9 +431,7 @@ def open_fusion_search(plan: StudyPlan) -> None:
 
     def fusion_trials() -> list:
         return [
-            t
-            for t in st.get_trials(deepcopy=False)
-            if stage_of(t) == FUSION and not is_skipped(t)
+            t for t in st.get_trials(deepcopy=False) if stage_of(t) == FUSION and not is_skipped(t)
         ]
 
     def room() -> int:

@@ -7,7 +7,7 @@ Markdown, so both say the same thing with the same numbers.
 
 from __future__ import annotations
 
-from autofuse._util import best_first, json_text
+from autofuse._util import best_first, first_line, json_text
 from autofuse.report.blocks import (
     H3,
     KV,
@@ -191,7 +191,10 @@ def section_summary(d: ReportData) -> Section:
             ("Best test metrics", _metrics_line(b["test_metrics"])),
         ]
     items += [
-        (f"Trial {f['trial']} failed", f"{f.get('reason') or ''} {f.get('error') or ''}".strip())
+        (
+            f"Trial {f['trial']} failed",
+            f"{f.get('reason') or ''} {first_line(f.get('error') or '')}".strip(),
+        )
         for f in d.failed[:5]
     ]
     items.append(("History", f"read from the {d.source} tables; report generated {d.generated_at}"))
