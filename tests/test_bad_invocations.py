@@ -650,6 +650,12 @@ CASES: list[Case] = [
         _search(study="new", dataset="{broken}/newline_in_column_name"),
         ["dataset.yaml, key target.column", "'label\\n'"],
     ),
+    # issue 19: group column
+    Case(
+        "dataset-group-column-missing",
+        _search(study="new", dataset="{broken}/unknown_group_column"),
+        ["dataset.yaml, key group", "column 'subject' not found in samples.csv"],
+    ),
 ]
 
 

@@ -6,6 +6,7 @@ Example::
     train = ds.indices("train")
     paths = ds.file_paths("digit_image")            # absolute paths, None where missing
     y = ds.y[train]
+    groups = ds.groups()                            # per-row group (subject, ...) or None
 """
 
 from __future__ import annotations
@@ -83,6 +84,8 @@ class Dataset:
             multi-hot ``[N, C]``.
         split: per-row ``"train"`` | ``"val"`` | ``"test"`` (object array of str).
         modality_names: modality names in config order.
+        group_column: the column holding each row's group (``group`` in ``dataset.yaml``, else
+            a ratio split's ``group``), or None; see :meth:`groups`.
     """
 
     def __init__(
@@ -123,6 +126,7 @@ class Dataset:
         self.y = checked.y
         self.split = checked.split.astype(str).astype(object)
         self.modality_names = list(config.modalities)
+        self.group_column = config.group_column
         self._checked = checked
         self._fingerprint: str | None = None
         logger.info(
@@ -164,6 +168,7 @@ class Dataset:
         root: str | os.PathLike[str] | None = None,
         name: str = "dataframe",
         id_column: str | None = None,
+        group: str | None = None,
     ) -> Dataset:
         """Build a dataset from a DataFrame, inferring what is not given.
 
@@ -181,11 +186,14 @@ class Dataset:
                 directory).
             name: dataset name.
             id_column: id column; None uses a unique column named ``id`` if there is one.
+            group: column holding each row's group (subject, session, ...), like ``group`` in
+                ``dataset.yaml``: cross-validation folds and a ratio split keep each group whole.
+                It is not inferred as an input modality.
 
         Raises:
             DatasetError: listing every problem found.
         """
-        raw = infer_config(df, target, modalities, task, split, name, id_column)
+        raw = infer_config(df, target, modalities, task, split, name, id_column, group)
         try:
             config = DatasetConfig.model_validate(raw)
         except ValidationError as exc:
@@ -324,7 +332,7 @@ class Dataset:
                         else s
                         for v in frame[mod.cols[0]].tolist()
                     ]
-        update: dict[str, Any] = {"split": RatioSplit()}
+        update: dict[str, Any] = {"split": RatioSplit(), "group": None}  # no groups needed
         if cfg.id_column is not None and cfg.id_column not in frame.columns:
             update["id_column"] = None
         cfg = cfg.model_copy(update=update)
@@ -370,6 +378,7 @@ class Dataset:
         self.y = checked.y  # None when the table has no target column
         self.split = np.full(len(checked.frame), "", dtype=object)
         self.modality_names = list(cfg.modalities)
+        self.group_column = None
         self._checked = checked
         self._fingerprint = None
         self.table_label = table_label
@@ -396,6 +405,13 @@ class Dataset:
     def __repr__(self) -> str:
         mods = ", ".join(f"{n}={self.modality_type(n)}" for n in self.modality_names)
         return f"Dataset({self.name!r}, rows={len(self)}, task={self.task}, {mods})"
+
+    def groups(self) -> np.ndarray | None:
+        """Per-row group (object array of ``str``, ``[N]``) from :attr:`group_column`, or None
+        when the dataset declares no group. Rows sharing a value belong together: a
+        cross-validation fold (:func:`autofuse.data.splits.cv_folds`) never splits them."""
+        groups = self._checked.groups
+        return None if groups is None or self.group_column is None else groups.copy()
 
     def indices(self, split: str) -> np.ndarray:
         """int64 row indices of one split (``train``, ``val`` or ``test``)."""
@@ -458,6 +474,9 @@ class Dataset:
     def fingerprint(self) -> str:
         """sha256 hex over the normalised config, the table content and every referenced file.
 
+        The normalised config holds the group column when one is declared (``group``); a dataset
+        without one hashes exactly as before the key existed, so its studies still resume.
+
         File digests are memoised per process by (path, size, mtime_ns); the result is cached on
         the instance. Moving the dataset folder does not change it; editing one byte of any
         referenced file does.
@@ -480,7 +499,8 @@ class Dataset:
         Keys: ``name``, ``task``, ``target``, ``rows``, ``splits`` (rows per split),
         ``classes`` (None for regression), ``class_counts`` (classification / multilabel),
         ``modalities`` ({name: type}), ``missing_rate`` ({name: fraction of rows without it}),
-        ``fingerprint``.
+        ``group`` (the group column, None without one), ``groups`` (how many groups; only with a
+        group column), ``fingerprint``.
         """
         summary = summarize(self.config, self._checked)
         summary["fingerprint"] = self.fingerprint()

@@ -178,6 +178,7 @@ def infer_config(
     split: dict[str, Any] | None = None,
     name: str = "dataframe",
     id_column: str | None = None,
+    group: str | None = None,
 ) -> dict[str, Any]:
     """Build the raw config dict for :meth:`Dataset.from_dataframe` (validated by the caller).
 
@@ -190,6 +191,7 @@ def infer_config(
             if there is one, else ``{val: 0.15, test: 0.15, seed: 0}``.
         name: dataset name.
         id_column: id column; None picks a unique column named ``id`` / ``sample_id`` / ``uid``.
+        group: the group column (``group`` in ``dataset.yaml``); never inferred as an input.
 
     Returns:
         A dict in the shape of ``dataset.yaml``.
@@ -198,6 +200,8 @@ def infer_config(
         task = infer_task(df[target]) if target in df.columns else "classification"
         logger.info("target %r: inferred task %s", target, task)
     exclude = {target}
+    if group is not None:
+        exclude.add(group)
     if id_column is None:
         id_column = infer_id_column(df, exclude)
     if id_column is not None:
@@ -222,4 +226,6 @@ def infer_config(
     }
     if id_column is not None:
         config["id_column"] = id_column
+    if group is not None:
+        config["group"] = group
     return config

@@ -10,10 +10,18 @@ Example::
     id_column: id
     target: {column: label, task: classification}
     split: {column: split}               # or {val: 0.15, test: 0.15, seed: 0, group: subject}
+    group: subject                       # optional: each row's group (subject, session, ...)
     modalities:
       digit_image: {type: image, column: image_path}
       meta:        {type: tabular, columns: [age, dept], categorical: [dept]}
     non_finite: error                    # or missing: inf / nan cells count as missing
+
+``group`` names the column holding each row's group (a subject, a session, a patient: rows that
+are not independent of each other). Rows of one group never straddle two cross-validation folds,
+and a ratio split keeps each group whole in one split (as if ``split.group`` named the same
+column; a ``split.group`` naming another column is an error). Every row needs a group: an empty
+group cell is a problem naming its row. ``split.group`` alone still works and also serves as the
+dataset's group.
 """
 
 from __future__ import annotations
@@ -208,6 +216,9 @@ class DatasetConfig(_Strict):
         target: what to predict.
         split: a :class:`ColumnSplit` or a :class:`RatioSplit` (default: ratio 0.15 / 0.15).
         modalities: input modalities by name, in order.
+        group: optional column holding each row's group (subject, session, patient, ...): rows
+            of one group never straddle two cross-validation folds, nor two splits of a ratio
+            split. ``split.group`` must name the same column when both are given.
         non_finite: what a non-finite value (``inf``, ``-inf``, ``1e400``, a NaN literal such
             as ``nan`` or ``n/a``) in a numeric tabular column does: ``error`` (default: each
             one is a problem naming its row and column) or ``missing`` (the cell counts as
@@ -221,8 +232,34 @@ class DatasetConfig(_Strict):
     split: SplitConfig = Field(default_factory=RatioSplit)
     modalities: dict[str, ModalityConfig] = Field(min_length=1)
     non_finite: NonFinitePolicy = "error"
+    group: str | None = Field(default=None, min_length=1)
 
-    _names = field_validator("name", "id_column")(_check_name)
+    _names = field_validator("name", "id_column", "group")(_check_name)
+
+    @model_validator(mode="after")
+    def _one_group_column(self) -> DatasetConfig:
+        split_group = self.split.group if isinstance(self.split, RatioSplit) else None
+        if self.group is not None and split_group is not None and split_group != self.group:
+            raise ValueError(
+                f"key group names column '{self.group}' but key split.group names "
+                f"'{split_group}': give one group column (drop split.group, or make both the same)"
+            )
+        return self
+
+    @property
+    def group_column(self) -> str | None:
+        """The column holding each row's group: ``group``, else a ratio split's ``group``,
+        else None."""
+        if self.group is not None:
+            return self.group
+        return self.split.group if isinstance(self.split, RatioSplit) else None
+
+    @property
+    def group_key(self) -> str | None:
+        """The ``dataset.yaml`` key that declared :attr:`group_column` (for messages)."""
+        if self.group is not None:
+            return "group"
+        return "split.group" if self.group_column is not None else None
 
     @field_validator("modalities")
     @classmethod
@@ -250,6 +287,8 @@ class DatasetConfig(_Strict):
         doc = self.model_dump(mode="json")
         if doc["non_finite"] == "error":
             del doc["non_finite"]
+        if doc["group"] is None:
+            del doc["group"]
         for mod in doc["modalities"].values():
             if not mod["numeric"]:
                 del mod["numeric"]

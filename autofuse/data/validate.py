@@ -75,7 +75,6 @@ from autofuse.data.schema import (
     ColumnSplit,
     DatasetConfig,
     ModalityConfig,
-    RatioSplit,
 )
 from autofuse.data.splits import (
     _systematic,
@@ -181,6 +180,8 @@ class CheckedData:
         present: per modality, bool mask of rows having it.
         paths: per file modality, absolute path per row (None where missing).
         tabular: per tabular modality, ``(numeric, categorical)`` column lists.
+        groups: per-row group (object array of ``str``) when the config declares a group
+            column (``group`` or ``split.group``) and every row has one; else None.
         cell_faults: cells of numeric tabular columns that hold no usable number (their value
             in ``frame`` is NaN whatever the policy: nothing non-finite is passed on), and
             ``.npy`` files with NaN / inf values (the timeseries preprocessing imputes them).
@@ -196,6 +197,7 @@ class CheckedData:
     present: dict[str, np.ndarray] = field(default_factory=dict)
     paths: dict[str, list[Path | None]] = field(default_factory=dict)
     tabular: dict[str, tuple[list[str], list[str]]] = field(default_factory=dict)
+    groups: np.ndarray | None = None
     cell_faults: list[CellFault] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -271,9 +273,14 @@ class _Checker:
         if cfg.id_column is not None and self.has(cfg.id_column, "id_column"):
             self.check_ids(cfg.id_column)
         split_col = cfg.split.column if isinstance(cfg.split, ColumnSplit) else None
-        group_col = cfg.split.group if isinstance(cfg.split, RatioSplit) else None
+        group_col, group_key = cfg.group_column, cfg.group_key or "group"
         has_split = self.has(split_col, "split.column") if split_col else False
-        has_group = self.has(group_col, "split.group") if group_col else False
+        has_group = self.has(group_col, group_key) if group_col else False
+        if group_col is not None and has_group:
+            # read before the modalities: a group column that is also an input keeps its cells
+            self.read_groups(
+                group_col, used=any(group_col in m.cols for m in cfg.modalities.values())
+            )
         # Inputs must not leak the target or the split assignment.
         reserved = {target: "the target"}
         if split_col is not None:
@@ -293,8 +300,13 @@ class _Checker:
                 self.check_modality(name, mod)
         if has_target:
             self.read_target(target)
-        if (split_col is None or has_split) and (group_col is None or has_group):
-            self.assign_split(split_col, group_col)
+        if split_col is not None:
+            if has_split:
+                self.assign_split(split_col)
+        elif group_col is None or self.out.groups is not None:
+            self.assign_split(None)
+        if self.out.groups is not None and isinstance(cfg.split, ColumnSplit) and has_split:
+            self.note_straddling_groups(group_col or "")
         if has_target and self.out.split is not None:
             if cfg.target.task == "regression":
                 self.check_train_values(target)
@@ -543,7 +555,44 @@ class _Checker:
         self.out.classes = classes
         self.out.y = y
 
-    def assign_split(self, split_col: str | None, group_col: str | None) -> None:
+    def read_groups(self, column: str, used: bool) -> None:
+        """Per-row groups into ``out.groups``; an empty cell is a problem naming its row (a row
+        without a group could not be kept apart from the rows it depends on) and leaves
+        ``out.groups`` None. ``used``: the column is also a modality input, whose cells the
+        modality checks normalise themselves (so the frame is not rewritten here)."""
+        groups = column_strings(self.frame[column]) if used else self.strings(column)
+        empty = [i for i, g in enumerate(groups) if g is None]
+        for i in empty:
+            self.add(
+                self.row(i, column),
+                "empty group value; give every row its group (rows of a group are kept together)",
+                "empty_group",
+            )
+        if not empty:
+            self.out.groups = np.array(groups, dtype=object)
+
+    def note_straddling_groups(self, column: str) -> None:
+        """A note (not a problem) when the split column puts one group in several splits: the
+        test figure is then not free of that group, though the folds still are."""
+        assert self.out.groups is not None and self.out.split is not None
+        seen: dict[str, set[str]] = {}
+        for g, s in zip(self.out.groups.tolist(), self.out.split.tolist(), strict=True):
+            if s:
+                seen.setdefault(g, set()).add(s)
+        mixed = sorted(g for g, splits in seen.items() if len(splits) > 1)
+        if not mixed:
+            return
+        first = mixed[0]
+        note = (
+            f"{self.table}, column {column}: {len(mixed)} group(s) have rows in more than one "
+            f"split (e.g. '{first}': {', '.join(s for s in SPLIT_NAMES if s in seen[first])}); "
+            "cross-validation folds keep groups whole, but val / test rows then share groups "
+            "with training rows"
+        )
+        self.out.notes.append(note)
+        logger.info("%s", note)
+
+    def assign_split(self, split_col: str | None) -> None:
         spec = self.config.split
         if isinstance(spec, ColumnSplit):
             assert split_col is not None
@@ -555,18 +604,12 @@ class _Checker:
                     self.add(self.row(i, split_col), message, "bad_split_value")
             where = f"{self.table}, column {split_col}"
         else:
-            groups = None
-            if group_col is not None:
-                groups = self.strings(group_col)
-                for i, g in enumerate(groups):
-                    if g is None:
-                        self.add(self.row(i, group_col), "empty group value", "empty_group")
-                if any(g is None for g in groups):
-                    return
+            groups = None if self.out.groups is None else self.out.groups.tolist()
             strata = class_strata(self.config.target.task, self.out.y)
             split = ratio_split(self.n, spec, strata=strata, groups=groups)
             where = f"{self.cfg_label}, key split"
-        for message in empty_split_messages(split, spec, self.n):
+        group = self.config.group_column
+        for message in empty_split_messages(split, spec, self.n, group=group):
             self.add(where, message, "empty_split")
         self.out.split = split
 
@@ -670,6 +713,7 @@ def summarize(config: DatasetConfig, checked: CheckedData) -> dict[str, Any]:
         "splits": {s: int((split == s).sum()) for s in SPLIT_NAMES},
         "classes": checked.classes,
         "modalities": {name: mod.type for name, mod in config.modalities.items()},
+        "group": config.group_column,
         "missing_rate": {
             name: round(float(1.0 - checked.present[name].mean()), 6) if n else 0.0
             for name in config.modalities
@@ -680,6 +724,8 @@ def summarize(config: DatasetConfig, checked: CheckedData) -> dict[str, Any]:
         y = checked.y
         counts = np.bincount(y[y >= 0], minlength=len(checked.classes)) if y.ndim == 1 else y.sum(0)
         summary["class_counts"] = {c: int(k) for c, k in zip(checked.classes, counts, strict=True)}
+    if checked.groups is not None:
+        summary["groups"] = len(set(checked.groups.tolist()))
     if checked.notes:
         summary["notes"] = list(checked.notes)
     return summary

@@ -483,6 +483,14 @@ def make_broken(root: Path = BROKEN) -> list[str]:
         config["target"]["column"] = "label\n"
         standard(d, rows, config)
 
+    # -- issue 19: the group column ---------------------------------------------------------
+
+    @register
+    def unknown_group_column(d: Path) -> None:
+        rows, config = case()
+        config["group"] = "subject"  # no such column
+        standard(d, rows, config)
+
     @register
     def three_problems(d: Path) -> None:
         rows, config = case(("image_path",))

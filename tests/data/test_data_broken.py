@@ -128,6 +128,10 @@ EXPECTED: dict[str, list[str]] = {
         "'label\\n'",
         "control character",
     ],
+    "unknown_group_column": [
+        "dataset.yaml, key group",
+        "column 'subject' not found in samples.csv",
+    ],
 }
 
 
