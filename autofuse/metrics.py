@@ -47,6 +47,25 @@ def compute_metrics(task: str, y_true: np.ndarray, outputs: np.ndarray) -> dict[
     }
 
 
+def proper_loss(task: str, y_true: np.ndarray, outputs: np.ndarray) -> float:
+    """A proper scoring rule of raw outputs (lower is better): the mean log-loss of the softmax
+    probabilities (classification), of the sigmoid probabilities (multilabel), or the mean
+    squared error on the original scale (regression). It breaks ties of the metric when designs
+    are ranked (a saturated accuracy says nothing more; the loss still does)."""
+    if len(y_true) == 0:
+        return float("nan")
+    out = np.asarray(outputs, dtype=np.float64)
+    if task == "classification":
+        z = out - out.max(axis=1, keepdims=True)
+        logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        return float(-logp[np.arange(len(y_true)), np.asarray(y_true, dtype=np.int64)].mean())
+    if task == "regression":
+        y = np.asarray(y_true, dtype=np.float64)
+        return float(np.mean((y - out.reshape(-1)) ** 2))
+    y = np.asarray(y_true, dtype=np.float64)  # multilabel: binary cross-entropy per label
+    return float(np.mean(np.logaddexp(0.0, out) - y * out))
+
+
 def is_better(a: float, b: float | None, direction: str) -> bool:
     """Whether ``a`` beats ``b`` for the task's direction (see :func:`autofuse._util.better`)."""
     return better(a, b, direction)

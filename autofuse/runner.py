@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,9 @@ import torch
 from autofuse._util import atomic_write_dir, first_line
 from autofuse.encoders import FeatureCache, PreparedModality, prepare_modality
 from autofuse.encoders.cache import CachedFeatures, encoder_features
+from autofuse.ensemble import combine
 from autofuse.errors import ConfigError, MissingFiles
+from autofuse.metrics import OBJECTIVES, compute_metrics, proper_loss
 from autofuse.model import MultimodalModel, build_model
 from autofuse.spec import ArchitectureSpec
 from autofuse.storage.artifacts import ArtifactStore
@@ -35,6 +38,7 @@ from autofuse.train import (
     fit,
     measure_latency_ms,
     param_groups,
+    predict_outputs,
 )
 from autofuse.weights import read_weights, save_weights
 
@@ -165,6 +169,12 @@ class CandidateResult:
     timed_out: bool = False
     #: stage-1 encoder weights a frozen-with-source encoder uses (checkpoints must keep them)
     source_state: dict[str, torch.Tensor] = field(default_factory=dict)
+    #: how ``val_metrics`` were measured (:meth:`CandidateRunner.run_cv`: ``kind`` "cv", the
+    #: per-fold scores and losses); None: on the validation split
+    selection: dict[str, Any] | None = None
+    #: K-fold runs: the out-of-fold raw outputs of the pooled rows and the fold models' averaged
+    #: test outputs (``{"rows", "oof", "test"}``)
+    oof: dict[str, np.ndarray] | None = None
 
     def metrics_fields(self) -> dict[str, Any]:
         """The result as trial-record fields (what SQL, Optuna and MLflow store)."""
@@ -179,6 +189,7 @@ class CandidateResult:
             "best_epoch": self.best_epoch,
             "epochs_trained": self.epochs_trained,
             "resumed_from_epoch": self.resumed_from_epoch or None,
+            **({"selection": self.selection} if self.selection else {}),
             **({"low_fidelity": True, "reason": "timeout"} if self.timed_out else {}),
         }
 
@@ -454,6 +465,120 @@ class CandidateRunner:
             latency_ms=measure_latency_ms(model, trial_data, self.device),
             timed_out=res.timed_out,
             source_state=self.source_state(spec),
+        )
+
+    def run_cv(
+        self,
+        spec: ArchitectureSpec,
+        folds: list[np.ndarray],
+        *,
+        on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+        on_fold: Callable[[int, list[float]], None] | None = None,
+        deadline: float | None = None,
+        amp: bool = False,
+    ) -> CandidateResult:
+        """Rank a design by K-fold cross-validation over the rows of ``folds`` (each array: one
+        fold's held-out rows; together the pool the heads may learn from).
+
+        Fold k trains a fresh model (seeded by the spec) on the other folds, stops early on fold
+        k and predicts it: every pooled row gets one out-of-fold prediction. ``val_metrics`` are
+        the means over folds of each held-out fold's metrics (the selection estimate), the test
+        metrics those of the fold models' averaged outputs (bagging, as AutoGluon does), and
+        ``selection`` keeps the per-fold scores and proper losses
+        (:func:`autofuse.metrics.proper_loss`). ``on_epoch`` gets epochs numbered across folds;
+        ``on_fold(k, scores)`` after each fold (it may prune). A deadline that passes ends the
+        run after the current fold: the folds done are a low-fidelity estimate. The first
+        fold's model is the design's model (its checkpoint, a finalist's starting point).
+        """
+        data, info = self.prepare(spec)
+        trial_data = data.with_inputs(trial_inputs(data.inputs, self.device))
+        task, metric = self.task, OBJECTIVES[self.task][0]
+        pool = np.sort(np.concatenate(folds))
+        test = data.splits["test"]
+        t = spec.training
+        oof: np.ndarray | None = None
+        per_fold: list[dict[str, float]] = []
+        losses, test_outs, history = [], [], []
+        first: tuple[MultimodalModel, Any] | None = None
+        timed_out, train_time, epochs_run = False, 0.0, 0
+        for k, held in enumerate(folds):
+            fold = dataclasses.replace(
+                trial_data,
+                splits={**trial_data.splits, "train": np.setdiff1d(pool, held), "val": held},
+            )
+            model = self.build(spec, info)
+            base = epochs_run
+
+            def numbered(epoch: int, metrics: dict[str, float], base: int = base) -> None:
+                history.append({"epoch": base + epoch, **metrics})
+                if on_epoch is not None:
+                    on_epoch(base + epoch, metrics)
+
+            res = fit(
+                model,
+                fold,
+                lr=t.lr,
+                weight_decay=t.weight_decay,
+                batch_size=t.batch_size,
+                epochs=t.epochs,
+                patience=t.patience,
+                aux_weight=t.aux_weight,
+                seed=t.seed + k,
+                device=self.device,
+                on_epoch=numbered,
+                deadline=deadline,
+                amp=amp,
+                encoder_lr_scale=t.encoder_lr_scale,
+            )
+            out = predict_outputs(model, fold, held, self.device)
+            oof = np.zeros((len(data.y_raw), *out.shape[1:]), out.dtype) if oof is None else oof
+            oof[held] = out
+            per_fold.append(compute_metrics(task, data.y_raw[held], out))
+            losses.append(proper_loss(task, data.y_raw[held], out))
+            test_outs.append(predict_outputs(model, fold, test, self.device))
+            train_time += res.train_time_s
+            epochs_run += res.epochs_run
+            if first is None:
+                first = (model, res)
+            scores = [m[metric] for m in per_fold]
+            if on_fold is not None:
+                on_fold(k, scores)
+            if res.timed_out or (deadline is not None and time.time() >= deadline):
+                timed_out = k + 1 < len(folds) or res.timed_out
+                break
+        model, res0 = first
+        scores = [m[metric] for m in per_fold]
+        val = {key: float(np.mean([m[key] for m in per_fold])) for key in per_fold[0]}
+        bagged = combine(test_outs, [1.0] * len(test_outs), task) if len(test) else None
+        return CandidateResult(
+            spec=spec,
+            model=model,
+            data=data,
+            dataset_info=info,
+            val_metrics=val,
+            test_metrics=compute_metrics(task, data.y_raw[test], bagged) if len(test) else {},
+            history=history,
+            best_epoch=res0.best_epoch,
+            epochs_run=epochs_run,
+            epochs_trained=epochs_run,
+            resumed_from_epoch=0,
+            train_time_s=train_time,
+            n_params=count_params(model),
+            latency_ms=measure_latency_ms(model, trial_data, self.device),
+            timed_out=timed_out,
+            source_state=self.source_state(spec),
+            selection={
+                "kind": "cv",
+                "folds": len(folds),
+                "folds_done": len(scores),
+                "metric": metric,
+                "scores": scores,
+                "mean": float(np.mean(scores)),
+                "std": float(np.std(scores)),
+                "loss": losses,
+                "loss_mean": float(np.mean(losses)),
+            },
+            oof={"rows": pool, "oof": oof[pool], "test": bagged},
         )
 
 

@@ -267,6 +267,11 @@ class StagesConfig(BaseModel):
     #: share of the training rows the stage-1 encoders do NOT see: stage-2 fusion heads train
     #: on these rows, whose features are honest (not memorised by the encoder)
     fusion_rows: float = Field(0.4, gt=0, lt=1)
+    #: stage 2 ranks a design by K-fold cross-validation over the rows its head may learn from
+    #: (the fusion rows and the validation rows; stratified, grouped by the dataset's group
+    #: column): the trial's value is the mean over folds, a selection estimate. 1: trained on the
+    #: fusion rows and ranked on the validation split alone (the single-split selection)
+    folds: int = Field(1, ge=1, le=20)
     #: search the modality subset (``keep.<modality>``) in stage 2
     subset: bool = True
     #: token-level fusions see at most this many tokens per modality

@@ -37,8 +37,9 @@ import numpy as np
 import optuna
 import torch
 
-from autofuse._util import best_first, better, finite, stable_hash
+from autofuse._util import best_first, better, finite, sort_sign, stable_hash
 from autofuse.checkpoints import CheckpointStore
+from autofuse.data.splits import cv_folds
 from autofuse.encoders import EncoderSpec
 from autofuse.ensemble import combine, greedy_selection
 from autofuse.errors import ConfigError
@@ -175,6 +176,9 @@ class StagePlan:
     reused: dict[str, Any] | None = None
     #: the time limit applies from the second epoch (a modality's first encoder must give one)
     first_epoch_free: bool = False
+    #: stage 2 with ``stages.folds`` > 1: each fold's held-out rows (the design is ranked by
+    #: cross-validation over them, :meth:`autofuse.runner.CandidateRunner.run_cv`)
+    folds: list[np.ndarray] | None = None
 
     @property
     def prunable(self) -> bool:
@@ -199,6 +203,7 @@ class Stages:
         self.encoder_rows, self.fusion_rows = split_train_rows(
             t.splits["train"], t.y_raw, runner.task, cfg.fusion_rows
         )
+        self._folds: dict[bool, list[np.ndarray]] = {}
 
     @property
     def modalities(self) -> dict[str, str]:
@@ -288,7 +293,25 @@ class Stages:
         spec = suggest_fusion_spec(trial, self.space, choices, best)
         trained = any(e.source is not None for e in spec.encoders.values())
         rows = self.fusion_rows if trained else None
-        return StagePlan(FUSION, spec, {"kept": sorted(spec.encoders)}, train_rows=rows)
+        folds = self.folds(trained) if self.space.stages.folds > 1 else None
+        plan = StagePlan(FUSION, spec, {"kept": sorted(spec.encoders)}, train_rows=rows)
+        plan.folds = folds
+        return plan
+
+    def folds(self, trained: bool) -> list[np.ndarray]:
+        """The cross-validation folds of stage 2: the rows a fusion head may learn from (the
+        fusion rows when a stage-1 encoder trained on the others, every training row over
+        frozen pretrained encoders) and the validation rows, in ``stages.folds`` folds,
+        stratified by class, grouped by the dataset's group column. The test rows are in none."""
+        if trained not in self._folds:
+            t = self.runner.template
+            learn = self.fusion_rows if trained else t.splits["train"]
+            pool = np.sort(np.concatenate([learn, t.splits["val"]]))
+            groups = getattr(self.runner.ds, "groups", lambda: None)()
+            self._folds[trained] = cv_folds(
+                pool, t.y_raw, self.runner.task, self.space.stages.folds, groups=groups
+            )
+        return self._folds[trained]
 
     # ---- stage 3 ---------------------------------------------------------------------------------
     def _finalist(self, trial: optuna.Trial) -> StagePlan:
@@ -424,7 +447,8 @@ def enqueue_finalists(st: optuna.Study, space: SearchSpace) -> list[int]:
         for t in st.get_trials(deepcopy=False, states=(TS.COMPLETE,))
         if stage_of(t) == FUSION and finite(t.value)
     ]
-    top = best_first(done, lambda t: t.value, st.direction.name.lower())[: cfg.finalists]
+    sign = sort_sign(st.direction.name.lower())
+    top = sorted(done, key=lambda t: (sign * t.value, _tie_loss(t)))[: cfg.finalists]
     origins = _origins(st)
     for t in top:
         spec = t.user_attrs["spec"]
@@ -443,6 +467,13 @@ def enqueue_finalists(st: optuna.Study, space: SearchSpace) -> list[int]:
                 },
             )
     return [t.number for t in top]
+
+
+def _tie_loss(t: Any) -> float:
+    """A cross-validated design's mean proper loss (log-loss, MSE): designs with the same
+    metric (a saturated accuracy) are ranked by it; ``inf`` without one."""
+    loss = (t.user_attrs.get("selection") or {}).get("loss_mean")
+    return float(loss) if finite(loss) else math.inf
 
 
 def _origins(st: optuna.Study) -> dict[str, dict]:

@@ -34,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import optuna
 import torch
 
@@ -293,17 +294,7 @@ class TrialExecution:
         while True:
             oom = None
             try:
-                return self.ctx.runner.run(
-                    self.spec,
-                    on_epoch=self.epoch_end,
-                    on_checkpoint=self.checkpoint,
-                    deadline=self.deadline(),
-                    resume=self.resume if self.attempt == 1 else None,
-                    amp=self.ctx.options.amp,
-                    train_rows=self.plan.train_rows,
-                    init_state=self.plan.init_state,
-                    first_epoch_free=self.plan.first_epoch_free,
-                )
+                return self.train_once()
             except torch.OutOfMemoryError as e:
                 oom = first_line(e) or "out of memory"
                 # the traceback's frames hold the model, its activations and the optimiser
@@ -330,6 +321,31 @@ class TrialExecution:
                 batch_size=training.batch_size,
                 spec=self.spec.model_dump(mode="json"),
             )
+
+    def train_once(self) -> CandidateResult:
+        """One attempt: ``CandidateRunner.run``, or ``run_cv`` for a design ranked by
+        cross-validation (a few seconds per fold: a retry starts it again, no checkpoints)."""
+        runner, plan = self.ctx.runner, self.plan
+        if plan.folds:
+            return runner.run_cv(
+                self.spec,
+                plan.folds,
+                on_epoch=self.epoch_end,
+                on_fold=self.fold_end,
+                deadline=self.deadline(),
+                amp=self.ctx.options.amp,
+            )
+        return runner.run(
+            self.spec,
+            on_epoch=self.epoch_end,
+            on_checkpoint=self.checkpoint,
+            deadline=self.deadline(),
+            resume=self.resume if self.attempt == 1 else None,
+            amp=self.ctx.options.amp,
+            train_rows=plan.train_rows,
+            init_state=plan.init_state,
+            first_epoch_free=plan.first_epoch_free,
+        )
 
     def free_memory(self) -> None:
         """After an out-of-memory error: drop the runner's in-memory inputs, collect what the
@@ -401,12 +417,22 @@ class TrialExecution:
         self.last_epoch = epoch
         self.log.epoch(epoch, metrics)
         self._hooks("on_epoch_end", epoch, metrics)
-        if not self.plan.prunable:
+        if not self.plan.prunable or self.plan.folds:  # cross-validated: pruned fold by fold
             return
         self.trial.report(metrics[self.ctx.metric], epoch)
         if self.trial.should_prune():
             self.log.write(epochs_run=epoch)
             raise optuna.TrialPruned(f"pruned at epoch {epoch}")
+
+    def fold_end(self, fold: int, scores: list[float]) -> None:
+        """A cross-validation fold ended: the pruner sees the mean over the folds so far at
+        step ``fold + 1`` (a design clearly behind after its first fold stops there)."""
+        self.log.write(cv_scores=scores)
+        if not self.plan.prunable:
+            return
+        self.trial.report(sum(scores) / len(scores), fold + 1)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"pruned after fold {fold + 1} of {len(self.plan.folds)}")
 
     def checkpoint(self, epoch: int, make_state: Callable[[], dict[str, Any]]) -> None:
         """Keep the full training state, so a retry continues from this epoch: at most every
@@ -513,7 +539,9 @@ class TrialExecution:
             return
         done = ctx.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
         others = [t.value for t in done if stage_of(t) == FUSION]
-        ctx.store.save_if_top(self.number, value, others, ctx.direction, *args)
+        kept = ctx.store.save_if_top(self.number, value, others, ctx.direction, *args)
+        if kept and result.oof is not None:  # a cross-validated design: its out-of-fold outputs
+            ctx.store.save_outputs(self.number, **oof_outputs(result))
 
     def reuse(self, rec: dict[str, Any]) -> float:
         """A stage-1 run an earlier study already made (same dataset, encoder and settings)."""
@@ -534,6 +562,19 @@ _REUSED = (
     "epochs_run",
     "best_epoch",
 )
+
+
+def oof_outputs(result: CandidateResult) -> dict[str, np.ndarray]:
+    """What a cross-validated design leaves for ensembles: the out-of-fold outputs of the pooled
+    rows (``oof``, ``oof_rows``), of the validation rows among them (``val``) and the fold
+    models' averaged test outputs (``test``)."""
+    oof = result.oof
+    rows = oof["rows"]
+    val = result.data.splits["val"]
+    out = {"oof": oof["oof"], "oof_rows": rows, "val": oof["oof"][np.searchsorted(rows, val)]}
+    if oof["test"] is not None:
+        out["test"] = oof["test"]
+    return out
 
 
 def retried_trial(study: optuna.Study, trial: optuna.Trial) -> int | None:

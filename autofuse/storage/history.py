@@ -91,6 +91,9 @@ class TrialRecord:
     low_fidelity: bool | None = None
     #: peak CUDA memory the trial allocated (MiB); None on the CPU
     peak_gpu_mb: float | None = None
+    #: how ``value`` was measured (a K-fold selection estimate: per-fold scores and losses);
+    #: None: on the validation split
+    selection: dict | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)

@@ -66,6 +66,8 @@ class TrialModel(Base):
     stage = sa.Column(sa.String(16))
     low_fidelity = sa.Column(sa.Boolean)
     peak_gpu_mb = sa.Column(sa.Float)
+    #: how ``value`` was measured: a K-fold selection estimate (per-fold scores, losses)
+    selection = sa.Column(sa.JSON)
 
 
 class EpochModel(Base):

@@ -1,0 +1,144 @@
+"""Stage 2 ranks designs by K-fold cross-validation (issue 19): the trial's value is the mean over
+folds (a selection estimate) with the per-fold scores in its record, the folds cover the rows the
+fusion heads may learn from (never a test row), out-of-fold outputs are kept for the top designs,
+pruning works fold by fold, a study resumes with folds, and ``stages.folds: 1`` is the
+single-split selection of before."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+
+from autofuse.checkpoints import CheckpointStore
+from autofuse.data import Dataset
+from autofuse.metrics import compute_metrics, proper_loss
+from autofuse.stages import FUSION, stage_of
+from autofuse.storage.history import HistoryStore
+from autofuse.study import search
+
+STAGED = Path(__file__).parent / "spaces" / "staged.yaml"
+
+
+def _space(tmp: Path, folds: int, finalists: int = 0) -> str:
+    p = tmp / f"folds{folds}.yaml"
+    p.write_text(
+        f"extends: {STAGED}\nstages: {{enabled: true, folds: {folds}, finalists: {finalists}}}\n"
+    )
+    return str(p)
+
+
+def _fusion(work: Path, study: str) -> list[optuna.trial.FrozenTrial]:
+    url = f"sqlite:///{work / 'trials' / 'autofuse.db'}"
+    trials = optuna.load_study(study_name=study, storage=url).trials
+    return [t for t in trials if stage_of(t) == FUSION]
+
+
+@pytest.fixture(scope="module")
+def cv_study(demo_dataset, tmp_path_factory):
+    work = tmp_path_factory.mktemp("cv")
+    space = _space(work, folds=3, finalists=1)
+    search(
+        demo_dataset,
+        study="cv",
+        space=space,
+        trials=4,
+        workdir=work,
+        progress=False,
+        mlflow_uri="off",
+        report=False,
+    )
+    return work, space
+
+
+def test_a_fusion_trial_is_ranked_by_the_mean_over_folds(cv_study):
+    work, _ = cv_study
+    done = [t for t in _fusion(work, "cv") if t.state.name == "COMPLETE"]
+    assert len(done) == 4
+    for t in done:
+        sel = t.user_attrs["selection"]
+        assert sel["kind"] == "cv" and sel["folds"] == 3 and len(sel["scores"]) == 3
+        assert t.value == pytest.approx(np.mean(sel["scores"]))
+        assert sel["mean"] == pytest.approx(t.value)
+        assert len(sel["loss"]) == 3 and all(np.isfinite(sel["loss"]))
+        assert t.user_attrs["val_metrics"]["accuracy"] == pytest.approx(t.value)
+    # the SQL record keeps the per-fold values too
+    recs = {
+        r.number: r for r in HistoryStore(f"sqlite:///{work / 'trials/autofuse.db'}").trials("cv")
+    }
+    assert all(
+        recs[t.number].selection["scores"] == t.user_attrs["selection"]["scores"] for t in done
+    )
+
+
+def test_out_of_fold_outputs_cover_the_pool_and_no_test_row(cv_study, demo_dataset):
+    work, _ = cv_study
+    ds = Dataset.load(demo_dataset)
+    store = CheckpointStore(work / "trials" / "cv")
+    kept = [
+        t for t in _fusion(work, "cv") if t.state.name == "COMPLETE" and store.has_outputs(t.number)
+    ]
+    assert kept, "the top designs keep their out-of-fold outputs"
+    test, val = set(ds.indices("test")), set(ds.indices("val"))
+    for t in kept:
+        out = store.load_outputs(t.number)
+        rows = out["oof_rows"]
+        assert not test & set(rows.tolist())
+        assert val <= set(rows.tolist())  # the validation rows are in the folds
+        assert len(out["oof"]) == len(rows) and len(out["test"]) == len(test)
+        # the recorded folds' scores are those of the out-of-fold outputs
+        y = np.asarray(ds.y)[rows]
+        acc = compute_metrics("classification", y, out["oof"])["accuracy"]
+        assert min(t.user_attrs["selection"]["scores"]) - 1e-9 <= acc
+        assert acc <= max(t.user_attrs["selection"]["scores"]) + 1e-9
+        assert np.isfinite(proper_loss("classification", y, out["oof"]))
+
+
+def test_a_study_with_folds_resumes(cv_study, demo_dataset):
+    work, space = cv_study
+    search(
+        demo_dataset,
+        study="cv",
+        space=space,
+        trials=6,
+        workdir=work,
+        progress=False,
+        mlflow_uri="off",
+        report=False,
+    )
+    done = [t for t in _fusion(work, "cv") if t.state.name in ("COMPLETE", "PRUNED")]
+    assert len(done) == 4  # stage 3 ran before: the fusion search is not reopened
+    # a new study in the same folder reuses stage 1 and cross-validates too
+    search(
+        demo_dataset,
+        study="cv2",
+        space=_space(work, folds=3),
+        trials=2,
+        workdir=work,
+        progress=False,
+        mlflow_uri="off",
+        report=False,
+    )
+    assert all(t.user_attrs["selection"]["folds"] == 3 for t in _fusion(work, "cv2"))
+
+
+def test_one_fold_is_the_single_split_selection(demo_dataset, tmp_path):
+    search(
+        demo_dataset,
+        study="one",
+        space=_space(tmp_path, folds=1),
+        trials=2,
+        workdir=tmp_path,
+        progress=False,
+        mlflow_uri="off",
+        report=False,
+    )
+    done = [t for t in _fusion(tmp_path, "one") if t.state.name == "COMPLETE"]
+    assert len(done) == 2
+    for t in done:
+        assert "selection" not in t.user_attrs
+        # the value is the validation split's metric at the best epoch, as before
+        best = t.user_attrs["history"][t.user_attrs["best_epoch"] - 1]
+        assert t.value == pytest.approx(best["accuracy"])
