@@ -545,12 +545,16 @@ def _conclude(plan: StudyPlan, wall_time_s: float) -> dict:
     done = st.get_trials(deepcopy=False, states=(TS.COMPLETE,))
     searched = [t for t in done if stage_of(t) == FUSION]
     keep = {t.number for t in best_first(searched, lambda t: t.value, plan.direction)[:KEEP_TOP_K]}
+    finalists = [t for t in st.get_trials(deepcopy=False) if stage_of(t) == FINALIST]
     keep |= {t.number for t in done if stage_of(t) == FINALIST}
+    keep |= {int(t.user_attrs["finalist_of"]) for t in finalists}  # their out-of-fold outputs
     store.prune(keep)
     winner = None
     if plan.space.stages.enabled:
         t = plan.runner_template()
-        found = choose_winner(st, store, plan.ds.task, t.y_raw, t.splits, plan.metric)
+        found = choose_winner(
+            st, store, plan.ds.task, t.y_raw, t.splits, plan.metric, plan.space.stages.ensemble
+        )
         if found is not None:
             meta = {"study": plan.name, "metric": plan.metric, "direction": plan.direction}
             meta["metrics"] = {"val": {plan.metric: found.val}, "test": found.test}

@@ -1,8 +1,18 @@
-"""The end of a search: ``summary.json`` and the best trial exported to ``best/``."""
+"""The end of a search: ``summary.json`` and the best trial exported to ``best/``.
+
+Every figure in the summary says what it is (``*_label``): a **selection estimate** (a stage-2
+trial scored by K-fold cross-validation: its value is the mean over the folds, its val metrics
+are out of fold), **validation** (the single validation split), **in-sample** (a greedy ensemble
+chosen and scored on the same validation predictions) or **test**; ``selection`` holds Spearman's
+rho of the stage-2 designs' selection figures against their test scores (the test split chose
+nothing). The labels mirror :mod:`autofuse.report.labels` (a sibling layer, not importable here).
+"""
 
 from __future__ import annotations
 
 import logging
+import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +53,61 @@ def _counts(trials: list[optuna.trial.FrozenTrial]) -> tuple[dict[str, int], dic
     return counts, reasons
 
 
+# ---- what each figure is ------------------------------------------------------------------------
+
+
+def _selection(t: optuna.trial.FrozenTrial) -> dict | None:
+    """The trial's ``selection`` record when it is a K-fold CV estimate (else: validation)."""
+    sel = t.user_attrs.get("selection")
+    return sel if isinstance(sel, dict) and sel.get("kind") == "cv" else None
+
+
+def value_label(t: optuna.trial.FrozenTrial) -> str:
+    """What a trial's value (and its val metrics) is."""
+    sel = _selection(t)
+    if sel is not None:
+        return f"selection estimate (CV, {sel.get('folds') or '?'} folds)"
+    return "validation (single split)"
+
+
+def _spearman(x: list[float], y: list[float]) -> float | None:
+    if len(x) < 3 or len(set(x)) < 2 or len(set(y)) < 2:
+        return None
+    from scipy.stats import spearmanr
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rho = float(spearmanr(x, y).statistic)
+    return rho if math.isfinite(rho) else None
+
+
+def _finite(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def selection_vs_test(completed: list[optuna.trial.FrozenTrial], metric: str) -> dict[str, Any]:
+    """Spearman's rho of the designs' selection figures (the trials' values) against their test
+    metric: a staged search's completed stage-2 trials, else every completed trial."""
+    staged = any(t.user_attrs.get("stage") for t in completed)
+    pool = [t for t in completed if t.user_attrs.get("stage", "fusion") == "fusion" or not staged]
+    pairs = [
+        (float(t.value), float(test), t)
+        for t in pool
+        if _finite(t.value)
+        and _finite(test := (t.user_attrs.get("test_metrics") or {}).get(metric))
+    ]
+    cv = [_selection(t) is not None for _, _, t in pairs]
+    folds = {(_selection(t) or {}).get("folds") for _, _, t in pairs if _selection(t)}
+    return {
+        "spearman_selection_test": _spearman([x for x, _, _ in pairs], [y for _, y, _ in pairs]),
+        "n_designs": len(pairs),
+        "kind": "cv" if cv and all(cv) else ("mixed" if any(cv) else "holdout"),
+        "folds": folds.pop() if len(folds) == 1 else None,
+        "metric": metric,
+        "test_chose_nothing": True,
+    }
+
+
 def _per_family(completed: list[optuna.trial.FrozenTrial], direction: str) -> dict[str, dict]:
     best: dict[str, dict] = {}
     for t in completed:
@@ -53,6 +118,7 @@ def _per_family(completed: list[optuna.trial.FrozenTrial], direction: str) -> di
                 "value": t.value,
                 "method": t.user_attrs.get("method"),
                 "point": t.user_attrs.get("point"),
+                "value_label": value_label(t),
                 "test_metrics": t.user_attrs.get("test_metrics"),
             }
     return best
@@ -97,6 +163,7 @@ def write_summary(
         {
             "best_trial": best.number,
             "best_value": best.value,
+            "best_value_label": value_label(best),
             "spec": u.get("spec"),
             "val_metrics": u.get("val_metrics"),
             "test_metrics": u.get("test_metrics"),
@@ -107,19 +174,23 @@ def write_summary(
                 t.user_attrs["baseline"]: {
                     "trial": t.number,
                     "value": t.value,
+                    "value_label": value_label(t),
                     "test_metrics": t.user_attrs.get("test_metrics"),
                 }
                 for t in completed
                 if "baseline" in t.user_attrs
             },
+            "test_metrics_label": "test",
+            "selection": selection_vs_test(completed, metric),
         }
     )
     if winner is not None:
-        summary["winner"] = winner
+        summary["winner"] = {**winner, "val_label": _winner_label(winner, best)}
         exported = store.best_dir.exists() and winner.get("exported", True)
         summary["best_dir"] = str(store.best_dir) if exported else None
         if winner["kind"] == "ensemble":
             summary["best_value"] = winner["val"]
+            summary["best_value_label"] = summary["winner"]["val_label"]
             summary["val_metrics"] = {metric: winner["val"]}
             summary["test_metrics"] = winner["test"]
     else:
@@ -131,6 +202,19 @@ def write_summary(
     write_json(store.study_dir / "summary.json", summary)
     store.publish(store.study_dir / "summary.json")  # for a report made on another host
     return summary
+
+
+def _winner_label(winner: dict, best: optuna.trial.FrozenTrial) -> str:
+    """What the winner's ``val`` is: an ensemble's is in-sample (chosen and weighted on the
+    validation predictions it is scored on) unless the winner records a CV ``selection``."""
+    if winner.get("kind") != "ensemble":
+        return value_label(best)
+    if winner.get("val_kind") == "out-of-sample":
+        return "validation (ensemble weights fitted out of fold, on other rows)"
+    sel = winner.get("selection")
+    if isinstance(sel, dict) and sel.get("kind") == "cv":
+        return f"selection estimate (CV, {sel.get('folds') or '?'} folds)"
+    return "in-sample (validation used to choose the ensemble)"
 
 
 def _best(st: optuna.Study, completed: list, winner: dict | None) -> optuna.trial.FrozenTrial:
@@ -171,4 +255,4 @@ def _all_timed_out(trials: list) -> str | None:
     return None
 
 
-__all__ = ["write_json", "write_summary"]
+__all__ = ["selection_vs_test", "value_label", "write_json", "write_summary"]

@@ -142,3 +142,63 @@ def test_one_fold_is_the_single_split_selection(demo_dataset, tmp_path):
         # the value is the validation split's metric at the best epoch, as before
         best = t.user_attrs["history"][t.user_attrs["best_epoch"] - 1]
         assert t.value == pytest.approx(best["accuracy"])
+
+
+def test_ensemble_weights_never_see_the_outputs_they_are_scored_on():
+    """Member 0 memorised the validation rows (perfect there, chance elsewhere); member 1 is a
+    fair model. Chosen in-sample on the validation outputs, the greedy ensemble is member 0
+    alone; weighted on out-of-fold outputs of other rows, it is member 1, and its score on the
+    validation rows is what member 1 really does there."""
+    from autofuse.ensemble import greedy_selection
+    from autofuse.stages import select_ensemble
+
+    rng = np.random.default_rng(0)
+    n_fit, n_val, c = 400, 60, 3
+    y_fit, y_val = rng.integers(0, c, n_fit), rng.integers(0, c, n_val)
+
+    def fair(y: np.ndarray) -> np.ndarray:  # right 70 % of the time
+        guess = np.where(rng.random(len(y)) < 0.7, y, rng.integers(0, c, len(y)))
+        return np.eye(c)[guess] * 4.0
+
+    memorised_val = np.eye(c)[y_val] * 9.0
+    chance_fit = rng.normal(size=(n_fit, c))
+    fair_fit, fair_val = fair(y_fit), fair(y_val)
+    in_sample, score_in = greedy_selection(
+        [memorised_val, fair_val], y_val, "classification", "accuracy", "maximize"
+    )
+    assert in_sample[0] == 1.0 and score_in == 1.0  # the memoriser wins in-sample
+    weights, score = select_ensemble(
+        [chance_fit, fair_fit], y_fit, [memorised_val, fair_val], y_val,
+        "classification", "accuracy", "maximize",
+    )  # fmt: skip
+    assert weights == [0.0, 1.0]
+    assert score == pytest.approx((fair_val.argmax(1) == y_val).mean())
+
+
+def test_the_winner_is_chosen_by_the_cross_validated_estimate(demo_dataset, tmp_path):
+    """Two finalist designs: the winner is within one standard error of the best CV design and
+    the smaller of those; an ensemble's figure is out-of-sample."""
+    res = search(
+        demo_dataset,
+        study="win",
+        space=_space(tmp_path, folds=3, finalists=2),
+        trials=4,
+        workdir=tmp_path,
+        progress=False,
+        mlflow_uri="off",
+        report=False,
+    )
+    w = res.summary["winner"]
+    url = f"sqlite:///{tmp_path / 'trials' / 'autofuse.db'}"
+    trials = {t.number: t for t in optuna.load_study(study_name="win", storage=url).trials}
+    designs = w["designs"]
+    assert len(designs) == 2 and all("cv" in g for g in designs)
+    for g in designs:  # the designs' CV estimates are their stage-2 selection estimates
+        assert g["cv"]["mean"] == pytest.approx(trials[g["design"]].value)
+    best = max(designs, key=lambda g: g["cv"]["mean"])
+    bar = best["cv"]["mean"] - best["cv"]["std"] / np.sqrt(best["cv"]["folds"])
+    close = [g for g in designs if g["cv"]["mean"] >= bar - 1e-12]
+    assert w["design"] == min(close, key=lambda g: (g["n_params"], g["latency_ms"]))["design"]
+    assert w["selection"]["mean"] == pytest.approx(trials[w["design"]].value)
+    assert "cross-validated" in w["why"]
+    assert w["val_kind"] == ("out-of-sample" if w["kind"] == "ensemble" else "validation")

@@ -11,10 +11,13 @@ The package, in the order the data flows:
   (plain, JSON-able numbers);
 - :mod:`~autofuse.report.staged`: a staged study read as data (stages, unimodal models, the
   winner, the finalists' seeds): its best design is the winner, its stages section the numbers;
+- :mod:`~autofuse.report.labels`: what each figure is (a K-fold CV selection estimate,
+  validation, in-sample or test) and the selection-versus-test numbers (Spearman's rho);
 - :mod:`~autofuse.report.robustness`: the finalists re-evaluated from their checkpoints (torch);
 - :mod:`~autofuse.report.figures`: the matplotlib figures, as PNG bytes;
 - :mod:`~autofuse.report.blocks` and :mod:`~autofuse.report.sections`: the layout, sections of
-  paragraphs, tables and figures;
+  paragraphs, tables and figures (:mod:`~autofuse.report.selection`: the "Selection versus test"
+  section and its scatter);
 - :mod:`~autofuse.report.printers`: the layout printed as HTML (with ``static/report.css`` and
   ``static/report.js`` inlined) and as Markdown, and the files written.
 """

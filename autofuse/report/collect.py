@@ -30,6 +30,16 @@ from autofuse._util import best_first, better, finite, mask_url, sort_sign, sqli
 from autofuse.checkpoints import CheckpointStore, study_artifacts
 from autofuse.errors import ConfigError
 from autofuse.metrics import OBJECTIVES
+from autofuse.report.labels import (
+    CV,
+    IN_SAMPLE,
+    VALIDATION,
+    collect_selection,
+    folds,
+    read_selection,
+    value_kind,
+    value_std,
+)
 from autofuse.report.robustness import N_FINALISTS, evaluate_finalists
 from autofuse.report.rows import Row
 from autofuse.report.staged import (
@@ -151,6 +161,9 @@ class ReportData:
     robustness_note: str | None
     cost: dict = field(default_factory=dict)
     stages: dict | None = None  # a staged study's stages section (None: single-stage)
+    # selection versus test (autofuse.report.labels.collect_selection): the designs' selection
+    # figures against their test scores, Spearman's rho, the winner / baseline / unimodal table
+    selection: dict | None = None
 
     @property
     def staged(self) -> bool:
@@ -203,6 +216,8 @@ def _row(t: TrialRecord, checkpoints: set[int], metric: str) -> Row:
         last_value=last if finite(last) else None,
         stage=t.stage,
         low_fidelity=t.low_fidelity,
+        # the trial's selection record (CV folds), once the history has one; None: validation
+        selection=read_selection(getattr(t, "selection", None)),
     )
 
 
@@ -256,6 +271,8 @@ def collect(
     rows = [_row(t, checkpoints, metric) for t in records]
     summary = _read_json(store.cached(study_dir / "summary.json"))
     annotate(rows, stage_attrs(st))
+    for r in rows:  # a selection record from the Optuna user attributes (older history tables)
+        r.selection = read_selection(r.selection)
     staged = is_staged(rows)
     winner = read_winner(st, summary) if staged else None
 
@@ -316,6 +333,7 @@ def collect(
         robustness_note=None,
         cost=_cost(rows),
         stages=collect_stages(rows, winner, best, summary, metric, direction),
+        selection=collect_selection(rows, best, staged, metric, direction),
     )
     if robustness:
         path = dataset or rec.dataset_path
@@ -361,7 +379,7 @@ def _best(
     if winner is not None:
         best = winner_best(winner, rows, specs, metric)
         if best is not None:
-            return best
+            return _label_best(best, rows, winner)
         log.warning("the study's winner %s is not in its history; ignored", winner.get("trials"))
     pool = searched_board(board) if staged else board
     if not pool:
@@ -381,7 +399,29 @@ def _best(
         "point": b.point,
         "encoders": b.encoders,
         "stage": b.stage,
+        "value_kind": value_kind(b),
+        "folds": folds(b),
+        "value_std": value_std(b),
     }
+
+
+def _label_best(best: dict, rows: list[Row], winner: dict) -> dict:
+    """What the winner's value is: an ensemble's validation figure is in-sample (the ensemble
+    was chosen and weighted on the validation predictions it is scored on) unless the winner
+    records how it was scored (a ``selection`` record, e.g. out-of-fold); a single model's is its
+    trial's."""
+    sel = read_selection(winner.get("selection"))
+    if best["kind"] == "ensemble":
+        if winner.get("val_kind") == "out-of-sample":  # weights fitted out of fold
+            kind, k, std = VALIDATION, None, None
+        elif sel is not None and sel["kind"] == CV:  # chosen on out-of-fold predictions
+            kind, k, std = CV, sel["folds"], sel["std"]
+        else:
+            kind, k, std = IN_SAMPLE, None, None
+    else:
+        main = next(r for r in rows if r.number == best["trial"])
+        kind, k, std = value_kind(main), folds(main), value_std(main)
+    return {**best, "value_kind": kind, "folds": k, "value_std": std}
 
 
 def _leaderboard(board: list[Row], best: dict | None, staged: bool) -> list[int]:

@@ -22,6 +22,7 @@ from matplotlib.ticker import MaxNLocator, NullFormatter
 from autofuse._util import better
 from autofuse.report.blocks import POINT_FEEDS, fmt
 from autofuse.report.collect import ReportData, Row
+from autofuse.report.labels import CV, IN_SAMPLE, best_kind, short, study_label
 from autofuse.report.staged import end_to_end
 
 # colours (Okabe-Ito, readable for colour-blind readers)
@@ -52,6 +53,12 @@ def _png(fig: Figure) -> bytes:
 def _metric_label(d: ReportData, split: str = "validation") -> str:
     arrow = "higher is better" if d.direction == "maximize" else "lower is better"
     return f"{split} {d.metric} ({arrow})"
+
+
+def _searched_split(d: ReportData) -> str:
+    """What the searched designs' values are (the x axis of the group plots)."""
+    rows = [r for r in d.trials if r.stage in (None, "fusion")] if d.staged else d.trials
+    return study_label(rows)
 
 
 def _wrap(text: str, width: int, lines: int = 6) -> str:
@@ -220,20 +227,26 @@ def fig_group(d: ReportData, kind: str, title: str) -> bytes | None:
     ax.scatter(bests, range(1, len(bests) + 1), marker="*", s=110, color=C_BEST, zorder=4)
     ax.set_yticks(range(1, len(labels) + 1), labels, fontsize=8)
     ax.set_ylim(0.4, len(labels) + 0.6)
-    ax.set_xlabel(_metric_label(d))
+    ax.set_xlabel(_metric_label(d, _searched_split(d)))
     ax.set_title(title, fontsize=10)
     ax.grid(axis="x", alpha=0.3)
     return _png(fig)
 
 
 def _val_test_bars(
-    d: ReportData, names: list[str], val: list[float], test: list[float], colors: list[str]
+    d: ReportData,
+    names: list[str],
+    val: list[float],
+    test: list[float],
+    colors: list[str],
+    val_label: str = "validation",
 ) -> bytes:
-    """Validation (solid) and test (hatched) bars, one pair per name, the first on top."""
+    """Selection / validation (solid) and test (hatched) bars, one pair per name, the first on
+    top; ``val_label`` names the solid bars in the legend."""
     names, val, test, colors = names[::-1], val[::-1], test[::-1], colors[::-1]
     fig, ax = _axes(8, 0.55 * len(names) + 1.3)
     y = np.arange(len(names))
-    ax.barh(y + 0.2, val, 0.38, color=colors, label="validation")
+    ax.barh(y + 0.2, val, 0.38, color=colors, label=val_label)
     ax.barh(y - 0.2, test, 0.38, color=colors, alpha=0.5, hatch="//", label="test")
     ax.set_yticks(y, names, fontsize=8)
     ax.set_xlabel(d.metric)
@@ -249,9 +262,11 @@ def _val_test_bars(
 
 def _best_name(d: ReportData) -> str:
     b = d.best or {}
+    kind, k = best_kind(b)
+    tag = f", {short(kind, k)}" if kind in (CV, IN_SAMPLE) else ""
     if b.get("kind") == "ensemble":
-        return "best: ensemble (" + "+".join(f"#{n}" for n in b["trials"]) + ")"
-    return f"best: {b.get('fusion')} (#{b.get('trial')})"
+        return "best: ensemble (" + "+".join(f"#{n}" for n in b["trials"]) + f"{tag})"
+    return f"best: {b.get('fusion')} (#{b.get('trial')}{tag})"
 
 
 def fig_baselines(d: ReportData) -> bytes | None:
@@ -267,7 +282,20 @@ def fig_baselines(d: ReportData) -> bytes | None:
         [best["test_metrics"].get(d.metric, np.nan)]
         + [b["test"] if b["test"] is not None else np.nan for b in rows][::-1],
         [C_BEST] + [C_BASE] * len(rows),
+        val_label="selection / validation (see names)" if _mixed_baselines(d) else "validation",
     )
+
+
+def _mixed_baselines(d: ReportData) -> bool:
+    """Whether the baselines' figures or the best design's are not plain validation."""
+    kinds = {best_kind(d.best)[0]}
+    kinds |= {_kind(d, b["trial"]) for b in d.baselines if b["val"] is not None}
+    return kinds != {"validation"}
+
+
+def _kind(d: ReportData, trial: int) -> str:
+    r = d.trial(trial)
+    return CV if r.selection is not None and r.selection["kind"] == CV else "validation"
 
 
 def fig_stage_models(d: ReportData) -> bytes | None:
@@ -288,7 +316,10 @@ def fig_stage_models(d: ReportData) -> bytes | None:
     w = s.get("winner")
     if w:
         add(
-            f"winner: {w['kind']} (" + "+".join(f"#{n}" for n in w["trials"]) + ")",
+            f"winner: {w['kind']} ("
+            + "+".join(f"#{n}" for n in w["trials"])
+            + (f", {short(*best_kind(d.best))}" if best_kind(d.best)[0] != "validation" else "")
+            + ")",
             w["val"],
             w["test"],
             C_BEST,
@@ -298,12 +329,14 @@ def fig_stage_models(d: ReportData) -> bytes | None:
             add(f"best single finalist (#{bs['trial']})", bs["val"], bs["test"], "#009E73")
     bf = s.get("best_fusion")
     if bf:
-        add(f"best fusion design, stage 2 (#{bf['trial']})", bf["val"], bf["test"], C_MAIN)
+        fk = _kind(d, bf["trial"])
+        tag = f", {short(fk, d.trial(bf['trial']).selection['folds'])}" if fk == CV else ""
+        add(f"best fusion design, stage 2 (#{bf['trial']}{tag})", bf["val"], bf["test"], C_MAIN)
     for u in s.get("unimodal", []):
         add(f"{u['modality']} alone (#{u['trial']})", u["val"], u["test"], C_BASE)
     if not names:
         return None
-    return _val_test_bars(d, names, val, test, colors)
+    return _val_test_bars(d, names, val, test, colors, val_label="selection / validation")
 
 
 def fig_seeds(d: ReportData) -> bytes | None:
@@ -388,7 +421,7 @@ def fig_history(d: ReportData) -> bytes | None:
         )
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("trial")
-    ax.set_ylabel(_metric_label(d))
+    ax.set_ylabel(_metric_label(d, _wrap(study_label(d.trials), 34, lines=2)), fontsize=8)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     return _png(fig)
@@ -460,7 +493,7 @@ def fig_pareto(d: ReportData) -> bytes | None:
             ax.xaxis.set_minor_formatter(NullFormatter())
         ax.margins(0.1)
         ax.set_xlabel(label)
-        ax.set_ylabel(_metric_label(d))
+        ax.set_ylabel(_metric_label(d, study_label(pts) if not d.staged else "validation"))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best")
     return _png(fig)

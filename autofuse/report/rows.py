@@ -40,6 +40,8 @@ class Row:
     kept: list[str] | None = None  # stage 2: the modalities the design fuses
     design: int | None = None  # stage 3: the stage-2 design it fine-tunes (trial number)
     seed: int | None = None  # stage 3: its seed
+    # how the value was scored (autofuse.report.labels.read_selection): None = the validation split
+    selection: dict | None = None
 
     @property
     def fusion(self) -> str:

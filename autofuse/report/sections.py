@@ -36,25 +36,65 @@ from autofuse.report.figures import (
     fig_seeds,
     fig_stage_models,
 )
+from autofuse.report.labels import (
+    CV,
+    IN_SAMPLE,
+    VALIDATION,
+    best_kind,
+    label,
+    row_short,
+    short,
+    study_label,
+    study_short,
+    value_kind,
+)
+from autofuse.report.selection import SECTION_ID, SECTION_TITLE, rho_text, section_selection
 
 #: section ids in report order (``<section id=...>`` in the HTML, anchors in the Markdown)
-SECTIONS = {
-    "summary": "1. Summary",
-    "best": "2. Best architecture",
-    "stages": "3. Stages",
-    "leaderboard": "4. Leaderboard",
-    "comparison": "5. Family and fusion-point comparison",
-    "baselines": "6. Search versus baselines",
-    "dynamics": "7. Search dynamics",
-    "robustness": "8. Robustness of the finalists",
-    "cost": "9. Cost",
+_TITLES = {
+    "summary": "Summary",
+    SECTION_ID: SECTION_TITLE,
+    "best": "Best architecture",
+    "stages": "Stages",
+    "leaderboard": "Leaderboard",
+    "comparison": "Family and fusion-point comparison",
+    "baselines": "Search versus baselines",
+    "dynamics": "Search dynamics",
+    "robustness": "Robustness of the finalists",
+    "cost": "Cost",
 }
+SECTIONS = {sid: f"{i}. {title}" for i, (sid, title) in enumerate(_TITLES.items(), start=1)}
 
 NO_TRIAL = "No trial completed."
 
 
 def _section(sid: str) -> Section:
     return Section(sid, SECTIONS[sid])
+
+
+def _tag(kind: str) -> str:
+    """The mark of a figure that is not plain validation: ``CV`` or ``in-sample``."""
+    return {CV: "CV", IN_SAMPLE: "in-sample"}.get(kind, "")
+
+
+def _vcell(v: float | None, kind: str = VALIDATION) -> str:
+    """A selection / validation figure in a table cell, marked when it is not plain validation."""
+    t = _tag(kind)
+    return f"{fmt(v)} ({t})" if t and v is not None else fmt(v)
+
+
+def _searched(d: ReportData) -> list:
+    """The rows the search ranked (a staged study's stage-2 trials)."""
+    return [r for r in d.trials if r.stage in (None, "fusion")] if d.staged else d.trials
+
+
+def _marks_note(d: ReportData) -> str:
+    k = (d.selection or {}).get("folds")
+    return (
+        f"Marks: (CV) a selection estimate, the mean over {k or 'K'} cross-validation folds; "
+        "(in-sample) validation that also chose the ensemble; unmarked: validation (single "
+        "split)."
+    )
 
 
 def _dataset_lines(d: ReportData) -> list[tuple[str, str]]:
@@ -122,9 +162,8 @@ def _verdict(d: ReportData) -> str:
         return "No trial completed, so there is no recommendation yet."
     b = d.best
     test = b["test_metrics"].get(d.metric)
-    text = (
-        f"Use {_best_what(b)}: validation {d.metric} {fmt(b['value'])}, test {d.metric} {fmt(test)}"
-    )
+    bk, bf = best_kind(b)
+    text = f"Use {_best_what(b)}: {label(bk, bf)} {d.metric} {fmt(b['value'])}, test {d.metric} {fmt(test)}"
     if b.get("why"):
         text = f"{text} (the staged search's winner: {b['why']})"
     elif d.staged:
@@ -139,10 +178,19 @@ def _verdict(d: ReportData) -> str:
         )
     elif done:
         top = best_first(done, lambda x: x["val"], d.direction)[0]
-        text += (
-            f", {fmt_signed(top['val_diff'])} validation / {fmt_signed(top['test_diff'])} test "
-            f"{d.metric} against the best baseline ({top['baseline']})"
-        )
+        tr = d.trial(top["trial"])
+        tk = value_kind(tr)
+        if tk == bk:
+            text += (
+                f", {fmt_signed(top['val_diff'])} {short(bk, bf)} / {fmt_signed(top['test_diff'])} "
+                f"test {d.metric} against the best baseline ({top['baseline']})"
+            )
+        else:  # e.g. the winner's validation against the baseline's CV estimate
+            text += (
+                f", {fmt_signed(top['test_diff'])} test {d.metric} against the best baseline "
+                f"({top['baseline']}: {row_short(tr)} {fmt(top['val'])}, not comparable with the "
+                f"winner's {short(bk, bf)} figure)"
+            )
     return text + "."
 
 
@@ -160,7 +208,11 @@ def section_summary(d: ReportData) -> Section:
         + (f", {c['running']} running" if c.get("running") else "")
     )
     items = _dataset_lines(d) + [
-        ("Objective", f"{d.metric} on the validation split ({d.direction})"),
+        (
+            "Objective",
+            f"{d.metric} ({d.direction}); the search ranked its designs by "
+            f"{study_label(_searched(d))}",
+        ),
         ("Search space", f"{d.space_name or '?'}; budget {d.budget_trials or '?'} trials"),
         (
             "Wall time",
@@ -188,8 +240,10 @@ def section_summary(d: ReportData) -> Section:
         )
         items += [
             ("Best architecture", arch),
-            ("Best test metrics", _metrics_line(b["test_metrics"])),
+            ("Best test metrics", _metrics_line(b["test_metrics"]) + " (test)"),
         ]
+    if d.selection and d.selection.get("n_designs"):
+        items.append(("Selection versus test", rho_text(d.selection)))
     items += [
         (
             f"Trial {f['trial']} failed",
@@ -211,7 +265,7 @@ def section_best(d: ReportData) -> Section:
         sec.add(
             P(
                 f"The winner is a greedy ensemble of {len(b['members'])} finalist models (their "
-                f"outputs averaged with the weights below): validation {d.metric} "
+                f"outputs averaged with the weights below): {label(*best_kind(b))} {d.metric} "
                 f"{fmt(b['value'])}, test {_metrics_line(b['test_metrics'])}; "
                 f"{fmt_int(b.get('n_params'))} parameters and {fmt(b.get('latency_ms'), 3)} ms "
                 f"per sample over all members." + (f" Why: {b['why']}." if b.get("why") else "")
@@ -254,7 +308,10 @@ def section_best(d: ReportData) -> Section:
         items += [
             ("Parameters", fmt_int(b.get("n_params"))),
             ("Latency", f"{fmt(b.get('latency_ms'), 3)} ms per sample"),
-            ("Validation metrics", _metrics_line(b["val_metrics"])),
+            (
+                f"{label(*best_kind(b))[0].upper()}{label(*best_kind(b))[1:]} metrics",
+                _metrics_line(b["val_metrics"]),
+            ),
             ("Test metrics", _metrics_line(b["test_metrics"])),
         ]
     sec.add(KV(items))
@@ -322,19 +379,24 @@ def _models_table(d: ReportData, s: dict) -> Table:
     def diff(v: float | None) -> str:
         return fmt_signed(v - ref) if v is not None and ref is not None else "-"
 
+    def kind(trial: int | None) -> str:
+        return value_kind(d.trial(trial)) if trial is not None else VALIDATION
+
     rows, hl = [], set()
     for u in s["unimodal"]:
         rows.append(
             [f"{u['modality']} alone", str(u["trial"] if u["trial"] is not None else "-")]
-            + ["unimodal", u["encoder"], fmt(u["val"]), fmt(u["test"]), diff(u["val"])]
+            + ["unimodal", u["encoder"], _vcell(u["val"], kind(u["trial"])), fmt(u["test"])]
+            + [diff(u["val"])]
         )
     bf = s.get("best_fusion")
     if bf:
         kept = f" on {', '.join(bf['kept'])}" if bf.get("kept") else ""
+        fk = kind(bf["trial"])
         rows.append(
             ["best fusion design", str(bf["trial"]), "fusion"]
-            + [f"{bf['fusion']}@{bf['point']}{kept}", fmt(bf["val"]), fmt(bf["test"])]
-            + [diff(bf["val"])]
+            + [f"{bf['fusion']}@{bf['point']}{kept}", _vcell(bf["val"], fk), fmt(bf["test"])]
+            + [diff(bf["val"]) if fk == kind(uni_best and uni_best["trial"]) else "-"]
         )
     w = s.get("winner")
     bs = (w or {}).get("best_single") or s.get("best_finalist")
@@ -342,14 +404,15 @@ def _models_table(d: ReportData, s: dict) -> Table:
         rows.append(
             ["best single finalist", str(bs["trial"]), "finalist"]
             + [f"{bs['fusion']}@{bs['point']} (design {bs['design']}, seed {bs['seed']})"]
-            + [fmt(bs["val"]), fmt(bs["test"]), diff(bs["val"])]
+            + [_vcell(bs["val"], kind(bs["trial"])), fmt(bs["test"]), diff(bs["val"])]
         )
     if w:
         hl.add(len(rows))
+        wk = best_kind(d.best)[0]
         rows.append(
             [f"winner ({w['kind']})", "+".join(str(n) for n in w["trials"]), "finalist"]
             + [", ".join(f"{m['fusion']}@{m['point']}" for m in w["members"])]
-            + [fmt(w["val"]), fmt(w["test"]), diff(w["val"])]
+            + [_vcell(w["val"], wk), fmt(w["test"]), diff(w["val"]) if wk == VALIDATION else "-"]
         )
     headers = ["model", "trial", "stage", "design", f"val {d.metric}", f"test {d.metric}"]
     return Table(
@@ -374,8 +437,9 @@ def _single_vs_ensemble(d: ReportData, sec: Section, s: dict) -> None:
     sec.add(P(f"Chosen: {chosen}. Why: {w.get('why') or '(not recorded)'}."))
     sec.add(_members_table(d, w["members"]))
     bs = w.get("best_single")
+    wk = best_kind(d.best)[0]
     rows = [
-        [f"winner ({w['kind']})", "+".join(str(n) for n in w["trials"]), fmt(w["val"])]
+        [f"winner ({w['kind']})", "+".join(str(n) for n in w["trials"]), _vcell(w["val"], wk)]
         + [fmt(w["test"]), fmt_int(w.get("n_params")), fmt(w.get("latency_ms"), 3)]
     ]
     if bs and w["kind"] == "ensemble":
@@ -385,7 +449,7 @@ def _single_vs_ensemble(d: ReportData, sec: Section, s: dict) -> None:
             + [fmt_int(r.n_params), fmt(r.latency_ms, 3)]
         )
         rows.append(
-            ["difference", "", fmt_signed(w["val"] - bs["val"])]
+            ["difference", "", fmt_signed(w["val"] - bs["val"]) if wk == VALIDATION else "-"]
             + [
                 fmt_signed(w["test"] - bs["test"])
                 if w["test"] is not None and bs["test"] is not None
@@ -395,6 +459,11 @@ def _single_vs_ensemble(d: ReportData, sec: Section, s: dict) -> None:
             ]
         )
     headers = ["model", "trials", f"val {d.metric}", f"test {d.metric}", "params"]
+    if wk != VALIDATION:
+        sec.note(
+            f"The winner's {label(wk)} figure is not comparable with a single model's validation "
+            "figure (no validation difference shown); compare their test scores."
+        )
     sec.add(
         Table(
             [*headers, "latency ms"],
@@ -424,7 +493,15 @@ def _seeds_table(d: ReportData, s: dict) -> Table:
             + [f"{fmt(g['mean'])} +/- {fmt(g['std'])}" if g["mean"] is not None else "-"]
             + [fmt(g["test_mean"]), role]
         )
-    headers = ["design", "fusion", "modalities", "baseline", f"stage-2 val {d.metric}", "seeds"]
+    stage2 = study_short(_searched(d))
+    headers = [
+        "design",
+        "fusion",
+        "modalities",
+        "baseline",
+        f"stage-2 {stage2} {d.metric}",
+        "seeds",
+    ]
     return Table(
         [*headers, f"val {d.metric} per seed", "mean +/- std", f"mean test {d.metric}", "role"],
         rows,
@@ -467,11 +544,12 @@ def section_stages(d: ReportData) -> Section:
     sec.add(
         P(
             f"Each modality's best stage-1 model (its encoder alone) next to the best fusion "
-            f"design of stage 2 and the finalists; validation {d.metric} (what the search "
-            f"chose by) and test {d.metric} (for reference)."
+            f"design of stage 2 and the finalists; their selection figure (what the search "
+            f"chose by) and test {d.metric} (for reference). {_marks_note(d)}"
             + (
-                f" The winner is {fmt_signed(s['winner_vs_unimodal'])} validation {d.metric} "
-                f"from the best unimodal model ({s['best_unimodal']})."
+                f" The winner is {fmt_signed(s['winner_vs_unimodal'])} "
+                f"{short(*best_kind(d.best))} {d.metric} from the best unimodal model's "
+                f"validation ({s['best_unimodal']})."
                 if s.get("winner_vs_unimodal") is not None
                 else ""
             )
@@ -481,8 +559,9 @@ def section_stages(d: ReportData) -> Section:
     sec.figure(
         "stage_models",
         fig_stage_models(d),
-        f"Validation (solid) and test (hatched) {d.metric}: the winner, the best single "
-        "finalist, the best stage-2 design and each modality alone.",
+        f"Selection figure (solid: validation, the stage-2 design's {study_label(_searched(d))}, "
+        f"the winner's {label(*best_kind(d.best))}) and test (hatched) {d.metric}: the winner, "
+        "the best single finalist, the best stage-2 design and each modality alone.",
         "No completed model to compare.",
     )
     sec.add(H3("Single model versus ensemble"))
@@ -494,7 +573,8 @@ def section_stages(d: ReportData) -> Section:
         P(
             f"Each finalist design (a stage-2 trial) fine-tuned with several seeds: the seeds' "
             f"validation {d.metric}, their mean +/- standard deviation (population, as the "
-            "winner's choice computes it) and the design's stage-2 value. The winning design has "
+            f"winner's choice computes it) and the design's stage-2 value "
+            f"({study_label(_searched(d))}). The winning design has "
             "the best mean over its seeds (ties: fewer parameters, then lower latency)."
         )
     )
@@ -531,7 +611,7 @@ def leaderboard_table(d: ReportData, limit: int | None = None) -> Table:
     extra = ["stage"] if staged else []
     headers = (
         ["rank", "trial", *extra, "family", "method", "point", "encoders", "baseline"]
-        + (["winner"] if staged else [])
+        + (["winner", "val figures"] if staged else [])
         + [f"val {k}" for k in val_keys]
         + [f"test {k}" for k in test_keys]
         + ["params", "latency ms"]
@@ -542,6 +622,7 @@ def leaderboard_table(d: ReportData, limit: int | None = None) -> Table:
         rows.append(
             ["1", "+".join(str(n) for n in b["trials"]), "ensemble", "ensemble", "-", "-"]
             + [f"{len(b['trials'])} finalist models", "", "winner (ensemble)"]
+            + [short(*best_kind(b))]
             + [fmt(b["value"]) if k == d.metric else "-" for k in val_keys]
             + [fmt(b["test_metrics"].get(k)) for k in test_keys]
             + [fmt_int(b.get("n_params")), fmt(b.get("latency_ms"), 3)]
@@ -552,12 +633,12 @@ def leaderboard_table(d: ReportData, limit: int | None = None) -> Table:
             + ([r.stage or "-"] if staged else [])
             + [r.family or "-", r.method or "-", r.point or "-", enc_str(r.encoders)]
             + [r.baseline or ""]
-            + ([_role(d, r.number)] if staged else [])
+            + ([_role(d, r.number), row_short(r)] if staged else [])
             + [fmt(r.val_metrics.get(k)) for k in val_keys]
             + [fmt(r.test_metrics.get(k)) for k in test_keys]
             + [fmt_int(r.n_params), fmt(r.latency_ms, 3)]
         )
-    first = 9 if staged else 7
+    first = 10 if staged else 7
     numeric = {0, 1} | set(range(first, len(headers)))
     return Table(
         headers, rows, name="leaderboard", numeric=numeric, highlight={0} if rows else set()
@@ -571,9 +652,16 @@ def section_leaderboard(d: ReportData) -> Section:
     n = len(d.leaderboard)
     sec.add(
         P(
-            f"Completed trials ranked by validation {d.metric}"
+            f"Completed trials ranked by their value ({study_label(d.trials)}) {d.metric}"
             + (f" (top {LEADERBOARD_ROWS} of {n})" if n > LEADERBOARD_ROWS else f" ({n})")
             + "; test metrics are for reference only (the search never sees them)."
+            + (
+                " The val figures column says what each row's val metrics are: validation, a "
+                "K-fold CV selection estimate (out-of-fold), or in-sample validation (an "
+                "ensemble chosen on the predictions it is scored on)."
+                if d.staged
+                else ""
+            )
         )
     )
     if d.staged:
@@ -595,7 +683,16 @@ GROUP_TITLES = {
 
 
 def _group_table(d: ReportData, kind: str, groups: list[dict]) -> Table:
-    headers = ["trials", "completed", "pruned", "failed", f"best val {d.metric}", "median", "mean"]
+    sel = study_short(_searched(d))
+    headers = [
+        "trials",
+        "completed",
+        "pruned",
+        "failed",
+        f"best {sel} {d.metric}",
+        "median",
+        "mean",
+    ]
     rows = [
         [g["name"], str(g["trials"]), str(g["completed"]), str(g["pruned"]), str(g["failed"])]
         + [fmt(g["best"]), fmt(g["median"]), fmt(g["mean"]), fmt(g["best_test"].get(d.metric))]
@@ -614,7 +711,8 @@ def _group_table(d: ReportData, kind: str, groups: list[dict]) -> Table:
 def section_comparison(d: ReportData) -> Section:
     sec = _section("comparison").add(
         P(
-            f"Every completed trial's validation {d.metric}, grouped; the star marks the "
+            f"Every completed trial's {study_label(_searched(d))} {d.metric}, grouped; the star "
+            "marks the "
             "group's best. Pruned and failed trials are counted in the tables but have "
             "no final score."
         )
@@ -632,9 +730,9 @@ def section_comparison(d: ReportData) -> Section:
             continue
         sec.figure(
             f"by_{kind}",
-            fig_group(d, kind, f"validation {d.metric} {title}"),
-            f"Validation {d.metric} {title}: one dot per completed trial, the star marks the best, "
-            "boxes where a group has 3 or more trials.",
+            fig_group(d, kind, f"{study_short(_searched(d))} {d.metric} {title}"),
+            f"{study_label(_searched(d))} {d.metric} {title}: one dot per completed trial, the "
+            "star marks the best, boxes where a group has 3 or more trials.",
             "No completed trial.",
         )
         sec.add(_group_table(d, kind, groups))
@@ -675,7 +773,7 @@ def section_baselines(d: ReportData) -> Section:
             str(x["trial"]),
             f"{x['fusion']}@{x['point']}",
             _status(x["status"], x["reason"]),
-            fmt(x["val"]),
+            _vcell(x["val"], value_kind(d.trial(x["trial"]))),
             fmt(x["test"]),
             fmt_signed(x["val_diff"]),
             fmt_signed(x["test_diff"]),
@@ -690,7 +788,7 @@ def section_baselines(d: ReportData) -> Section:
             "+".join(str(n) for n in b["trials"]) if ens else str(b["trial"]),
             "ensemble" if ens else f"{b['fusion']}@{b['point']}",
             "complete",
-            fmt(b["value"]),
+            _vcell(b["value"], best_kind(b)[0]),
             fmt(b["test_metrics"].get(d.metric)),
             "",
             "",
@@ -707,10 +805,21 @@ def section_baselines(d: ReportData) -> Section:
             highlight={len(rows) - 1},
         )
     )
+    kinds = {value_kind(d.trial(x["trial"])) for x in d.baselines if x["val"] is not None}
+    sec.note(
+        _marks_note(d)
+        + (
+            " The val difference compares figures of different kinds (not like for like); "
+            "the test difference is the fair one."
+            if kinds - {best_kind(b)[0]}
+            else ""
+        )
+    )
     return sec.figure(
         "baselines",
         fig_baselines(d),
-        f"Validation (solid) and test (hatched) {d.metric}.",
+        f"Selection figure (solid; the best design's {label(*best_kind(b))}, the baselines' "
+        f"{study_label(_searched(d))}) and test (hatched) {d.metric}.",
         "No baseline completed.",
     )
 
@@ -720,7 +829,7 @@ def _pareto_table(d: ReportData, front: list[int]) -> Table:
     for n in front:
         r = d.trial(n)
         rows.append(
-            [str(n), r.fusion, r.point or "-", fmt(r.value), fmt_int(r.n_params)]
+            [str(n), r.fusion, r.point or "-", _vcell(r.value, value_kind(r)), fmt_int(r.n_params)]
             + [fmt(r.latency_ms, 3), "yes" if n in d.pareto.get("latency_ms", []) else ""]
         )
     headers = ["trial", "fusion", "point", f"val {d.metric}", "params", "latency ms"]
@@ -732,7 +841,7 @@ def section_dynamics(d: ReportData) -> Section:
     sec.figure(
         "history",
         fig_history(d),
-        "Objective per trial and the best so far.",
+        f"Objective per trial ({study_label(d.trials)}; test chose nothing) and the best so far.",
         "No trial reported a value.",
     )
     sec.add(H3("Parameter importances"))
@@ -941,8 +1050,16 @@ def section_cost(d: ReportData) -> Section:
 
 
 #: the section builders, in report order (one per key of :data:`SECTIONS`)
+def section_selection_numbered(d: ReportData) -> Section:
+    """The "Selection versus test" section (:mod:`autofuse.report.selection`), numbered."""
+    sec = section_selection(d)
+    sec.title = SECTIONS[SECTION_ID]
+    return sec
+
+
 BUILDERS = (
     section_summary,
+    section_selection_numbered,
     section_best,
     section_stages,
     section_leaderboard,

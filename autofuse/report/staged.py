@@ -5,7 +5,7 @@ A staged search (:mod:`autofuse.stages`) runs three stages as trials of one stud
 features) and ``finalist`` (the best designs fine-tuned end to end, several seeds each), then
 picks a winner: one finalist model or a greedy ensemble of them. The report reads all of it as
 data: the SQL history (``stage``, ``low_fidelity``), the trials' Optuna user attributes
-(``unimodal``, ``kept``, ``finalist_of``, ``seed``) and the study's ``winner`` attribute (or
+(``unimodal``, ``kept``, ``finalist_of``, ``seed``, ``selection``) and the study's ``winner`` attribute (or
 ``summary.json``). It never imports the search code.
 
 - :func:`stage_attrs` / :func:`annotate`: the per-trial stage attributes onto the report's rows;
@@ -30,7 +30,7 @@ from autofuse.report.rows import Row
 UNIMODAL, FUSION, FINALIST = "unimodal", "fusion", "finalist"
 STAGE_ORDER = (UNIMODAL, FUSION, FINALIST)
 #: the trial user attributes a staged search writes (besides ``stage``)
-_ATTRS = ("stage", "unimodal", "kept", "finalist_of", "seed")
+_ATTRS = ("stage", "unimodal", "kept", "finalist_of", "seed", "selection")
 
 
 # ---- reading ---------------------------------------------------------------------------------
@@ -63,6 +63,8 @@ def annotate(rows: list[Row], attrs: dict[int, dict[str, Any]]) -> None:
             r.design = int(a["finalist_of"])
         if a.get("seed") is not None:
             r.seed = int(a["seed"])
+        if r.selection is None and a.get("selection") is not None:
+            r.selection = a["selection"]  # normalised by the collector (labels.read_selection)
 
 
 def read_winner(st: optuna.Study | None, summary: dict) -> dict | None:

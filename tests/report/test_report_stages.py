@@ -269,3 +269,100 @@ def test_robustness_evaluates_the_winner(staged, history):
         assert e["clean"] == pytest.approx(winner["test"], abs=1e-9)
     else:
         assert rb["ensemble"] is None
+
+
+# ---- selection versus test (issue 19.4) ------------------------------------------------------
+
+
+def _stage2_pairs(recs) -> tuple[list[float], list[float]]:
+    done = [
+        r
+        for r in recs
+        if r.stage == "fusion"
+        and r.status == "COMPLETE"
+        and r.value is not None
+        and (r.test_metrics or {}).get("accuracy") is not None
+    ]
+    return [r.value for r in done], [r.test_metrics["accuracy"] for r in done]
+
+
+def test_selection_spearman_matches_scipy(staged, history):
+    from scipy.stats import spearmanr
+
+    work, _, _, data = staged
+    recs, _, _ = history
+    xs, ys = _stage2_pairs(recs)
+    assert len(xs) >= 3
+    rho = float(spearmanr(xs, ys).statistic)
+    sel = data["selection"]
+    assert sel["n_designs"] == len(xs)
+    assert sel["kind"] == "holdout"  # no selection record yet: the validation split
+    summary = json.loads((work / "trials" / STUDY / "summary.json").read_text())
+    for got in (sel["spearman_selection_test"], summary["selection"]["spearman_selection_test"]):
+        if math.isnan(rho):  # constant scores: no ranking to compare
+            assert got is None
+        else:
+            assert got == pytest.approx(rho)
+    assert summary["selection"]["n_designs"] == len(xs)
+    assert summary["selection"]["kind"] == "holdout"
+    assert summary["best_value_label"] in (
+        "validation (single split)",
+        "in-sample (validation used to choose the ensemble)",
+    )
+    assert summary["test_metrics_label"] == "test"
+    assert all(
+        b["value_label"] == "validation (single split)" for b in summary["baselines"].values()
+    )
+    assert sorted(p["trial"] for p in sel["points"]) == sorted(
+        r.number
+        for r in recs
+        if r.stage == "fusion"
+        and r.status == "COMPLETE"
+        and r.test_metrics.get("accuracy") is not None
+    )
+
+
+def test_selection_section_labels_and_scatter(staged, history):
+    _, _, out, data = staged
+    _, _, winner = history
+    html = out["html"].read_text()
+    md = out["markdown"].read_text()
+    sec = html.split('<section id="selection">', 1)[1].split("</section>", 1)[0]
+    assert '<figure id="fig-selection_vs_test"><img' in sec
+    assert "(figures/selection_vs_test.png)" in md
+    assert (out["figures"] / "selection_vs_test.png").read_bytes().startswith(b"\x89PNG")
+    assert "The test split chose nothing" in sec and "Spearman" in sec
+    assert "validation (single split)" in md and "validation (single split)" in sec
+    if winner["kind"] == "ensemble":  # chosen and scored on the same validation predictions
+        label = "in-sample (validation used to choose the ensemble)"
+        assert data["best"]["value_kind"] == "in-sample"
+        assert label in sec and label in md
+    else:
+        assert data["best"]["value_kind"] == "validation"
+
+
+def test_selection_table_winner_baseline_unimodal(staged, history):
+    _, _, out, data = staged
+    recs, attrs, winner = history
+    headers, rows = md_table(out["markdown"].read_text(), "model")
+    col = {h: i for i, h in enumerate(headers)}
+    sel_col = "selection estimate (CV, K folds) / validation accuracy"
+    assert sel_col in col and "test accuracy" in col
+    by_role = {r[col["model"]]: r for r in rows}
+    assert list(by_role) == ["winner", "best baseline", "best unimodal"]
+    w = by_role["winner"]
+    assert w[col["trial"]] == "+".join(str(n) for n in winner["trials"])
+    assert w[col[sel_col]] == f"{winner['val']:.4f}"
+    assert w[col["test accuracy"]] == f"{winner['test']['accuracy']:.4f}"
+    done = [r for r in recs if r.status == "COMPLETE"]
+    base = max((r for r in done if r.baseline), key=lambda r: (r.value, -r.number))
+    b = by_role["best baseline"]
+    assert int(b[col["trial"]]) == base.number and b[col["figure"]] == "validation (single split)"
+    assert b[col[sel_col]] == f"{base.value:.4f}"
+    assert b[col["test accuracy"]] == f"{base.test_metrics['accuracy']:.4f}"
+    uni = max((r for r in done if r.stage == "unimodal"), key=lambda r: (r.value, -r.number))
+    u = by_role["best unimodal"]
+    assert int(u[col["trial"]]) == uni.number
+    assert u[col[sel_col]] == f"{uni.value:.4f}"
+    assert u[col["test accuracy"]] == f"{uni.test_metrics['accuracy']:.4f}"
+    assert [c["role"] for c in data["selection"]["compare"]] == list(by_role)
