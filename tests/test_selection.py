@@ -202,3 +202,28 @@ def test_the_winner_is_chosen_by_the_cross_validated_estimate(demo_dataset, tmp_
     assert w["selection"]["mean"] == pytest.approx(trials[w["design"]].value)
     assert "cross-validated" in w["why"]
     assert w["val_kind"] == ("out-of-sample" if w["kind"] == "ensemble" else "validation")
+
+
+@pytest.mark.slow
+def test_two_workers_and_the_report_work_with_folds(demo_dataset, tmp_path):
+    res = search(
+        demo_dataset,
+        study="w2",
+        space=_space(tmp_path, folds=3, finalists=1),
+        trials=4,
+        workers=2,
+        devices="cpu",
+        workdir=tmp_path,
+        progress=False,
+        mlflow_uri="off",
+    )
+    fusion = _fusion(tmp_path, "w2")
+    ended = [t for t in fusion if t.state.name in ("COMPLETE", "PRUNED")]
+    assert len(ended) == 4
+    assert len({t.user_attrs.get("worker") for t in fusion}) == 2
+    assert all(
+        t.user_attrs["selection"]["folds"] == 3 for t in fusion if t.state.name == "COMPLETE"
+    )
+    md = Path(res.summary["report"]["markdown"]).read_text()
+    assert "selection estimate (CV, 3 folds)" in md
+    assert res.summary["selection"]["kind"] == "cv"
