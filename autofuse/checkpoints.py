@@ -294,9 +294,10 @@ class CheckpointStore:
         extra: dict[str, torch.Tensor] | None = None,
     ) -> bool:
         """Keep trial ``number``'s weights when ``value`` is among the top :data:`KEEP_TOP_K`
-        of the completed ``others``; returns whether it was kept."""
+        of the completed ``others`` (a tie with the K-th is kept too: stage 3 may pick either of
+        tied designs, breaking the tie by another figure); returns whether it was kept."""
         ranked = sorted(others, key=lambda v: sort_sign(direction) * v)
-        if len(ranked) >= KEEP_TOP_K and not better(value, ranked[KEEP_TOP_K - 1], direction):
+        if len(ranked) >= KEEP_TOP_K and better(ranked[KEEP_TOP_K - 1], value, direction):
             return False
         self.save_finalist(number, model, spec, info, extra)
         return True

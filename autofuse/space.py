@@ -271,7 +271,7 @@ class StagesConfig(BaseModel):
     #: (the fusion rows and the validation rows; stratified, grouped by the dataset's group
     #: column): the trial's value is the mean over folds, a selection estimate. 1: trained on the
     #: fusion rows and ranked on the validation split alone (the single-split selection)
-    folds: int = Field(1, ge=1, le=20)
+    folds: int = Field(5, ge=1, le=20)
     #: search the modality subset (``keep.<modality>``) in stage 2
     subset: bool = True
     #: token-level fusions see at most this many tokens per modality

@@ -129,12 +129,21 @@ def is_skipped(trial: Any) -> bool:
 
 
 def split_train_rows(
-    train: np.ndarray, y: np.ndarray, task: str, fusion_share: float, seed: int = 0
+    train: np.ndarray,
+    y: np.ndarray,
+    task: str,
+    fusion_share: float,
+    seed: int = 0,
+    groups: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(encoder rows, fusion rows)``: a seeded split of the training rows, stratified by class
-    for classification, ``fusion_share`` of them for the fusion heads."""
+    for classification, ``fusion_share`` of them for the fusion heads. With ``groups`` (the
+    dataset's group column) whole groups go to one side: an encoder that saw a subject's other
+    windows would give the fusion heads memorised features of that subject."""
     rng = np.random.default_rng(seed)
     train = np.asarray(train)
+    if groups is not None:
+        return _split_groups(train, np.asarray(groups)[train], fusion_share, rng)
     if task == "classification":
         groups = [train[y[train] == c] for c in np.unique(y[train])]
     else:
@@ -147,6 +156,23 @@ def split_train_rows(
         fus.append(g[:k])
         enc.append(g[k:])
     return np.sort(np.concatenate(enc)), np.sort(np.concatenate(fus))
+
+
+def _split_groups(
+    train: np.ndarray, groups: np.ndarray, fusion_share: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Whole groups, in a seeded order, to the fusion rows until they hold ``fusion_share`` of
+    the rows (at least one group each side when there are two or more)."""
+    names, sizes = np.unique(groups, return_counts=True)
+    order = rng.permutation(len(names))
+    target, taken, fus = fusion_share * len(train), 0, []
+    for i in order[: max(len(names) - 1, 0)]:
+        if fus and taken + sizes[i] / 2 > target:
+            break
+        fus.append(names[i])
+        taken += sizes[i]
+    in_fus = np.isin(groups, fus)
+    return np.sort(train[~in_fus]), np.sort(train[in_fus])
 
 
 def encoder_label(spec: ArchitectureSpec, m: str) -> str:
@@ -201,7 +227,11 @@ class Stages:
         cfg = space.stages
         t = runner.template
         self.encoder_rows, self.fusion_rows = split_train_rows(
-            t.splits["train"], t.y_raw, runner.task, cfg.fusion_rows
+            t.splits["train"],
+            t.y_raw,
+            runner.task,
+            cfg.fusion_rows,
+            groups=getattr(runner.ds, "groups", lambda: None)(),
         )
         self._folds: dict[bool, list[np.ndarray]] = {}
 
@@ -233,6 +263,8 @@ class Stages:
                 "spec": spec.model_dump(mode="json"),
                 "state": self.runner.modality_input(m, enc)[1]["state"],
                 "fusion_rows": self.space.stages.fusion_rows,
+                # the honest split keeps groups whole (a dataset with a group column)
+                **({"grouped": True} if self.runner.ds.groups() is not None else {}),
             }
         )
 
@@ -603,15 +635,24 @@ def _cv_summary(sel: dict) -> dict:
         "mean": float(sel["mean"]),
         "std": float(sel["std"]),
         "folds": n,
-        "se": float(sel["std"]) / math.sqrt(n),
+        # one fold (a trial stopped by its time limit) says nothing of the fold-to-fold noise
+        "se": float(sel["std"]) / math.sqrt(n) if n > 1 else None,
         "loss_mean": sel.get("loss_mean"),
     }
 
 
 def _one_se(designs: list[dict], sign: float, metric: str) -> tuple[dict, str]:
-    """The simplest design within one standard error of the best cross-validated one."""
+    """The simplest design within one standard error of the best cross-validated one (a best
+    design with one fold done borrows the median standard error of the others)."""
     best = min(designs, key=lambda g: (sign * g["cv"]["mean"], g["n_params"]))
-    bar = best["cv"]["mean"] + sign * ONE_SE * best["cv"]["se"]  # sign < 0: maximise
+    known = [g["cv"]["se"] for g in designs if g["cv"]["se"] is not None]
+    se = (
+        best["cv"]["se"]
+        if best["cv"]["se"] is not None
+        else (float(np.median(known)) if known else 0.0)
+    )
+    best["cv"]["se"] = se
+    bar = best["cv"]["mean"] + sign * ONE_SE * se  # sign < 0: maximise
     close = [g for g in designs if sign * g["cv"]["mean"] <= sign * bar + 1e-12]
     win = min(close, key=lambda g: (g["n_params"], g["latency_ms"], sign * g["cv"]["mean"]))
     c = win["cv"]

@@ -16,6 +16,14 @@ once (the feature cache). This measures, in one run and on the same tensors:
 Both are timed interleaved, ``--repeats`` times; wall and process CPU time medians are printed
 (CPU time is less disturbed by other processes on a shared machine).
 
+Then the cost of cross-validated selection (issue 19: a stage-2 trial with K folds must cost
+about K x one fold, not more): ``CandidateRunner.run_cv(spec, folds)`` with ``--folds`` K folds
+(:func:`autofuse.data.splits.cv_folds` over the training rows) against one fit,
+``CandidateRunner.run(spec, train_rows=...)`` on the training rows less the first fold (the rows a
+fold trains on), same spec and epochs (no early stopping: patience > epochs), both warm, timed
+interleaved ``--repeats`` times. It prints ``K-fold trial / one fit`` (ideal about K) and the
+per-fold overhead (K-fold time / K - one fit). ``--folds 0`` skips it.
+
 The dataset is the generated demo dataset (image + text + tabular); tabular has no frozen encoder,
 so the spec uses image (``image.timm`` resnet18, random init, 32 px, frozen) and text (the bundled
 all-MiniLM-L6-v2, frozen). The first trial fills the feature cache and is not timed.
@@ -24,6 +32,7 @@ Usage::
 
     HF_HUB_OFFLINE=1 python benchmarks/inner_loop.py [--rows 2000] [--epochs 5] [--repeats 5]
         [--fusion encoder_decoder.early@late] [--threads N] [--workdir DIR] [--profile]
+        [--folds 5]
 """
 
 from __future__ import annotations
@@ -134,6 +143,59 @@ def bare_loop(spec, info: dict, data, device) -> dict[str, float]:
     return {"val_accuracy": accs, "test_accuracy": test_acc}
 
 
+def kfold_ratio(runner, spec, data, k: int, repeats: int) -> str:
+    """Time a K-fold stage-2 trial (``run_cv``) against one fit on a fold's training rows; the
+    lines to print."""
+    import numpy as np
+
+    from autofuse.data.splits import cv_folds
+
+    pool = np.asarray(data.splits["train"])
+    folds = cv_folds(pool, data.y_raw, runner.task, k, seed=0)
+    one_rows = np.setdiff1d(pool, folds[0])  # what one fold trains on
+    runner.run(spec, train_rows=one_rows)  # warm: the runner's prepared inputs for these rows
+    runner.run_cv(spec, folds)
+    wall: dict[str, list[float]] = {"one": [], "cv": []}
+    cpu: dict[str, list[float]] = {"one": [], "cv": []}
+    one = cv = None
+    for _ in range(repeats):  # interleaved
+        w, c = time.perf_counter(), time.process_time()
+        one = runner.run(spec, train_rows=one_rows)
+        wall["one"].append(time.perf_counter() - w)
+        cpu["one"].append(time.process_time() - c)
+        w, c = time.perf_counter(), time.process_time()
+        cv = runner.run_cv(spec, folds)
+        wall["cv"].append(time.perf_counter() - w)
+        cpu["cv"].append(time.process_time() - c)
+    assert one is not None and cv is not None
+    k_done = len(folds)
+    med = {key: statistics.median(v) for key, v in wall.items()}
+    med_cpu = {key: statistics.median(v) for key, v in cpu.items()}
+    sel = cv.selection or {}
+    lines = [
+        f"\nK-fold selection: {k_done} folds over {len(pool)} training rows (fold sizes "
+        f"{[len(f) for f in folds]}); one fit on {len(one_rows)} rows; epochs run: one fit "
+        f"{one.epochs_run}, K-fold {cv.epochs_run} (folds done {sel.get('folds_done')})"
+    ]
+    for key, name in (
+        ("one", "one fit  (run, train_rows)"),
+        ("cv", f"K-fold   (run_cv, K={k_done})"),
+    ):
+        lines.append(
+            f"{name}: median {med[key]:6.3f} s wall, {med_cpu[key]:6.3f} s CPU  "
+            f"[wall {', '.join(f'{x:.3f}' for x in wall[key])}]"
+        )
+    over = med["cv"] / k_done - med["one"]
+    over_cpu = med_cpu["cv"] / k_done - med_cpu["one"]
+    lines.append(
+        f"K-fold trial / one fit = {med['cv'] / med['one']:.2f} wall, "
+        f"{med_cpu['cv'] / med_cpu['one']:.2f} CPU (K = {k_done}; ideal ≈ {k_done}); per-fold "
+        f"overhead {over:+.3f} s wall ({over / med['one']:+.0%} of one fit), {over_cpu:+.3f} s CPU "
+        f"(median of {repeats})"
+    )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=2000)
@@ -154,6 +216,9 @@ def main() -> None:
         "--threads", type=int, default=0, help="torch threads (default: every core)"
     )
     parser.add_argument("--profile", action="store_true", help="cProfile one warm trial (top 25)")
+    parser.add_argument(
+        "--folds", type=int, default=5, help="K of the K-fold / one-fit ratio (0: skip it)"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
@@ -203,6 +268,9 @@ def main() -> None:
             bare = bare_loop(spec, info, data, device)
             wall["b"].append(time.perf_counter() - w)
             cpu["b"].append(time.process_time() - c)
+        cv_report = (
+            kfold_ratio(runner, spec, data, args.folds, args.repeats) if args.folds > 1 else ""
+        )
     assert res is not None and bare is not None
     same = res.val_metrics == first.val_metrics and res.history == first.history
     fit_accs = [h["accuracy"] for h in res.history]
@@ -226,6 +294,8 @@ def main() -> None:
         f"ratio (a)/(b): {med['a'] / med['b']:.2f}x wall, {med_cpu['a'] / med_cpu['b']:.2f}x CPU "
         f"(median of {args.repeats})"
     )
+    if cv_report:
+        print(cv_report)
 
 
 if __name__ == "__main__":

@@ -400,6 +400,14 @@ def test_another_models_running_checkpoint_is_not_resumed(base):
 STAGED = Path(__file__).parent / "spaces" / "staged.yaml"
 
 
+def _stage_trials(work, study: str, stage: str) -> list:
+    import optuna
+
+    url = f"sqlite:///{work / 'trials' / 'autofuse.db'}"
+    trials = optuna.load_study(study_name=study, storage=url).trials
+    return [t for t in trials if t.user_attrs.get("stage") == stage]
+
+
 def test_resumed_staged_search_with_damaged_finalists_concludes(demo_dataset, tmp_path, caplog):
     """A staged study whose finalists' outputs and weights are damaged: resuming it still picks
     a winner (from the readable outputs: the damaged one is left out), writes the summary and the
@@ -410,7 +418,8 @@ def test_resumed_staged_search_with_damaged_finalists_concludes(demo_dataset, tm
     search(demo_dataset, study="st", **common)
     store = CheckpointStore(work / "trials" / "st")
     # stage 3's models (the ones with saved outputs): whichever wins, its weights are damaged
-    finalists = sorted(n for n in store.finalists() if store.has_outputs(n))
+    stage3 = {t.number for t in _stage_trials(work, "st", "finalist")}
+    finalists = sorted(n for n in store.finalists() if store.has_outputs(n) and n in stage3)
     assert len(finalists) == 4  # 2 designs x 2 seeds
     store.outputs_path(finalists[0]).write_bytes(GARBAGE)  # left out of the ensemble choice
     for n in finalists:

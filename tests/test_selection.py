@@ -227,3 +227,16 @@ def test_two_workers_and_the_report_work_with_folds(demo_dataset, tmp_path):
     md = Path(res.summary["report"]["markdown"]).read_text()
     assert "selection estimate (CV, 3 folds)" in md
     assert res.summary["selection"]["kind"] == "cv"
+
+
+def test_the_honest_split_keeps_groups_whole():
+    from autofuse.stages import split_train_rows
+
+    rng = np.random.default_rng(1)
+    train = np.arange(200)
+    groups = np.repeat(np.arange(20), 10)[rng.permutation(200)]
+    y = rng.integers(0, 3, 200)
+    enc, fus = split_train_rows(train, y, "classification", 0.4, groups=groups)
+    assert sorted(np.concatenate([enc, fus]).tolist()) == train.tolist()
+    assert not set(groups[enc]) & set(groups[fus])
+    assert 0.3 <= len(fus) / 200 <= 0.5

@@ -73,6 +73,15 @@ class HoldTrial(TrialHook):
     def on_checkpoint(self, ex: TrialExecution, state: dict) -> None:
         if ex.number != self.number or state["epoch"] < self.epoch:
             return
+        self._hold(ex)
+
+    def on_epoch_end(self, ex: TrialExecution, epoch: int, metrics: dict) -> None:
+        # a design ranked by cross-validation keeps no epoch checkpoints: hold after the epoch
+        if ex.plan is not None and ex.plan.folds and ex.number == self.number:
+            if epoch >= self.epoch:
+                self._hold(ex)
+
+    def _hold(self, ex: TrialExecution) -> None:
         Path(self.marker).write_text(str(ex.number))
         deadline = time.monotonic() + self.timeout_s
         while time.monotonic() < deadline:

@@ -296,7 +296,7 @@ def test_selection_spearman_matches_scipy(staged, history):
     rho = float(spearmanr(xs, ys).statistic)
     sel = data["selection"]
     assert sel["n_designs"] == len(xs)
-    assert sel["kind"] == "holdout"  # no selection record yet: the validation split
+    assert sel["kind"] == "cv" and sel["folds"] == 5  # stages.folds defaults to 5
     summary = json.loads((work / "trials" / STUDY / "summary.json").read_text())
     for got in (sel["spearman_selection_test"], summary["selection"]["spearman_selection_test"]):
         if math.isnan(rho):  # constant scores: no ranking to compare
@@ -304,14 +304,15 @@ def test_selection_spearman_matches_scipy(staged, history):
         else:
             assert got == pytest.approx(rho)
     assert summary["selection"]["n_designs"] == len(xs)
-    assert summary["selection"]["kind"] == "holdout"
+    assert summary["selection"]["kind"] == "cv"  # stages.folds defaults to 5
     assert summary["best_value_label"] in (
-        "validation (single split)",
-        "in-sample (validation used to choose the ensemble)",
+        "validation (single split)",  # the winner's finalist model on the validation split
+        "validation (ensemble weights fitted out of fold, on other rows)",
     )
     assert summary["test_metrics_label"] == "test"
     assert all(
-        b["value_label"] == "validation (single split)" for b in summary["baselines"].values()
+        b["value_label"] == "selection estimate (CV, 5 folds)"
+        for b in summary["baselines"].values()
     )
     assert sorted(p["trial"] for p in sel["points"]) == sorted(
         r.number
@@ -333,12 +334,11 @@ def test_selection_section_labels_and_scatter(staged, history):
     assert (out["figures"] / "selection_vs_test.png").read_bytes().startswith(b"\x89PNG")
     assert "The test split chose nothing" in sec and "Spearman" in sec
     assert "validation (single split)" in md and "validation (single split)" in sec
-    if winner["kind"] == "ensemble":  # chosen and scored on the same validation predictions
-        label = "in-sample (validation used to choose the ensemble)"
-        assert data["best"]["value_kind"] == "in-sample"
-        assert label in sec and label in md
-    else:
-        assert data["best"]["value_kind"] == "validation"
+    assert "selection estimate (CV, 5 folds)" in md
+    # the winner's figure: a finalist's validation metric, or an ensemble's on rows its weights
+    # (fitted out of fold) never saw: validation either way, never in-sample
+    assert data["best"]["value_kind"] == "validation"
+    assert "in-sample (validation used to choose the ensemble)" not in md
 
 
 def test_selection_table_winner_baseline_unimodal(staged, history):
@@ -346,7 +346,7 @@ def test_selection_table_winner_baseline_unimodal(staged, history):
     recs, attrs, winner = history
     headers, rows = md_table(out["markdown"].read_text(), "model")
     col = {h: i for i, h in enumerate(headers)}
-    sel_col = "selection estimate (CV, K folds) / validation accuracy"
+    sel_col = "selection estimate (CV, 5 folds) / validation accuracy"
     assert sel_col in col and "test accuracy" in col
     by_role = {r[col["model"]]: r for r in rows}
     assert list(by_role) == ["winner", "best baseline", "best unimodal"]
@@ -357,8 +357,9 @@ def test_selection_table_winner_baseline_unimodal(staged, history):
     done = [r for r in recs if r.status == "COMPLETE"]
     base = max((r for r in done if r.baseline), key=lambda r: (r.value, -r.number))
     b = by_role["best baseline"]
-    assert int(b[col["trial"]]) == base.number and b[col["figure"]] == "validation (single split)"
-    assert b[col[sel_col]] == f"{base.value:.4f}"
+    assert int(b[col["trial"]]) == base.number
+    assert b[col["figure"]].startswith("selection estimate (CV, 5 folds)")
+    assert b[col[sel_col]] == f"{base.value:.4f} ± {base.selection['std']:.4f}"
     assert b[col["test accuracy"]] == f"{base.test_metrics['accuracy']:.4f}"
     uni = max((r for r in done if r.stage == "unimodal"), key=lambda r: (r.value, -r.number))
     u = by_role["best unimodal"]
