@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import math
+import warnings
+from collections.abc import Sequence
+
 import numpy as np
+from scipy.stats import spearmanr
 from sklearn.metrics import f1_score, mean_absolute_error, r2_score
 
 from autofuse._util import better
@@ -64,6 +69,17 @@ def proper_loss(task: str, y_true: np.ndarray, outputs: np.ndarray) -> float:
         return float(np.mean((y - out.reshape(-1)) ** 2))
     y = np.asarray(y_true, dtype=np.float64)  # multilabel: binary cross-entropy per label
     return float(np.mean(np.logaddexp(0.0, out) - y * out))
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
+    """Spearman's rho of ``x`` and ``y`` (:func:`scipy.stats.spearmanr`); ``None`` with fewer
+    than 3 pairs or a constant side (no ranking to compare)."""
+    if len(x) < 3 or len(set(x)) < 2 or len(set(y)) < 2:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rho = float(spearmanr(x, y).statistic)
+    return rho if math.isfinite(rho) else None
 
 
 def is_better(a: float, b: float | None, direction: str) -> bool:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import math
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ import optuna
 from autofuse._util import atomic_write_text, best_first, better, json_text
 from autofuse.checkpoints import CheckpointStore
 from autofuse.errors import ConfigError
+from autofuse.metrics import spearman
 
 log = logging.getLogger(__name__)
 
@@ -70,17 +70,6 @@ def value_label(t: optuna.trial.FrozenTrial) -> str:
     return "validation (single split)"
 
 
-def _spearman(x: list[float], y: list[float]) -> float | None:
-    if len(x) < 3 or len(set(x)) < 2 or len(set(y)) < 2:
-        return None
-    from scipy.stats import spearmanr
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        rho = float(spearmanr(x, y).statistic)
-    return rho if math.isfinite(rho) else None
-
-
 def _finite(v: object) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
@@ -99,7 +88,7 @@ def selection_vs_test(completed: list[optuna.trial.FrozenTrial], metric: str) ->
     cv = [_selection(t) is not None for _, _, t in pairs]
     folds = {(_selection(t) or {}).get("folds") for _, _, t in pairs if _selection(t)}
     return {
-        "spearman_selection_test": _spearman([x for x, _, _ in pairs], [y for _, y, _ in pairs]),
+        "spearman_selection_test": spearman([x for x, _, _ in pairs], [y for _, y, _ in pairs]),
         "n_designs": len(pairs),
         "kind": "cv" if cv and all(cv) else ("mixed" if any(cv) else "holdout"),
         "folds": folds.pop() if len(folds) == 1 else None,

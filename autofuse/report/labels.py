@@ -19,13 +19,12 @@ the best in-study baseline and the best unimodal model with their selection figu
 
 from __future__ import annotations
 
-import math
 import statistics
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
 from autofuse._util import best_first, finite
+from autofuse.metrics import spearman
 from autofuse.report.rows import Row
 from autofuse.report.staged import FUSION, UNIMODAL, stage_of
 
@@ -136,19 +135,6 @@ def best_kind(best: dict | None) -> tuple[str, int | None]:
 
 
 # ---- the Spearman rank correlation -------------------------------------------------------------
-
-
-def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
-    """Spearman's rho of ``x`` and ``y`` (:func:`scipy.stats.spearmanr`); ``None`` with fewer
-    than 3 pairs or a constant side (no ranking to compare)."""
-    if len(x) < 3 or len(set(x)) < 2 or len(set(y)) < 2:
-        return None
-    from scipy.stats import spearmanr
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        rho = float(spearmanr(x, y).statistic)
-    return rho if math.isfinite(rho) else None
 
 
 # ---- the section's numbers ---------------------------------------------------------------------
