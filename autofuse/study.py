@@ -40,10 +40,8 @@ from autofuse.stages import (
     FINALIST,
     FUSION,
     UNIMODAL,
-    choose_winner,
     enqueue_finalists,
     enqueue_unimodal,
-    export_winner,
     fusion_baselines,
     is_skipped,
     skip_queued,
@@ -57,6 +55,7 @@ from autofuse.storage.sql import close_storage
 from autofuse.summary import write_json, write_summary
 from autofuse.train import TrainData
 from autofuse.trial import TrialHook, reconcile_stale
+from autofuse.winner import choose_winner, export_winner
 from autofuse.workers import (
     WorkerConfig,
     check_storage_for_workers,

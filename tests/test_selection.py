@@ -150,7 +150,7 @@ def test_ensemble_weights_never_see_the_outputs_they_are_scored_on():
     alone; weighted on out-of-fold outputs of other rows, it is member 1, and its score on the
     validation rows is what member 1 really does there."""
     from autofuse.ensemble import greedy_selection
-    from autofuse.stages import select_ensemble
+    from autofuse.winner import select_ensemble
 
     rng = np.random.default_rng(0)
     n_fit, n_val, c = 400, 60, 3
