@@ -218,14 +218,19 @@ def _oof_ensemble(
     if len(usable) < 2:
         single.why += "; no ensemble (fewer than 2 finalist designs with out-of-fold outputs)"
         return single
+    # the rows every design predicted out of fold (designs over frozen pretrained encoders pool
+    # every training row, those over stage-1-trained ones only the fusion rows), less validation
     rows = readable[usable[0]]["oof_rows"]
-    fit = ~np.isin(rows, splits["val"])
-    if not fit.any() or any(not np.array_equal(readable[d]["oof_rows"], rows) for d in usable):
-        single.why += "; no ensemble (the designs' out-of-fold rows differ)"
+    for d in usable[1:]:
+        rows = np.intersect1d(rows, readable[d]["oof_rows"])
+    rows = rows[~np.isin(rows, splits["val"])]
+    if not len(rows):
+        single.why += "; no ensemble (the designs share no out-of-fold rows)"
         return single
+    fit = [readable[d]["oof"][np.searchsorted(readable[d]["oof_rows"], rows)] for d in usable]
     weights, score = select_ensemble(
-        [readable[d]["oof"][fit] for d in usable],
-        y_raw[rows[fit]],
+        fit,
+        y_raw[rows],
         [readable[members[d].number]["val"] for d in usable],
         y_raw[splits["val"]],
         task,
