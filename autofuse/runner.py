@@ -194,6 +194,20 @@ class CandidateResult:
         }
 
 
+def training_kwargs(t: Any) -> dict[str, Any]:
+    """The :func:`autofuse.train.fit` settings of a spec's ``TrainingSpec`` ``t`` (the seed
+    aside: a K-fold run seeds each fold)."""
+    return {
+        "lr": t.lr,
+        "weight_decay": t.weight_decay,
+        "batch_size": t.batch_size,
+        "epochs": t.epochs,
+        "patience": t.patience,
+        "aux_weight": t.aux_weight,
+        "encoder_lr_scale": t.encoder_lr_scale,
+    }
+
+
 class CandidateRunner:
     """Trains candidates on one dataset, reusing prepared inputs and frozen features across trials.
 
@@ -430,12 +444,7 @@ class CandidateRunner:
         res = fit(
             model,
             trial_data,
-            lr=t.lr,
-            weight_decay=t.weight_decay,
-            batch_size=t.batch_size,
-            epochs=t.epochs,
-            patience=t.patience,
-            aux_weight=t.aux_weight,
+            **training_kwargs(t),
             seed=t.seed,
             device=self.device,
             on_epoch=on_epoch,
@@ -443,7 +452,6 @@ class CandidateRunner:
             on_checkpoint=on_checkpoint,
             resume=resume,
             amp=amp,
-            encoder_lr_scale=t.encoder_lr_scale,
             validate_start=bool(init_state),
             first_epoch_free=first_epoch_free,
             amp_on_cpu=amp_on_cpu,
@@ -517,18 +525,12 @@ class CandidateRunner:
             res = fit(
                 model,
                 fold,
-                lr=t.lr,
-                weight_decay=t.weight_decay,
-                batch_size=t.batch_size,
-                epochs=t.epochs,
-                patience=t.patience,
-                aux_weight=t.aux_weight,
+                **training_kwargs(t),
                 seed=t.seed + k,
                 device=self.device,
                 on_epoch=numbered,
                 deadline=deadline,
                 amp=amp,
-                encoder_lr_scale=t.encoder_lr_scale,
             )
             out = predict_outputs(model, fold, held, self.device)
             oof = np.zeros((len(data.y_raw), *out.shape[1:]), out.dtype) if oof is None else oof
