@@ -237,28 +237,19 @@ def _oof_ensemble(
         metric,
         direction,
     )
-    if not better(score, single.val, direction) or abs(score - single.val) < 1e-12:
+    if not _beats(score, single.val, direction):
         single.why += (
             f"; the greedy ensemble weighted out of fold ({score:.4f} on validation) did not "
             f"beat it ({single.val:.4f})"
         )
         return single
     used = [(members[d], w) for d, w in zip(usable, weights, strict=True) if w > 0]
-    test = _ensemble_test(task, y_raw, splits, [readable[t.number] for t, _ in used], used)
-    return Winner(
-        "ensemble",
-        [t.number for t, _ in used],
-        [float(w) for _, w in used],
-        single.design,
-        score,
-        test,
+    why = (
         f"a greedy ensemble of {len(used)} finalist models, weighted on the designs' "
         f"out-of-fold outputs, reaches validation {metric} {score:.4f} (rows the weights never "
-        f"saw), better than the single winner ({single.val:.4f}: {single.why})",
-        single.designs,
-        val_kind="out-of-sample",
-        selection=single.selection,
+        f"saw), better than the single winner ({single.val:.4f}: {single.why})"
     )
+    return _ensemble(single, used, readable, score, why, "out-of-sample", task, y_raw, splits)
 
 
 def _validation_ensemble(
@@ -281,13 +272,38 @@ def _validation_ensemble(
         [o["val"] for o in outs], y_raw[splits["val"]], task, metric, direction
     )
     best_single = best_first(members, lambda t: t.value, direction)[0].value
-    if not better(score, best_single, direction) or abs(score - best_single) < 1e-12:
+    if not _beats(score, best_single, direction):
         single.why += (
             f"; the greedy ensemble ({score:.4f}) did not beat the best single finalist "
             f"({best_single:.4f}) on validation"
         )
         return single
     used = [(t, w) for t, w in zip(members, weights, strict=True) if w > 0]
+    why = (
+        f"a greedy ensemble of {len(used)} finalist models reaches validation {metric} "
+        f"{score:.4f} (in-sample: chosen on the same validation outputs), better than the best "
+        f"single model ({best_single:.4f})"
+    )
+    return _ensemble(single, used, readable, score, why, "in-sample", task, y_raw, splits)
+
+
+def _beats(score: float, reference: float, direction: str) -> bool:
+    """An ensemble replaces the single winner only when strictly better."""
+    return better(score, reference, direction) and abs(score - reference) >= 1e-12
+
+
+def _ensemble(
+    single: Winner,
+    used: list,
+    readable: dict[int, dict],
+    score: float,
+    why: str,
+    val_kind: str,
+    task: str,
+    y_raw: np.ndarray,
+    splits: dict,
+) -> Winner:
+    """The ensemble winner of the members ``used`` (``(trial, weight)`` pairs, weights > 0)."""
     test = _ensemble_test(task, y_raw, splits, [readable[t.number] for t, _ in used], used)
     return Winner(
         "ensemble",
@@ -296,11 +312,10 @@ def _validation_ensemble(
         single.design,
         float(score),
         test,
-        f"a greedy ensemble of {len(used)} finalist models reaches validation {metric} "
-        f"{score:.4f} (in-sample: chosen on the same validation outputs), better than the best "
-        f"single model ({best_single:.4f})",
+        why,
         single.designs,
-        val_kind="in-sample",
+        val_kind=val_kind,
+        selection=single.selection,
     )
 
 
