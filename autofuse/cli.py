@@ -155,6 +155,9 @@ def _print_result(res) -> None:
         return
     if s.get("warning"):
         click.secho(f"warning: {s['warning']}", fg="yellow")
+    if s.get("stage3_skipped"):
+        click.secho(f"note: {s['stage3_skipped']}; the best stage-2 design is the result",
+                    fg="yellow")  # fmt: skip
     w = s.get("winner")
     if w:
         kind = "a greedy ensemble of trials " + ", ".join(map(str, w["trials"]))

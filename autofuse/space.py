@@ -272,6 +272,14 @@ class StagesConfig(BaseModel):
     #: column): the trial's value is the mean over folds, a selection estimate. 1: trained on the
     #: fusion rows and ranked on the validation split alone (the single-split selection)
     folds: int = Field(5, ge=1, le=20)
+    #: stage 1: each encoder choice trains to early stopping on the validation split (this
+    #: patience), for at most ``unimodal_epochs`` epochs, within its share of the stage's time
+    unimodal_epochs: int = Field(60, ge=1)
+    unimodal_patience: int = Field(6, ge=1)
+    #: stage 1 under ``--time-budget``: while the stage has time left, up to this many more runs
+    #: per trainable encoder choice tune its learning rate and its own settings (a small TPE
+    #: search per choice, :mod:`autofuse.tuning`); stage 2 uses each choice's best run. 0: off
+    tune: int = Field(6, ge=0)
     #: search the modality subset (``keep.<modality>``) in stage 2
     subset: bool = True
     #: token-level fusions see at most this many tokens per modality
@@ -696,14 +704,15 @@ def unimodal_specs(
     space: SearchSpace, modalities: dict[str, str]
 ) -> list[tuple[str, ArchitectureSpec]]:
     """Stage 1 of a staged search: one unimodal model per modality and encoder choice (each mode
-    the space allows), with the choice's default settings and a plain linear head."""
+    the space allows), with the choice's default settings and a plain linear head, trained to
+    early stopping (``stages.unimodal_epochs``, ``stages.unimodal_patience``)."""
     t = space.training
     training = TrainingSpec(
         lr=default_value(t.lr),
         weight_decay=default_value(t.weight_decay),
         batch_size=default_value(t.batch_size),
-        epochs=default_value(t.epochs),
-        patience=default_value(t.patience),
+        epochs=space.stages.unimodal_epochs,
+        patience=space.stages.unimodal_patience,
         aux_weight=0.0,
         seed=0,
     )

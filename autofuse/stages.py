@@ -36,6 +36,7 @@ import optuna
 import torch
 
 from autofuse._util import best_first, finite, sort_sign, stable_hash
+from autofuse.budget import FinalistCost, FinalistPlan, size_finalists
 from autofuse.checkpoints import CheckpointStore
 from autofuse.data.splits import cv_folds
 from autofuse.encoders import EncoderSpec
@@ -80,6 +81,8 @@ QUEUE_KEYS = (
     "origins",
     "baseline",
     "coverage",
+    "finalist_baseline",
+    "tuned",
 )
 #: the reason of a queued trial that never ran because its stage had ended
 SKIPPED = "skipped"
@@ -354,16 +357,18 @@ class Stages:
                 e = e.model_copy(update={"mode": origin["mode"]})  # unfrozen, from stage-1 weights
             encoders[m] = e
         cfg = self.space.stages
+        init = trial.user_attrs.get("init_from")
+        state = self.design_state(init) if init is not None else None
+        # fine-tuning a trained stage-2 model is short; new fusion layers train the design's epochs
+        epochs = design.training.epochs
         training = design.training.model_copy(
             update={
                 "seed": seed,
                 "encoder_lr_scale": cfg.finetune_lr_scale,
-                "epochs": min(design.training.epochs, cfg.finetune_epochs),
+                "epochs": epochs if state is None else min(epochs, cfg.finetune_epochs),
             }
         )
         spec = design.model_copy(update={"encoders": encoders, "training": training})
-        init = trial.user_attrs.get("init_from")
-        state = self.design_state(init) if init is not None else None
         return StagePlan(FINALIST, spec, {"finalist_of": of, "seed": seed}, init_state=state)
 
     def design_state(self, number: int) -> dict[str, torch.Tensor] | None:
@@ -405,10 +410,15 @@ def fusion_choices(st: optuna.Study) -> tuple[dict[str, dict], str]:
     done = [
         t for t in st.get_trials(deepcopy=False, states=(TS.COMPLETE,)) if stage_of(t) == UNIMODAL
     ]
+    # modalities and labels in the order their first runs came (the spec's modality order)
     choices: dict[str, dict] = {}
+    for t in sorted(done, key=lambda t: t.number):
+        u = t.user_attrs["unimodal"]
+        choices.setdefault(u["modality"], {}).setdefault(u["label"], None)
     best: dict[str, float] = {}
     sign = 1.0 if st.direction == optuna.study.StudyDirection.MAXIMIZE else -1.0
-    for t in sorted(done, key=lambda t: t.number):
+    # a choice's best run, the earliest of equals (stage 1 may tune a choice: autofuse.tuning)
+    for t in sorted(done, key=lambda t: (sign * t.value, -t.number)):
         u = t.user_attrs["unimodal"]
         spec = ArchitectureSpec.model_validate(t.user_attrs["spec"])
         enc = spec.encoders[u["modality"]]
@@ -416,7 +426,7 @@ def fusion_choices(st: optuna.Study) -> tuple[dict[str, dict], str]:
             enc = EncoderSpec(
                 name=enc.name, mode="frozen", dim=enc.dim, params=enc.params, source=u["source"]
             )
-        choices.setdefault(u["modality"], {})[u["label"]] = enc
+        choices[u["modality"]][u["label"]] = enc
         best[u["modality"]] = max(best.get(u["modality"], -math.inf), sign * t.value)
     fallback = max(best, key=best.get) if best else ""
     return choices, fallback
@@ -462,38 +472,108 @@ def _best_labels(st: optuna.Study) -> dict[str, str]:
     return out
 
 
-def enqueue_finalists(st: optuna.Study, space: SearchSpace) -> list[int]:
-    """Enqueue stage 3 for the best ``finalists`` fusion designs (``seeds`` each), once; returns
-    the designs' trial numbers."""
+#: the study attribute with stage 3's size (designs x seeds) and why
+FINALIST_PLAN = "finalist_plan"
+
+
+def enqueue_finalists(
+    st: optuna.Study, space: SearchSpace, left_s: float | None, rows: dict[str, Any]
+) -> FinalistPlan:
+    """Enqueue stage 3, once: the best ``finalists`` fusion designs and the best hand-designed
+    baseline (second in line, so that with two designs or more the search's pick is compared
+    with it under the same protocol), ``seeds`` each; as many designs x seeds as ``left_s``
+    seconds fit at :data:`~autofuse.budget.MIN_FINALIST_EPOCHS` epochs each, from each design's
+    measured epoch cost (:func:`design_cost`; ``rows``: the training rows and
+    ``stages.fusion_rows``). The plan is kept in the study attribute :data:`FINALIST_PLAN`."""
     cfg = space.stages
     existing = [t for t in st.trials if stage_of(t) == FINALIST]
     if existing:
-        return sorted({int(t.user_attrs["finalist_of"]) for t in existing})
+        kept = st.user_attrs.get(FINALIST_PLAN) or {}
+        designs = {int(t.user_attrs["finalist_of"]) for t in existing}
+        seeds = max(int(t.user_attrs["seed"]) for t in existing) + 1
+        return FinalistPlan(len(designs), seeds, kept.get("note", "queued earlier"))
     done = [
         t
         for t in st.get_trials(deepcopy=False, states=(TS.COMPLETE,))
         if stage_of(t) == FUSION and finite(t.value)
     ]
     sign = sort_sign(st.direction.name.lower())
-    top = sorted(done, key=lambda t: (sign * t.value, _tie_loss(t)))[: cfg.finalists]
+    ranked = sorted(done, key=lambda t: (sign * t.value, _tie_loss(t)))
+    top = ranked[: cfg.finalists]
+    baseline = next((t for t in ranked if "baseline" in t.user_attrs), None)
+    if baseline is not None and baseline not in top and top:
+        top.insert(1, baseline)
+    trials = st.get_trials(deepcopy=False, states=(TS.COMPLETE,))
+    sized = size_finalists([design_cost(trials, t, rows) for t in top], cfg.seeds, left_s)
+    st.set_user_attr(
+        FINALIST_PLAN,
+        {
+            "designs": sized.designs,
+            "seeds": sized.seeds,
+            "note": sized.note,
+            "skipped": sized.skipped,
+            "left_s": left_s,
+        },  # fmt: skip
+    )
     origins = _origins(st)
-    for t in top:
+    for t in top[: sized.designs]:
         spec = t.user_attrs["spec"]
-        for seed in range(cfg.seeds):
+        extra = {"finalist_baseline": t.user_attrs["baseline"]} if t is baseline else {}
+        if not _cross_validated(t):  # its head never saw the validation rows: start from it
+            extra["init_from"] = t.number
+        for seed in range(sized.seeds):
             st.enqueue_trial(
                 {},
                 user_attrs={
                     "stage": FINALIST,
                     "finalist_of": t.number,
                     "seed": seed,
-                    "init_from": t.number,
                     "spec_fixed": spec,
                     "origins": {
                         m: origins.get(e.get("source")) for m, e in spec["encoders"].items()
                     },
+                    **extra,
                 },
             )
-    return [t.number for t in top]
+    return sized
+
+
+def _cross_validated(t: Any) -> bool:
+    """Whether a stage-2 design was ranked by cross-validation. Its kept weights are fold 1's
+    model, which trained on most of the validation rows: a finalist starting from them would
+    early-stop, and be scored, on rows it has seen. Its finalists start from the stage-1
+    encoders with new fusion layers and head, initialised by the seed."""
+    return (t.user_attrs.get("selection") or {}).get("kind") == "cv"
+
+
+def design_cost(done: list, design: Any, rows: dict[str, Any]) -> FinalistCost:
+    """What one end-to-end epoch of a stage-2 design costs in stage 3, from measured times:
+    each of its encoders' stage-1 run (seconds per epoch, scaled from the rows it trained on to
+    every training row) plus the design's own fusion head; the trial's fixed cost is the
+    largest of those runs' time outside training (building, evaluating, recording)."""
+    by_source, by_label = {}, {}
+    for t in done:
+        u = t.user_attrs.get("unimodal") if stage_of(t) == UNIMODAL else None
+        if u:
+            by_source.setdefault(u.get("source"), t)
+            by_label.setdefault((u["modality"], u["label"]), t)
+    epoch_s, overhead_s = _per_epoch(design, 1.0), 0.0  # the head (per fold: epochs add up)
+    spec = ArchitectureSpec.model_validate(design.user_attrs["spec"])
+    for m, enc in spec.encoders.items():
+        run = by_source.get(enc.source) if enc.source else by_label.get((m, encoder_label(spec, m)))
+        if run is None:
+            continue
+        # a trained encoder saw 1 - fusion_rows of the training rows; stage 3 sees them all
+        scale = 1.0 / (1.0 - rows["fusion_rows"]) if enc.source else 1.0
+        epoch_s += _per_epoch(run, scale)
+        total = float(run.user_attrs.get("trial_time_s") or 0.0)
+        overhead_s = max(overhead_s, total - float(run.user_attrs.get("train_time_s") or 0.0))
+    return FinalistCost(epoch_s=epoch_s, overhead_s=overhead_s)
+
+
+def _per_epoch(t: Any, scale: float) -> float:
+    seconds = float(t.user_attrs.get("train_time_s") or 0.0)
+    return scale * seconds / max(1, int(t.user_attrs.get("epochs_run") or 1))
 
 
 def _tie_loss(t: Any) -> float:
@@ -522,11 +602,13 @@ def finalist_outputs(result: CandidateResult, device: torch.device) -> dict[str,
 
 __all__ = [
     "FINALIST",
+    "FINALIST_PLAN",
     "FUSION",
     "STAGES",
     "UNIMODAL",
     "StagePlan",
     "Stages",
+    "design_cost",
     "enqueue_finalists",
     "enqueue_unimodal",
     "fusion_baselines",

@@ -26,6 +26,7 @@ import optuna
 
 from autofuse import sharing
 from autofuse._util import best_first
+from autofuse.budget import StageBudget
 from autofuse.checkpoints import KEEP_TOP_K, CheckpointStore
 from autofuse.data import Dataset
 from autofuse.errors import ConfigError
@@ -42,6 +43,7 @@ from autofuse.stages import (
     UNIMODAL,
     enqueue_finalists,
     enqueue_unimodal,
+    finished_in_stage,
     fusion_baselines,
     is_skipped,
     skip_queued,
@@ -55,6 +57,7 @@ from autofuse.storage.sql import close_storage
 from autofuse.summary import write_json, write_summary
 from autofuse.train import TrainData
 from autofuse.trial import TrialHook, reconcile_stale
+from autofuse.tuning import enqueue_round
 from autofuse.winner import choose_winner, export_winner
 from autofuse.workers import (
     WorkerConfig,
@@ -369,51 +372,56 @@ def _record(
 
 
 def dispatch(plan: StudyPlan, hooks: tuple[TrialHook, ...] = ()) -> None:
-    """Run the search: one stage, or the three stages of a staged search in turn."""
+    """Run the search: one stage, or the three stages of a staged search in turn.
+
+    Under ``--time-budget`` each stage ends at its point of the search's clock
+    (:class:`~autofuse.budget.StageBudget`): what a stage leaves unused passes to the next."""
     if not plan.space.stages.enabled:
         run_stage(plan, hooks, None, plan.n_total)
         return
     st, sp, cfg = plan.study, plan.space, plan.space.stages
-    budget = StageBudget(plan.options.time_budget, cfg.budget)
+    budget = StageBudget(plan.options.time_budget, stage_shares(cfg.budget))
     n1 = _locked(plan, enqueue_unimodal, st, sp, _modalities(plan.ds))
     run_stage(plan, hooks, UNIMODAL, n1, **budget.shared(UNIMODAL, n1))
+    if not any(stage_of(t) == FUSION for t in st.get_trials(deepcopy=False)):
+        tune_unimodal(plan, hooks, budget)
     if not any(stage_of(t) == FINALIST for t in st.get_trials(deepcopy=False)):
         _locked(plan, open_fusion_search, plan)
-        end = budget.deadline(FUSION)
+        end = budget.end(FUSION)
         # no trial runs past the fusion stage's end (one started late ends low-fidelity)
         run_stage(plan, hooks, FUSION, plan.n_total, deadline=end, budget_end=end)
     if cfg.finalists:
-        n3 = len(_locked(plan, open_finalists, plan)) * cfg.seeds
-        run_stage(plan, hooks, FINALIST, n3, **budget.shared(FINALIST, n3))
+        n3 = _locked(plan, open_finalists, plan, budget.left(FINALIST))
+        if n3:
+            run_stage(plan, hooks, FINALIST, n3, **budget.shared(FINALIST, n3))
+
+
+def tune_unimodal(plan: StudyPlan, hooks: tuple[TrialHook, ...], budget: StageBudget) -> None:
+    """Stage 1's tuning rounds (:mod:`autofuse.tuning`) while its share of ``--time-budget``
+    has time left; without a budget, or with ``stages.tune: 0``, none. Why it ended goes to the
+    log and the study attribute ``unimodal_tuning``."""
+    if budget.total_s is None or plan.space.stages.tune < 1:
+        return
+    st, rounds = plan.study, 0
+    while True:
+        left = budget.left(UNIMODAL) or 0.0
+        queued, why = _locked(plan, enqueue_round, st, plan.space, _modalities(plan.ds), left)
+        if not queued:
+            break
+        rounds += 1
+        target = finished_in_stage(st, UNIMODAL) + queued
+        run_stage(plan, hooks, UNIMODAL, target, budget_end=budget.end(UNIMODAL))
+    log.info("stage 1: tuning ended after %d round(s): %s", rounds, why)
+    _locked(plan, st.set_user_attr, "unimodal_tuning", {"rounds": rounds, "ended": why})
+
+
+def stage_shares(split: Any) -> list[tuple[str, float]]:
+    """``stages.budget`` as the ordered (stage, share) pairs :class:`StageBudget` takes."""
+    return [(UNIMODAL, split.unimodal), (FUSION, split.fusion), (FINALIST, split.finalists)]
 
 
 #: "no trial count": a fusion search bounded by its time budget only
 UNBOUNDED = 1_000_000
-
-
-class StageBudget:
-    """A staged search's time budget, split across the stages (``stages.budget`` shares)."""
-
-    def __init__(self, total_s: float | None, shares: Any) -> None:
-        self.total_s, self.shares = total_s, shares
-
-    def seconds(self, stage: str) -> float | None:
-        if self.total_s is None:
-            return None
-        share = {UNIMODAL: self.shares.unimodal, FUSION: self.shares.fusion}
-        return self.total_s * share.get(stage, self.shares.finalists)
-
-    def deadline(self, stage: str) -> float | None:
-        s = self.seconds(stage)
-        return None if s is None else time.time() + s
-
-    def shared(self, stage: str, n: int) -> dict[str, float]:
-        """A stage whose ``n`` trials all run and share its budget: when it ends, and the least
-        time one trial gets (a quarter of an even share)."""
-        s = self.seconds(stage)
-        if s is None or n < 1:
-            return {}
-        return {"budget_end": time.time() + s, "min_trial_s": 0.25 * s / n}
 
 
 def _locked(plan: StudyPlan, fn: Any, *args: Any) -> Any:
@@ -449,11 +457,19 @@ def open_fusion_search(plan: StudyPlan) -> None:
         st.enqueue_trial(params, user_attrs={"coverage": params["family"], "stage": FUSION})
 
 
-def open_finalists(plan: StudyPlan) -> list[int]:
+def open_finalists(plan: StudyPlan, left_s: float | None) -> int:
     """Stage 3 opens: fusion trials still queued are skipped (the fusion search has ended), the
-    finalists are queued; returns the finalist designs' trial numbers."""
+    finalists are queued, as many designs x seeds as ``left_s`` seconds fit (none: the stage is
+    skipped, and says so); returns how many finalist trials the stage runs."""
     skip_queued(plan.study, FUSION, "the fusion search had ended")
-    return enqueue_finalists(plan.study, plan.space)
+    t = plan.runner_template()
+    rows = {"train": len(t.splits["train"]), "fusion_rows": plan.space.stages.fusion_rows}
+    sized = enqueue_finalists(plan.study, plan.space, left_s, rows)
+    if sized.skipped:
+        log.warning("%s", sized.note)
+    else:
+        log.info("stage 3: %s", sized.note)
+    return sized.designs * sized.seeds
 
 
 def run_stage(

@@ -137,6 +137,13 @@ def write_summary(
         "best_trial": None,
     }
     stages = _per_stage(trials)
+    plan = st.user_attrs.get("finalist_plan")  # stage 3's size, or why it was skipped
+    if plan is not None:
+        stages.setdefault("finalist", {"trials": 0, "completed": 0, "pruned": 0, "time_s": 0.0})[
+            "plan"
+        ] = plan
+        if plan.get("skipped"):
+            summary["stage3_skipped"] = plan["note"]
     if stages:
         summary["stages"] = stages
     note = _all_timed_out(trials)
@@ -230,6 +237,8 @@ def _per_stage(trials: list) -> dict[str, dict]:
         d["pruned"] += t.state == TS.PRUNED
         if t.datetime_start and t.datetime_complete:
             d["time_s"] += (t.datetime_complete - t.datetime_start).total_seconds()
+        if stage == "finalist" and t.state == TS.COMPLETE:  # did the fine-tunes train?
+            d.setdefault("epochs_run", []).append(t.user_attrs.get("epochs_run"))
     return out
 
 

@@ -242,7 +242,9 @@ def space_file(root: Path, folds: int) -> Path:
     doc = {"extends": "default", "name": f"default-folds{folds}", "stages": stages}
     path = root / "spaces" / f"default_folds{folds}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    text = yaml.safe_dump(doc, sort_keys=False)
+    if not path.exists() or path.read_text() != text:  # two runs may share --workdir
+        path.write_text(text)
     return path
 
 

@@ -427,7 +427,9 @@ def _models_table(d: ReportData, s: dict) -> Table:
 def _single_vs_ensemble(d: ReportData, sec: Section, s: dict) -> None:
     w = s.get("winner")
     if not w:
-        sec.note("No winner recorded: the finalist stage did not finish (no completed finalist).")
+        plan = (s.get("recorded") or {}).get("finalist", {}).get("plan") or {}
+        why = plan.get("note") if plan.get("skipped") else "the finalist stage did not finish"
+        sec.note(f"No winner recorded: {why} (no completed finalist).")
         return
     chosen = (
         f"a greedy ensemble of {len(w['members'])} finalist models"
@@ -530,6 +532,10 @@ def section_stages(d: ReportData) -> Section:
     )
     if s.get("warning"):
         sec.note(f"Warning: {s['warning']}.")
+    plan = (s.get("recorded") or {}).get("finalist", {}).get("plan")
+    if plan:  # stage 3 sized from the designs' measured epoch cost, or skipped
+        note = plan["note"]
+        sec.note(f"{note[0].upper()}{note[1:]}." if plan.get("skipped") else f"Stage 3: {note}.")
     sec.add(H3("Time and trials per stage"))
     sec.add(
         P(
