@@ -545,7 +545,7 @@ class CandidateRunner:
             scores = [m[metric] for m in per_fold]
             if on_fold is not None:
                 on_fold(k, scores)
-            if res.timed_out or (deadline is not None and time.time() >= deadline):
+            if res.timed_out or (deadline is not None and time.monotonic() >= deadline):
                 timed_out = k + 1 < len(folds) or res.timed_out
                 break
         model, res0 = first

@@ -498,7 +498,10 @@ def enqueue_finalists(
         if stage_of(t) == FUSION and finite(t.value)
     ]
     sign = sort_sign(st.direction.name.lower())
-    ranked = sorted(done, key=lambda t: (sign * t.value, _tie_loss(t)))
+    # a design cut short (fewer folds or epochs: low fidelity) ranks after every complete one
+    ranked = sorted(
+        done, key=lambda t: (bool(t.user_attrs.get("low_fidelity")), sign * t.value, _tie_loss(t))
+    )
     top = ranked[: cfg.finalists]
     baseline = next((t for t in ranked if "baseline" in t.user_attrs), None)
     if baseline is not None and baseline not in top and top:

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pytest
+import yaml
 
 from autofuse.checkpoints import CheckpointStore
 from autofuse.data import Dataset
@@ -23,10 +24,10 @@ STAGED = Path(__file__).parent / "spaces" / "staged.yaml"
 
 
 def _space(tmp: Path, folds: int, finalists: int = 0) -> str:
+    """staged.yaml with ``folds`` and ``finalists`` set (``extends`` replaces whole keys)."""
+    block = yaml.safe_load(STAGED.read_text())["stages"] | {"folds": folds, "finalists": finalists}
     p = tmp / f"folds{folds}.yaml"
-    p.write_text(
-        f"extends: {STAGED}\nstages: {{enabled: true, folds: {folds}, finalists: {finalists}}}\n"
-    )
+    p.write_text(yaml.safe_dump({"extends": str(STAGED), "stages": block}))
     return str(p)
 
 
@@ -71,6 +72,27 @@ def test_a_fusion_trial_is_ranked_by_the_mean_over_folds(cv_study):
     assert all(
         recs[t.number].selection["scores"] == t.user_attrs["selection"]["scores"] for t in done
     )
+
+
+def test_a_time_budget_still_runs_every_fold(demo_dataset, tmp_path):
+    """The fold loop compares the trial's deadline on the clock it was set on (a deadline of
+    ``time.monotonic()`` read against ``time.time()`` ended every trial after fold 1)."""
+    search(
+        demo_dataset,
+        study="budget",
+        space=_space(tmp_path, folds=3),
+        trials=3,
+        time_budget="3m",
+        workdir=tmp_path,
+        progress=False,
+        mlflow_uri="off",
+        report=False,
+    )
+    done = [t for t in _fusion(tmp_path, "budget") if t.state.name == "COMPLETE"]
+    assert len(done) == 3
+    for t in done:
+        assert t.user_attrs["selection"]["folds_done"] == 3, t.user_attrs["selection"]
+        assert not t.user_attrs.get("low_fidelity")
 
 
 def test_out_of_fold_outputs_cover_the_pool_and_no_test_row(cv_study, demo_dataset):
