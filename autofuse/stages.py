@@ -36,7 +36,7 @@ import optuna
 import torch
 
 from autofuse._util import best_first, finite, sort_sign, stable_hash
-from autofuse.budget import FinalistCost, FinalistPlan, size_finalists
+from autofuse.budget import MIN_FINALIST_EPOCHS, FinalistCost, size_finalists
 from autofuse.checkpoints import CheckpointStore
 from autofuse.data.splits import cv_folds
 from autofuse.encoders import EncoderSpec
@@ -478,67 +478,111 @@ FINALIST_PLAN = "finalist_plan"
 
 def enqueue_finalists(
     st: optuna.Study, space: SearchSpace, left_s: float | None, rows: dict[str, Any]
-) -> FinalistPlan:
-    """Enqueue stage 3, once: the best ``finalists`` fusion designs and the best hand-designed
-    baseline (second in line, so that with two designs or more the search's pick is compared
-    with it under the same protocol), ``seeds`` each; as many designs x seeds as ``left_s``
-    seconds fit at :data:`~autofuse.budget.MIN_FINALIST_EPOCHS` epochs each, from each design's
-    measured epoch cost (:func:`design_cost`; ``rows``: the training rows and
-    ``stages.fusion_rows``). The plan is kept in the study attribute :data:`FINALIST_PLAN`."""
+) -> int:
+    """Enqueue a round of stage 3; returns how many finalist trials are queued (0: the stage is
+    over). Called until it returns 0, so time a round leaves over buys more seeds or designs.
+
+    The designs, ranked once: the best ``finalists`` fusion designs and the best hand-designed
+    baseline (second in line: with two designs or more the search's pick is compared with it
+    under the same protocol), ``seeds`` each. The first round queues as many designs x seeds as
+    ``left_s`` seconds fit at :data:`~autofuse.budget.MIN_FINALIST_EPOCHS` epochs each, from each
+    design's measured epoch cost (:func:`design_cost`; ``rows``: the training rows and
+    ``stages.fusion_rows``), or skips the stage. A later round adds the (design, seed) pairs not
+    run yet, more designs before more seeds, as long as each fits the time left (a design's
+    finalists measured so far give its cost). The plan is the study attribute
+    :data:`FINALIST_PLAN`."""
     cfg = space.stages
-    existing = [t for t in st.trials if stage_of(t) == FINALIST]
-    if existing:
-        kept = st.user_attrs.get(FINALIST_PLAN) or {}
-        designs = {int(t.user_attrs["finalist_of"]) for t in existing}
-        seeds = max(int(t.user_attrs["seed"]) for t in existing) + 1
-        return FinalistPlan(len(designs), seeds, kept.get("note", "queued earlier"))
+    plan = dict(st.user_attrs.get(FINALIST_PLAN) or {})
+    by_number = {t.number: t for t in st.get_trials(deepcopy=False)}
+    if "order" not in plan:
+        plan["order"] = _finalist_designs(st, cfg.finalists)
+    order = [by_number[n] for n in plan["order"]]
+    done = st.get_trials(deepcopy=False, states=(TS.COMPLETE,))
+    costs = {t.number: design_cost(done, t, rows) for t in order}
+    have = {
+        (int(t.user_attrs["finalist_of"]), int(t.user_attrs["seed"])): t
+        for t in by_number.values()
+        if stage_of(t) == FINALIST
+    }
+    if not have:  # the first round: a designs x seeds block that fits, or none
+        sized = size_finalists([costs[t.number] for t in order], cfg.seeds, left_s)
+        pairs = [(t, seed) for t in order[: sized.designs] for seed in range(sized.seeds)]
+        plan |= {"note": sized.note, "skipped": sized.skipped, "left_s": left_s, "rounds": 1}
+    elif plan.get("skipped"):
+        pairs = []
+    else:  # a later round: what still fits, more designs before more seeds
+        spent, pairs = 0.0, []
+        for seed in range(cfg.seeds):
+            for t in order:
+                if (t.number, seed) in have:
+                    continue
+                need = _measured_finalist_s(have, t.number) or costs[t.number].trial_s(
+                    MIN_FINALIST_EPOCHS
+                )
+                if left_s is None or spent + need <= left_s:
+                    spent += need
+                    pairs.append((t, seed))
+        if pairs:
+            plan["rounds"] = int(plan.get("rounds", 1)) + 1
+    _queue_finalists(st, pairs, order)
+    queued = have | {(t.number, seed): None for t, seed in pairs}
+    plan["designs"] = len({d for d, _ in queued})
+    plan["seeds"] = max((seed + 1 for _, seed in queued), default=0)
+    plan["trials"] = len(queued)
+    st.set_user_attr(FINALIST_PLAN, plan)
+    return sum(
+        t.state == TS.WAITING and stage_of(t) == FINALIST for t in st.get_trials(deepcopy=False)
+    )
+
+
+def _finalist_designs(st: optuna.Study, n: int) -> list[int]:
+    """The fusion designs stage 3 fine-tunes, best first: the top ``n`` (a design cut short,
+    low fidelity, ranks after every complete one) and the best baseline second."""
     done = [
         t
         for t in st.get_trials(deepcopy=False, states=(TS.COMPLETE,))
         if stage_of(t) == FUSION and finite(t.value)
     ]
     sign = sort_sign(st.direction.name.lower())
-    # a design cut short (fewer folds or epochs: low fidelity) ranks after every complete one
     ranked = sorted(
         done, key=lambda t: (bool(t.user_attrs.get("low_fidelity")), sign * t.value, _tie_loss(t))
     )
-    top = ranked[: cfg.finalists]
+    top = ranked[:n]
     baseline = next((t for t in ranked if "baseline" in t.user_attrs), None)
     if baseline is not None and baseline not in top and top:
         top.insert(1, baseline)
-    trials = st.get_trials(deepcopy=False, states=(TS.COMPLETE,))
-    sized = size_finalists([design_cost(trials, t, rows) for t in top], cfg.seeds, left_s)
-    st.set_user_attr(
-        FINALIST_PLAN,
-        {
-            "designs": sized.designs,
-            "seeds": sized.seeds,
-            "note": sized.note,
-            "skipped": sized.skipped,
-            "left_s": left_s,
-        },  # fmt: skip
-    )
+    return [t.number for t in top]
+
+
+def _measured_finalist_s(have: dict, design: int) -> float | None:
+    """The median wall time of a design's finished finalists (None before one finished)."""
+    times = [
+        float(t.user_attrs.get("trial_time_s") or 0.0)
+        for (d, _), t in have.items()
+        if d == design and t is not None and t.state == TS.COMPLETE
+    ]
+    return float(np.median(times)) if times else None
+
+
+def _queue_finalists(st: optuna.Study, pairs: list[tuple[Any, int]], order: list) -> None:
     origins = _origins(st)
-    for t in top[: sized.designs]:
+    best_baseline = next((t for t in order if "baseline" in t.user_attrs), None)
+    for t, seed in pairs:
         spec = t.user_attrs["spec"]
-        extra = {"finalist_baseline": t.user_attrs["baseline"]} if t is baseline else {}
+        extra = {"finalist_baseline": t.user_attrs["baseline"]} if t is best_baseline else {}
         if not _cross_validated(t):  # its head never saw the validation rows: start from it
             extra["init_from"] = t.number
-        for seed in range(sized.seeds):
-            st.enqueue_trial(
-                {},
-                user_attrs={
-                    "stage": FINALIST,
-                    "finalist_of": t.number,
-                    "seed": seed,
-                    "spec_fixed": spec,
-                    "origins": {
-                        m: origins.get(e.get("source")) for m, e in spec["encoders"].items()
-                    },
-                    **extra,
-                },
-            )
-    return sized
+        st.enqueue_trial(
+            {},
+            user_attrs={
+                "stage": FINALIST,
+                "finalist_of": t.number,
+                "seed": seed,
+                "spec_fixed": spec,
+                "origins": {m: origins.get(e.get("source")) for m, e in spec["encoders"].items()},
+                **extra,
+            },
+        )
 
 
 def _cross_validated(t: Any) -> bool:

@@ -39,6 +39,7 @@ from autofuse.samplers import make_pruner, make_sampler
 from autofuse.space import SearchSpace, baseline_params, coverage_params, describe, load_space
 from autofuse.stages import (
     FINALIST,
+    FINALIST_PLAN,
     FUSION,
     UNIMODAL,
     enqueue_finalists,
@@ -390,10 +391,12 @@ def dispatch(plan: StudyPlan, hooks: tuple[TrialHook, ...] = ()) -> None:
         end = budget.end(FUSION)
         # no trial runs past the fusion stage's end (one started late ends low-fidelity)
         run_stage(plan, hooks, FUSION, plan.n_total, deadline=end, budget_end=end)
-    if cfg.finalists:
+    while cfg.finalists:  # rounds: time a round leaves over buys more seeds or designs
         n3 = _locked(plan, open_finalists, plan, budget.left(FINALIST))
-        if n3:
-            run_stage(plan, hooks, FINALIST, n3, **budget.shared(FINALIST, n3))
+        if not n3:
+            break
+        target = finished_in_stage(st, FINALIST) + n3
+        run_stage(plan, hooks, FINALIST, target, **budget.shared(FINALIST, n3))
 
 
 def tune_unimodal(plan: StudyPlan, hooks: tuple[TrialHook, ...], budget: StageBudget) -> None:
@@ -458,18 +461,24 @@ def open_fusion_search(plan: StudyPlan) -> None:
 
 
 def open_finalists(plan: StudyPlan, left_s: float | None) -> int:
-    """Stage 3 opens: fusion trials still queued are skipped (the fusion search has ended), the
-    finalists are queued, as many designs x seeds as ``left_s`` seconds fit (none: the stage is
-    skipped, and says so); returns how many finalist trials the stage runs."""
+    """A round of stage 3: fusion trials still queued are skipped (the fusion search has ended),
+    finalists are queued as ``left_s`` seconds fit (none in the first round: the stage is skipped,
+    and says so); returns how many finalist trials are queued (0: the stage is over)."""
     skip_queued(plan.study, FUSION, "the fusion search had ended")
     t = plan.runner_template()
     rows = {"train": len(t.splits["train"]), "fusion_rows": plan.space.stages.fusion_rows}
-    sized = enqueue_finalists(plan.study, plan.space, left_s, rows)
-    if sized.skipped:
-        log.warning("%s", sized.note)
-    else:
-        log.info("stage 3: %s", sized.note)
-    return sized.designs * sized.seeds
+    first = FINALIST_PLAN not in plan.study.user_attrs
+    n = enqueue_finalists(plan.study, plan.space, left_s, rows)
+    note = plan.study.user_attrs[FINALIST_PLAN]
+    if first and note.get("skipped"):
+        log.warning("%s", note["note"])
+    elif first:
+        log.info("stage 3: %s", note["note"])
+    elif n:
+        log.info(
+            "stage 3, round %d: %d more finalist trial(s) fit the time left", note["rounds"], n
+        )
+    return n
 
 
 def run_stage(
