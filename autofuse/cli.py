@@ -172,6 +172,12 @@ def _print_result(res) -> None:
     click.echo(f"  val:  {_fmt(s['val_metrics'])}")
     click.echo(f"  test: {_fmt(s['test_metrics'])}")
     click.echo(f"results: {res.study_dir / 'summary.json'}")
+    rf = s.get("refit_full")
+    if rf:
+        click.echo(f"refit on train + val: {rf['dir']}")
+        click.echo(
+            f"  test: {_fmt(rf.get('test'))} (the selected model's: {_fmt(s['test_metrics'])})"
+        )
     if s.get("best_dir") is None and "best_dir" in s:  # its checkpoint could not be read
         one = " --trial N" if w and w["kind"] == "ensemble" else ""
         click.echo(
@@ -251,6 +257,7 @@ SEARCH_OPTIONS = (
     "max_faults",
     "checkpoint_every_s",
     "artifacts",
+    "refit_full",
     "progress",
     "workdir",
 )
@@ -674,6 +681,12 @@ def db_upgrade(storage, workdir) -> None:
     help="Refit on train + val (the trial's settings, its best epoch count) first.",
 )
 @click.option(
+    "--refit-full",
+    is_flag=True,
+    help="Retrain the study's winner (each member of an ensemble) on train + val for the "
+    "epoch counts selection found, and export that.",
+)
+@click.option(
     "--finetune-encoders",
     is_flag=True,
     help="With --retrain: fine-tune the frozen encoders that allow it.",
@@ -703,6 +716,7 @@ def export(
     storage,
     dataset,
     retrain,
+    refit_full,
     finetune_encoders,
     device,
     register,
@@ -714,7 +728,9 @@ def export(
 
     if folder_problem(out_dir):
         raise AutofuseError(f"--out {out_dir!r}: {folder_problem(out_dir)}")
-    if retrain or register:  # the data cache and the MLflow store live under the work directory
+    if refit_full and trial is not None:
+        raise AutofuseError("--refit-full refits the study's winner; for one trial use --retrain")
+    if retrain or refit_full or register:  # the data cache and MLflow store live in the workdir
         _writable(workdir)
 
     res = export_trial(
@@ -727,6 +743,7 @@ def export(
         retrain=retrain,
         finetune_encoders=finetune_encoders,
         device=device,
+        refit_full=refit_full,
     )
     what = (
         f"the greedy ensemble of trials {', '.join(map(str, res.members))}"

@@ -14,16 +14,19 @@
 ``autofuse.load("out/")`` (:mod:`autofuse.predict`) rebuilds and runs it without the search code.
 
 Without ``retrain`` the weights come from the trial's checkpoint (kept for the best
-:data:`~autofuse.checkpoints.KEEP_TOP_K` completed trials of a study). With ``retrain`` the architecture
-is refitted from scratch on train + validation rows with the trial's training settings for a
+:data:`~autofuse.checkpoints.KEEP_TOP_K` completed trials of a study). With ``retrain`` the
+architecture is refitted on train + validation rows with the trial's training settings for a
 fixed number of epochs (the trial's best epoch; no early stopping, nothing held out but the test
-split), preprocessing statistics refitted on those rows too; ``finetune_encoders`` then trains
-the frozen encoders that support fine-tuning.
+split) through :meth:`autofuse.runner.CandidateRunner.refit` (:func:`autofuse.train.fit`, the
+package's one training loop), from the weights the trial started from: stage-1 encoders from
+their stage-1 runs (trained again end to end, as a finalist), a finalist's stage-2 weights. The
+preprocessing stays fitted on the training rows, as in the search. ``finetune_encoders`` also
+trains the frozen encoders that support fine-tuning. ``refit_full`` does this for the study's
+winner, a single model or every member of an ensemble (AutoGluon's ``refit_full``).
 """
 
 from __future__ import annotations
 
-import copy
 import datetime as dt
 import json
 import logging
@@ -47,14 +50,15 @@ from autofuse.data.validate import find_config, read_config
 from autofuse.encoders import get_encoder_entry
 from autofuse.ensemble import ENSEMBLE_FILE, ENSEMBLE_FORMAT, ENSEMBLE_VERSION
 from autofuse.errors import AutofuseError, ConfigError, DamagedFileError
+from autofuse.metrics import compute_metrics
 from autofuse.model import full_model, trainable_state_dict
 from autofuse.paths import Paths, check_study_name
 from autofuse.predict import EXPORT_KEY, check_compatible
+from autofuse.predict import load as load_export
 from autofuse.runner import CandidateRunner, default_device
 from autofuse.spec import ARCHITECTURE_FORMAT, SPEC_VERSION, ArchitectureSpec
 from autofuse.storage import make_storage
-from autofuse.storage.artifacts import ArtifactStore
-from autofuse.train import TrialFault, evaluate, loss_fn, measure_latency_ms, train_epoch
+from autofuse.train import TrainData, TrialFault
 from autofuse.weights import save_weights
 
 log = logging.getLogger(__name__)
@@ -179,63 +183,26 @@ def _pick_trial(st, number: int | None):
 
 
 # ---------------------------------------------------------------------------------- retrain
-def train_fixed(model, data, training, epochs: int, device: torch.device) -> list[float]:
-    """AdamW for exactly ``epochs`` epochs over ``data.splits["train"]`` (the batch loop of
-    :func:`autofuse.train.fit` without validation or early stopping). Returns the epoch losses."""
-    g = torch.Generator().manual_seed(training.seed)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=training.lr, weight_decay=training.weight_decay)
-    criterion = loss_fn(data.task)
-    losses = []
-    for epoch in range(1, epochs + 1):
-        try:
-            losses.append(
-                train_epoch(
-                    model,
-                    data,
-                    opt,
-                    criterion,
-                    params,
-                    g,
-                    batch_size=training.batch_size,
-                    aux_weight=training.aux_weight,
-                    device=device,
-                    epoch=epoch,
-                )
-            )
-        except TrialFault as e:
-            raise RetrainError(f"retraining {e.reason}: {e}") from None
-        log.info("retrain epoch %d/%d: loss %.4f", epoch, epochs, losses[-1])
-    model.eval()
-    return losses
-
-
-def retrain_trial(
-    ds,
-    spec: ArchitectureSpec,
-    epochs: int,
-    paths: Paths,
-    device: torch.device,
-    artifacts: ArtifactStore | None = None,
-):
-    """Refit ``spec`` on the train + val rows of ``ds``; returns ``(model, dataset_info, test
-    metrics, latency_ms, losses)``. The model's frozen encoders are placeholders fed from the
-    feature cache, as in search (the feature cache key includes the refitted preprocessing state,
-    so it is safe; the prepared-input cache's key ignores the split, so it is off here); stage-1
-    encoders this host lacks come from the study's artifact store ``artifacts``."""
-    rds = copy.copy(ds)  # the same rows, with validation rows counted as training rows
-    rds.split = np.where(ds.split == "val", "train", ds.split).astype(object)
-    runner = CandidateRunner(rds, paths.cache, device, prep_cache=False, artifacts=artifacts)
-    data, info = runner.prepare(spec)
-    splits = data.splits
-    try:
-        model = runner.build(spec, info)
-    except TrialFault as e:
-        raise RetrainError(str(e)) from None
-    losses = train_fixed(model, data, spec.training, epochs, device)
-    test = evaluate(model, data, "test", device) if len(splits["test"]) else {}
-    latency = measure_latency_ms(model, data, device)
-    return model, info, test, latency, losses
+def refit_spec(
+    spec: ArchitectureSpec, runner: CandidateRunner, lr_scale: float
+) -> tuple[ArchitectureSpec, list[str]]:
+    """A staged study's design as a refit trains it: end to end, like a finalist. Each stage-1
+    encoder it reads frozen (a ``source``) trains again in the mode its stage-1 run trained it,
+    from that run's weights, at ``lr`` x ``lr_scale`` (``stages.finetune_lr_scale``). A head
+    refitted over stage-1 features of rows the encoder trained on would learn to trust
+    memorised features (the stage-1 split exists to avoid that). Also the modalities switched."""
+    encoders, switched = {}, []
+    for m, e in spec.encoders.items():
+        if e.mode == "frozen" and e.source is not None:
+            rec = runner.stage1_record(e.source) or {}
+            mode = ((rec.get("spec") or {}).get("encoders") or {}).get(m, {}).get("mode")
+            e = e.model_copy(update={"mode": mode or "scratch"})
+            switched.append(m)
+        encoders[m] = e
+    if not switched:
+        return spec, []
+    training = spec.training.model_copy(update={"encoder_lr_scale": lr_scale})
+    return spec.model_copy(update={"encoders": encoders, "training": training}), switched
 
 
 # ---------------------------------------------------------------------------------- export
@@ -250,6 +217,7 @@ def export_trial(
     retrain: bool = False,
     finetune_encoders: bool = False,
     device: str | None = None,
+    refit_full: bool = False,
 ) -> ExportResult:
     """Export a trial (default: the best) of ``study`` into the folder ``out``.
 
@@ -264,23 +232,24 @@ def export_trial(
         retrain: refit on train + val (fixed epochs = the trial's best epoch) before exporting.
         finetune_encoders: with ``retrain``, train frozen encoders that support fine-tuning.
         device: where to retrain (default CUDA when available).
+        refit_full: retrain the study's winner (a single model or each member of an ensemble)
+            on train + val and export that; with ``trial``, that trial.
 
     Raises:
         ConfigError: unknown study or trial, a trial that did not complete, a trial without a
             checkpoint (only the best few keep one) and no ``retrain``, a missing dataset.
     """
     check_study_name(study)
+    retrain = retrain or refit_full
     if finetune_encoders and not retrain:
         raise ConfigError("--finetune-encoders needs --retrain (fine-tuning means training again)")
     paths = Paths.resolve(workdir)
     st = _load_study(study, paths, storage)
     winner = st.user_attrs.get("winner") if trial is None else None
     if winner is not None and winner["kind"] == "ensemble":
-        if retrain:
-            raise ConfigError(
-                "the study's winner is an ensemble; --retrain refits one trial: pass --trial N"
-            )
-        return _export_ensemble(study, out, winner, workdir, storage, dataset)
+        refit = {"retrain": retrain, "finetune_encoders": finetune_encoders, "device": device}
+        folder = _dataset_folder(st, dataset, retrain)
+        return _export_ensemble(study, out, winner, workdir, storage, folder, refit)
     if winner is not None:
         trial = winner["trials"][0]
     t = _pick_trial(st, trial)
@@ -317,23 +286,26 @@ def export_trial(
 
 
 def _export_ensemble(
-    study: str, out, winner: dict, workdir, storage: str | None, dataset
+    study: str, out, winner: dict, workdir, storage: str | None, dataset, refit: dict
 ) -> ExportResult:
-    """A staged search's winning ensemble: each member exported as a trial, then combined."""
+    """A staged search's winning ensemble: each member exported as a trial (refitted on train +
+    val with ``refit["retrain"]``), then combined with the weights selection gave them."""
+    tests = []
     with tempfile.TemporaryDirectory(prefix=".autofuse-members-") as tmp:
         members = []
         for n in winner["trials"]:
             try:
-                members.append(
-                    export_trial(
-                        study,
-                        Path(tmp) / f"trial_{n}",
-                        trial=n,
-                        workdir=workdir,
-                        storage=storage,
-                        dataset=dataset,
-                    ).out
+                res = export_trial(
+                    study,
+                    Path(tmp) / f"trial_{n}",
+                    trial=n,
+                    workdir=workdir,
+                    storage=storage,
+                    dataset=dataset,
+                    **refit,
                 )
+                members.append(res.out)
+                tests.append(res.metrics.get("test") or {})
             except DamagedFileError as e:
                 raise DamagedFileError(
                     e.path,
@@ -346,15 +318,33 @@ def _export_ensemble(
             "trials": winner["trials"],
             "why": winner.get("why"),
             "metrics": {"val": {"value": winner["val"]}, "test": winner["test"]},
+            "retrained": bool(refit["retrain"]),
         }
+        if refit["retrain"]:  # the members' own test figures after the refit
+            meta["members_test_after_retrain"] = tests
         out = write_ensemble_export(out, members, winner["weights"], meta)
     n_params = 0
     for m in sorted(out.glob("member_*")):
         doc = json.loads((m / "architecture.json").read_text())
         n_params += int(doc.get(EXPORT_KEY, {}).get("n_params") or 0)
     metrics = {"val": {"value": winner["val"]}, "test": dict(winner["test"])}
+    if refit["retrain"]:  # the refitted ensemble on the test rows
+        metrics["test"] = _export_test_metrics(out, dataset, refit["device"])
     trials = tuple(winner["trials"])
-    return ExportResult(out, study, trials[0], False, metrics, n_params, trials)
+    return ExportResult(out, study, trials[0], bool(refit["retrain"]), metrics, n_params, trials)
+
+
+def _export_test_metrics(out: Path, folder, device: str | None) -> dict[str, float]:
+    """An export's metrics on the test rows of the dataset at ``folder``, predicted the way a
+    user's ``autofuse predict`` would (:func:`autofuse.predict.load`)."""
+    full = Dataset.load(folder)
+    labels = TrainData.from_dataset(full, inputs={})
+    test = labels.splits["test"]
+    if not len(test):
+        return {}
+    predictor = load_export(out, device=device or str(default_device()))
+    outputs = predictor.predict_outputs(predictor.dataset(folder))
+    return compute_metrics(full.task, labels.y_raw[test], outputs[test])
 
 
 def _dataset_folder(
@@ -414,7 +404,9 @@ def _retrain(
     finetune_encoders: bool,
     device: str | None,
 ):
-    """Refit trial ``t`` on train + val; returns ``(spec, info, full model)`` and fills ``meta``."""
+    """Refit trial ``t`` on train + val (:meth:`CandidateRunner.refit`, the one training loop:
+    :func:`autofuse.train.fit`) for the epoch count it selected, from the weights it started
+    from; returns ``(spec, info, full model)`` and fills ``meta``."""
     spec = ArchitectureSpec.model_validate(t.user_attrs["spec"])
     switched: list[str] = []
     if finetune_encoders:
@@ -432,22 +424,37 @@ def _retrain(
     attrs = t.user_attrs
     epochs = int(attrs.get("best_epoch") or attrs.get("epochs_run") or spec.training.epochs)
     dev = torch.device(device) if device else default_device()
-    log.info("retraining trial %d on train + val for %d epochs on %s", t.number, epochs, dev)
-    trained, info, test, latency, losses = retrain_trial(
-        ds, spec, epochs, paths, dev, study_artifacts(st.user_attrs)
-    )
-    model = full_model(spec, info, trainable_state_dict(trained), "retrained weights")
+    artifacts = study_artifacts(st.user_attrs)
+    runner = CandidateRunner(ds, paths.cache, dev, artifacts=artifacts)
+    stages = (st.user_attrs.get("space_config") or {}).get("stages") or {}
+    spec, unfrozen = refit_spec(spec, runner, float(stages.get("finetune_lr_scale", 0.1)))
+    init = None
+    if attrs.get("init_from") is not None:  # a finalist that started from its design's weights
+        store = CheckpointStore(paths.study_dir(st.study_name), artifacts)
+        try:
+            init = store.load_finalist(int(attrs["init_from"]))[2]
+        except ConfigError as e:
+            log.warning("refit of trial %d: no stage-2 weights to start from (%s)", t.number, e)
+    log.info("refitting trial %d on train + val for %d epochs on %s", t.number, epochs, dev)
+    try:
+        res = runner.refit(spec, epochs, init_state=init)
+    except TrialFault as e:
+        raise RetrainError(f"retraining {e.reason}: {e}") from None
+    model = full_model(spec, res.dataset_info, trainable_state_dict(res.model), "retrained weights")
+    info = res.dataset_info
     info["config"] = read_dataset_config(folder, required=True)
     meta["retrain"] = {
         "epochs": epochs,
         "rows": int(len(ds.indices("train")) + len(ds.indices("val"))),
         "splits": ["train", "val"],
         "finetuned_encoders": switched,
-        "train_loss": losses,
+        "trained_stage1_encoders": unfrozen,
+        "started_from": f"trial {attrs['init_from']}" if init is not None else None,
+        "train_loss": [h["train_loss"] for h in res.history],
         "device": str(dev),
     }
-    meta["metrics_after_retrain"] = {"test": test}
-    meta["latency_ms"] = latency
+    meta["metrics_after_retrain"] = {"test": res.test_metrics}
+    meta["latency_ms"] = res.latency_ms
     meta["device"] = str(dev)
     meta["dataset"]["fingerprint"] = ds.fingerprint()
     return spec, info, model
@@ -791,7 +798,6 @@ __all__ = [
     "export_trial",
     "full_model",
     "model_card",
-    "retrain_trial",
-    "train_fixed",
+    "refit_spec",
     "write_ensemble_export",
 ]

@@ -199,6 +199,13 @@ class SearchOptions(BaseModel):
         json_schema_extra=_cli("--amp"),
     )
     report: bool = Field(True, description="Write the comparison report at the end.")
+    refit_full: bool = Field(
+        False,
+        description="After the winner is chosen, retrain it (each member of an ensemble) on "
+        "train + val for the epoch counts selection found and export it to "
+        "trials/<study>/best_refit (its test score goes next to the selected model's).",
+        json_schema_extra=_cli("--refit-full"),
+    )
     checkpoint_every_s: float = Field(
         30.0,
         ge=0,

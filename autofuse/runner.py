@@ -475,6 +475,51 @@ class CandidateRunner:
             source_state=self.source_state(spec),
         )
 
+    def refit(
+        self,
+        spec: ArchitectureSpec,
+        epochs: int,
+        *,
+        init_state: dict[str, torch.Tensor] | None = None,
+        amp: bool = False,
+    ) -> CandidateResult:
+        """Train ``spec`` on the training and validation rows together for exactly ``epochs``
+        epochs (the count selection found; nothing is left to stop early on) and evaluate it on
+        the test rows: AutoGluon's ``refit_full``. The preprocessing stays fitted on the training
+        rows, as in the search, so stage-1 encoder weights and the inputs they see agree."""
+        data, info = self.prepare(spec)
+        rows = np.sort(np.concatenate([data.splits["train"], data.splits["val"]]))
+        data = dataclasses.replace(data, splits={**data.splits, "train": rows, "val": rows[:0]})
+        trial_data = data.with_inputs(trial_inputs(data.inputs, self.device))
+        model = self.build(spec, info)
+        if init_state:  # a finalist's starting weights (its stage-2 design's)
+            own = model.state_dict()
+            model.load_state_dict(
+                {k: v for k, v in init_state.items() if k in own and own[k].shape == v.shape},
+                strict=False,
+            )
+        t = spec.training
+        kw = training_kwargs(t) | {"epochs": epochs, "patience": epochs + 1}
+        res = fit(model, trial_data, **kw, seed=t.seed, device=self.device, amp=amp)
+        return CandidateResult(
+            spec=spec,
+            model=model,
+            data=data,
+            dataset_info=info,
+            val_metrics={},
+            test_metrics=evaluate(model, trial_data, "test", self.device),
+            history=res.history,
+            best_epoch=res.best_epoch,
+            epochs_run=res.epochs_run,
+            epochs_trained=res.epochs_trained,
+            resumed_from_epoch=0,
+            train_time_s=res.train_time_s,
+            n_params=count_params(model),
+            latency_ms=measure_latency_ms(model, trial_data, self.device),
+            timed_out=False,
+            source_state=self.source_state(spec),
+        )
+
     def run_cv(
         self,
         spec: ArchitectureSpec,

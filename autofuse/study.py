@@ -29,7 +29,8 @@ from autofuse._util import best_first
 from autofuse.budget import StageBudget
 from autofuse.checkpoints import KEEP_TOP_K, CheckpointStore
 from autofuse.data import Dataset
-from autofuse.errors import ConfigError
+from autofuse.errors import AutofuseError, ConfigError
+from autofuse.export import export_trial
 from autofuse.metrics import OBJECTIVES
 from autofuse.mlflow_study import close_study_run, log_study_files, mlflow_links
 from autofuse.options import SearchOptions
@@ -537,6 +538,9 @@ def finish(plan: StudyPlan, wall_time_s: float) -> SearchResult:
         summary = _conclude(plan, wall_time_s)
         close_study_run(plan.tracker, summary, plan.name, workdir=workdir, storage=storage)
     store = plan.store
+    if plan.options.refit_full and summary.get("best_trial") is not None:
+        summary["refit_full"] = refit_full(plan)
+        write_json(store.study_dir / "summary.json", summary)  # the report reads it
     if plan.options.report:
         try:
             out = write_report(plan.name, workdir=workdir, storage=plan.options.storage)
@@ -544,9 +548,32 @@ def finish(plan: StudyPlan, wall_time_s: float) -> SearchResult:
         except Exception as e:  # a report problem must not lose a finished search
             log.warning("report not written: %s", e)
     _finish_tracker(plan, summary)
-    if plan.options.report or summary.get("mlflow"):
+    if plan.options.report or summary.get("mlflow") or summary.get("refit_full"):
         write_json(store.study_dir / "summary.json", summary)
     return SearchResult(plan.name, store.study_dir, summary)
+
+
+def refit_full(plan: StudyPlan) -> dict[str, Any]:
+    """``--refit-full``: the winner (each member of an ensemble) retrained on train + val for
+    the epoch counts selection found, exported to ``trials/<study>/best_refit``; its test metrics
+    (a refit has no validation rows left). A failure is reported, not raised: the search's own
+    result stands."""
+    out = plan.store.study_dir / "best_refit"
+    try:
+        res = export_trial(
+            plan.name,
+            out,
+            workdir=str(plan.paths.root),
+            storage=str(plan.options.storage),
+            dataset=str(getattr(plan.ds, "root", "")) or None,
+            device=plan.options.device,
+            refit_full=True,
+        )
+    except AutofuseError as e:
+        log.warning("--refit-full: the refit failed: %s", e)
+        return {"dir": None, "error": str(e)}
+    trials = list(res.members) if res.members else [res.trial]
+    return {"dir": str(res.out), "trials": trials, "test": res.metrics.get("test") or {}}
 
 
 def _finish_tracker(plan: StudyPlan, summary: dict) -> None:

@@ -228,6 +228,8 @@ def fit(
     amp_on_cpu: bool = False,
 ) -> FitResult:
     """Train with AdamW and early stopping; keep the best validation epoch's weights in ``model``.
+    Without validation rows (a refit on train + validation): exactly ``epochs`` epochs, the last
+    epoch's weights kept.
 
     Args:
         on_epoch: called after every epoch with ``(epoch, val_metrics)``; may raise (e.g. Optuna's
@@ -278,7 +280,9 @@ def fit(
         best_epoch, history, stale = resume["best_epoch"], list(resume["history"]), resume["stale"]
         start = resume["epoch"] + 1
     start_metrics: dict[str, float] = {}
-    if validate_start and resume is None:  # fine-tuning: keep the start if no epoch beats it
+    # no validation rows (a refit on every labelled row): exactly ``epochs`` epochs, the last kept
+    validate = len(data.splits["val"]) > 0
+    if validate and validate_start and resume is None:  # keep the start if no epoch beats it
         start_metrics = evaluate(model, data, "val", device)
         best_val = start_metrics.get(metric)
     epoch = start - 1
@@ -310,6 +314,12 @@ def fit(
                 raise
             timed_out = True  # the epoch in progress is dropped; the best one so far stands
             break
+        if not validate:
+            history.append({"epoch": epoch, "train_loss": train_loss})
+            best_epoch = epoch
+            if on_epoch is not None:
+                on_epoch(epoch, {"train_loss": train_loss})
+            continue
         val = evaluate(model, data, "val", device)
         val["train_loss"] = train_loss
         history.append({"epoch": epoch, **val})
@@ -344,7 +354,8 @@ def fit(
             break
         if stale >= patience:
             break
-    model.load_state_dict(best_state)
+    if validate:
+        model.load_state_dict(best_state)
     if best_epoch == 0:  # nothing beat the starting weights (or nothing ran)
         val_metrics = dict(start_metrics)
     else:

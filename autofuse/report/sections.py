@@ -460,7 +460,19 @@ def _single_vs_ensemble(d: ReportData, sec: Section, s: dict) -> None:
                 "",
             ]
         )
+    rf = s.get("refit_full")
+    if rf:  # the winner retrained on train + validation (--refit-full): no validation left
+        rows.append(
+            ["winner refit on train + val", "+".join(str(n) for n in w["trials"]), "-"]
+            + [fmt((rf.get("test") or {}).get(d.metric)), "", ""]
+        )
     headers = ["model", "trials", f"val {d.metric}", f"test {d.metric}", "params"]
+    if rf:
+        sec.note(
+            "The refit trained the chosen model(s) again on the training and validation rows "
+            f"together, for the epoch counts selection found ({rf.get('dir')}); it has no "
+            "validation figure."
+        )
     if wk != VALIDATION:
         sec.note(
             f"The winner's {label(wk)} figure is not comparable with a single model's validation "

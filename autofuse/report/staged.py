@@ -357,6 +357,7 @@ def collect_stages(
         "winner": win,
         "winner_vs_unimodal": gain,
         "seeds": seed_spread(rows, winner, metric, direction),
+        "refit_full": summary.get("refit_full"),
     }
 
 
