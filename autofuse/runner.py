@@ -194,6 +194,15 @@ class CandidateResult:
         }
 
 
+def load_matching(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load the entries of ``state`` that fit ``model`` (same name and shape): a stage-2 design's
+    weights into its finalist, whose stage-1 encoders may be built in another mode."""
+    own = model.state_dict()
+    model.load_state_dict(
+        {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}, strict=False
+    )
+
+
 def training_kwargs(t: Any) -> dict[str, Any]:
     """The :func:`autofuse.train.fit` settings of a spec's ``TrainingSpec`` ``t`` (the seed
     aside: a K-fold run seeds each fold)."""
@@ -421,7 +430,9 @@ class CandidateRunner:
                 (:func:`autofuse.train.amp_dtype`); ``amp_on_cpu`` too on the CPU (tests).
             train_rows: train on these rows instead of the training split.
             init_state: start from these weights (a stage-2 design's fusion and head, stage-1
-                encoders); the model is validated before training and kept if no epoch beats it.
+                encoders). The result is its best fine-tuned epoch, never the start itself: a
+                start chosen as the best of many on this validation split would win on its luck,
+                and every seed would return the same model.
         """
         data, info = self.prepare(spec, train_rows)
         # frozen features go to the device once for this trial, not batch by batch (the result
@@ -436,11 +447,7 @@ class CandidateRunner:
                 log.warning("%s %s; the trial starts from epoch 1", where, problem)
                 resume = None
         if init_state:
-            own = model.state_dict()
-            model.load_state_dict(
-                {k: v for k, v in init_state.items() if k in own and own[k].shape == v.shape},
-                strict=False,
-            )
+            load_matching(model, init_state)
         res = fit(
             model,
             trial_data,
@@ -452,7 +459,6 @@ class CandidateRunner:
             on_checkpoint=on_checkpoint,
             resume=resume,
             amp=amp,
-            validate_start=bool(init_state),
             first_epoch_free=first_epoch_free,
             amp_on_cpu=amp_on_cpu,
         )
@@ -493,11 +499,7 @@ class CandidateRunner:
         trial_data = data.with_inputs(trial_inputs(data.inputs, self.device))
         model = self.build(spec, info)
         if init_state:  # a finalist's starting weights (its stage-2 design's)
-            own = model.state_dict()
-            model.load_state_dict(
-                {k: v for k, v in init_state.items() if k in own and own[k].shape == v.shape},
-                strict=False,
-            )
+            load_matching(model, init_state)
         t = spec.training
         kw = training_kwargs(t) | {"epochs": epochs, "patience": epochs + 1}
         res = fit(model, trial_data, **kw, seed=t.seed, device=self.device, amp=amp)

@@ -484,7 +484,8 @@ def enqueue_finalists(
 
     The designs, ranked once: the best ``finalists`` fusion designs and the best hand-designed
     baseline (second in line: with two designs or more the search's pick is compared with it
-    under the same protocol), ``seeds`` each. The first round queues as many designs x seeds as
+    under the same protocol), ``seeds`` each, then as many designs again (the next best) for
+    time later rounds have left. The first round queues as many designs x seeds as
     ``left_s`` seconds fit at :data:`~autofuse.budget.MIN_FINALIST_EPOCHS` epochs each, from each
     design's measured epoch cost (:func:`design_cost`; ``rows``: the training rows and
     ``stages.fusion_rows``), or skips the stage. A later round adds the (design, seed) pairs not
@@ -494,8 +495,10 @@ def enqueue_finalists(
     cfg = space.stages
     plan = dict(st.user_attrs.get(FINALIST_PLAN) or {})
     by_number = {t.number: t for t in st.get_trials(deepcopy=False)}
-    if "order" not in plan:
-        plan["order"] = _finalist_designs(st, cfg.finalists)
+    if "order" not in plan:  # the first round's designs, then as many again for later rounds
+        first = _finalist_designs(st, cfg.finalists)
+        more = [n for n in _finalist_designs(st, 2 * cfg.finalists) if n not in first]
+        plan |= {"order": first + more, "first": len(first)}
     order = [by_number[n] for n in plan["order"]]
     done = st.get_trials(deepcopy=False, states=(TS.COMPLETE,))
     costs = {t.number: design_cost(done, t, rows) for t in order}
@@ -505,11 +508,13 @@ def enqueue_finalists(
         if stage_of(t) == FINALIST
     }
     if not have:  # the first round: a designs x seeds block that fits, or none
-        sized = size_finalists([costs[t.number] for t in order], cfg.seeds, left_s)
-        pairs = [(t, seed) for t in order[: sized.designs] for seed in range(sized.seeds)]
+        first = order[: plan.get("first", len(order))]
+        sized = size_finalists([costs[t.number] for t in first], cfg.seeds, left_s)
+        pairs = [(t, seed) for t in first[: sized.designs] for seed in range(sized.seeds)]
         plan |= {"note": sized.note, "skipped": sized.skipped, "left_s": left_s, "rounds": 1}
-    elif plan.get("skipped"):
+    elif plan.get("skipped") or left_s is None:  # no budget: the first round was the stage
         pairs = []
+        plan.setdefault("ended", "every finalist asked for has run")
     else:  # a later round: what still fits, more designs before more seeds
         spent, pairs = 0.0, []
         for seed in range(cfg.seeds):
@@ -519,11 +524,18 @@ def enqueue_finalists(
                 need = _measured_finalist_s(have, t.number) or costs[t.number].trial_s(
                     MIN_FINALIST_EPOCHS
                 )
-                if left_s is None or spent + need <= left_s:
+                if spent + need <= left_s:
                     spent += need
                     pairs.append((t, seed))
         if pairs:
             plan["rounds"] = int(plan.get("rounds", 1)) + 1
+        elif len(have) >= len(order) * cfg.seeds:
+            plan["ended"] = (
+                f"every finalist it may run has run ({len(order)} designs: stages.finalists, the "
+                f"best baseline and as many designs again for time left over, x {cfg.seeds} seeds)"
+            )
+        else:
+            plan["ended"] = f"no further finalist fits the {left_s or 0:.0f} s left"
     _queue_finalists(st, pairs, order)
     queued = have | {(t.number, seed): None for t, seed in pairs}
     plan["designs"] = len({d for d, _ in queued})

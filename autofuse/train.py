@@ -223,7 +223,6 @@ def fit(
     resume: dict | None = None,
     amp: bool = False,
     encoder_lr_scale: float = 1.0,
-    validate_start: bool = False,
     first_epoch_free: bool = False,
     amp_on_cpu: bool = False,
 ) -> FitResult:
@@ -249,8 +248,6 @@ def fit(
             encoders with a lower rate than the fusion and the head).
         first_epoch_free: the deadline applies from the second epoch on (a run that must give a
             result, such as a modality's only encoder, trains at least one epoch).
-        validate_start: score the starting weights first (``best_epoch`` 0 when no epoch beats
-            them; the model then keeps them).
 
     Raises:
         TrialFault: ``diverged`` on a non-finite loss, ``timeout`` past the deadline before the
@@ -279,12 +276,8 @@ def fit(
         best_state, best_val = resume["best_state"], resume["best_val"]
         best_epoch, history, stale = resume["best_epoch"], list(resume["history"]), resume["stale"]
         start = resume["epoch"] + 1
-    start_metrics: dict[str, float] = {}
     # no validation rows (a refit on every labelled row): exactly ``epochs`` epochs, the last kept
     validate = len(data.splits["val"]) > 0
-    if validate and validate_start and resume is None:  # keep the start if no epoch beats it
-        start_metrics = evaluate(model, data, "val", device)
-        best_val = start_metrics.get(metric)
     epoch = start - 1
     if resume is not None and stale >= patience:
         start = epochs + 1  # it had already stopped early
@@ -310,7 +303,7 @@ def fit(
                 epoch=epoch,
             )
         except TrialFault as f:
-            if f.reason != "timeout" or not (history or start_metrics):
+            if f.reason != "timeout" or not history:
                 raise
             timed_out = True  # the epoch in progress is dropped; the best one so far stands
             break
@@ -356,8 +349,8 @@ def fit(
             break
     if validate:
         model.load_state_dict(best_state)
-    if best_epoch == 0:  # nothing beat the starting weights (or nothing ran)
-        val_metrics = dict(start_metrics)
+    if best_epoch == 0:  # nothing ran (a resumed run that had already stopped)
+        val_metrics = {}
     else:
         val_metrics = {k: v for k, v in history[best_epoch - 1].items() if k != "epoch"}
     return FitResult(

@@ -527,7 +527,8 @@ class TrialExecution:
 
     def keep(self, result: CandidateResult, value: float) -> None:
         """What a completed trial leaves behind: a stage-1 encoder's features and weights, every
-        finalist's checkpoint and outputs, a top fusion design's checkpoint."""
+        finalist's checkpoint and outputs, a top fusion design's or a baseline's checkpoint (and
+        out-of-fold outputs)."""
         ctx, stage = self.ctx, self.plan.stage
         if stage == UNIMODAL:
             ctx.stages.after_unimodal(self.plan, result)
@@ -537,9 +538,13 @@ class TrialExecution:
             ctx.store.save_finalist(self.number, *args)
             ctx.store.save_outputs(self.number, **finalist_outputs(result, ctx.device))
             return
-        done = ctx.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-        others = [t.value for t in done if stage_of(t) == FUSION]
-        kept = ctx.store.save_if_top(self.number, value, others, ctx.direction, *args)
+        if "baseline" in self.trial.user_attrs:  # the best baseline enters stage 3: always kept
+            ctx.store.save_finalist(self.number, *args)
+            kept = True
+        else:
+            done = ctx.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+            others = [t.value for t in done if stage_of(t) == FUSION]
+            kept = ctx.store.save_if_top(self.number, value, others, ctx.direction, *args)
         if kept and result.oof is not None:  # a cross-validated design: its out-of-fold outputs
             ctx.store.save_outputs(self.number, **oof_outputs(result))
 

@@ -421,7 +421,13 @@ def test_resumed_staged_search_with_damaged_finalists_concludes(demo_dataset, tm
     stage3 = {t.number for t in _stage_trials(work, "st", "finalist")}
     finalists = sorted(n for n in store.finalists() if store.has_outputs(n) and n in stage3)
     assert len(finalists) == 4  # 2 designs x 2 seeds
-    store.outputs_path(finalists[0]).write_bytes(GARBAGE)  # left out of the ensemble choice
+    # the ensemble choice reads each design's best seed: damage the first design's
+    by_design: dict[int, list] = {}
+    for t in _stage_trials(work, "st", "finalist"):
+        by_design.setdefault(t.user_attrs["finalist_of"], []).append(t)
+    first = min(by_design)
+    damaged = min(by_design[first], key=lambda t: (-t.value, t.number)).number
+    store.outputs_path(damaged).write_bytes(GARBAGE)  # left out of the ensemble choice
     for n in finalists:
         store.finalist_paths(n)[1].write_bytes(GARBAGE)
     before_optuna, before_history = _trials_of(work, "st")
@@ -436,9 +442,9 @@ def test_resumed_staged_search_with_damaged_finalists_concludes(demo_dataset, tm
     summary = json.loads((store.study_dir / "summary.json").read_text())
     assert Path(summary["report"]["html"]).is_file()
     warned = " | ".join(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
-    assert str(store.outputs_path(finalists[0])) in warned
+    assert str(store.outputs_path(damaged)) in warned
     if summary["winner"]["kind"] == "ensemble":  # of the models whose outputs could be read
-        assert finalists[0] not in summary["winner"]["trials"]
+        assert damaged not in summary["winner"]["trials"]
     # the winner's weights are damaged: not exported, and said so
     assert summary["best_dir"] is None and summary["winner"]["exported"] is False
     assert "best model: not exported" in out

@@ -12,9 +12,18 @@ import sys
 from pathlib import Path
 
 import optuna
+import pytest
 import yaml
 
-from autofuse.stages import FINALIST, FUSION, UNIMODAL, fusion_choices, stage_of
+from autofuse.space import load_space
+from autofuse.stages import (
+    FINALIST,
+    FUSION,
+    UNIMODAL,
+    enqueue_finalists,
+    fusion_choices,
+    stage_of,
+)
 from autofuse.study import search
 from autofuse.tuning import TUNED
 
@@ -103,10 +112,13 @@ def test_a_stage_three_that_cannot_fit_an_epoch_is_skipped_and_says_so(demo_data
     assert "stage 3 skipped" in report
 
 
-def test_finalist_seeds_train_differently(demo_dataset, tmp_path):
+@pytest.mark.parametrize("folds", [5, 1])
+def test_finalist_seeds_train_differently(demo_dataset, tmp_path, folds):
     """A finalist of a cross-validated design starts from the stage-1 encoders with new fusion
-    layers: each seed initialises them, orders the rows and drops out its own way."""
-    space = _space(tmp_path, "seeds", finalists=1, seeds=2)
+    layers: each seed initialises them, orders the rows and drops out its own way. A single-split
+    design's finalists start from its stage-2 weights, and each returns its best fine-tuned
+    epoch (never the start itself, which would make every seed the same model)."""
+    space = _space(tmp_path, "seeds", finalists=1, seeds=2, folds=folds)
     search(
         demo_dataset,
         study="seeds",
@@ -121,9 +133,29 @@ def test_finalist_seeds_train_differently(demo_dataset, tmp_path):
     fin = [t for t in st.trials if stage_of(t) == FINALIST]
     by_design: dict[int, list] = {}
     for t in fin:
-        assert "init_from" not in t.user_attrs  # CV-ranked: fold 1's model saw the val rows
+        # CV-ranked: fold 1's model saw the validation rows, so never a finalist's start
+        assert ("init_from" in t.user_attrs) == (folds == 1)
         by_design.setdefault(t.user_attrs["finalist_of"], []).append(t)
     for ts in by_design.values():
         assert len(ts) == 2
+        assert all(t.user_attrs["best_epoch"] >= 1 for t in ts)
         losses = [tuple(h["train_loss"] for h in t.user_attrs["history"]) for t in ts]
         assert losses[0] != losses[1], "two seeds trained bit-identically"
+    # without a budget the first round was the stage
+    assert st.user_attrs["finalist_plan"]["ended"] == "every finalist asked for has run"
+    if folds == 1:
+        return
+    # with time left over, a later round adds the next design; with none, it says so
+    plan = st.user_attrs["finalist_plan"]
+    rows = {"train": 100, "fusion_rows": 0.4}
+    sp = load_space(space)
+    st.set_user_attr("finalist_plan", {k: v for k, v in plan.items() if k != "ended"})
+    if len(plan["order"]) == plan["first"]:
+        return  # no design beyond the first round's
+    assert enqueue_finalists(st, sp, 0.001, rows) == 0
+    assert "no further finalist fits" in st.user_attrs["finalist_plan"]["ended"]
+    assert enqueue_finalists(st, sp, 1e6, rows) > 0
+    extra = plan["order"][plan["first"] :]
+    queued = [t for t in st.trials if stage_of(t) == FINALIST and t.state.name == "WAITING"]
+    assert {t.user_attrs["finalist_of"] for t in queued} == set(extra)
+    assert st.user_attrs["finalist_plan"]["rounds"] == 2

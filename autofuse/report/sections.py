@@ -546,7 +546,7 @@ def section_stages(d: ReportData) -> Section:
         sec.note(f"Warning: {s['warning']}.")
     plan = (s.get("recorded") or {}).get("finalist", {}).get("plan")
     if plan:  # stage 3 sized from the designs' measured epoch cost, or skipped
-        note = plan["note"]
+        note = plan["note"] + (f"; it ended: {plan['ended']}" if plan.get("ended") else "")
         sec.note(f"{note[0].upper()}{note[1:]}." if plan.get("skipped") else f"Stage 3: {note}.")
     sec.add(H3("Time and trials per stage"))
     sec.add(
