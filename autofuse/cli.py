@@ -343,11 +343,22 @@ def worker(study, storage, mlflow_uri, device, dataset, trials, seed, artifacts,
 
 
 @main.command()
-@click.option("--trials", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option(
+    "--time-budget",
+    default="2m",
+    show_default=True,
+    help="Wall-clock budget of the demo's search (a duration: 90s, 2m, 1h).",
+)
+@click.option(
+    "--trials",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Bound the fusion search to this many trials too (default: the budget alone).",
+)
 @click.option("--study", default="demo", show_default=True)
 @click.option("--space", default="demo", show_default=True)
 @_workdir
-def demo(trials, study, space, workdir) -> None:
+def demo(time_budget, trials, study, space, workdir) -> None:
     """Generate a small synthetic dataset (image + text + tabular) and search it."""
     from autofuse.data.builders import build_demo
     from autofuse.space import load_space
@@ -359,7 +370,9 @@ def demo(trials, study, space, workdir) -> None:
     paths = _writable(workdir)
     folder = build_demo(paths.trials / "demo_data")
     click.echo(f"demo dataset: {folder}")
-    res = run_search(folder, study=study, trials=trials, space=space, workdir=workdir)
+    res = run_search(
+        folder, study=study, trials=trials, time_budget=time_budget, space=space, workdir=workdir
+    )
     _print_result(res)
 
 

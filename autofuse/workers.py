@@ -438,7 +438,7 @@ class StudyProgress:
         )
         self.task = self.bar.add_task(
             f"study {st.study_name}" + (f" ({stage})" if stage else ""),
-            total=n_total,
+            total=None if n_total >= 1_000_000 else n_total,  # a budget, not a count (study)
             completed=finished_count(st, stage),
             best="",
         )
