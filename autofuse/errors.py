@@ -28,3 +28,15 @@ class DamagedFileError(ConfigError):
 
     def __reduce__(self):  # picklable (worker processes send errors back)
         return type(self), (self.path, self.problem, self.hint)
+
+
+class FeatureCostError(Exception):
+    """A frozen encoder's one-off feature extraction would run past its deadline: projected from
+    the rows done so far, before the rest is computed (the trial turns it into a timeout)."""
+
+    def __init__(self, what: str, projected_s: float, left_s: float, rows: int) -> None:
+        self.projected_s, self.left_s = projected_s, left_s
+        super().__init__(
+            f"feature extraction of {what} would take about {projected_s:.0f} s for {rows} rows "
+            f"(measured on the first rows); {max(left_s, 0):.0f} s are left: skipped"
+        )

@@ -25,7 +25,7 @@ from autofuse._util import atomic_write_dir, first_line
 from autofuse.encoders import FeatureCache, PreparedModality, prepare_modality
 from autofuse.encoders.cache import CachedFeatures, encoder_features
 from autofuse.ensemble import combine
-from autofuse.errors import ConfigError, MissingFiles
+from autofuse.errors import ConfigError, FeatureCostError, MissingFiles
 from autofuse.metrics import OBJECTIVES, compute_metrics, proper_loss
 from autofuse.model import MultimodalModel, build_model
 from autofuse.spec import ArchitectureSpec
@@ -253,8 +253,10 @@ class CandidateRunner:
     def task(self) -> str:
         return self.ds.task
 
-    def modality_input(self, m: str, espec) -> tuple[Any, dict]:
-        """Prepared inputs (trainable encoder) or cached features (frozen encoder) for modality m."""
+    def modality_input(self, m: str, espec, deadline: float | None = None) -> tuple[Any, dict]:
+        """Prepared inputs (trainable encoder) or cached features (frozen encoder) for modality m;
+        a frozen encoder's features not cached yet are computed only if the first rows project
+        the extraction to end before ``deadline`` (else ``TrialFault("timeout")``)."""
         pkey = (m, espec.name, json.dumps(espec.params, sort_keys=True, default=str))
         if pkey not in self._prepared:
             cache = self.cache_root / "prep" if self.prep_cache else None
@@ -268,9 +270,12 @@ class CandidateRunner:
             if espec.source is not None:  # a stage-1 encoder's stored outputs
                 self._features[fkey] = self.stage1_features(espec.source)
             else:
-                self._features[fkey] = self.feature_cache.features(
-                    self.ds, m, espec, prepared, device=self.device
-                )
+                try:
+                    self._features[fkey] = self.feature_cache.features(
+                        self.ds, m, espec, prepared, device=self.device, deadline=deadline
+                    )
+                except FeatureCostError as e:  # a cost known before it is paid
+                    raise TrialFault("timeout", str(e)) from None
         feats = self._features[fkey]
         info["feature_shape"] = feats.feature_shape.to_dict()
         return feats, info
@@ -356,13 +361,17 @@ class CandidateRunner:
             return None
 
     def prepare(
-        self, spec: ArchitectureSpec, train_rows: np.ndarray | None = None
+        self,
+        spec: ArchitectureSpec,
+        train_rows: np.ndarray | None = None,
+        deadline: float | None = None,
     ) -> tuple[TrainData, dict[str, Any]]:
         """The training data of ``spec`` (its modalities' inputs) and its dataset info;
-        ``train_rows`` replaces the training split (stage 1 / stage 2 of a staged search)."""
+        ``train_rows`` replaces the training split (stage 1 / stage 2 of a staged search);
+        ``deadline`` bounds a frozen encoder's feature extraction (:meth:`modality_input`)."""
         inputs, infos = {}, {}
         for m, espec in spec.encoders.items():
-            inputs[m], infos[m] = self.modality_input(m, espec)
+            inputs[m], infos[m] = self.modality_input(m, espec, deadline)
         data = self.template.with_inputs(inputs)
         if train_rows is not None:
             data = dataclasses.replace(data, splits={**data.splits, "train": train_rows})
@@ -434,7 +443,7 @@ class CandidateRunner:
                 start chosen as the best of many on this validation split would win on its luck,
                 and every seed would return the same model.
         """
-        data, info = self.prepare(spec, train_rows)
+        data, info = self.prepare(spec, train_rows, deadline)
         # frozen features go to the device once for this trial, not batch by batch (the result
         # keeps the host copy: device memory is held only while the trial runs)
         trial_data = data.with_inputs(trial_inputs(data.inputs, self.device))
@@ -545,7 +554,7 @@ class CandidateRunner:
         run after the current fold: the folds done are a low-fidelity estimate. The first
         fold's model is the design's model (its checkpoint, a finalist's starting point).
         """
-        data, info = self.prepare(spec)
+        data, info = self.prepare(spec, deadline=deadline)
         trial_data = data.with_inputs(trial_inputs(data.inputs, self.device))
         task, metric = self.task, OBJECTIVES[self.task][0]
         pool = np.sort(np.concatenate(folds))

@@ -120,3 +120,40 @@ def test_a_choice_converges_after_runs_without_gain():
     assert converged([0.5, 0.7, 0.6, 0.7, 0.65], -1.0)  # maximise: 3 runs did not beat 0.7
     assert not converged([0.5, 0.7, 0.6, 0.71, 0.65], -1.0)
     assert converged([0.5, 0.3, 0.4, 0.3, 0.35], 1.0)  # minimise
+
+
+def test_a_feature_extraction_that_cannot_fit_stops_before_it_is_paid(
+    demo_dataset, tmp_path, monkeypatch
+):
+    """A frozen encoder's one-off extraction is projected from its first rows; past the trial's
+    deadline it stops there (nothing cached) and the trial ends as a timeout that says why."""
+    import time
+
+    import torch
+
+    from autofuse.data import Dataset
+    from autofuse.encoders import EncoderSpec, cache
+    from autofuse.runner import CandidateRunner
+    from autofuse.spec import FusionSpec, HeadSpec, TrainingSpec
+    from autofuse.train import TrialFault
+
+    monkeypatch.setattr(cache, "PROJECT_AFTER_S", 0.0)  # project after 2 batches, however fast
+    ds = Dataset.load(demo_dataset)
+    spec = ArchitectureSpec(
+        encoders={"text": EncoderSpec(name="text.sentence_transformer", mode="frozen")},
+        fusion=FusionSpec(family="encoder_decoder", method="decision", point="late"),
+        head=HeadSpec(fused_dim=16),
+        training=TrainingSpec(epochs=1),
+    )
+    runner = CandidateRunner(ds, tmp_path / "cache", torch.device("cpu"))
+    runner.feature_cache.batch_size = 8
+    with pytest.raises(TrialFault) as err:
+        runner.run(spec, deadline=time.monotonic() + 0.05)
+    assert err.value.reason == "timeout"
+    msg = str(err.value)
+    assert "feature extraction of text / text.sentence_transformer" in msg and "skipped" in msg
+    assert not list((tmp_path / "cache").rglob("features.safetensors"))  # nothing stored
+    # with time enough it is computed and cached, as before
+    res = runner.run(spec, deadline=time.monotonic() + 600)
+    assert res.epochs_run == 1
+    assert list((tmp_path / "cache").rglob("features.safetensors"))

@@ -27,7 +27,7 @@ import torch
 
 from autofuse._util import atomic_write_dir, discard_dir, stable_hash
 from autofuse.encoders.base import EncoderSpec, create_encoder, get_encoder_entry
-from autofuse.errors import ConfigError
+from autofuse.errors import ConfigError, FeatureCostError
 from autofuse.types import FeatureShape, ModalityFeatures
 from autofuse.weights import read_weights, save_weights
 
@@ -231,6 +231,7 @@ class FeatureCache:
         spec: EncoderSpec,
         prepared: PreparedModality,
         device: str | torch.device = "cpu",
+        deadline: float | None = None,
     ) -> CachedFeatures:
         """The frozen encoder's outputs for every row: read from the cache or computed and stored.
 
@@ -240,9 +241,12 @@ class FeatureCache:
             spec: a ``mode="frozen"`` encoder spec.
             prepared: ``prepare_modality(ds, modality, spec)``.
             device: where to run the encoder when computing (results are stored on the CPU).
+            deadline: ``time.monotonic()`` value; computing stops early (nothing stored) when
+                the first rows project the whole extraction past it.
 
         Raises:
             ConfigError: ``spec`` is not frozen.
+            FeatureCostError: the extraction would not end before ``deadline``.
         """
         if spec.mode != "frozen":
             raise ConfigError(f"feature cache holds frozen encoders only, got mode {spec.mode!r}")
@@ -263,7 +267,9 @@ class FeatureCache:
             "feature cache miss: computing %s / %s for %d rows", modality, spec.name, len(prepared)
         )
         t0 = time.perf_counter()
-        feats = compute_features(spec, prepared, device=device, batch_size=self.batch_size)
+        encoder = create_encoder(spec, prepared.state).to(device).eval()
+        what = f"{modality} / {spec.name}"
+        feats = encoder_features(encoder, prepared, self.batch_size, deadline=deadline, what=what)
         feats.key = key
         seconds = time.perf_counter() - t0
         meta = {
@@ -300,13 +306,26 @@ def compute_features(
     return encoder_features(encoder, prepared, batch_size)
 
 
+#: a feature extraction is projected from its first rows once this many batches and seconds
+#: have passed (enough to be measured, little enough to stop before committing to the rest)
+PROJECT_AFTER_BATCHES, PROJECT_AFTER_S = 2, 1.0
+
+
 @torch.no_grad()
 def encoder_features(
-    encoder: torch.nn.Module, prepared: PreparedModality, batch_size: int = 64
+    encoder: torch.nn.Module,
+    prepared: PreparedModality,
+    batch_size: int = 64,
+    deadline: float | None = None,
+    what: str = "a frozen encoder",
 ) -> CachedFeatures:
     """Run a (frozen) encoder instance over every present row; the feature cache and prediction
     both use this, so a predicted row sees exactly the features its model was trained on
-    (same batches, text sorted by length, tokens and levels rounded through float16)."""
+    (same batches, text sorted by length, tokens and levels rounded through float16).
+
+    With ``deadline`` (``time.monotonic()``), the cost of the whole extraction is projected from
+    the first batches; when it would end past the deadline, :class:`FeatureCostError` stops it
+    there (a budget must not be spent on an extraction that cannot finish in it)."""
     encoder = encoder.eval()
     shape: FeatureShape = encoder.feature_shape
     n = len(prepared)
@@ -318,7 +337,13 @@ def encoder_features(
     tokens = torch.zeros(n, shape.n_tokens, shape.dim, dtype=torch.float16)
     levels = [torch.zeros(n, nl, dl, dtype=torch.float16) for nl, dl in shape.levels]
     token_mask: torch.Tensor | None = None
-    for start in range(0, len(rows), batch_size):
+    t0 = time.monotonic()
+    for k, start in enumerate(range(0, len(rows), batch_size)):
+        spent = time.monotonic() - t0
+        if deadline is not None and k >= PROJECT_AFTER_BATCHES and spent >= PROJECT_AFTER_S:
+            left = spent / start * (len(rows) - start)  # the rows not done yet, at this pace
+            if time.monotonic() + left > deadline:
+                raise FeatureCostError(what, spent + left, deadline - time.monotonic(), len(rows))
         idx = rows[start : start + batch_size]
         x, present = prepared.batch(idx)
         f = encoder(x, present)
