@@ -594,11 +594,28 @@ def valid_methods(space: SearchSpace, n_modalities: int) -> dict[str, dict[str, 
     return out
 
 
+def choice_names(space: SearchSpace, n_modalities: int) -> tuple[str, dict[str, str]]:
+    """The Optuna names of the family choice and of each family's method choice for
+    ``n_modalities`` modalities. A full set keeps the plain name (``family``,
+    ``<family>.method``); a set that methods capped below ``n_modalities`` shrank (a modality
+    subset of stage 2 changes ``n_modalities`` from trial to trial) gets a name of its own, as
+    Optuna's categorical distribution must keep one set of choices under one name."""
+    full = {f: list(m) for f, m in space.methods().items() if m}
+    valid = valid_methods(space, n_modalities)
+    fam = "family" if list(valid) == list(full) else f"family[{'|'.join(valid)}]"
+    methods = {
+        f: f"{f}.method" if list(m) == full[f] else f"{f}.method[{'|'.join(m)}]"
+        for f, m in valid.items()
+    }
+    return fam, methods
+
+
 def _suggest_fusion(trial, space: SearchSpace, n_modalities: int) -> tuple[FusionSpec, dict]:
     """family -> method -> point -> the branch's hyperparameters; also the branch."""
     methods = valid_methods(space, n_modalities)
-    family = suggest_value(trial, "family", list(methods))
-    method = suggest_value(trial, f"{family}.method", list(methods[family]))
+    fam_name, method_names = choice_names(space, n_modalities)
+    family = suggest_value(trial, fam_name, list(methods))
+    method = suggest_value(trial, method_names[family], list(methods[family]))
     branch = methods[family][method]
     ns = f"{family}.{method}"
     point = suggest_value(trial, f"{ns}.point", branch["points"])
@@ -764,6 +781,7 @@ def baseline_params(space: SearchSpace, modalities: dict[str, str]) -> list[tupl
         return []
     wanted = list(BASELINES) if space.baselines is True else list(space.baselines)
     methods = valid_methods(space, len(modalities))
+    fam_name, method_names = choice_names(space, len(modalities))
     out = []
     for name in wanted:
         if name not in BASELINES:
@@ -775,8 +793,8 @@ def baseline_params(space: SearchSpace, modalities: dict[str, str]) -> list[tupl
             continue
         ns = f"{family}.{method}"
         params: dict[str, Any] = {
-            "family": family,
-            f"{family}.method": method,
+            fam_name: family,
+            method_names[family]: method,
             f"{ns}.point": point,
         }
         params.update({f"{ns}.{k}": v for k, v in extra.items()})
@@ -800,14 +818,16 @@ def coverage_params(
         budget: at most this many are returned (the trials the study still has room for).
     """
     counts = {f: 0 for f in valid_methods(space, len(modalities))}
+    fam_name, _ = choice_names(space, len(modalities))
     for params in existing:
-        if params.get("family") in counts:
-            counts[params["family"]] += 1
+        fam = params.get("family") or params.get(fam_name)
+        if fam in counts:
+            counts[fam] += 1
     out: list[dict] = []
     for _ in range(space.coverage):
         for fam in counts:  # round-robin so a small budget still spreads over the families
             if counts[fam] < space.coverage and len(out) < budget:
-                out.append({"family": fam})
+                out.append({fam_name: fam})
                 counts[fam] += 1
     return out
 

@@ -331,14 +331,15 @@ def _enqueue_coverage(st: optuna.Study, sp: SearchSpace, modalities: dict, n_tot
     trials = st.get_trials(deepcopy=False)
     existing = [
         {
-            "family": t.params.get("family")
+            "family": t.user_attrs.get("family")
+            or t.params.get("family")
             or (t.system_attrs.get("fixed_params") or {}).get("family")
         }
         for t in trials
     ]
     used = sum(t.state != optuna.trial.TrialState.FAIL for t in trials)
     for params in coverage_params(sp, modalities, existing, max(0, n_total - used)):
-        st.enqueue_trial(params, user_attrs={"coverage": params["family"]})
+        st.enqueue_trial(params, user_attrs={"coverage": next(iter(params.values()))})
 
 
 def _record(
@@ -452,13 +453,16 @@ def open_fusion_search(plan: StudyPlan) -> None:
     fusion_baselines(st, sp, baseline_params(sp, _modalities(plan.ds)), room())
     existing = [
         {
-            "family": t.params.get("family")
+            "family": t.user_attrs.get("family")
+            or t.params.get("family")
             or (t.system_attrs.get("fixed_params") or {}).get("family")
         }
         for t in fusion_trials()
     ]
     for params in coverage_params(sp, _modalities(plan.ds), existing, room()):
-        st.enqueue_trial(params, user_attrs={"coverage": params["family"], "stage": FUSION})
+        st.enqueue_trial(
+            params, user_attrs={"coverage": next(iter(params.values())), "stage": FUSION}
+        )
 
 
 def open_finalists(plan: StudyPlan, left_s: float | None) -> int:

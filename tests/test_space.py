@@ -300,3 +300,30 @@ def test_yaml_errors_are_one_line_with_the_position(tmp_path):
     assert (
         "\n" not in str(e.value) and "line 4" in str(e.value) and "not valid YAML" in str(e.value)
     )
+
+
+def test_method_choices_capped_by_the_modality_count_keep_one_set_per_name():
+    """Stage 2's modality subset changes the number of modalities from trial to trial; a method
+    capped below it (tensor fusion: 6) drops out of its family's choices, and Optuna would fail
+    the trial ("CategoricalDistribution does not support dynamic value space") if the smaller
+    set reused the name."""
+    import optuna
+
+    from autofuse.space import _suggest_fusion, choice_names
+
+    sp = load_space("default")
+    assert choice_names(sp, 3) == ("family", {f: f"{f}.method" for f in sp.methods()})
+    fam, methods = choice_names(sp, 8)
+    assert fam == "family" and methods["constraint"] != "constraint.method"
+    st = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=2))
+    seen = set()
+    for i in range(10):
+        st.enqueue_trial({"family": "constraint"})
+        t = st.ask()
+        fusion, _ = _suggest_fusion(t, sp, 8 if i % 2 else 3)  # raised on the old names
+        assert fusion.family == "constraint"
+        if i % 2:
+            assert fusion.method != "tensor"
+        seen.add(fusion.method)
+        st.tell(t, float(i))
+    assert len(seen) >= 2
