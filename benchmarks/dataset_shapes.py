@@ -9,10 +9,17 @@ shapes users bring (none of them is the demo or AV-MNIST):
 - ``views``: six tabular views of 20 columns, 4 classes, only half the views informative;
 - ``imaud``: an image and a WAV recording, 3 classes;
 
-then runs ``autofuse search --time-budget B`` (the default space, a fresh process each) on every
-one, and prints a table: exit code, wall time, trials, the winner's kind and design, its
-validation and test metric. A logistic or ridge regression on the tabular columns alone is no
-reference here: the point is that every shape searches, picks a winner and exports it.
+then runs ``autofuse search --time-budget B --refit-full`` (the default space, a fresh process
+each) on every one, and prints two tables (every figure measured in this run):
+
+1. exit code, wall time, trials, the winner's kind and design, its validation and test metric;
+2. how the stages spent the budget (issue 20): the wall time against the budget; each stage's
+   wall span against its share (stage ends are points of one clock: time a stage leaves passes
+   on); stage 3's finalists x seeds, their completed epochs and each design's seed spread (std
+   of the seeds' validation values); each modality's best stage-1 model (by validation) on test
+   against a plain reference trained on every training row here (scikit-learn: an MLP 128-64
+   with early stopping on the flattened prepared inputs, TF-IDF + logistic regression for text);
+   the winner's test without and with ``--refit-full``.
 
 Usage: .venv/bin/python benchmarks/dataset_shapes.py [--budget 3m] [--only sensor,views]
        [--workdir /tmp/autofuse-shapes]
@@ -177,7 +184,7 @@ SHAPES: dict[str, Callable[[Path, np.random.Generator], Path]] = {
 def run(name: str, data: Path, work: Path, budget: str) -> dict:
     """One ``autofuse search`` in a fresh process; its exit code, wall time and summary."""
     cmd = [sys.executable, "-m", "autofuse.cli", "search", str(data), "--study", name]
-    cmd += ["--time-budget", budget, "--workdir", str(work), "--mlflow-uri", "off"]
+    cmd += ["--time-budget", budget, "--workdir", str(work), "--mlflow-uri", "off", "--refit-full"]
     t0 = time.monotonic()
     r = subprocess.run([*cmd, "--no-progress"], capture_output=True, text=True)
     wall = time.monotonic() - t0
@@ -206,6 +213,130 @@ def _num(x: object) -> str:
     return f"{x:.4f}" if isinstance(x, float) else "-"
 
 
+# ---- how the stages spent the budget ------------------------------------------------------------
+
+SHARES = {"unimodal": 0.25, "fusion": 0.55, "finalist": 0.20}  # the default space's stages.budget
+
+
+def stage_row(name: str, res: dict, work: Path, budget_s: float, data: Path) -> str:
+    """One row of the stages table (see the module docstring)."""
+    import optuna
+
+    s = res["summary"]
+    if not s:
+        return f"| {name} | failed |" + " |" * 7
+    metric = s["metric"]
+    st = optuna.load_study(study_name=name, storage=f"sqlite:///{work / 'trials/autofuse.db'}")
+    spans = []
+    for stage, share in SHARES.items():
+        ts = [t for t in st.trials if t.user_attrs.get("stage") == stage and t.datetime_complete]
+        span = (
+            (
+                max(t.datetime_complete for t in ts) - min(t.datetime_start for t in ts)
+            ).total_seconds()
+            if ts
+            else 0.0
+        )
+        spans.append(f"{stage} {span:.0f}/{share * budget_s:.0f}")
+    plan = st.user_attrs.get("finalist_plan") or {}
+    fin = [t for t in st.trials if t.user_attrs.get("stage") == "finalist" and t.value is not None]
+    by_design: dict[int, list[float]] = {}
+    for t in fin:
+        by_design.setdefault(t.user_attrs["finalist_of"], []).append(t.value)
+    spread = ", ".join(f"#{d}: {np.std(v):.4f} ({len(v)})" for d, v in sorted(by_design.items()))
+    epochs = sorted(t.user_attrs.get("epochs_run") or 0 for t in fin)
+    stage3 = (
+        "skipped"
+        if plan.get("skipped")
+        else f"{plan.get('designs', 0)} x {plan.get('seeds', 0)}, epochs {epochs}"
+    )
+    refs = reference_scores(data, metric)
+    uni = []
+    for m, ref in refs.items():
+        runs = [
+            t
+            for t in st.trials
+            if t.user_attrs.get("stage") == "unimodal"
+            and (t.user_attrs.get("unimodal") or {}).get("modality") == m
+            and t.value is not None
+        ]
+        sign = 1 if s["direction"] == "maximize" else -1
+        best = max(runs, key=lambda t: sign * t.value) if runs else None
+        got = (best.user_attrs.get("test_metrics") or {}).get(metric) if best else None
+        uni.append(f"{m} {_num(got)} / {_num(ref)}")
+    w = s.get("winner") or {}
+    refit = ((s.get("refit_full") or {}).get("test") or {}).get(metric)
+    return (
+        f"| {name} | {res['wall']:.0f} / {budget_s:.0f} ({100 * res['wall'] / budget_s - 100:+.1f} %) "
+        f"| {'; '.join(spans)} | {stage3} | {spread or '-'} | {'; '.join(uni)} "
+        f"| {_num((w.get('test') or {}).get(metric))} | {_num(refit)} |"
+    )
+
+
+def reference_scores(data: Path, metric: str) -> dict[str, float]:
+    """Per modality, a plain scikit-learn model trained on every training row, on test."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neural_network import MLPClassifier, MLPRegressor
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from autofuse.data import Dataset
+    from autofuse.encoders import EncoderSpec, prepare_modality
+    from autofuse.metrics import compute_metrics
+    from autofuse.space import load_space
+    from autofuse.train import TrainData
+
+    ds = Dataset.load(data)
+    labels = TrainData.from_dataset(ds, inputs={})
+    tr, te = labels.splits["train"], labels.splits["test"]
+    y = labels.y_raw
+    out = {}
+    space = load_space("default")
+    for m in ds.modality_names:
+        mtype = ds.modality_type(m)
+        choice = next(c for c in space.encoder_choices(mtype) if "scratch" in c["modes"])
+        prepared = prepare_modality(ds, m, EncoderSpec(name=choice["name"], mode="scratch"))
+        if isinstance(prepared.inputs, list):  # raw text
+            x = np.array([str(v or "") for v in prepared.inputs], dtype=object)
+            model = make_pipeline(TfidfVectorizer(), LogisticRegression(max_iter=2000))
+        else:
+            parts = (
+                list(prepared.inputs.values())  # a table: numeric and categorical tensors
+                if isinstance(prepared.inputs, dict)
+                else [prepared.inputs]
+            )
+            x = np.concatenate(
+                [np.asarray(t, dtype=np.float32).reshape(len(ds), -1) for t in parts], axis=1
+            )
+            x = np.nan_to_num(x)
+            net = MLPClassifier if ds.task == "classification" else MLPRegressor
+            model = make_pipeline(
+                StandardScaler(),
+                net(
+                    hidden_layer_sizes=(128, 64),
+                    early_stopping=True,
+                    n_iter_no_change=10,
+                    max_iter=500,
+                    random_state=0,
+                ),
+            )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            model.fit(x[tr], y[tr])
+        if ds.task == "classification":
+            proba = np.zeros((len(te), int(y.max()) + 1))
+            proba[:, model.classes_.astype(int)] = model.predict_proba(x[te])
+            outputs = proba
+        else:
+            outputs = model.predict(x[te]).reshape(-1, 1)
+        out[m] = compute_metrics(ds.task, y[te], outputs).get(metric)
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--budget", default="3m")
@@ -215,15 +346,28 @@ def main() -> None:
     args = p.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     work = Path(args.workdir)
+    from autofuse.options import parse_duration
+
+    budget_s = parse_duration(args.budget)
     lines = [
         f"budget {args.budget} per dataset, default space, CPU",
         "| dataset | exit | wall s | trials | winner | design | metric | val | test |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
+    stages = [
+        "\nhow the stages spent it (span / share in s; stage 3: designs x seeds and epochs run; "
+        "seed spread: std of each design's seeds' validation values (seeds); stage-1 test / "
+        "plain reference's test per modality; winner test without / with --refit-full)",
+        "| dataset | wall / budget s | stages | stage 3 | seed spread | stage 1 vs reference "
+        "| winner test | refit test |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name in args.only.split(","):
         data = SHAPES[name](work / "data" / name, np.random.default_rng(args.seed))
-        lines.append(row(name, run(name, data, work, args.budget)))
-    sys.stdout.write("\n".join(lines) + "\n")
+        res = run(name, data, work, args.budget)
+        lines.append(row(name, res))
+        stages.append(stage_row(name, res, work, budget_s, data))
+    sys.stdout.write("\n".join(lines + stages) + "\n")
 
 
 if __name__ == "__main__":
