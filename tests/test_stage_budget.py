@@ -159,3 +159,22 @@ def test_finalist_seeds_train_differently(demo_dataset, tmp_path, folds):
     queued = [t for t in st.trials if stage_of(t) == FINALIST and t.state.name == "WAITING"]
     assert {t.user_attrs["finalist_of"] for t in queued} == set(extra)
     assert st.user_attrs["finalist_plan"]["rounds"] == 2
+
+
+def test_stages_ensemble_false_turns_the_ensemble_off(demo_dataset, tmp_path):
+    """``stages.ensemble: false`` was declared and documented but never read."""
+    space = _space(tmp_path, "noens", finalists=2, seeds=1, ensemble=False)
+    res = search(
+        demo_dataset,
+        study="noens",
+        space=space,
+        workdir=tmp_path / "w",
+        trials=3,
+        progress=False,
+        mlflow_uri="off",
+        report=False,
+    )
+    w = res.summary["winner"]
+    assert w["kind"] == "single" and len(w["trials"]) == 1
+    assert "no ensemble (stages.ensemble: false)" in w["why"]
+    assert "greedy ensemble" not in w["why"]
