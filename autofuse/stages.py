@@ -487,7 +487,7 @@ def enqueue_finalists(
     under the same protocol), ``seeds`` each, then as many designs again (the next best) for
     time later rounds have left. The first round queues as many designs x seeds as
     ``left_s`` seconds fit at :data:`~autofuse.budget.MIN_FINALIST_EPOCHS` epochs each, from each
-    design's measured epoch cost (:func:`design_cost`; ``rows``: the training rows and
+    design's measured epoch cost (:func:`design_cost`; ``rows``: ``{"fusion_rows": ...}``, the share
     ``stages.fusion_rows``), or skips the stage. A later round adds the (design, seed) pairs not
     run yet, more designs before more seeds, as long as each fits the time left (a design's
     finalists measured so far give its cost). The plan is the study attribute

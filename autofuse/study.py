@@ -470,8 +470,7 @@ def open_finalists(plan: StudyPlan, left_s: float | None) -> int:
     finalists are queued as ``left_s`` seconds fit (none in the first round: the stage is skipped,
     and says so); returns how many finalist trials are queued (0: the stage is over)."""
     skip_queued(plan.study, FUSION, "the fusion search had ended")
-    t = plan.runner_template()
-    rows = {"train": len(t.splits["train"]), "fusion_rows": plan.space.stages.fusion_rows}
+    rows = {"fusion_rows": plan.space.stages.fusion_rows}  # what design_cost scales by
     first = FINALIST_PLAN not in plan.study.user_attrs
     n = enqueue_finalists(plan.study, plan.space, left_s, rows)
     note = plan.study.user_attrs[FINALIST_PLAN]
